@@ -1,0 +1,163 @@
+"""Names -> restoration backbones: `create_restorer('sipl')`, `create_restorer('nlm')`, `create_restorer(path)`.
+
+Heavy modules (the SIPL network, skimage, spandrel) are imported only when a backbone needs them.
+"""
+
+from __future__ import annotations
+
+import difflib
+import threading
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from restoration.backbones.base import Restorer
+
+#: Folder of the shipped weights (repository root / assets).
+ASSETS_DIR = Path(__file__).resolve().parents[2] / "assets"
+#: Registry names of the shipped SIPL models and their weight files.
+SIPL_WEIGHTS = {
+    "sipl": ASSETS_DIR / "sipl.safetensors",
+    "sipl_ablation": ASSETS_DIR / "sipl_ablation.safetensors",
+}
+#: Registry names of the weight-free baselines -> `ClassicalRestorer` method.
+CLASSICAL_METHODS = {
+    "classical": "auto",
+    "nlm": "nlm",
+    "wiener": "wiener",
+    "richardson_lucy": "richardson_lucy",
+    "bicubic": "bicubic",
+    "dehaze": "dehaze",
+    "brighten": "brighten",
+    "median": "median",
+}
+DEFAULT_BACKBONE = "sipl"
+
+#: Keyword options each kind of backbone accepts (None-valued options are ignored).
+SIPL_OPTIONS = ("rounds", "tile")
+CLASSICAL_OPTIONS = ("degradation", "default_blur_sigma", "default_sr_scale")
+CHECKPOINT_OPTIONS = ("tile", "overlap")
+#: Suffixes that make a name read as a file path even when the file is missing.
+_PATH_SUFFIXES = (".pth", ".pt", ".ckpt", ".safetensors")
+
+
+def available_backbones() -> list[str]:
+    """Registry names, default first; any checkpoint file path is accepted as well."""
+    return [*SIPL_WEIGHTS, *CLASSICAL_METHODS]
+
+
+def is_sipl_checkpoint(path: str | Path) -> bool:
+    """True for a .safetensors file whose metadata says arch == 'sipl' (written by our training)."""
+    path = Path(path)
+    if path.suffix.lower() != ".safetensors" or not path.is_file():
+        return False
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+    except (SafetensorError, OSError):  # unreadable; the checkpoint loader reports it properly
+        return False
+    return metadata.get("arch") == "sipl"
+
+
+def is_sipl_backbone(name_or_path: str) -> bool:
+    """Whether `name_or_path` names a SIPL model (shipped name or a SIPL safetensors file)."""
+    return name_or_path.strip().lower() in SIPL_WEIGHTS or is_sipl_checkpoint(name_or_path)
+
+
+def _check_options(kind: str, options: dict[str, Any], allowed: tuple[str, ...]) -> dict[str, Any]:
+    options = {k: v for k, v in options.items() if v is not None}
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ValueError(
+            f"{kind} backbones do not take option(s) {', '.join(unknown)}; allowed: {', '.join(allowed) or 'none'}"
+        )
+    return options
+
+
+def _load_sipl(path: Path, device: str, options: dict[str, Any]) -> Restorer:
+    from restoration.backbones.sipl import SIPLRestorer  # lazy: the network module is large
+
+    return SIPLRestorer.from_file(path, device=device, **_check_options("SIPL", options, SIPL_OPTIONS))
+
+
+def _unknown_name_error(name: str) -> ValueError:
+    names = available_backbones()
+    close = difflib.get_close_matches(name.lower(), names, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return ValueError(
+        f"unknown backbone {name!r}{hint}; valid names: {', '.join(names)}, "
+        f"or the path of a checkpoint file ({', '.join(_PATH_SUFFIXES)})"
+    )
+
+
+def create_restorer(name_or_path: str = DEFAULT_BACKBONE, device: str = "cpu", **options: Any) -> Restorer:
+    """Build a restorer from a registry name or a checkpoint path (a new instance on every call).
+
+    Options: SIPL `rounds`, `tile`; classical `degradation` (spec hint), `default_blur_sigma`,
+    `default_sr_scale`; checkpoints `tile`, `overlap`. None-valued options are ignored.
+    """
+    if not isinstance(name_or_path, (str, Path)):
+        raise TypeError(f"backbone must be a name or a path, got {type(name_or_path).__name__}")
+    text = str(name_or_path).strip()
+    key = text.lower()
+    if key in SIPL_WEIGHTS:
+        path = SIPL_WEIGHTS[key]
+        if not path.is_file():
+            raise FileNotFoundError(f"shipped weights for backbone {key!r} are missing: expected {path}")
+        restorer = _load_sipl(path, device, options)
+        restorer.name = key
+        return restorer
+    if key in CLASSICAL_METHODS:
+        from restoration.backbones.classical import ClassicalRestorer
+
+        opts = _check_options("classical", options, CLASSICAL_OPTIONS)
+        return ClassicalRestorer(method=CLASSICAL_METHODS[key], **opts)
+    path = Path(text).expanduser()
+    if path.is_file():
+        if is_sipl_checkpoint(path):
+            return _load_sipl(path, device, options)
+        from restoration.backbones.checkpoint import SpandrelRestorer
+
+        opts = _check_options("checkpoint", options, CHECKPOINT_OPTIONS)
+        return SpandrelRestorer.from_file(path, device=device, **opts)
+    if path.suffix.lower() in _PATH_SUFFIXES or "/" in text or "\\" in text:
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    raise _unknown_name_error(text)
+
+
+_cache_lock = threading.Lock()
+
+
+@lru_cache(maxsize=8)
+def _cached_restorer(
+    name_or_path: str, device: str, options: tuple[tuple[str, Any], ...], _stamp: Any
+) -> Restorer:
+    return create_restorer(name_or_path, device, **dict(options))
+
+
+def get_restorer(name_or_path: str = DEFAULT_BACKBONE, device: str = "cpu", **options: Any) -> Restorer:
+    """Like `create_restorer`, but returns one shared instance per (name, device, options) per process.
+
+    For file paths the file's size and mtime are part of the key, so replaced weights are reloaded.
+    Options must be hashable.
+    """
+    text = str(name_or_path).strip()
+    path = Path(text).expanduser()
+    stamp: Any = None
+    if text.lower() not in SIPL_WEIGHTS and text.lower() not in CLASSICAL_METHODS and path.is_file():
+        st = path.stat()
+        text, stamp = str(path.resolve()), (st.st_size, st.st_mtime_ns)
+    elif text.lower() in SIPL_WEIGHTS and SIPL_WEIGHTS[text.lower()].is_file():
+        st = SIPL_WEIGHTS[text.lower()].stat()
+        text, stamp = text.lower(), (st.st_size, st.st_mtime_ns)
+    key = tuple(sorted((k, v) for k, v in options.items() if v is not None))
+    with _cache_lock:
+        return _cached_restorer(text, str(device), key, stamp)
+
+
+def clear_restorer_cache() -> None:
+    """Forget every cached restorer (tests, or after replacing weights in place)."""
+    with _cache_lock:
+        _cached_restorer.cache_clear()

@@ -1,0 +1,184 @@
+"""Train the all-in-one SIPL network (or its ablation) from a folder of clean photos.
+
+    python -m restoration.train --images DIR [--skimage] --out runs/sipl --steps 20000
+    python -m restoration.train --images DIR --ablation --out runs/ablation --steps 20000
+
+Each step: random crops, a blind on-the-fly degradation mixture (`degradations.random_spec`), L1 loss.
+SIPL step (arXiv 2505.24207): privileged features P = Encoder(Net(gt)) under no_grad (dictionary-only
+reconstruction of the ground truth); loss = L1(Net(x, P), gt) + aux * L1(Net(x), gt). The auxiliary
+dictionary-only term (our addition, weight `--aux`) trains the first inference pass, whose output becomes
+the pseudo-privileged input at test time. Checkpoints resume (`--resume`); `--export` writes safetensors.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from restoration.backbones.sipl import save_weights
+from restoration.backbones.sipl_net import SIPLConfig, SIPLNet
+from restoration.data import CropConfig, CropSampler
+from restoration.degradations import degrade, random_spec
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 20000
+    batch: int = 8
+    crop: int = 64
+    lr: float = 1e-3
+    min_lr: float = 1e-5
+    warmup: int = 200
+    weight_decay: float = 1e-4
+    aux: float = 0.5
+    grad_clip: float = 0.5
+    seed: int = 0
+    checkpoint_every: int = 250
+    model: SIPLConfig = field(default_factory=SIPLConfig)
+
+
+def learning_rate(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up then cosine decay to `min_lr`."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    progress = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * progress))
+
+
+def degrade_batch(clean: torch.Tensor, rng: random.Random) -> tuple[torch.Tensor, list[str]]:
+    """Each crop gets its own random spec and seed (all-in-one, blind to the degradation type)."""
+    out, specs = [], []
+    for i in range(clean.shape[0]):
+        spec = random_spec(rng)
+        y, _ = degrade(clean[i:i + 1], spec, rng.randrange(2**31))
+        out.append(y)
+        specs.append(spec)
+    return torch.cat(out), specs
+
+
+def training_loss(net: SIPLNet, degraded: torch.Tensor, clean: torch.Tensor, aux: float) -> torch.Tensor:
+    """L1 restoration loss; with Proxy Fusion, on the privileged pass plus `aux` x the dictionary-only pass."""
+    enc = net.encode(degraded)
+    if net.proxy_fusion is None:
+        return F.l1_loss(net.decode(degraded, enc, None), clean)
+    with torch.no_grad():
+        privileged = net.privileged_features(net(clean).clamp(0, 1))
+    loss = F.l1_loss(net.decode(degraded, enc, privileged), clean)
+    if aux > 0:
+        loss = loss + aux * F.l1_loss(net.decode(degraded, enc, None), clean)
+    return loss
+
+
+def train(cfg: TrainConfig, sampler: CropSampler, out: Path, resume: bool, device: torch.device,
+          log=print) -> SIPLNet:
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    net = SIPLNet(cfg.model).to(device)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
+    rng = random.Random(cfg.seed)
+    step, history, elapsed = 0, [], 0.0
+    ckpt_path = out / "checkpoint.pt"
+    if resume and ckpt_path.exists():
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        if state["model_config"] != cfg.model.to_dict() | {"num_blocks": list(cfg.model.num_blocks),
+                                                             "heads": list(cfg.model.heads)}:
+            raise ValueError(f"{ckpt_path} was trained with a different model config: {state['model_config']}")
+        net.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        step, history, elapsed = state["step"], state["history"], state["elapsed"]
+        rng.setstate(_tuple_state(state["rng"]))
+        torch.set_rng_state(state["torch_rng"])
+        log(f"resumed from {ckpt_path} at step {step}")
+    net.train()
+    bar = tqdm(total=cfg.steps, initial=step, file=sys.stderr, dynamic_ncols=True, desc="train")
+    running, t0 = None, time.time()
+    while step < cfg.steps:
+        for group in opt.param_groups:
+            group["lr"] = learning_rate(step, cfg)
+        clean = sampler.sample(cfg.batch, rng).to(device)
+        degraded, _ = degrade_batch(clean, rng)
+        loss = training_loss(net, degraded, clean, cfg.aux)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+        opt.step()
+        step += 1
+        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+        bar.update(1)
+        bar.set_postfix(loss=f"{running:.4f}", lr=f"{group['lr']:.2e}")
+        if step % 50 == 0:
+            history.append((step, running))
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            now = time.time()
+            elapsed, t0 = elapsed + now - t0, now
+            _save_checkpoint(ckpt_path, net, opt, step, history, elapsed, rng, cfg)
+            save_weights(net, out / "weights.safetensors", _training_facts(cfg, step, elapsed, history))
+    bar.close()
+    return net
+
+
+def _training_facts(cfg: TrainConfig, step: int, elapsed: float, history: list) -> dict:
+    return {"steps": step, "seconds": round(elapsed, 1), "batch": cfg.batch, "crop": cfg.crop, "lr": cfg.lr,
+            "aux": cfg.aux, "seed": cfg.seed, "final_loss": history[-1][1] if history else None}
+
+
+def _tuple_state(obj):
+    return tuple(_tuple_state(o) for o in obj) if isinstance(obj, list) else obj
+
+
+def _save_checkpoint(path: Path, net, opt, step, history, elapsed, rng, cfg: TrainConfig) -> None:
+    tmp = path.with_suffix(".tmp")
+    model_config = cfg.model.to_dict() | {"num_blocks": list(cfg.model.num_blocks), "heads": list(cfg.model.heads)}
+    torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(), "step": step, "history": history,
+                "elapsed": elapsed, "rng": _list_state(rng.getstate()), "torch_rng": torch.get_rng_state(),
+                "model_config": model_config}, tmp)
+    tmp.replace(path)
+
+
+def _list_state(obj):
+    return [_list_state(o) for o in obj] if isinstance(obj, tuple) else obj
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m restoration.train", description=__doc__.split("\n\n")[0])
+    p.add_argument("--images", action="append", default=[], help="folder of clean photos (repeatable)")
+    p.add_argument("--skimage", action="store_true", help="add scikit-image's bundled photos")
+    p.add_argument("--exclude", default="", help="comma-separated file stems to leave out (held-out photos)")
+    p.add_argument("--out", required=True, type=Path, help="run folder: checkpoint.pt, weights.safetensors")
+    p.add_argument("--ablation", action="store_true", help="train without Proxy Fusion (plain small PromptIR)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    p.add_argument("--model-json", default="", help="SIPLConfig overrides as JSON")
+    for name, f in TrainConfig.__dataclass_fields__.items():
+        if name != "model":
+            p.add_argument("--" + name.replace("_", "-"), type=type(f.default), default=f.default)
+    a = p.parse_args(argv)
+    model = SIPLConfig.from_dict({**SIPLConfig().to_dict(), **json.loads(a.model_json or "{}"),
+                                  "proxy_fusion": not a.ablation})
+    cfg = TrainConfig(**{k: getattr(a, k) for k in TrainConfig.__dataclass_fields__ if k != "model"}, model=model)
+    if cfg.steps <= 0 or cfg.batch <= 0 or cfg.crop < 16 or cfg.crop % 8:
+        p.error("--steps and --batch must be positive; --crop a multiple of 8, at least 16")
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    device = torch.device("cuda" if a.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if a.device == "auto" else a.device))
+    exclude = tuple(s for s in a.exclude.split(",") if s)
+    sampler = CropSampler.from_sources(a.images, a.skimage, CropConfig(crop=cfg.crop), exclude)
+    print(f"{len(sampler.images)} training images (all scales); device {device}; config {asdict(cfg)}",
+          file=sys.stderr)
+    train(cfg, sampler, a.out, a.resume, device, log=lambda m: print(m, file=sys.stderr))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,111 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from restoration.evaluate import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _write_images(folder: Path) -> None:
+    folder.mkdir()
+    yy, xx = np.mgrid[0:40, 0:48] / 48.0
+    for i in range(2):
+        img = np.stack([xx, yy, 0.5 + 0.3 * np.sin(6 * (xx + yy) + i)], -1)
+        img[10:25, 12 + i * 5 : 30 + i * 5] = [0.9, 0.2, 0.1]
+        Image.fromarray((img.clip(0, 1) * 255).astype(np.uint8)).save(folder / f"img{i}.png")
+    (folder / "notes.txt").write_text("not an image")
+
+
+def test_command_prints_one_json_object(tmp_path):
+    _write_images(tmp_path / "imgs")
+    cmd = [
+        sys.executable,
+        "-m",
+        "restoration.evaluate",
+        "--backbone",
+        "nlm",
+        "--degradation",
+        "noise:25",
+        "--images",
+        str(tmp_path / "imgs"),
+        "--size",
+        "32",
+        "--seed",
+        "7",
+        "--json",
+    ]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(cmd, check=False, cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)  # stdout holds exactly one JSON object
+    assert report["backbone"] == "nlm" and report["degradation"] == "noise:25"
+    assert [r["name"] for r in report["images"]] == ["img0.png", "img1.png"]
+    assert [r["seed"] for r in report["images"]] == [7, 8]
+    for row in report["images"] + [report["mean"]]:
+        for key in ("input_psnr", "psnr", "ssim", "seconds"):
+            assert isinstance(row[key], float)
+        assert "psnr_single_pass" not in row  # only SIPL backbones have a single-pass score
+        assert row["psnr"] > row["input_psnr"]
+    assert report["mean"]["psnr"] == pytest.approx(sum(r["psnr"] for r in report["images"]) / 2)
+    assert "img0.png" in proc.stderr  # logs go to stderr
+
+
+def test_single_pass_reported_for_refining_backbones(tmp_path, monkeypatch, capsys):
+    from restoration import evaluate
+    from restoration.backbones.base import Restorer
+
+    class Refiner(Restorer):
+        name = "fake_sipl"
+
+        def restore(self, x):
+            return x
+
+        def restore_single_pass(self, x):
+            return x * 0.5
+
+    monkeypatch.setattr(evaluate, "build_restorer", lambda config: Refiner())
+    _write_images(tmp_path / "imgs")
+    assert (
+        main(
+            [
+                "--backbone",
+                "x",
+                "--degradation",
+                "blur:1",
+                "--images",
+                str(tmp_path / "imgs"),
+                "--size",
+                "24",
+                "--json",
+                "--limit",
+                "1",
+            ]
+        )
+        == 0
+    )
+    report = json.loads(capsys.readouterr().out)
+    assert len(report["images"]) == 1
+    row = report["images"][0]
+    assert row["psnr_single_pass"] < row["psnr"] == pytest.approx(row["input_psnr"])
+    assert "psnr_single_pass" in report["mean"]
+
+
+def test_clear_errors(tmp_path, capsys):
+    assert main(["--backbone", "nlm", "--degradation", "noise:25", "--images", str(tmp_path / "nope")]) == 2
+    assert "image directory not found" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["--backbone", "nlm", "--degradation", "noise:25", "--images", str(tmp_path / "empty")]) == 2
+    assert "no images in" in capsys.readouterr().err
+    _write_images(tmp_path / "imgs")
+    args = ["--degradation", "noise:25", "--images", str(tmp_path / "imgs"), "--size", "32"]
+    assert main(["--backbone", "nlm", "--rounds", "2", *args]) == 2
+    assert "--rounds applies only to SIPL" in capsys.readouterr().err
+    assert main(["--backbone", "nlm", "--degradation", "nosie:25", "--images", str(tmp_path / "imgs")]) == 2
+    assert "did you mean 'noise'" in capsys.readouterr().err
