@@ -1,0 +1,405 @@
+"""Diffusion priors behind one denoiser interface: the project's pixel U-Net, user pixel checkpoints,
+and latent Stable-Diffusion-style checkpoints.
+
+Every prior works in its own "z" space (pixels in [-1, 1] for pixel priors, scaled VAE latents for
+latent priors) and exposes the same four things: `encode`, `decode`, `eps` and `alphas_cumprod`.
+Samplers (`restoration.diffusion.sampling`) only ever see those.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+#: where `load_prior("default")` looks (the prior trained by `python -m restoration.train_prior`).
+DEFAULT_PRIOR_DIR = Path(__file__).resolve().parents[2] / "assets" / "prior"
+#: extra facts saved beside a pixel prior's unet (pixel-unshuffle factor, training facts).
+PRIOR_CONFIG_NAME = "prior_config.json"
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth")
+_SCHEDULER_NAMES = ("scheduler_config.json",)
+
+
+class PriorNotFoundError(FileNotFoundError):
+    """No usable diffusion prior at the place that was looked at."""
+
+
+def weights_sha256(folder: str | Path) -> str:
+    """sha256 over every weight file under `folder` (sorted relative paths and their bytes)."""
+    folder = Path(folder)
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in _WEIGHT_SUFFIXES)
+    h = hashlib.sha256()
+    for p in files:
+        h.update(str(p.relative_to(folder)).encode())
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass
+class DiffusionPrior:
+    """A denoiser eps(z_t, t) with its noise schedule; holds weights, so it is a class.
+
+    kind: "pixel" (z = 2 * img - 1, optionally pixel-unshuffled inside `eps`) or "latent"
+    (z = vae latent * scaling_factor). `alphas_cumprod` is (T,) float32 on the prior's device.
+    """
+
+    kind: str
+    unet: torch.nn.Module
+    alphas_cumprod: torch.Tensor
+    prior_id: str
+    weights_hash: str
+    prediction_type: str = "epsilon"
+    pixel_unshuffle: int = 1
+    vae: torch.nn.Module | None = None
+    scaling_factor: float = 1.0
+    prompt_embeds: torch.Tensor | None = None
+    card: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def device(self) -> torch.device:
+        return self.alphas_cumprod.device
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return int(self.alphas_cumprod.shape[0])
+
+    @property
+    def clip_x0(self) -> bool:
+        """Pixel priors clamp predicted x0 to [-1, 1]; latents have no fixed range."""
+        return self.kind == "pixel"
+
+    def describe(self) -> dict[str, Any]:
+        return {"prior_id": self.prior_id, "weights_hash": self.weights_hash, "kind": self.kind}
+
+    # ---- z space -----------------------------------------------------------------------------
+    @property
+    def image_multiple(self) -> int:
+        """Image sides are padded to a multiple of this before encoding: the VAE's downsampling factor."""
+        if self.vae is None:
+            return 1
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @torch.no_grad()
+    def encode(self, img01: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [0, 1] -> z. Latent priors reflect-pad H, W to `image_multiple` (8 for SD) first."""
+        x = img01.to(self.device, torch.float32) * 2.0 - 1.0
+        if self.kind == "pixel":
+            return x
+        x = _pad_to(x, self.image_multiple)
+        return self.vae.encode(x).latent_dist.mean * self.scaling_factor
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
+        """z -> (B, 3, H, W) in [0, 1], cropped to `size` (H, W) when given."""
+        if self.kind == "pixel":
+            x = z
+        else:
+            x = self.vae.decode(z / self.scaling_factor).sample
+        if size is not None:
+            x = x[..., : size[0], : size[1]]
+        return ((x.float() + 1.0) / 2.0).clamp(0.0, 1.0)
+
+    # ---- the denoiser ------------------------------------------------------------------------
+    def eps(self, z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Predicted noise for a batch: z_t (B, C, h, w), t (B,) integer timesteps in [0, T)."""
+        b, _, h, w = z_t.shape
+        t = t.to(self.device).long().reshape(-1)
+        if t.numel() not in (1, b):
+            raise ValueError(f"t has {t.numel()} timesteps; expected 1 or {b} to match the batch of z_t")
+        t = t.expand(b)
+        multiple = self._unet_multiple()
+        x = _pad_to(z_t, multiple)
+        if self.pixel_unshuffle > 1:
+            x = F.pixel_unshuffle(x, self.pixel_unshuffle)
+        if self.kind == "latent":
+            cond = self.prompt_embeds.expand(b, -1, -1)
+            out = self.unet(x, t, encoder_hidden_states=cond).sample
+        else:
+            out = self.unet(x, t).sample
+        if self.pixel_unshuffle > 1:
+            out = F.pixel_shuffle(out, self.pixel_unshuffle)
+        out = out[..., :h, :w].float()
+        if out.shape[1] != z_t.shape[1]:  # learned-variance models output 2C channels
+            out = out[:, : z_t.shape[1]]
+        return self._to_eps(out, z_t, t)
+
+    def _to_eps(self, out: torch.Tensor, z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if self.prediction_type == "epsilon":
+            return out
+        a = self.alphas_cumprod[t].view(-1, 1, 1, 1)
+        if self.prediction_type == "v_prediction":
+            return a.sqrt() * out + (1 - a).sqrt() * z_t
+        if self.prediction_type == "sample":
+            return (z_t - a.sqrt() * out) / (1 - a).sqrt()
+        raise ValueError(f"unsupported prediction_type {self.prediction_type!r}")
+
+    def _unet_multiple(self) -> int:
+        n_down = max(len(getattr(self.unet.config, "block_out_channels", (1,))) - 1, 0)
+        return self.pixel_unshuffle * (2**n_down)
+
+
+def _pad_to(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Reflect-pad the bottom/right of (B, C, H, W) so H and W are multiples of `multiple`."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if ph == 0 and pw == 0:
+        return x
+    mode = "reflect" if ph < h and pw < w else "replicate"
+    return F.pad(x, (0, pw, 0, ph), mode=mode)
+
+
+# ---- the project's own pixel prior ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PixelPriorConfig:
+    """Architecture of the project's pixel prior: a small all-convolutional diffusers UNet2DModel.
+
+    The image is pixel-unshuffled by `pixel_unshuffle` first (3 -> 3 * r^2 channels at 1/r size),
+    which makes a 256x256 batch of 8 cheap on a CPU; sides are padded to r * 2^(levels-1).
+    """
+
+    block_out_channels: tuple[int, ...] = (48, 96, 96)
+    layers_per_block: int = 1
+    pixel_unshuffle: int = 4
+    norm_num_groups: int = 16
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "linear"
+
+
+def build_pixel_unet(config: PixelPriorConfig = PixelPriorConfig()) -> torch.nn.Module:
+    """A fresh randomly initialised UNet2DModel (DownBlock2D/UpBlock2D only: no attention)."""
+    from diffusers import UNet2DModel
+
+    ch = 3 * config.pixel_unshuffle**2
+    n = len(config.block_out_channels)
+    return UNet2DModel(
+        sample_size=64 // config.pixel_unshuffle,
+        in_channels=ch,
+        out_channels=ch,
+        block_out_channels=tuple(config.block_out_channels),
+        layers_per_block=config.layers_per_block,
+        down_block_types=("DownBlock2D",) * n,
+        up_block_types=("UpBlock2D",) * n,
+        norm_num_groups=config.norm_num_groups,
+    )
+
+
+def build_scheduler(config: PixelPriorConfig = PixelPriorConfig()):
+    """The DDPM noise schedule the pixel prior is trained with (DDIM sampling reuses its alphas)."""
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(
+        num_train_timesteps=config.num_train_timesteps,
+        beta_schedule=config.beta_schedule,
+        prediction_type="epsilon",
+        clip_sample=True,
+    )
+
+
+def save_pixel_prior(
+    folder: str | Path, unet: torch.nn.Module, config: PixelPriorConfig, card: dict[str, Any] | None = None,
+    half: bool = True,
+) -> Path:
+    """Write unet/ (fp16 safetensors when `half`), scheduler/, prior_config.json and a README.md card."""
+    import copy
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    to_save = copy.deepcopy(unet).to("cpu")
+    if half:
+        to_save = to_save.half()
+    to_save.save_pretrained(folder / "unet", safe_serialization=True)
+    build_scheduler(config).save_pretrained(folder / "scheduler")
+    facts = {"kind": "pixel", "pixel_unshuffle": config.pixel_unshuffle, "architecture": _asdict(config)}
+    facts.update(card or {})
+    (folder / PRIOR_CONFIG_NAME).write_text(json.dumps(facts, indent=2))
+    (folder / "card.json").write_text(json.dumps(facts, indent=2))
+    (folder / "README.md").write_text(_model_card(facts))
+    return folder
+
+
+def pixel_prior_from_unet(
+    unet: torch.nn.Module, config: PixelPriorConfig = PixelPriorConfig(), prior_id: str = "pixel:untrained"
+) -> DiffusionPrior:
+    """Wrap an in-memory UNet2DModel (e.g. a tiny random one in a test) as a DiffusionPrior."""
+    device = next(unet.parameters()).device
+    h = hashlib.sha256()
+    for k, v in sorted(unet.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().float().cpu().numpy().tobytes())
+    return DiffusionPrior(
+        kind="pixel",
+        unet=unet.eval().requires_grad_(False),
+        alphas_cumprod=build_scheduler(config).alphas_cumprod.float().to(device),
+        prior_id=prior_id,
+        weights_hash=h.hexdigest(),
+        pixel_unshuffle=config.pixel_unshuffle,
+    )
+
+
+def _asdict(config: PixelPriorConfig) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    d = asdict(config)
+    d["block_out_channels"] = list(d["block_out_channels"])
+    return d
+
+
+def _model_card(facts: dict[str, Any]) -> str:
+    lines = [
+        "# ttpo-lab pixel diffusion prior",
+        "",
+        "A small all-convolutional diffusers `UNet2DModel` (epsilon prediction, DDPM linear schedule, 1000",
+        "steps) trained from scratch on random 64 px crops of photos, with timesteps sampled mostly in",
+        "[0, 500]: it is meant for DDIM inversion / image-to-image from a restored image at low to",
+        "moderate noise, not for generation from pure noise. Load with",
+        "`restoration.diffusion.priors.load_prior('default')`.",
+        "",
+        "## Facts",
+        "",
+        "```json",
+        json.dumps(facts, indent=2),
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# ---- loading -------------------------------------------------------------------------------------
+
+
+def _alphas_cumprod_from(scheduler_dir: Path) -> tuple[torch.Tensor, str]:
+    from diffusers import DDPMScheduler
+
+    sched = DDPMScheduler.from_pretrained(scheduler_dir, local_files_only=True)
+    return sched.alphas_cumprod.float(), sched.config.get("prediction_type", "epsilon")
+
+
+def _find_scheduler_dir(folder: Path) -> Path | None:
+    for cand in (folder / "scheduler", folder):
+        if any((cand / n).is_file() for n in _SCHEDULER_NAMES):
+            return cand
+    return None
+
+
+def _has_weights(folder: Path) -> bool:
+    return folder.is_dir() and any(p.suffix in _WEIGHT_SUFFIXES for p in folder.iterdir())
+
+
+def _resolve(name_or_path: str) -> tuple[Path, str]:
+    """Map a name to a local folder: `default`/`pixel` -> assets/prior; a path; or a HF cache repo id."""
+    if name_or_path in ("default", "pixel"):
+        return DEFAULT_PRIOR_DIR, "pixel:default"
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        return path, f"local:{path.resolve().name}"
+    if "/" in name_or_path and not name_or_path.startswith((".", "/")):
+        try:
+            from huggingface_hub import snapshot_download
+
+            return Path(snapshot_download(name_or_path, local_files_only=True)), f"hf:{name_or_path}"
+        except Exception as exc:
+            raise PriorNotFoundError(
+                f"diffusion prior {name_or_path!r} is not a local folder and is not in the Hugging Face "
+                f"cache (looked up with local_files_only=True; nothing is downloaded): {exc}"
+            ) from exc
+    raise PriorNotFoundError(
+        f"diffusion prior {name_or_path!r} not found: expected 'default', 'pixel', a local folder "
+        "(with unet/ + scheduler/, or a latent model with vae/ + unet/ + scheduler/), or a cached "
+        "Hugging Face repo id"
+    )
+
+
+def load_prior(name_or_path: str = "default", device: str | torch.device = "cpu") -> DiffusionPrior:
+    """Load a prior by name (`default`/`pixel` = assets/prior), local folder, or HF cache repo id.
+
+    Raises PriorNotFoundError naming the folder and the files that were expected.
+    """
+    folder, prior_id = _resolve(str(name_or_path))
+    expected = (
+        f"expected in {folder}: unet/ (config.json + diffusion_pytorch_model.safetensors) and "
+        "scheduler/scheduler_config.json; latent models also vae/; or a single-folder pixel model "
+        "(config.json + weights + scheduler_config.json)"
+    )
+    if not folder.is_dir():
+        hint = " (train one with `python -m restoration.train_prior`)" if prior_id == "pixel:default" else ""
+        raise PriorNotFoundError(f"no diffusion prior at {folder}{hint}; {expected}")
+    sched_dir = _find_scheduler_dir(folder)
+    unet_dir = folder / "unet" if _has_weights(folder / "unet") else (folder if _has_weights(folder) else None)
+    if sched_dir is None or unet_dir is None:
+        missing = [n for n, v in (("scheduler config", sched_dir), ("unet weights", unet_dir)) if v is None]
+        raise PriorNotFoundError(f"diffusion prior at {folder} is missing {' and '.join(missing)}; {expected}")
+    try:
+        alphas, prediction_type = _alphas_cumprod_from(sched_dir)
+        if (folder / "vae").is_dir():
+            prior = _load_latent(folder, unet_dir, alphas, prediction_type, prior_id, device)
+        else:
+            prior = _load_pixel(folder, unet_dir, alphas, prediction_type, prior_id, device)
+    except PriorNotFoundError:
+        raise
+    except Exception as exc:
+        raise PriorNotFoundError(f"could not read diffusion prior at {folder}: {exc}; {expected}") from exc
+    return prior
+
+
+def _load_pixel(folder, unet_dir, alphas, prediction_type, prior_id, device) -> DiffusionPrior:
+    from diffusers import UNet2DModel
+
+    card: dict[str, Any] = {}
+    cfg_path = folder / PRIOR_CONFIG_NAME
+    if cfg_path.is_file():
+        card = json.loads(cfg_path.read_text())
+    unet = UNet2DModel.from_pretrained(unet_dir, local_files_only=True, torch_dtype=torch.float32)
+    unet = unet.to(device).eval().requires_grad_(False)
+    return DiffusionPrior(
+        kind="pixel",
+        unet=unet,
+        alphas_cumprod=alphas.to(device),
+        prior_id=prior_id,
+        weights_hash=weights_sha256(folder),
+        prediction_type=prediction_type,
+        pixel_unshuffle=int(card.get("pixel_unshuffle", 1)),
+        card=card,
+    )
+
+
+def _load_latent(folder, unet_dir, alphas, prediction_type, prior_id, device) -> DiffusionPrior:
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    vae = AutoencoderKL.from_pretrained(folder / "vae", local_files_only=True, torch_dtype=torch.float32)
+    unet = UNet2DConditionModel.from_pretrained(unet_dir, local_files_only=True, torch_dtype=torch.float32)
+    vae = vae.to(device).eval().requires_grad_(False)
+    unet = unet.to(device).eval().requires_grad_(False)
+    prompt_embeds = _empty_prompt_embeds(folder, unet, device)
+    return DiffusionPrior(
+        kind="latent",
+        unet=unet,
+        vae=vae,
+        alphas_cumprod=alphas.to(device),
+        prior_id=prior_id,
+        weights_hash=weights_sha256(folder),
+        prediction_type=prediction_type,
+        scaling_factor=float(getattr(vae.config, "scaling_factor", 0.18215)),
+        prompt_embeds=prompt_embeds,
+    )
+
+
+@torch.no_grad()
+def _empty_prompt_embeds(folder: Path, unet, device) -> torch.Tensor:
+    """Embedding of the empty prompt from text_encoder/ + tokenizer/ when present, else zeros (1, 77, D)."""
+    dim = int(unet.config.cross_attention_dim)
+    if (folder / "text_encoder").is_dir() and (folder / "tokenizer").is_dir():
+        from transformers import CLIPTextModel, CLIPTokenizer
+
+        tok = CLIPTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True)
+        enc = CLIPTextModel.from_pretrained(folder / "text_encoder", local_files_only=True).to(device).eval()
+        ids = tok([""], padding="max_length", max_length=tok.model_max_length, return_tensors="pt").input_ids
+        return enc(ids.to(device))[0].float()
+    return torch.zeros(1, 77, dim, device=device)

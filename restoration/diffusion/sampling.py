@@ -1,0 +1,103 @@
+"""DDIM sampling with per-sample timestep grids (Song et al. 2021, eq. 12).
+
+A sampler is a plain function of (model_fn, z, timesteps): `model_fn(z_t, t) -> (x0_hat, eps)`, so
+guidance is a wrapper around the model (see `guidance.make_guided_model_fn`), never a branch here.
+Timesteps are (B, S) integer tensors: every sample may start at its own strength, which is how
+candidates of different strengths share one batched forward pass per step.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from restoration.diffusion.priors import DiffusionPrior
+
+ModelFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+def start_timestep(strength: float, num_train_timesteps: int) -> int:
+    """The timestep an image-to-image strength in (0, 1] starts from (strength * T, at least 1)."""
+    if not 0.0 < float(strength) <= 1.0:
+        raise ValueError(f"strength must be in (0, 1], got {strength}")
+    return int(min(max(round(float(strength) * num_train_timesteps), 1), num_train_timesteps - 1))
+
+
+def timestep_grid(strengths: Sequence[float], steps: int, num_train_timesteps: int) -> torch.Tensor:
+    """(B, S) long: for each strength, S evenly spaced timesteps from strength*T down towards 0.
+
+    The step after the last one lands on the clean image (alpha_bar = 1).
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    rows = []
+    for s in strengths:
+        t0 = start_timestep(s, num_train_timesteps)
+        rows.append(torch.linspace(t0, 0, steps + 1)[:steps].round().long().clamp(min=0))
+    return torch.stack(rows)
+
+
+def alphas_at(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor, k: int) -> torch.Tensor:
+    """alpha_bar at column k of a (B, S) grid as (B, 1, 1, 1); column S means the clean image (1)."""
+    if k >= timesteps.shape[1]:
+        return torch.ones(timesteps.shape[0], 1, 1, 1, device=alphas_cumprod.device)
+    return alphas_cumprod[timesteps[:, k].to(alphas_cumprod.device)].view(-1, 1, 1, 1)
+
+
+def make_model_fn(prior: DiffusionPrior) -> ModelFn:
+    """Wrap a prior's eps into (x0_hat, eps) (Tweedie / DDIM eq. 9); pixel priors clamp x0_hat to [-1, 1]."""
+
+    def model_fn(z_t: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        eps = prior.eps(z_t, t)
+        a = prior.alphas_cumprod[t.to(prior.device)].view(-1, 1, 1, 1)
+        x0 = (z_t - (1 - a).sqrt() * eps) / a.sqrt()
+        if prior.clip_x0:
+            x0 = x0.clamp(-1.0, 1.0)
+            eps = (z_t - a.sqrt() * x0) / (1 - a).sqrt()
+        return x0, eps
+
+    return model_fn
+
+
+def per_sample_noise(shape: Sequence[int], generators: Sequence[torch.Generator], device) -> torch.Tensor:
+    """Gaussian noise of `shape` (B, ...), row i drawn on the CPU from generators[i] (device-independent)."""
+    if len(generators) != shape[0]:
+        raise ValueError(f"need one generator per sample: {len(generators)} for batch {shape[0]}")
+    return torch.stack([torch.randn(tuple(shape[1:]), generator=g) for g in generators]).to(device)
+
+
+def ddim_step(
+    x0: torch.Tensor, eps: torch.Tensor, a_t: torch.Tensor, a_prev: torch.Tensor, eta: float,
+    noise: torch.Tensor | None,
+) -> torch.Tensor:
+    """One DDIM update z_t -> z_prev (eq. 12) with sigma = eta * sqrt((1-a_prev)/(1-a_t)) * sqrt(1-a_t/a_prev)."""
+    sigma = eta * ((1 - a_prev) / (1 - a_t)).clamp(min=0).sqrt() * (1 - a_t / a_prev).clamp(min=0).sqrt()
+    direction = (1 - a_prev - sigma**2).clamp(min=0).sqrt() * eps
+    z_prev = a_prev.sqrt() * x0 + direction
+    if eta > 0 and noise is not None:
+        z_prev = z_prev + sigma * noise
+    return z_prev
+
+
+def ddim_sample(
+    model_fn: ModelFn,
+    z_t: torch.Tensor,
+    timesteps: torch.Tensor,
+    alphas_cumprod: torch.Tensor,
+    eta: float = 0.0,
+    generators: Sequence[torch.Generator] | None = None,
+) -> torch.Tensor:
+    """Denoise z_t (B, C, h, w), which sits at timesteps[:, 0], along the (B, S) grid to a clean z0.
+
+    eta > 0 adds fresh noise each step from the per-sample `generators` (required then).
+    """
+    if eta > 0 and generators is None:
+        raise ValueError("eta > 0 needs one torch.Generator per sample for reproducible noise")
+    z = z_t
+    for k in range(timesteps.shape[1]):
+        t = timesteps[:, k].to(z.device)
+        x0, eps = model_fn(z, t)
+        a_t, a_prev = alphas_at(alphas_cumprod, timesteps, k), alphas_at(alphas_cumprod, timesteps, k + 1)
+        noise = per_sample_noise(z.shape, generators, z.device) if eta > 0 else None
+        z = ddim_step(x0, eps, a_t, a_prev, eta, noise)
+    return z

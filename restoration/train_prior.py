@@ -1,0 +1,231 @@
+"""Train the project's pixel diffusion prior (a small diffusers UNet2DModel) on random crops of photos.
+
+    python -m restoration.train_prior --images DIR [--images DIR2] [--skimage] --out assets/prior \
+        --steps 20000 [--threads 1] [--minutes 40] [--resume]
+
+Epsilon prediction on the DDPM linear schedule; timesteps are drawn mostly from [0, --max-t) because
+the prior only ever starts from a restored image at low to moderate noise. Large photos are randomly
+downscaled (short side ~256-768 px) before cropping so crops match the scale the app sees.
+The training state (weights, EMA, optimiser, step, loss log) lives in --state so runs resume.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import platform
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tqdm import tqdm
+
+from restoration.diffusion.priors import (
+    PixelPriorConfig,
+    build_pixel_unet,
+    build_scheduler,
+    save_pixel_prior,
+)
+
+#: scikit-image's bundled colour photographs (no downloads needed).
+SKIMAGE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry")
+_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 20000
+    batch_size: int = 16
+    crop: int = 64
+    lr: float = 2e-4
+    weight_decay: float = 1e-4
+    max_t: int = 500
+    full_range_fraction: float = 0.1
+    min_short_side: int = 256
+    max_short_side: int = 768
+    ema_decay: float = 0.999
+    seed: int = 0
+
+
+def load_photos(dirs: list[str], use_skimage: bool) -> tuple[list[torch.Tensor], list[str]]:
+    """RGB photos as uint8 (3, H, W) tensors, and their names."""
+    photos, names = [], []
+    for d in dirs:
+        files = sorted(p for p in Path(d).expanduser().iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES)
+        if not files:
+            raise FileNotFoundError(f"no images ({', '.join(_IMAGE_SUFFIXES)}) in {d}")
+        for p in files:
+            arr = np.asarray(Image.open(p).convert("RGB"))
+            photos.append(torch.from_numpy(arr.copy()).permute(2, 0, 1))
+            names.append(str(p))
+    if use_skimage:
+        import skimage.data
+
+        for name in SKIMAGE_PHOTOS:
+            arr = getattr(skimage.data, name)()
+            if arr.ndim != 3 or arr.shape[2] < 3:
+                continue
+            photos.append(torch.from_numpy(np.ascontiguousarray(arr[..., :3])).permute(2, 0, 1))
+            names.append(f"skimage.data.{name}")
+    if not photos:
+        raise ValueError("no training photos: pass --images DIR and/or --skimage")
+    return photos, names
+
+
+def random_crop(photo: torch.Tensor, cfg: TrainConfig, rng: random.Random) -> torch.Tensor:
+    """One (3, crop, crop) float crop in [-1, 1] after a random downscale (short side ~256-768 px)."""
+    _, h, w = photo.shape
+    short = min(h, w)
+    target = rng.uniform(cfg.min_short_side, cfg.max_short_side)
+    scale = min(1.0, target / short)  # only downscale: upscaled crops would teach blur
+    src = max(cfg.crop, round(cfg.crop / scale))
+    src = min(src, h, w)
+    y, x = rng.randint(0, h - src), rng.randint(0, w - src)
+    patch = photo[:, y : y + src, x : x + src].float().unsqueeze(0) / 255.0
+    if src != cfg.crop:
+        patch = F.interpolate(patch, size=(cfg.crop, cfg.crop), mode="bilinear", antialias=True, align_corners=False)
+    patch = patch[0]
+    if rng.random() < 0.5:
+        patch = patch.flip(-1)
+    patch = torch.rot90(patch, rng.randint(0, 3), dims=(-2, -1))
+    return (patch.clamp(0, 1) * 2 - 1).contiguous()
+
+
+def sample_timesteps(n: int, cfg: TrainConfig, num_train_timesteps: int, gen: torch.Generator) -> torch.Tensor:
+    """Mostly uniform on [0, max_t); a `full_range_fraction` uniform on [0, T) keeps high t sane."""
+    low = torch.randint(0, cfg.max_t, (n,), generator=gen)
+    full = torch.randint(0, num_train_timesteps, (n,), generator=gen)
+    pick_full = torch.rand(n, generator=gen) < cfg.full_range_fraction
+    return torch.where(pick_full, full, low)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", action="append", default=[], help="folder of training photos (repeatable)")
+    ap.add_argument("--skimage", action="store_true", help="also use scikit-image's bundled colour photos")
+    ap.add_argument("--out", default="assets/prior")
+    ap.add_argument("--state", default=None, help="training state file (default: runs/train_prior/state.pt)")
+    ap.add_argument("--steps", type=int, default=TrainConfig.steps)
+    ap.add_argument("--minutes", type=float, default=None, help="stop (and save) after this wall time")
+    ap.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
+    ap.add_argument("--crop", type=int, default=TrainConfig.crop)
+    ap.add_argument("--lr", type=float, default=TrainConfig.lr)
+    ap.add_argument("--max-t", type=int, default=TrainConfig.max_t)
+    ap.add_argument("--channels", default="48,96,96", help="UNet block_out_channels")
+    ap.add_argument("--unshuffle", type=int, default=PixelPriorConfig.pixel_unshuffle)
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    ap.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    ap.add_argument("--save-every", type=int, default=1000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--resume", action="store_true", help="continue from --state if it exists")
+    args = ap.parse_args(argv)
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if args.device == "auto" else args.device))
+    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, crop=args.crop, lr=args.lr,
+                      max_t=args.max_t, seed=args.seed)
+    pcfg = PixelPriorConfig(block_out_channels=tuple(int(c) for c in args.channels.split(",")),
+                            pixel_unshuffle=args.unshuffle)
+    if cfg.crop % (pcfg.pixel_unshuffle * 2 ** (len(pcfg.block_out_channels) - 1)):
+        raise ValueError("--crop must be a multiple of unshuffle * 2^(levels-1)")
+    state_path = Path(args.state or "runs/train_prior/state.pt")
+    photos, names = load_photos(args.images, args.skimage)
+    print(f"{len(photos)} photos, device {device}, threads {torch.get_num_threads()}")
+
+    torch.manual_seed(cfg.seed)
+    unet = build_pixel_unet(pcfg).to(device).train()
+    ema = copy.deepcopy(unet).eval().requires_grad_(False)
+    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    alphas = build_scheduler(pcfg).alphas_cumprod.float().to(device)
+    step, losses, elapsed_before = 0, [], 0.0
+    if args.resume and state_path.is_file():
+        st = torch.load(state_path, map_location=device, weights_only=False)
+        unet.load_state_dict(st["unet"]); ema.load_state_dict(st["ema"]); opt.load_state_dict(st["opt"])
+        step, losses, elapsed_before = st["step"], st["losses"], st.get("elapsed_s", 0.0)
+        print(f"resumed at step {step}")
+    rng = random.Random(cfg.seed * 1000003 + step)
+    gen = torch.Generator().manual_seed(cfg.seed * 7919 + step)
+    r = pcfg.pixel_unshuffle
+
+    def save() -> None:
+        state_path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"unet": unet.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "step": step,
+                    "losses": losses, "elapsed_s": elapsed_before + time.time() - t0}, state_path)
+        save_pixel_prior(args.out, ema, pcfg, card=_card(cfg, names, step, losses,
+                                                         elapsed_before + time.time() - t0, device))
+
+    t0 = time.time()
+    bar = tqdm(total=cfg.steps, initial=step, desc="train_prior", mininterval=5)
+    running = None
+    while step < cfg.steps:
+        x0 = torch.stack([random_crop(photos[rng.randrange(len(photos))], cfg, rng) for _ in range(cfg.batch_size)])
+        x0 = x0.to(device)
+        t = sample_timesteps(cfg.batch_size, cfg, alphas.shape[0], gen).to(device)
+        noise = torch.randn(x0.shape, generator=gen).to(device)
+        a = alphas[t].view(-1, 1, 1, 1)
+        x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        pred = F.pixel_shuffle(unet(F.pixel_unshuffle(x_t, r), t).sample, r)
+        loss = F.mse_loss(pred, noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        opt.step()
+        decay = min(cfg.ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for pe, p in zip(ema.parameters(), unet.parameters()):
+                pe.lerp_(p, 1 - decay)
+        step += 1
+        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+        losses.append(round(loss.item(), 5))
+        bar.update(1)
+        bar.set_postfix(loss=f"{running:.4f}")
+        out_of_time = args.minutes is not None and (time.time() - t0) > args.minutes * 60
+        if step % args.save_every == 0 or step == cfg.steps or out_of_time:
+            save()
+        if out_of_time:
+            print(f"time limit reached at step {step}")
+            break
+    bar.close()
+    if step % args.save_every:
+        save()
+    print(f"saved prior to {args.out} (step {step})")
+
+
+def _card(cfg: TrainConfig, names: list[str], step: int, losses: list[float], elapsed: float, device) -> dict:
+    """Training facts for the model card: data, steps, wall time, loss curve summary (windowed means)."""
+    window = max(1, min(500, len(losses) // 10 or 1))
+    curve = [
+        {"step": i + window, "mean_loss": round(float(np.mean(losses[i : i + window])), 5)}
+        for i in range(0, len(losses) - window + 1, window)
+    ]
+    return {
+        "training": {
+            "steps": step,
+            "batch_size": cfg.batch_size,
+            "crop": cfg.crop,
+            "lr": cfg.lr,
+            "optimizer": "AdamW",
+            "ema_decay": cfg.ema_decay,
+            "timesteps": f"{1 - cfg.full_range_fraction:.0%} uniform [0, {cfg.max_t}), rest uniform [0, 1000)",
+            "short_side_rescale": [cfg.min_short_side, cfg.max_short_side],
+            "wall_time_s": round(elapsed, 1),
+            "device": str(device),
+            "threads": torch.get_num_threads(),
+            "host": platform.machine(),
+            "torch": torch.__version__,
+            "data": names,
+            "loss_curve": curve[-20:] if len(curve) > 20 else curve,
+            "final_loss_mean_last_window": curve[-1]["mean_loss"] if curve else None,
+            "weights_stored_as": "float16 (EMA weights)",
+        }
+    }
+
+
+if __name__ == "__main__":
+    main()
