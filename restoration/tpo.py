@@ -1,0 +1,287 @@
+"""One round of Test-Time Preference Optimization (arXiv 2511.19169): restore -> candidates -> select -> refine.
+
+`TPOEngine` holds the loaded backbone and diffusion prior (loaded once per process); its stage methods are
+thin and return plain dataclasses, so the app, the REST API, studies and the headless command share them.
+A round's `start` image is the restoration (round 0) or the previous round's refined image (later rounds);
+every `Round` keeps its lineage: parent round id, the selection that guided its refinement, seeds, configs.
+
+Headless:
+    python -m restoration.tpo --input IMG [--degradation SPEC] [--gt IMG] [--backbone NAME]
+        [--prior NAME_OR_PATH] [--selector METRIC[,METRIC...]] [--candidates N] [--rounds R] [--size N]
+        [--seed S] --out DIR --json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from restoration.backbones import create_restorer, get_restorer
+from restoration.backbones.base import Restorer
+from restoration.diffusion.candidates import CandidateConfig, CandidateMeta, generate_candidates
+from restoration.diffusion.priors import DiffusionPrior, load_prior
+from restoration.diffusion.refine import RefineConfig, reward_guided_denoise
+from restoration.selection import DEFAULT_SELECTOR, Selection, fuse_zscores, metric_info, score_images, \
+    select_from_scores
+
+RESTORED_ID = "restored"
+
+
+@dataclass(frozen=True)
+class TPOConfig:
+    """Everything that decides a round's output besides the input image and the choices."""
+
+    backbone: str = "sipl"
+    prior: str = "default"
+    selector: tuple[str, ...] = DEFAULT_SELECTOR
+    candidates: CandidateConfig = CandidateConfig()
+    refine: RefineConfig = RefineConfig()
+    device: str = "cpu"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"backbone": self.backbone, "prior": self.prior, "selector": list(self.selector),
+                "candidates": {**self.candidates.__dict__, "strengths": list(self.candidates.strengths)},
+                "refine": self.refine.to_dict(), "device": self.device}
+
+
+@dataclass
+class RoundCandidate:
+    """A candidate shown for a choice: id unique within its round; image (1, 3, H, W) in [0, 1]."""
+
+    id: str
+    image: torch.Tensor
+    meta: CandidateMeta | None  # None for the start image itself
+    scores: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def is_start(self) -> bool:
+        return self.id == RESTORED_ID
+
+
+@dataclass
+class Round:
+    """One TTPO round with its lineage. `start` is what candidates and refinement start from."""
+
+    id: str
+    index: int
+    parent_id: str | None
+    start: torch.Tensor
+    candidates: list[RoundCandidate]
+    seconds: dict[str, float]
+    selection: Selection | None = None
+    refined: torch.Tensor | None = None
+
+    def candidate(self, cid: str) -> RoundCandidate:
+        for c in self.candidates:
+            if c.id == cid:
+                return c
+        raise KeyError(f"round {self.id} has no candidate {cid!r}; ids: {[c.id for c in self.candidates]}")
+
+    def images(self, ids: Sequence[str]) -> torch.Tensor | None:
+        return torch.cat([self.candidate(i).image for i in ids]) if ids else None
+
+
+def _new_id() -> str:
+    return uuid.uuid4().hex
+
+
+class TPOEngine:
+    """Holds the backbone and the prior; each method is one stage of the loop."""
+
+    def __init__(self, config: TPOConfig = TPOConfig(), restorer: Restorer | None = None,
+                 prior: DiffusionPrior | None = None):
+        self.config = config
+        self.restorer = restorer if restorer is not None else get_restorer(config.backbone, config.device)
+        self.prior = prior if prior is not None else load_prior(config.prior, config.device)
+
+    def describe(self) -> dict[str, Any]:
+        return {"backbone": self.restorer.describe(), "prior": self.prior.describe(), "config": self.config.to_dict()}
+
+    def restore(self, degraded: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """(1, 3, H, W) in [0, 1] -> restored (1, 3, H, W), seconds."""
+        t0 = time.perf_counter()
+        restored = self.restorer.restore(degraded)
+        return restored, time.perf_counter() - t0
+
+    def start_round(self, start: torch.Tensor, parent_id: str | None = None, index: int = 0,
+                    seed: int | None = None, num_candidates: int | None = None) -> Round:
+        """Stage (i): candidates around `start` (1, 3, H, W); the start image is itself a candidate."""
+        cfg = self.config.candidates
+        if seed is not None:
+            cfg = replace(cfg, seed=int(seed))
+        if num_candidates is not None:
+            cfg = replace(cfg, num_candidates=int(num_candidates))
+        t0 = time.perf_counter()
+        made = generate_candidates(start, self.prior, cfg)
+        seconds = {"candidates": time.perf_counter() - t0}
+        cands = [RoundCandidate(RESTORED_ID, start, None)]
+        cands += [RoundCandidate(f"c{i}", c.image, c.meta) for i, c in enumerate(made)]
+        return Round(_new_id(), index, parent_id, start, cands, seconds)
+
+    def select(self, rnd: Round, metrics: Sequence[str] | None = None, top_k: int = 1,
+               bottom_k: int = 1) -> Selection:
+        """Stage (ii), automated: z-score fusion of no-reference metrics over every candidate."""
+        metrics = tuple(metrics or self.config.selector)
+        t0 = time.perf_counter()
+        ids = [c.id for c in rnd.candidates]
+        images = torch.cat([c.image for c in rnd.candidates])
+        raw = score_images(images, metrics, reference=rnd.start)
+        fused = fuse_zscores(raw, {m: metric_info(m).lower_better for m in metrics})
+        sel = select_from_scores(ids, fused, "+".join(metrics), top_k, bottom_k, raw)
+        for c in rnd.candidates:
+            c.scores = {m: sel.raw_scores[m][c.id] for m in metrics} | {"fused": sel.scores[c.id]}
+        rnd.seconds["select"] = time.perf_counter() - t0
+        return sel
+
+    def refine(self, rnd: Round, selection: Selection, config: RefineConfig | None = None) -> torch.Tensor:
+        """Stage (iii): reward-guided denoising of the start image toward the selection."""
+        t0 = time.perf_counter()
+        preferred = rnd.images(selection.preferred_ids)
+        rejected = rnd.images(selection.rejected_ids)
+        refined = reward_guided_denoise(rnd.start, preferred, rejected, self.prior, config or self.config.refine)
+        rnd.selection, rnd.refined = selection, refined
+        rnd.seconds["refine"] = time.perf_counter() - t0
+        return refined
+
+    def score(self, images: torch.Tensor, metrics: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+        return score_images(images, tuple(metrics or self.config.selector))
+
+
+def fused_scores(engine: TPOEngine, rnd: Round, extra: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Fused selector score (higher = better) of named images, z-scored together with the round's candidates."""
+    metrics = engine.config.selector
+    names = [c.id for c in rnd.candidates] + list(extra)
+    images = torch.cat([c.image for c in rnd.candidates] + list(extra.values()))
+    raw = score_images(images, metrics, reference=rnd.start)
+    fused = fuse_zscores(raw, {m: metric_info(m).lower_better for m in metrics})
+    return dict(zip(names, fused.tolist()))
+
+
+# ---- the headless command -----------------------------------------------------------------------------
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m restoration.tpo", description="Run TTPO rounds headless.")
+    p.add_argument("--input", required=True, type=Path, help="image to restore (ground truth with --degradation)")
+    p.add_argument("--degradation", default="", help="degrade the input first, e.g. noise:25 (seeded)")
+    p.add_argument("--gt", type=Path, help="ground-truth image for PSNR (implied by --degradation)")
+    p.add_argument("--backbone", default="sipl")
+    p.add_argument("--prior", default="default")
+    p.add_argument("--selector", default=",".join(DEFAULT_SELECTOR), help="pyiqa metrics, comma-separated")
+    p.add_argument("--candidates", type=int, default=CandidateConfig().num_candidates)
+    p.add_argument("--rounds", type=int, default=1)
+    p.add_argument("--size", type=int, default=0, help="resize short side to N and center-crop N x N")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=0, help="override refine steps")
+    p.add_argument("--strength", type=float, default=0.0, help="override refine strength")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object on stdout")
+    a = p.parse_args(argv)
+    if not 1 <= a.candidates <= 64:
+        p.error("--candidates must be in 1..64")
+    if not 1 <= a.rounds <= 10:
+        p.error("--rounds must be in 1..10")
+    if a.size and not 16 <= a.size <= 4096:
+        p.error("--size must be in 16..4096")
+    return a
+
+
+def main(argv: list[str] | None = None) -> int:
+    from restoration.degradations import degrade
+    from restoration.io import load_image, resize_short_side_center_crop, save_image
+    from restoration.metrics import psnr
+
+    a = _parse(argv)
+    log = lambda m: print(m, file=sys.stderr)  # noqa: E731
+    try:
+        image = load_image(a.input)
+        if a.size:
+            image = resize_short_side_center_crop(image, a.size)
+        gt = None
+        if a.degradation:
+            gt = image
+            image, record = degrade(gt, a.degradation, a.seed)
+            log(f"degraded with {record.spec} (seed {record.seed})")
+        elif a.gt:
+            gt = load_image(a.gt)
+            if a.size:
+                gt = resize_short_side_center_crop(gt, a.size)
+            if gt.shape != image.shape:
+                raise ValueError(f"--gt size {tuple(gt.shape[-2:])} differs from the input {tuple(image.shape[-2:])}")
+        selector = tuple(m.strip() for m in a.selector.split(",") if m.strip())
+        for m in selector:
+            metric_info(m)  # unknown metric names fail before any work
+        refine = RefineConfig()
+        if a.steps:
+            refine = replace(refine, steps=a.steps)
+        if a.strength:
+            refine = replace(refine, strength=a.strength)
+        config = TPOConfig(backbone=a.backbone, prior=a.prior, selector=selector,
+                           candidates=replace(CandidateConfig(), num_candidates=a.candidates, seed=a.seed),
+                           refine=replace(refine, seed=a.seed), device=a.device)
+        engine = TPOEngine(config, restorer=create_restorer(a.backbone, a.device), prior=None)
+    except (ValueError, FileNotFoundError, KeyError) as exc:
+        log(f"error: {exc}")
+        return 2
+
+    a.out.mkdir(parents=True, exist_ok=True)
+    save_image(image, a.out / "input.png")
+    restored, t_restore = engine.restore(image)
+    save_image(restored, a.out / "restored.png")
+    start, parent, rounds = restored, None, []
+    for r in range(a.rounds):
+        rnd = engine.start_round(start, parent_id=parent, index=r, seed=a.seed + 1000 * r)
+        sel = engine.select(rnd)
+        refined = engine.refine(rnd, sel)
+        scores = fused_scores(engine, rnd, {"refined": refined})
+        for c in rnd.candidates:
+            if not c.is_start:
+                save_image(c.image, a.out / f"round{r}_{c.id}.png")
+        save_image(refined, a.out / f"round{r}_refined.png")
+        row = {
+            "round_id": rnd.id, "parent_id": parent,
+            "candidates": [{"id": c.id, "seed": c.meta.seed if c.meta else None,
+                            "strength": c.meta.strength if c.meta else 0.0, "scores": c.scores}
+                           for c in rnd.candidates],
+            "preferred": list(sel.preferred_ids), "rejected": list(sel.rejected_ids), "tie": sel.tie,
+            "restored_score": scores[RESTORED_ID], "refined_score": scores["refined"],
+            "seconds": {"restore": t_restore if r == 0 else 0.0, **{k: rnd.seconds.get(k, 0.0)
+                                                                     for k in ("candidates", "select", "refine")}},
+        }
+        cand_images = torch.cat([c.image for c in rnd.candidates if not c.is_start])
+        row["candidate_diversity_psnr"] = _mean_pairwise_psnr(cand_images)
+        if gt is not None:
+            row["restored_psnr"] = float(psnr(start, gt))
+            row["refined_psnr"] = float(psnr(refined, gt))
+        log(f"round {r}: preferred {row['preferred']} rejected {row['rejected']} "
+            f"score {row['restored_score']:.3f} -> {row['refined_score']:.3f}")
+        rounds.append(row)
+        start, parent = refined, rnd.id
+    save_image(start, a.out / "final.png")
+    result = {"rounds": rounds, "selector": "+".join(selector), "prior": engine.prior.describe(),
+              "backbone": engine.restorer.describe(), "input": str(a.input), "degradation": a.degradation or None,
+              "seed": a.seed}
+    (a.out / "result.json").write_text(json.dumps(result, indent=2))
+    if a.json:
+        print(json.dumps(result))
+    return 0
+
+
+def _mean_pairwise_psnr(images: torch.Tensor) -> float | None:
+    from restoration.metrics import psnr
+
+    n = images.shape[0]
+    vals = [float(psnr(images[i:i + 1], images[j:j + 1])) for i in range(n) for j in range(i + 1, n)]
+    return sum(vals) / len(vals) if vals else None
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
