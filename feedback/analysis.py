@@ -1,0 +1,408 @@
+"""Analysis of the preference record: which condition people prefer, how reliable each person is, how well
+people agree with each other and with the automated metrics.
+
+Everything works on plain `Vote` rows (one per human preference pair); `load_votes` reads them from the
+database. A vote compares two images of one round; each image belongs to a *condition*, named by
+`condition_by`:
+  'method'      the candidate's `method` (in a study round each shown image is one system's output,
+                e.g. 'sipl', 'ttpo-human', 'ttpo-metric'), the default;
+  'arm+method'  '<arm>/<method>', arm = the round's condition, else its session's, else its backbone.
+
+    python -m feedback.analysis --db sqlite:///data/ttpo.sqlite3 --json
+    python -m feedback.analysis --db URL --csv out/tables --plots out/plots
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import sys
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import select
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from feedback import stats
+from feedback.db import DB_URL_ENV, Database, open_database, resolve_db_url
+from feedback.errors import InputError
+from feedback.models import Annotator, SessionRow
+from feedback.store import export_pairs
+
+CONDITION_KEYS = ("method", "arm+method")
+BOOTSTRAP_UNITS = ("participant", "vote")
+#: pyiqa metrics where a lower score is better (pyiqa's `lower_better`); every other metric, and the
+#: fused z-score 'fused', is higher-better.
+LOWER_BETTER_METRICS = frozenset({
+    "afine_all", "afine_all_scale", "afine_fr", "afine_nr", "brisque", "brisque_matlab", "deepdc", "dists",
+    "fid", "fid_dinov2", "gmsd", "ilniqe", "lpips", "lpips+", "lpips-vgg", "lpips-vgg+", "mad", "msswd",
+    "niqe", "niqe_matlab", "nlpd", "pi", "pieapp", "piqe", "sfid", "stlpips", "stlpips-vgg",
+})
+
+
+@dataclass(frozen=True)
+class Vote:
+    """One human preference pair: `chosen` beat `rejected` (label 1.0) or they tied (label 0.5).
+
+    Positions are the candidates' display order in the round (0 = shown first / on the left).
+    """
+
+    annotator: str
+    chosen_image: str
+    rejected_image: str
+    chosen_condition: str
+    rejected_condition: str
+    chosen_position: int
+    rejected_position: int
+    label: float
+    chosen_scores: Mapping[str, float | None] = field(default_factory=dict)
+    rejected_scores: Mapping[str, float | None] = field(default_factory=dict)
+    study_id: str | None = None
+    round_id: str = ""
+
+    @property
+    def is_tie(self) -> bool:
+        return self.label != 1.0
+
+
+@dataclass(frozen=True)
+class AnalysisConfig:
+    """Bootstrap settings and the thresholds that flag a participant as inattentive."""
+
+    n_resamples: int = 1000
+    seed: int = 0
+    level: float = 0.95
+    bootstrap_unit: str = "participant"  # resample whole participants (their votes are not independent)
+    min_repeats: int = 4  # repeated pairs needed before consistency can flag
+    chance_consistency: float = 0.6  # test-retest agreement at or below this is "at chance" (chance = 0.5)
+    min_position_votes: int = 10  # decisive votes needed before position bias can flag
+    extreme_position_bias: float = 0.85  # first-shown share >= this (or <= 1 - this) is extreme (unbiased 0.5)
+    exclude_flagged: bool = False  # leave flagged participants out of conditions, alpha and metric agreement
+
+    def __post_init__(self) -> None:
+        if self.bootstrap_unit not in BOOTSTRAP_UNITS:
+            raise InputError(f"bootstrap_unit must be one of {', '.join(BOOTSTRAP_UNITS)}, "
+                             f"got {self.bootstrap_unit!r}")
+        if self.n_resamples < 1:
+            raise InputError(f"n_resamples must be >= 1, got {self.n_resamples}")
+        if not 0 < self.level < 1:
+            raise InputError(f"level must be in (0, 1), got {self.level}")
+
+
+# -------------------------------------------------------------------------------------------- loading
+def load_votes(s: Session, *, condition_by: str = "method", study_id: str | None = None) -> list[Vote]:
+    """Human preference pairs of the database as votes (metric selections are not votes of people)."""
+    if condition_by not in CONDITION_KEYS:
+        raise InputError(f"condition_by must be one of {', '.join(CONDITION_KEYS)}, got {condition_by!r}")
+    sessions = {sid: (pseudonym, study, condition) for sid, pseudonym, study, condition in s.execute(
+        select(SessionRow.id, Annotator.pseudonym, SessionRow.study_id, SessionRow.condition)
+        .join(Annotator, SessionRow.annotator_id == Annotator.id))}
+    votes = []
+    for row in export_pairs(s):
+        if row["selector"] != "human":
+            continue
+        pseudonym, session_study, session_condition = sessions[row["session_id"]]
+        study = row["study_id"] or session_study
+        if study_id is not None and study != study_id:
+            continue
+        arm = row["condition"] or session_condition or row["backbone_name"]
+        prefix = "" if condition_by == "method" else f"{arm}/"
+        votes.append(Vote(
+            annotator=pseudonym, chosen_image=row["chosen_image"], rejected_image=row["rejected_image"],
+            chosen_condition=prefix + row["chosen_method"], rejected_condition=prefix + row["rejected_method"],
+            chosen_position=row["chosen_position"], rejected_position=row["rejected_position"],
+            label=float(row["label"]), chosen_scores=row["chosen_scores"], rejected_scores=row["rejected_scores"],
+            study_id=study, round_id=row["round_id"]))
+    return votes
+
+
+# -------------------------------------------------------------------------------------- conditions
+def _unit_win_matrices(votes: Sequence[Vote], names: list[str], unit: str) -> np.ndarray:
+    index = {name: i for i, name in enumerate(names)}
+    units: dict[Any, np.ndarray] = {}
+    for n, vote in enumerate(votes):
+        a, b = index[vote.chosen_condition], index[vote.rejected_condition]
+        key = vote.annotator if unit == "participant" else n
+        wins = units.setdefault(key, np.zeros((len(names), len(names))))
+        if vote.is_tie:
+            wins[a, b] += 0.5
+            wins[b, a] += 0.5
+        else:
+            wins[a, b] += 1.0
+    return np.stack(list(units.values())) if units else np.zeros((0, len(names), len(names)))
+
+
+def condition_summary(votes: Sequence[Vote], config: AnalysisConfig = AnalysisConfig()) -> dict[str, dict]:
+    """Per condition: win rate against the other conditions and Bradley-Terry log-strength, with bootstrap
+    percentile intervals; `n` counts its votes against another condition (votes within one condition are
+    left out: they say nothing about conditions)."""
+    between = [v for v in votes if v.chosen_condition != v.rejected_condition]
+    names = sorted({c for v in between for c in (v.chosen_condition, v.rejected_condition)})
+    if not names:
+        return {}
+    unit_wins = _unit_win_matrices(between, names, config.bootstrap_unit)
+    wins = unit_wins.sum(axis=0)
+    resampled = stats.bootstrap_win_matrices(unit_wins, config.n_resamples, config.seed)
+    rate, bt = stats.win_rates(wins), stats.bradley_terry(wins)
+    rate_lo, rate_hi = stats.bootstrap_statistic(resampled, stats.win_rates, config.level)
+    bt_lo, bt_hi = stats.bootstrap_statistic(resampled, stats.bradley_terry, config.level)
+    ties = defaultdict(int)
+    for v in between:
+        if v.is_tie:
+            ties[v.chosen_condition] += 1
+            ties[v.rejected_condition] += 1
+    games = wins + wins.T
+    return {name: {"win_rate": _num(rate[i]), "ci": [_num(rate_lo[i]), _num(rate_hi[i])],
+                   "bt_score": _num(bt[i]), "bt_ci": [_num(bt_lo[i]), _num(bt_hi[i])],
+                   "n": round(float(games[i].sum())), "ties": ties[name]}
+            for i, name in enumerate(names)}
+
+
+# ------------------------------------------------------------------------------------ participants
+def unit_key(vote: Vote) -> tuple[str, str]:
+    """The judged item: the unordered pair of images, in a fixed (sorted) order."""
+    return tuple(sorted((vote.chosen_image, vote.rejected_image)))  # type: ignore[return-value]
+
+
+def outcome(vote: Vote) -> str:
+    """'first' or 'second' (which image of `unit_key` won) or 'tie': comparable across units and people."""
+    if vote.is_tie:
+        return "tie"
+    return "first" if vote.chosen_image == unit_key(vote)[0] else "second"
+
+
+def participant_quality(votes: Sequence[Vote], config: AnalysisConfig = AnalysisConfig()) -> dict[str, dict]:
+    """Per participant: votes, test-retest consistency, position bias, and an inattentive flag with reasons.
+
+    consistency: over items judged more than once (a study repeats pairs with sides swapped), the share
+    of repeats whose outcome equals the first judgment (chance 0.5; a person who always picks the left
+    image scores 0 on swapped repeats). position_bias: share of decisive votes won by the image shown
+    first (lower position); 0.5 when position does not matter.
+    """
+    by_person: dict[str, list[Vote]] = defaultdict(list)
+    for vote in votes:
+        by_person[vote.annotator].append(vote)
+    report = {}
+    for person, own in sorted(by_person.items()):
+        judged: dict[tuple[str, str], list[str]] = defaultdict(list)
+        for vote in own:
+            judged[unit_key(vote)].append(outcome(vote))
+        repeats = [(results[0], later) for results in judged.values() for later in results[1:]]
+        consistency = stats.agreement_rate(repeats)
+        decisive = [v for v in own if not v.is_tie and v.chosen_position != v.rejected_position]
+        first = sum(v.chosen_position < v.rejected_position for v in decisive)
+        bias = first / len(decisive) if decisive else None
+        reasons = []
+        if consistency is not None and len(repeats) >= config.min_repeats and consistency <= config.chance_consistency:
+            reasons.append(f"consistency {consistency:.2f} over {len(repeats)} repeated pairs is at chance "
+                           f"(<= {config.chance_consistency:.2f}; chance is 0.50)")
+        limit = config.extreme_position_bias
+        if bias is not None and len(decisive) >= config.min_position_votes and (bias >= limit or bias <= 1 - limit):
+            reasons.append(f"picked the first-shown image in {bias:.0%} of {len(decisive)} decisive votes "
+                           f"(extreme: >= {limit:.0%} or <= {1 - limit:.0%})")
+        report[person] = {"votes": len(own), "repeats": len(repeats), "consistency": consistency,
+                          "position_bias": bias, "flagged": bool(reasons), "reasons": reasons}
+    return report
+
+
+def annotator_alpha(votes: Sequence[Vote]) -> float | None:
+    """Krippendorff's alpha (nominal) over items judged by several people: each person's first outcome."""
+    ratings: dict[tuple[str, str], dict[str, str]] = defaultdict(dict)
+    for vote in votes:
+        ratings[unit_key(vote)].setdefault(vote.annotator, outcome(vote))
+    return stats.krippendorff_alpha_nominal(ratings)
+
+
+# ------------------------------------------------------------------------------------------- metrics
+def metric_agreement(votes: Sequence[Vote],
+                     lower_better: frozenset[str] = LOWER_BETTER_METRICS) -> dict[str, dict[str, float | int]]:
+    """Per stored metric: how often it ranks the human-preferred image above the rejected one (equal scores
+    count half), over decisive votes where both images have a finite score."""
+    tally: dict[str, list[float]] = defaultdict(list)
+    for vote in votes:
+        if vote.is_tie:
+            continue
+        for metric, chosen in vote.chosen_scores.items():
+            rejected = vote.rejected_scores.get(metric)
+            if not _finite(chosen) or not _finite(rejected):
+                continue
+            margin = (rejected - chosen) if metric in lower_better else (chosen - rejected)
+            tally[metric].append(1.0 if margin > 0 else 0.5 if margin == 0 else 0.0)
+    return {metric: {"rate": sum(v) / len(v), "n": len(v)} for metric, v in sorted(tally.items())}
+
+
+# -------------------------------------------------------------------------------------------- report
+def analyze(votes: Sequence[Vote], config: AnalysisConfig = AnalysisConfig()) -> dict[str, Any]:
+    """The whole report as one JSON-ready dict (the `--json` contract); `participants` lists everyone,
+    the other parts use only unflagged participants when `config.exclude_flagged`."""
+    participants = participant_quality(votes, config)
+    excluded = sorted(p for p, r in participants.items() if r["flagged"]) if config.exclude_flagged else []
+    kept = [v for v in votes if v.annotator not in set(excluded)]
+    agreement = metric_agreement(kept)
+    return {
+        "n_votes": len(kept),
+        "n_participants": len({v.annotator for v in kept}),
+        "excluded_participants": excluded,
+        "conditions": condition_summary(kept, config),
+        "krippendorff_alpha": annotator_alpha(kept),
+        "participants": participants,
+        "metric_agreement": {m: a["rate"] for m, a in agreement.items()},
+        "metric_agreement_n": {m: a["n"] for m, a in agreement.items()},
+    }
+
+
+def write_csv(report: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
+    """conditions.csv, participants.csv and metric_agreement.csv in `out_dir`; returns their paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tables = {
+        "conditions.csv": (["condition", "win_rate", "ci_low", "ci_high", "bt_score", "bt_ci_low", "bt_ci_high",
+                            "n", "ties"],
+                           [[name, c["win_rate"], *c["ci"], c["bt_score"], *c["bt_ci"], c["n"], c["ties"]]
+                            for name, c in report["conditions"].items()]),
+        "participants.csv": (["participant", "votes", "repeats", "consistency", "position_bias", "flagged", "reasons"],
+                             [[p, r["votes"], r["repeats"], r["consistency"], r["position_bias"], r["flagged"],
+                               "; ".join(r["reasons"])] for p, r in report["participants"].items()]),
+        "metric_agreement.csv": (["metric", "agreement", "n"],
+                                 [[m, rate, report["metric_agreement_n"][m]]
+                                  for m, rate in report["metric_agreement"].items()]),
+    }
+    paths = []
+    for name, (header, rows) in tables.items():
+        path = out / name
+        with path.open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(header)
+            writer.writerows([["" if x is None else x for x in row] for row in rows])
+        paths.append(path)
+    return paths
+
+
+def write_plots(report: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
+    """PNG plots for the admin dashboard: win rates and Bradley-Terry scores with intervals, participant
+    quality, metric agreement. Needs matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise InputError("--plots needs matplotlib: uv pip install --python .venv/bin/python matplotlib") from None
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+
+    def save(fig: Any, name: str) -> None:
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=100)
+        plt.close(fig)
+        paths.append(out / name)
+
+    conditions = report["conditions"]
+    names = sorted(conditions, key=lambda n: -_nan(conditions[n]["bt_score"]))  # best first
+    for key, ci_key, title, name, ref in (("win_rate", "ci", "Win rate vs other conditions", "win_rates.png", 0.5),
+                                          ("bt_score", "bt_ci", "Bradley-Terry log-strength", "bt_scores.png", 0.0)):
+        fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(names) + 2), 3.5))
+        values = np.array([_nan(conditions[n][key]) for n in names])
+        low = np.array([_nan(conditions[n][ci_key][0]) for n in names])
+        high = np.array([_nan(conditions[n][ci_key][1]) for n in names])
+        ax.bar(names, values, yerr=np.nan_to_num([values - low, high - values]), capsize=4, color="#4c72b0")
+        ax.axhline(ref, color="grey", linewidth=0.8, linestyle="--")
+        ax.set_title(f"{title} ({int(report.get('n_votes', 0))} votes)")
+        ax.tick_params(axis="x", rotation=30)
+        save(fig, name)
+
+    people = report["participants"]
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    for flagged, color in ((False, "#4c72b0"), (True, "#c44e52")):
+        xs = [_nan(p["position_bias"]) for p in people.values() if p["flagged"] == flagged]
+        ys = [_nan(p["consistency"]) for p in people.values() if p["flagged"] == flagged]
+        ax.scatter(xs, ys, c=color, label="flagged" if flagged else "ok")
+    ax.set(xlim=(-0.05, 1.05), ylim=(-0.05, 1.05), xlabel="share of first-shown picks", ylabel="test-retest agreement",
+           title="Participants")
+    ax.axvline(0.5, color="grey", linewidth=0.8, linestyle="--")
+    ax.axhline(0.5, color="grey", linewidth=0.8, linestyle="--")
+    ax.legend(loc="lower left")
+    save(fig, "participants.png")
+
+    agreement = report["metric_agreement"]
+    fig, ax = plt.subplots(figsize=(max(4, 1.0 * len(agreement) + 2), 3.5))
+    ax.bar(list(agreement), list(agreement.values()), color="#55a868")
+    ax.axhline(0.5, color="grey", linewidth=0.8, linestyle="--")
+    ax.set(ylim=(0, 1), title="Metric agrees with the person")
+    ax.tick_params(axis="x", rotation=30)
+    save(fig, "metric_agreement.png")
+    return paths
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _num(x: Any) -> float | None:
+    return float(x) if _finite(float(x)) else None
+
+
+def _nan(x: float | None) -> float:
+    return float("nan") if x is None else float(x)
+
+
+def open_existing_database(url: str | None, data_dir: str | Path) -> Database:
+    """The database to read, without migrating or creating it: a missing SQLite file is an error."""
+    resolved = resolve_db_url(url, data_dir)
+    parsed = make_url(resolved)
+    if parsed.get_backend_name() == "sqlite" and parsed.database and not Path(parsed.database).is_file():
+        raise InputError(f"no database file at {parsed.database}; pass the --db the app wrote to")
+    return open_database(resolved, migrate=False)
+
+
+def main(argv: list[str] | None = None) -> None:
+
+    parser = argparse.ArgumentParser(prog="python -m feedback.analysis", description=__doc__.splitlines()[0])
+    parser.add_argument("--db", default=None, help=f"database URL (default: ${DB_URL_ENV} or DATA_DIR)")
+    parser.add_argument("--data-dir", default="data", help="where the default SQLite file lives")
+    parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    parser.add_argument("--csv", metavar="DIR", help="write conditions/participants/metric_agreement CSV tables")
+    parser.add_argument("--plots", metavar="DIR", help="write PNG plots")
+    parser.add_argument("--study", default=None, help="only votes of this study id")
+    parser.add_argument("--condition-by", choices=CONDITION_KEYS, default="method")
+    parser.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples")
+    parser.add_argument("--bootstrap-unit", choices=BOOTSTRAP_UNITS, default="participant")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--exclude-flagged", action="store_true",
+                        help="leave flagged (inattentive) participants out of every summary but their own table")
+    args = parser.parse_args(argv)
+    try:
+        config = AnalysisConfig(n_resamples=args.resamples, seed=args.seed, bootstrap_unit=args.bootstrap_unit,
+                                exclude_flagged=args.exclude_flagged)
+        database = open_existing_database(args.db, args.data_dir)
+        try:
+            with database.sessions() as s:
+                votes = load_votes(s, condition_by=args.condition_by, study_id=args.study)
+        finally:
+            database.engine.dispose()
+        report = analyze(votes, config)
+        if args.csv:
+            write_csv(report, args.csv)
+        if args.plots:
+            write_plots(report, args.plots)
+    except InputError as exc:
+        parser.exit(2, f"error: {exc}\n")
+    except SQLAlchemyError as exc:
+        parser.exit(2, f"error: cannot read the preference database ({type(exc).__name__}: "
+                       f"{str(exc).splitlines()[0]}); is it migrated? python -m feedback.db upgrade --db URL\n")
+    if args.json or not (args.csv or args.plots):
+        json.dump(report, sys.stdout, indent=None if args.json else 2, allow_nan=False)
+        sys.stdout.write("\n")
+
+
+if __name__ == "__main__":
+    main()

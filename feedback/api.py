@@ -1,0 +1,272 @@
+"""REST API over `FeedbackService` (FastAPI, OpenAPI at /openapi.json). Routes only; the service does the work.
+
+Contract (every error is JSON {"error": "..."}; input errors are 4xx, unknown ids 404, a full engine queue 503):
+  POST /api/v1/sessions                      {"annotator"} -> {"session_id", "token"}
+  POST /api/v1/sessions/{session_id}/rounds  multipart image + degradation, backbone, candidates, seed,
+                                             parent_round_id -> {"round_id", "restored", "candidates"}
+  GET  /api/v1/rounds/{round_id}             the round, its candidates (display order) and status
+  POST /api/v1/rounds/{round_id}/choices     {"preferred", "rejected", "tie", "skip", "tags", "decision_ms"}
+                                             (+ Idempotency-Key header) -> {"choice_id", "pairs"}
+  POST /api/v1/rounds/{round_id}/auto        {"metrics"} -> the metric selector's choice and scores
+  POST /api/v1/rounds/{round_id}/refine      {} -> {"image", "round_id" (the next round), "candidates"}
+  GET  /api/v1/images/{id}                   image/png
+  GET  /api/v1/export?format=jsonl           one preference pair per line (admin token)
+  GET  /api/v1/health                        {"status", "engine_ready"}
+Candidates include the round's start image (restored or refined) as one candidate, at a shuffled position:
+TTPO compares it with the diffusion samples. Refine also generates the next round's candidates.
+Every call after session creation sends `Authorization: Bearer <token>`; the admin token may access everything.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Depends, FastAPI, File, Form, Header, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from feedback.engine import RefineSettings
+from feedback.errors import Conflict, InputError, NotFound
+from feedback.service import AuthError, Busy, FeedbackService, Principal, RoundView
+
+PREFIX = "/api/v1"
+
+
+class SessionIn(BaseModel):
+    annotator: str = Field(description="a name or nickname; stored only as a salted pseudonym")
+
+
+class SessionOut(BaseModel):
+    session_id: str
+    token: str
+
+
+class ImageRef(BaseModel):
+    id: str = Field(description="sha256 of the PNG bytes")
+    url: str
+
+
+class CandidateRef(BaseModel):
+    id: str = Field(description="candidate id to use in choices")
+    url: str
+    image_id: str
+    position: int
+
+
+class RoundOut(BaseModel):
+    round_id: str
+    round_index: int
+    parent_round_id: str | None
+    status: str
+    input: ImageRef
+    restored: ImageRef = Field(description="the round's start image: restored (round 0) or refined (later)")
+    candidates: list[CandidateRef] = Field(description="display order; includes the start image")
+
+
+class ChoiceIn(BaseModel):
+    preferred: list[str] = []
+    rejected: list[str] = []
+    tie: bool = False
+    skip: bool = False
+    tags: list[str] = []
+    decision_ms: int | None = None
+
+
+class ChoiceOut(BaseModel):
+    choice_id: str
+    pairs: int
+    kind: str
+    created: bool
+
+
+class AutoIn(BaseModel):
+    metrics: list[str] | None = None
+
+
+class AutoOut(ChoiceOut):
+    preferred: list[str]
+    rejected: list[str]
+    selector: str
+    scores: dict[str, dict[str, float]]
+
+
+class RefineIn(BaseModel):
+    strength: float | None = None
+    steps: int | None = None
+    guidance_scale: float | None = None
+
+
+class RefineOut(BaseModel):
+    image: ImageRef
+    round_id: str = Field(description="the next round, which starts from the refined image")
+    refinement_id: str
+    candidates: list[CandidateRef]
+    seconds: float
+
+
+def _image(image_id: str) -> dict[str, str]:
+    return {"id": image_id, "url": f"{PREFIX}/images/{image_id}"}
+
+
+def _round_out(view: RoundView) -> dict[str, Any]:
+    return {"round_id": view.round_id, "round_index": view.round_index, "parent_round_id": view.parent_round_id,
+            "status": view.status, "input": _image(view.input_image_id), "restored": _image(view.start_image_id),
+            "candidates": [{"id": c.id, "image_id": c.image_id, "url": f"{PREFIX}/images/{c.image_id}",
+                            "position": c.position} for c in view.candidates]}
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Map feedback errors to status codes; every error body is {"error": "..."}."""
+
+    @app.exception_handler(AuthError)
+    async def _auth(_r: Request, exc: AuthError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        return _error(exc.status, exc.message, headers)
+
+    @app.exception_handler(NotFound)
+    async def _not_found(_r: Request, exc: NotFound) -> JSONResponse:
+        return _error(404, exc.message)
+
+    @app.exception_handler(Conflict)
+    async def _conflict(_r: Request, exc: Conflict) -> JSONResponse:
+        return _error(409, exc.message)
+
+    @app.exception_handler(InputError)
+    async def _input(_r: Request, exc: InputError) -> JSONResponse:
+        return _error(409 if isinstance(exc, Conflict) else 400, exc.message)
+
+    @app.exception_handler(Busy)
+    async def _busy(_r: Request, exc: Busy) -> JSONResponse:
+        return _error(503, exc.message, {"Retry-After": str(exc.retry_after)})
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_r: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = [f"{'.'.join(str(x) for x in e.get('loc', ()) if x != 'body') or 'body'}: {e.get('msg')}"
+                 for e in exc.errors()]
+        return _error(422, "; ".join(parts) or "invalid request")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_r: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _error(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_r: Request, exc: Exception) -> JSONResponse:
+        return _error(500, f"internal error ({type(exc).__name__}); the request was not completed")
+
+
+def principal(request: Request, authorization: Annotated[str | None, Header()] = None) -> Principal:
+    """The caller, from `Authorization: Bearer <token>` (a session token or the admin token)."""
+    token = None
+    if authorization:
+        scheme, _, value = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not value.strip():
+            raise AuthError("the Authorization header must be 'Bearer <token>'", 401)
+        token = value.strip()
+    return request.app.state.feedback_service.authenticate(token)
+
+
+Who = Annotated[Principal, Depends(principal)]
+
+
+def build_router(service: FeedbackService) -> APIRouter:
+    """The /api/v1 routes over one service instance."""
+    router = APIRouter(prefix=PREFIX)
+
+    @router.get("/health")
+    def health() -> dict[str, Any]:
+        worker = service.worker
+        return {"status": "ok", "engine_ready": worker.ready.is_set(), "engine_error": worker.warmup_error,
+                "code_version": worker.code_version}
+
+    @router.post("/sessions", response_model=SessionOut)
+    def create_session(body: SessionIn) -> dict[str, str]:
+        session_id, token = service.create_session(body.annotator)
+        return {"session_id": session_id, "token": token}
+
+    @router.post("/sessions/{session_id}/rounds", response_model=RoundOut)
+    def create_round(session_id: str, who: Who, image: Annotated[UploadFile, File()],
+                     degradation: Annotated[str | None, Form()] = None,
+                     backbone: Annotated[str | None, Form()] = None,
+                     candidates: Annotated[str | None, Form()] = None,
+                     seed: Annotated[str | None, Form()] = None,
+                     parent_round_id: Annotated[str | None, Form()] = None) -> dict[str, Any]:
+        service.check_session(who, session_id)
+        data = image.file.read(service.limits.max_bytes + 1)
+        view = service.start_round(session_id, data, degradation=degradation, backbone=backbone,
+                                   candidates=candidates, seed=seed, parent_round_id=parent_round_id or None)
+        return _round_out(view)
+
+    @router.get("/rounds/{round_id}", response_model=RoundOut)
+    def get_round(round_id: str, who: Who) -> dict[str, Any]:
+        service.check_round(who, round_id)
+        return _round_out(service.get_round(round_id))
+
+    @router.post("/rounds/{round_id}/choices", response_model=ChoiceOut)
+    def create_choice(round_id: str, body: ChoiceIn, who: Who,
+                      idempotency_key: Annotated[str | None, Header()] = None) -> dict[str, Any]:
+        service.check_round(who, round_id)
+        view = service.record_choice(round_id, body.preferred, body.rejected, tie=body.tie, skip=body.skip,
+                                     tags=body.tags, decision_ms=body.decision_ms, idempotency_key=idempotency_key)
+        return {"choice_id": view.choice_id, "pairs": view.pairs, "kind": view.kind, "created": view.created}
+
+    @router.post("/rounds/{round_id}/auto", response_model=AutoOut)
+    def auto_choice(round_id: str, who: Who, body: Annotated[AutoIn | None, Body()] = None) -> dict[str, Any]:
+        service.check_round(who, round_id)
+        view = service.auto_choose(round_id, (body.metrics if body else None))
+        return {"choice_id": view.choice_id, "pairs": view.pairs, "kind": view.kind, "created": view.created,
+                "preferred": view.preferred, "rejected": view.rejected, "selector": view.selector,
+                "scores": view.scores}
+
+    @router.post("/rounds/{round_id}/refine", response_model=RefineOut)
+    def refine(round_id: str, who: Who, body: Annotated[RefineIn | None, Body()] = None) -> dict[str, Any]:
+        service.check_round(who, round_id)
+        settings = service.worker.settings.refine
+        if body is not None:
+            changes = {k: v for k, v in body.model_dump().items() if v is not None}
+            settings = RefineSettings(**{**settings.to_dict(), **changes})
+        result = service.refine(round_id, settings)
+        nxt = _round_out(result.next_round)
+        return {"image": _image(result.image_id), "round_id": nxt["round_id"], "refinement_id": result.refinement_id,
+                "candidates": nxt["candidates"], "seconds": result.seconds}
+
+    @router.get("/images/{id}", response_class=Response,
+                responses={200: {"content": {"image/png": {}}}})
+    def get_image(id: str, who: Who) -> Response:  # noqa: A002 - the contract names the path parameter `id`
+        data = service.image_bytes(who, id)
+        return Response(data, media_type="image/png", headers={"Cache-Control": "private, max-age=31536000, immutable"})
+
+    @router.get("/export")
+    def export(who: Who, format: Annotated[str, Query()] = "jsonl") -> StreamingResponse:
+        service.require_admin(who)
+        if format != "jsonl":
+            raise InputError(f"unknown export format {format[:20]!r}; allowed: jsonl")
+        lines = (json.dumps(row, separators=(",", ":")) + "\n" for row in service.export_jsonl())
+        return StreamingResponse(lines, media_type="application/x-ndjson")
+
+    return router
+
+
+def build_api(service: FeedbackService) -> FastAPI:
+    """The FastAPI app with the REST routes and error handlers (Gradio is mounted beside them by app.py)."""
+    app = FastAPI(title="ttpo-lab feedback API", version="1", description=__doc__)
+    app.state.feedback_service = service
+    max_body = service.limits.max_bytes + 64 * 1024  # the image plus the form fields
+
+    @app.middleware("http")
+    async def _limit_body(request: Request, call_next: Any) -> Response:
+        # Refuse a declared oversized upload before reading it; the service checks the bytes it reads as well.
+        length = request.headers.get("content-length")
+        if request.url.path.startswith(PREFIX) and length and length.isdigit() and int(length) > max_body:
+            return _error(413, f"request body of {length} bytes is too large; images up to "
+                               f"{service.limits.max_bytes} bytes are accepted")
+        return await call_next(request)
+    install_error_handlers(app)
+    app.include_router(build_router(service))
+    return app

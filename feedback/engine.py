@@ -1,0 +1,282 @@
+"""The restoration engine as the feedback service uses it: typed settings, validation, models loaded once.
+
+`TTPOWorker` wraps `restoration.tpo.TPOEngine` stages over plain tensors (1, 3, H, W) in [0, 1] and
+turns the engine's ValueErrors about user choices (unknown backbone, degradation spec, metric) into
+`InputError`s whose messages say what is allowed. The diffusion prior is loaded once per process
+(lazily, or by `warm_up()` at start); restorers come from the registry's per-process cache.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from feedback.errors import InputError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class RoundSettings:
+    """Candidate generation (TTPO stage i): candidate i uses strengths[i % len] and seed + i."""
+
+    num_candidates: int = 4
+    seed: int = 0
+    strengths: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4)
+    steps: int = 4
+    eta: float = 1.0
+
+    def seeds(self) -> list[int]:
+        return [self.seed + i for i in range(self.num_candidates)]
+
+    def to_config(self):
+        from restoration.diffusion.candidates import CandidateConfig
+
+        return CandidateConfig(num_candidates=self.num_candidates, strengths=tuple(self.strengths), steps=self.steps,
+                               eta=self.eta, seed=self.seed)
+
+    def checked(self) -> RoundSettings:
+        try:
+            self.to_config()
+        except ValueError as exc:
+            raise InputError(f"candidate settings: {exc}") from None
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "strengths": list(self.strengths)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RoundSettings:
+        d = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        return cls(**{**d, "strengths": tuple(d.get("strengths", cls.strengths))})
+
+
+@dataclass(frozen=True)
+class RefineSettings:
+    """Reward-guided denoising (TTPO stage iii): inversion strength, DDIM steps, guidance scale, fidelity weight."""
+
+    strength: float = 0.35
+    steps: int = 8
+    guidance_scale: float = 0.05
+    fidelity_weight: float = 0.3
+    seed: int = 0
+
+    def to_config(self):
+        from restoration.diffusion.guidance import GuidanceConfig
+        from restoration.diffusion.refine import RefineConfig
+
+        return RefineConfig(strength=self.strength, steps=self.steps, seed=self.seed,
+                            guidance=GuidanceConfig(scale=self.guidance_scale, fidelity_weight=self.fidelity_weight))
+
+    def checked(self) -> RefineSettings:
+        if not 1 <= self.steps <= 100:
+            raise InputError(f"refine steps must be in 1..100, got {self.steps}")
+        if not (0 <= self.guidance_scale <= 10 and 0 <= self.fidelity_weight <= 10):  # also refuses NaN
+            raise InputError("guidance_scale and fidelity_weight must be finite numbers in [0, 10]")
+        if not 0 <= self.seed < 2**63:
+            raise InputError(f"refine seed must be in [0, 2**63), got {self.seed}")
+        try:
+            self.to_config()
+        except ValueError as exc:
+            raise InputError(f"refine settings: {exc}") from None
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """Process-wide engine choices: default backbone, the prior, device and the defaults of each stage."""
+
+    backbone: str = "auto"  # 'auto': sipl when its weights are installed, else nlm
+    prior: str = "default"
+    device: str = "cpu"
+    dtype: str = "float32"
+    max_candidates: int = 8
+    selector: tuple[str, ...] = ("piqe",)
+    round: RoundSettings = RoundSettings()
+    refine: RefineSettings = RefineSettings()
+    backbones: tuple[str, ...] = field(default_factory=tuple)  # allowed names; empty = the registry's
+
+
+def _git_describe() -> str:
+    try:
+        out = subprocess.run(["git", "describe", "--always", "--dirty", "--tags"], cwd=REPO_ROOT,
+                             capture_output=True, text=True, timeout=5, check=False)
+        if out.returncode == 0 and out.stdout.strip():
+            return out.stdout.strip()[:64]
+    except (OSError, subprocess.SubprocessError):
+        pass
+    try:
+        from importlib.metadata import version
+
+        return f"ttpo-lab {version('ttpo-lab')}"[:64]
+    except Exception:  # noqa: BLE001 - not installed: an honest unknown
+        return "unknown"
+
+
+class TTPOWorker:
+    """Holds the prior and the code version; each method runs one engine stage and returns seconds with it."""
+
+    def __init__(self, settings: EngineSettings = EngineSettings()) -> None:
+        self.settings = settings
+        self._prior = None
+        self._lock = threading.Lock()
+        self.ready = threading.Event()  # set once the prior and the default backbone are loaded
+        self.warmup_error: str | None = None
+
+    @cached_property
+    def code_version(self) -> str:
+        return _git_describe()
+
+    # ---- checks --------------------------------------------------------------------------------
+    def backbones(self) -> list[str]:
+        """Backbone names offered: the allowed list, minus SIPL models whose weights are not installed."""
+        from restoration.backbones.registry import SIPL_WEIGHTS, available_backbones
+
+        names = list(self.settings.backbones) or available_backbones()
+        return [n for n in names if n not in SIPL_WEIGHTS or SIPL_WEIGHTS[n].is_file()]
+
+    def default_backbone(self) -> str:
+        if self.settings.backbone != "auto":
+            return self.settings.backbone
+        return "sipl" if "sipl" in self.backbones() else "nlm"
+
+    def check_backbone(self, name: str | None) -> str:
+        """A registry name this process offers (never a file path from a client)."""
+        if name is None or not str(name).strip():
+            return self.default_backbone()
+        key = str(name).strip().lower()
+        offered = self.backbones()
+        if key not in offered:
+            from restoration.backbones.registry import SIPL_WEIGHTS
+
+            why = " (its weights are not installed)" if key in SIPL_WEIGHTS else ""
+            raise InputError(f"unknown backbone {str(name)[:60]!r}{why}; available: {', '.join(offered)}")
+        return key
+
+    def check_metrics(self, metrics: Sequence[str] | str | None) -> tuple[str, ...]:
+        """Selector metrics usable offline (no weights to download); 'did you mean' for unknown names."""
+        from restoration.selection import MetricUnavailableError, metric_info, missing_weight_files
+
+        if isinstance(metrics, str):
+            metrics = [m for m in metrics.replace("+", ",").split(",")]
+        names = tuple(m.strip() for m in (metrics or self.settings.selector) if m and m.strip())
+        if not names:
+            raise InputError("name at least one selector metric, e.g. piqe")
+        for m in names:
+            try:
+                info = metric_info(m)
+            except (ValueError, MetricUnavailableError) as exc:
+                raise InputError(str(exc)) from None
+            if missing := missing_weight_files(info):
+                raise InputError(f"metric {m!r} needs weights that are not installed ({', '.join(missing)}); "
+                                 "offline metrics: piqe, entropy, brisque")
+        return names
+
+    # ---- resources -----------------------------------------------------------------------------
+    def prior(self):
+        """The diffusion prior, loaded on first use and kept for the life of the process."""
+        with self._lock:
+            if self._prior is None:
+                from restoration.diffusion.priors import load_prior
+
+                self._prior = load_prior(self.settings.prior, self.settings.device)
+            return self._prior
+
+    def prior_facts(self) -> dict[str, Any]:
+        return self.prior().describe()
+
+    def engine(self, backbone: str | None = None, selector: Sequence[str] | None = None):
+        from restoration.backbones import get_restorer
+        from restoration.tpo import TPOConfig, TPOEngine
+
+        name = backbone or self.default_backbone()
+        config = TPOConfig(backbone=name, prior=self.settings.prior, selector=tuple(selector or self.settings.selector),
+                           device=self.settings.device)
+        try:
+            restorer = get_restorer(name, self.settings.device)
+        except (ValueError, FileNotFoundError) as exc:
+            raise InputError(f"backbone {name!r} cannot be loaded: {exc}") from None
+        return TPOEngine(config, restorer=restorer, prior=self.prior())
+
+    def warm_up(self) -> None:
+        """Load the prior and the default backbone now (at process start) instead of on the first request."""
+        try:
+            self.engine()
+        except Exception as exc:  # noqa: BLE001 - reported by /api/v1/health; requests raise it again
+            self.warmup_error = f"{type(exc).__name__}: {exc}"
+            print(f"engine warm-up failed: {self.warmup_error}", file=sys.stderr, flush=True)
+        else:
+            self.ready.set()
+
+    # ---- stages --------------------------------------------------------------------------------
+    def degrade(self, clean: torch.Tensor, spec: str, seed: int):
+        """(clean or degraded (1, 3, H, W), DegradationRecord | None); an empty spec degrades nothing."""
+        if not spec:
+            return clean, None
+        from restoration.degradations import degrade
+
+        try:
+            return degrade(clean, spec, seed)
+        except ValueError as exc:
+            raise InputError(f"degradation: {exc}") from None
+
+    def restore(self, degraded: torch.Tensor, backbone: str) -> tuple[torch.Tensor, dict[str, Any], float]:
+        engine = self.engine(backbone)
+        restored, seconds = engine.restore(degraded)
+        return restored.clamp(0, 1), engine.restorer.describe(), seconds
+
+    def candidates(self, start: torch.Tensor, settings: RoundSettings):
+        """[(image (1, 3, H, W), CandidateMeta)] for the diffusion candidates (the start image excluded), seconds."""
+        from restoration.tpo import TPOConfig, TPOEngine
+
+        engine = TPOEngine(replace(TPOConfig(prior=self.settings.prior, device=self.settings.device),
+                                   candidates=settings.to_config()), restorer=_NoRestorer(), prior=self.prior())
+        t0 = time.perf_counter()
+        rnd = engine.start_round(start)
+        return [(c.image, c.meta) for c in rnd.candidates if not c.is_start], time.perf_counter() - t0
+
+    def select(self, start: torch.Tensor, images: dict[str, torch.Tensor], metrics: Sequence[str]):
+        """Automated selection over named candidates -> (Selection, seconds)."""
+        from restoration.tpo import Round, RoundCandidate, TPOConfig, TPOEngine
+
+        engine = TPOEngine(TPOConfig(selector=tuple(metrics), device=self.settings.device), restorer=_NoRestorer(),
+                           prior=self.prior())
+        rnd = Round("select", 0, None, start, [RoundCandidate(k, v, None) for k, v in images.items()], {})
+        t0 = time.perf_counter()
+        selection = engine.select(rnd, metrics)
+        return selection, time.perf_counter() - t0
+
+    def refine(self, start: torch.Tensor, preferred: torch.Tensor | None, rejected: torch.Tensor | None,
+               settings: RefineSettings) -> tuple[torch.Tensor, float]:
+        """Reward-guided denoising of `start` toward preferred, away from rejected -> (refined, seconds)."""
+        from restoration.diffusion.refine import reward_guided_denoise
+
+        t0 = time.perf_counter()
+        refined = reward_guided_denoise(start, preferred, rejected, self.prior(), settings.to_config())
+        return refined.clamp(0, 1), time.perf_counter() - t0
+
+
+class _NoRestorer:
+    """Stands in for a backbone where a stage needs none (candidates start from an already restored image)."""
+
+    name = "none"
+    weights_hash = None
+
+    def restore(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - never called
+        raise RuntimeError("no restorer in this stage")
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name}
+

@@ -1,0 +1,282 @@
+"""Gradio handlers of the annotation app: module-level functions over `FeedbackService`, wired by app.build_demo.
+
+Each handler takes the service first (bound with functools.partial when wiring), then widget values
+and the per-user state: a small dict of ids (session, round, candidate and image ids in display
+order, the next round, the refined image), never tensors or database sessions. Errors a person can
+fix (bad image, unknown spec, busy engine) become `gr.Error` messages.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import numpy as np
+from PIL import Image
+
+from feedback.engine import RefineSettings
+from feedback.errors import FeedbackError
+from feedback.service import Busy, FeedbackService, RoundView
+
+SAMPLES_DIR = Path(__file__).resolve().parents[1] / "assets" / "samples"
+#: Degradation specs offered in the dropdown (any spec can be typed; see restoration.degradations).
+DEGRADATION_EXAMPLES = ("none", "noise:25", "blur:2.0", "jpeg:20", "sr:4", "motion:15", "rain", "haze",
+                        "lowlight", "blur:1.5+noise:15")
+HISTORY_COLUMNS = ["round", "status", "backbone", "candidates", "choice", "selector", "pairs", "refined", "round id"]
+PREFERRED_MARK, REJECTED_MARK = "✓ preferred", "✗ rejected"
+
+
+def user_errors(fn: Callable) -> Callable:
+    """Show a FeedbackError (bad input, unknown id, busy engine) to the person instead of a stack trace."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except Busy as exc:
+            raise gr.Error(f"{exc.message}") from None
+        except FeedbackError as exc:
+            raise gr.Error(exc.message) from None
+
+    return wrapper
+
+
+def sample_names() -> list[str]:
+    """Bundled sample images (file names in assets/samples)."""
+    return sorted(p.name for p in SAMPLES_DIR.glob("*.png")) if SAMPLES_DIR.is_dir() else []
+
+
+def load_sample(name: str | None) -> str | None:
+    """Path of a bundled sample, for the input image widget."""
+    if not name:
+        return None
+    path = (SAMPLES_DIR / name).resolve()
+    if path.parent != SAMPLES_DIR or not path.is_file():
+        raise gr.Error(f"unknown sample {name!r}; choose one of {', '.join(sample_names())}")
+    return str(path)
+
+
+def _path(service: FeedbackService, image_id: str) -> str:
+    return str(service.images.path_for(image_id))
+
+
+def _need(state: dict, key: str, what: str) -> str:
+    if not state.get(key):
+        raise gr.Error(what)
+    return state[key]
+
+
+# --------------------------------------------------------------------------------------------- session
+@user_errors
+def sign_in(service: FeedbackService, name: str, state: dict) -> tuple[dict, str]:
+    """Start a session for the typed name (kept only as a salted pseudonym)."""
+    session_id, _token = service.create_session(name or "")
+    return {"session_id": session_id}, f"Signed in. Session `{session_id[:8]}`; your name is stored only as a pseudonym."
+
+
+def history_rows(service: FeedbackService, state: dict) -> list[list[Any]]:
+    """The session's rounds as table rows (oldest first)."""
+    if not state.get("session_id"):
+        return []
+    return [[r["round_index"], r["status"], r["backbone"], r["candidates"], r["choice"] or "", r["selector"] or "",
+             r["pairs"], "yes" if r["refined_image"] else "", r["round_id"]]
+            for r in service.history(state["session_id"])]
+
+
+# --------------------------------------------------------------------------------------------- round
+def _origin(image_path: str) -> str:
+    return "sample" if Path(image_path).name in sample_names() else "upload"
+
+
+@user_errors
+def restore(service: FeedbackService, state: dict, image_path: str | None, degradation: str, backbone: str,
+            seed: float | None) -> tuple:
+    """Restore the uploaded (optionally degraded) image: a new round without candidates yet (old tiles cleared)."""
+    session_id = _need(state, "session_id", "Enter your name and press Start first.")
+    if not image_path:
+        raise gr.Error("Upload an image or pick a sample first.")
+    data = Path(image_path).read_bytes()
+    view = service.start_round(session_id, data, degradation=degradation, backbone=backbone,
+                               seed=None if seed is None or seed < 0 else int(seed), origin=_origin(image_path),
+                               generate=False)
+    new_state = {"session_id": session_id, "round_id": view.round_id}
+    msg = (f"Round {view.round_index} restored with **{backbone or 'default'}** in {view.seconds['restore']:.2f} s. "
+           "Now press *Generate candidates*.")
+    cleared = gr.update(choices=[], value=[])
+    return (new_state, _path(service, view.input_image_id), _path(service, view.start_image_id), msg,
+            history_rows(service, new_state), [], cleared, cleared)
+
+
+def _show_round(service: FeedbackService, state: dict, view: RoundView) -> dict:
+    return {**state, "round_id": view.round_id, "candidate_ids": [c.id for c in view.candidates],
+            "image_ids": [c.image_id for c in view.candidates],
+            "restored_index": next(i for i, c in enumerate(view.candidates) if c.is_restored),
+            "shown_at": time.time()}
+
+
+def gallery_items(service: FeedbackService, state: dict, preferred: list[str] | None = None,
+                  rejected: list[str] | None = None, blind: bool = True) -> list[tuple[str, str]]:
+    """(image path, caption) per tile: '#k', the mark chosen so far, and '(restored)' outside blind mode."""
+    preferred, rejected = set(preferred or []), set(rejected or [])
+    items = []
+    for i, image_id in enumerate(state.get("image_ids", [])):
+        label = f"#{i + 1}"
+        caption = label
+        if label in preferred:
+            caption += f" {PREFERRED_MARK}"
+        elif label in rejected:
+            caption += f" {REJECTED_MARK}"
+        if not blind and i == state.get("restored_index"):
+            caption += " (restored)" if state.get("round_index", 0) == 0 else " (start)"
+        items.append((_path(service, image_id), caption))
+    return items
+
+
+def _tile_choices(state: dict) -> dict:
+    labels = [f"#{i + 1}" for i in range(len(state.get("image_ids", [])))]
+    return gr.update(choices=labels, value=[])
+
+
+@user_errors
+def generate(service: FeedbackService, state: dict, candidates: float, seed: float | None, strengths: str,
+             blind: bool) -> tuple:
+    """Generate the round's candidates (the restored image is one of them, at a shuffled position)."""
+    round_id = _need(state, "round_id", "Restore an image first.")
+    view = service.generate_candidates(round_id, candidates=int(candidates),
+                                       seed=None if seed is None or seed < 0 else int(seed),
+                                       strengths=parse_strengths(strengths))
+    return _after_candidates(service, state, view, blind)
+
+
+def _after_candidates(service: FeedbackService, state: dict, view: RoundView, blind: bool) -> tuple:
+    new_state = {**_show_round(service, state, view), "round_index": view.round_index}
+    msg = (f"Round {view.round_index}: {len(view.candidates)} images in {view.seconds.get('candidates', 0):.1f} s. "
+           "Mark one or more as preferred and one or more as rejected, then *Submit choice*.")
+    return (new_state, gallery_items(service, new_state, blind=blind), _tile_choices(new_state),
+            _tile_choices(new_state), msg, history_rows(service, new_state))
+
+
+def parse_strengths(text: str | None) -> tuple[float, ...] | None:
+    """'0.1, 0.2' -> (0.1, 0.2); empty -> None (the defaults)."""
+    if not text or not text.strip():
+        return None
+    try:
+        return tuple(float(x) for x in text.replace(";", ",").split(",") if x.strip())
+    except ValueError:
+        raise gr.Error(f"strengths must be numbers in (0, 1] separated by commas, got {text[:60]!r}") from None
+
+
+def mark(service: FeedbackService, state: dict, preferred: list[str], rejected: list[str], blind: bool) -> list:
+    """Re-caption the tiles with the marks chosen so far (changeable until submitted)."""
+    return gallery_items(service, state, preferred, rejected, blind)
+
+
+def _ids(state: dict, labels: list[str]) -> list[str]:
+    ids = state.get("candidate_ids", [])
+    out = []
+    for label in labels or []:
+        k = int(label.lstrip("#")) - 1
+        if not 0 <= k < len(ids):
+            raise gr.Error(f"no tile {label}")
+        out.append(ids[k])
+    return out
+
+
+@user_errors
+def submit_choice(service: FeedbackService, state: dict, preferred: list[str], rejected: list[str],
+                  tags: list[str], kind: str = "pairwise") -> tuple[str, list]:
+    """Record the choice of this round: 'pairwise' (marks), 'tie' (all similar) or 'skip'."""
+    round_id = _need(state, "round_id", "Generate candidates first.")
+    if not state.get("candidate_ids"):
+        raise gr.Error("Generate candidates first.")
+    decision_ms = int(max(0.0, time.time() - state.get("shown_at", time.time())) * 1000)
+    if kind == "pairwise" and (not preferred or not rejected):
+        raise gr.Error("Mark at least one tile as preferred and one as rejected (or press All similar / Skip).")
+    view = service.record_choice(round_id, _ids(state, preferred) if kind == "pairwise" else [],
+                                 _ids(state, rejected) if kind == "pairwise" else [], tie=kind == "tie",
+                                 skip=kind == "skip", tags=tags or [], decision_ms=decision_ms)
+    what = {"pairwise": "Choice recorded", "tie": "Recorded: all similar", "skip": "Skipped"}[kind]
+    hint = " Press *Refine* to apply it." if kind != "skip" else " Restore another image or generate again."
+    return f"{what} ({view.pairs} preference pairs).{hint}", history_rows(service, state)
+
+
+def submit_pairwise(service, state, preferred, rejected, tags):
+    return submit_choice(service, state, preferred, rejected, tags, "pairwise")
+
+
+def submit_tie(service, state, tags):
+    return submit_choice(service, state, [], [], tags, "tie")
+
+
+def submit_skip(service, state):
+    return submit_choice(service, state, [], [], [], "skip")
+
+
+@user_errors
+def auto_choose(service: FeedbackService, state: dict, metrics: list[str] | str, blind: bool) -> tuple:
+    """Let the metric selector choose instead of the person; show its pick and every score."""
+    round_id = _need(state, "round_id", "Generate candidates first.")
+    if not state.get("candidate_ids"):
+        raise gr.Error("Generate candidates first.")
+    view = service.auto_choose(round_id, metrics)
+    labels = {cid: f"#{i + 1}" for i, cid in enumerate(state["candidate_ids"])}
+    names = sorted({m for s in view.scores.values() for m in s} - {"fused"}) + ["fused"]
+    rows = [[labels[cid], *[round(view.scores[cid].get(m, float("nan")), 4) for m in names],
+             "preferred" if cid in view.preferred else "rejected" if cid in view.rejected else ""]
+            for cid in state["candidate_ids"]]
+    pref, rej = [labels[c] for c in view.preferred], [labels[c] for c in view.rejected]
+    msg = (f"**{view.selector}** chose {', '.join(pref)} over {', '.join(rej) or 'nothing (tie)'} "
+           f"({view.pairs} pairs recorded). Press *Refine* to apply it.")
+    table = gr.update(value=rows, headers=["tile", *names, "pick"])
+    return msg, table, gallery_items(service, state, pref if view.kind != "tie" else [], rej, blind), \
+        history_rows(service, state)
+
+
+# --------------------------------------------------------------------------------------------- refine
+@user_errors
+def refine(service: FeedbackService, state: dict, strength: float, steps: float, guidance_scale: float,
+           progress: gr.Progress = gr.Progress()) -> tuple:
+    """Reward-guided denoising guided by the latest choice; shows before/after and offers the download."""
+    round_id = _need(state, "round_id", "Generate candidates and record a choice first.")
+    settings = RefineSettings(**{**service.worker.settings.refine.to_dict(), "strength": float(strength),
+                                 "steps": int(steps), "guidance_scale": float(guidance_scale)})
+    progress(0.0, desc="starting")
+    result = service.refine(round_id, settings, generate_next=False,
+                            progress=lambda f, m: progress(f, desc=m))
+    start_path = _path(service, service.get_round(round_id).start_image_id)
+    refined_path = _path(service, result.image_id)
+    new_state = {**state, "next_round_id": result.next_round.round_id, "refined_id": result.image_id}
+    msg = f"Refined in {result.seconds:.1f} s. Compare with the slider, download it, or press *Next round*."
+    return new_state, (start_path, refined_path), refined_path, msg, history_rows(service, new_state)
+
+
+@user_errors
+def next_round(service: FeedbackService, state: dict, candidates: float, seed: float | None, strengths: str,
+               blind: bool) -> tuple:
+    """Start the next round from the refined image and generate its candidates."""
+    next_id = _need(state, "next_round_id", "Refine first; the next round starts from the refined image.")
+    view = service.generate_candidates(next_id, candidates=int(candidates),
+                                       seed=None if seed is None or seed < 0 else int(seed),
+                                       strengths=parse_strengths(strengths))
+    base = {k: v for k, v in state.items() if k not in ("next_round_id", "refined_id")}
+    return _after_candidates(service, base, view, blind)
+
+
+@user_errors
+def inspect_detail(service: FeedbackService, state: dict, x: float, y: float, size: float) -> list:
+    """The same crop at 1:1 from every candidate; x, y in percent of the free range, size in pixels."""
+    if not state.get("image_ids"):
+        raise gr.Error("Generate candidates first.")
+    crops = []
+    for i, image_id in enumerate(state["image_ids"]):
+        array = service.images.get_array(image_id)
+        h, w = array.shape[:2]
+        side = int(max(8, min(size, h, w)))
+        top = int(round((h - side) * float(y) / 100.0))
+        left = int(round((w - side) * float(x) / 100.0))
+        crops.append((Image.fromarray(np.ascontiguousarray(array[top:top + side, left:left + side])), f"#{i + 1}"))
+    return crops

@@ -1,0 +1,218 @@
+"""End-to-end tests of the REST API: the real `python app.py` server in a subprocess, driven with httpx."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+
+import httpx
+import pytest
+
+try:
+    from tests.app_server import ADMIN_TOKEN, BACKBONE, png_bytes, running_app
+except ImportError:  # pytest run from inside tests/
+    from app_server import ADMIN_TOKEN, BACKBONE, png_bytes, running_app
+
+API = "/api/v1"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with running_app(tmp_path_factory.mktemp("api") / "data") as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    with httpx.Client(base_url=server.url, timeout=300) as c:
+        yield c
+
+
+def _session(client, name="Ada"):
+    r = client.post(f"{API}/sessions", json={"annotator": name})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    return body["session_id"], {"Authorization": f"Bearer {body['token']}"}
+
+
+def _round(client, session_id, headers, **fields):
+    data = {"backbone": BACKBONE, "candidates": "2", "seed": "7", **fields}
+    return client.post(f"{API}/sessions/{session_id}/rounds", headers=headers, data=data,
+                       files={"image": ("x.png", png_bytes(48), "image/png")})
+
+
+@pytest.fixture(scope="module")
+def first_round(client):
+    session_id, headers = _session(client)
+    t0 = time.perf_counter()
+    r = _round(client, session_id, headers, degradation="noise:15")
+    print(f"\nround (restore + 2 candidates, 48 px, {BACKBONE}): {time.perf_counter() - t0:.2f} s")
+    assert r.status_code == 200, r.text
+    return session_id, headers, r.json()
+
+
+def test_session_and_round_shape(first_round):
+    _sid, _h, body = first_round
+    assert len(body["round_id"]) == 32
+    assert len(body["restored"]["id"]) == 64 and body["restored"]["url"] == f"{API}/images/{body['restored']['id']}"
+    # two diffusion candidates plus the restored image itself, at shuffled positions
+    assert len(body["candidates"]) == 3
+    assert [c["position"] for c in body["candidates"]] == [0, 1, 2]
+    assert sum(c["image_id"] == body["restored"]["id"] for c in body["candidates"]) == 1
+    assert len({c["id"] for c in body["candidates"]}) == 3
+
+
+def test_auth(client, first_round):
+    session_id, _headers, body = first_round
+    _other_sid, other = _session(client, "Grace")
+    r = client.get(body["restored"]["url"])
+    assert r.status_code == 401 and "error" in r.json()
+    assert client.get(body["restored"]["url"], headers={"Authorization": "Bearer nope"}).status_code == 401
+    for response in (client.get(body["restored"]["url"], headers=other),
+                     client.post(f"{API}/rounds/{body['round_id']}/choices", headers=other,
+                                 json={"preferred": [body["candidates"][0]["id"]], "rejected": []}),
+                     _round(client, session_id, other)):
+        assert response.status_code == 403, response.text
+        assert "error" in response.json()
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    assert client.get(body["restored"]["url"], headers=admin).status_code == 200
+    assert client.get(f"{API}/rounds/{body['round_id']}", headers=admin).json()["round_id"] == body["round_id"]
+
+
+def test_choice_idempotent_refine_next_round(client, server, first_round):
+    _sid, headers, body = first_round
+    ids = [c["id"] for c in body["candidates"]]
+    url = f"{API}/rounds/{body['round_id']}/choices"
+    choice = {"preferred": [ids[0]], "rejected": ids[1:], "tags": ["artefacts"], "decision_ms": 1234}
+    t0 = time.perf_counter()
+    first = client.post(url, json=choice, headers={**headers, "Idempotency-Key": "retry-1"})
+    print(f"\nchoice latency: {1000 * (time.perf_counter() - t0):.1f} ms")
+    again = client.post(url, json=choice, headers={**headers, "Idempotency-Key": "retry-1"})
+    assert first.status_code == again.status_code == 200, (first.text, again.text)
+    assert first.json()["choice_id"] == again.json()["choice_id"]
+    assert first.json()["pairs"] == 2 and again.json()["created"] is False
+    with sqlite3.connect(server.db_path) as db:
+        assert db.execute("select count(*) from choices where idempotency_key='retry-1'").fetchone()[0] == 1
+    # the same key for a different choice is a conflict, not a silent overwrite
+    clash = client.post(url, json={"preferred": [ids[1]], "rejected": [ids[0]]},
+                        headers={**headers, "Idempotency-Key": "retry-1"})
+    assert clash.status_code == 409 and "error" in clash.json()
+
+    t0 = time.perf_counter()
+    refined = client.post(f"{API}/rounds/{body['round_id']}/refine", headers=headers)
+    print(f"refine + next round's candidates: {time.perf_counter() - t0:.2f} s")
+    assert refined.status_code == 200, refined.text
+    out = refined.json()
+    assert out["round_id"] != body["round_id"] and len(out["candidates"]) == 3
+    png = client.get(out["image"]["url"], headers=headers)
+    assert png.status_code == 200 and png.headers["content-type"] == "image/png"
+    assert png.content.startswith(b"\x89PNG\r\n\x1a\n")
+    nxt = client.get(f"{API}/rounds/{out['round_id']}", headers=headers).json()
+    assert nxt["parent_round_id"] == body["round_id"] and nxt["round_index"] == 1
+    assert nxt["restored"]["id"] == out["image"]["id"]  # the next round starts from the refined image
+    with sqlite3.connect(server.db_path) as db:
+        row = db.execute("select round_id, next_round_id from refinements").fetchone()
+    assert row == (body["round_id"], out["round_id"])
+
+
+def test_tie_skip_and_refine_rules(client, first_round):
+    session_id, headers, _ = first_round
+    body = _round(client, session_id, headers).json()
+    url = f"{API}/rounds/{body['round_id']}"
+    no_choice = client.post(f"{url}/refine", headers=headers)
+    assert no_choice.status_code == 409 and "choice" in no_choice.json()["error"]
+    empty = client.post(f"{url}/choices", json={"preferred": [], "rejected": []}, headers=headers)
+    assert empty.status_code == 400 and "error" in empty.json()
+    tie = client.post(f"{url}/choices", json={"preferred": [], "rejected": [], "tie": True}, headers=headers)
+    assert tie.status_code == 200 and tie.json()["kind"] == "tie" and tie.json()["pairs"] == 3
+    skip = client.post(f"{url}/choices", json={"skip": True}, headers=headers)
+    assert skip.status_code == 200 and skip.json()["pairs"] == 0
+    assert client.post(f"{url}/refine", headers=headers).status_code == 409  # latest is a skip
+    foreign = client.post(f"{url}/choices", json={"preferred": ["f" * 32], "rejected": []}, headers=headers)
+    assert foreign.status_code == 400
+
+
+def test_images_404_and_traversal(client, first_round):
+    _sid, headers, _ = first_round
+    assert client.get(f"{API}/images/{'0' * 64}", headers=headers).status_code == 404
+    for bad in ("..%2F..%2Fetc%2Fpasswd", "..", "abc", "A" * 64, "0" * 63 + "g"):
+        r = client.get(f"{API}/images/{bad}", headers=headers)
+        assert r.status_code in (400, 404), (bad, r.status_code)
+        assert r.headers["content-type"].startswith("application/json")
+    assert client.get(f"{API}/rounds/{'0' * 32}", headers=headers).status_code == 404
+
+
+def test_export_admin_only(client, first_round):
+    _sid, headers, _ = first_round
+    assert client.get(f"{API}/export?format=jsonl", headers=headers).status_code == 403
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    r = client.get(f"{API}/export?format=jsonl", headers=admin)
+    assert r.status_code == 200
+    rows = [json.loads(line) for line in r.text.splitlines() if line]
+    assert rows and all(row["label"] in (0.5, 1.0) for row in rows)
+    assert {"chosen_image", "rejected_image", "backbone_name", "prior_weights_hash", "seeds"} <= set(rows[0])
+    assert client.get(f"{API}/export?format=csv", headers=admin).status_code == 400
+
+
+@pytest.mark.parametrize("fields, files, needle", [
+    ({}, {"image": ("x.png", b"not an image at all", "image/png")}, "image"),
+    ({}, {"image": ("x.png", png_bytes(48)[:60], "image/png")}, "corrupt"),
+    ({}, {"image": ("x.png", b"", "image/png")}, "empty"),
+    ({"degradation": "bogus:3"}, None, "allowed"),
+    ({"degradation": "noise:9999"}, None, "noise"),
+    ({"backbone": "nope"}, None, "available"),
+    ({"backbone": "/etc/passwd"}, None, "available"),
+    ({"candidates": "0"}, None, "candidates"),
+    ({"candidates": "1000"}, None, "candidates"),
+    ({"candidates": "two"}, None, "candidates"),
+    ({"seed": "-5"}, None, "seed"),
+])
+def test_bad_input_is_4xx_json(client, first_round, fields, files, needle):
+    session_id, headers, _ = first_round
+    files = files or {"image": ("x.png", png_bytes(48), "image/png")}
+    r = client.post(f"{API}/sessions/{session_id}/rounds", headers=headers,
+                    data={"backbone": BACKBONE, **fields}, files=files)
+    assert 400 <= r.status_code < 500, r.text
+    assert needle in r.json()["error"].lower()
+
+
+@pytest.mark.parametrize("payload, headers", [
+    ({"preferred": "abc", "rejected": []}, {}),
+    ({"preferred": [1, 2], "rejected": []}, {}),
+    ({"preferred": ["a"], "rejected": ["a"]}, {}),
+    ({"tie": True, "tags": ["not-a-tag"]}, {}),
+    ({"tie": True, "decision_ms": -1}, {}),
+    ({"tie": True}, {"Idempotency-Key": "k" * 500}),
+])
+def test_bad_choice_is_4xx_json(client, first_round, payload, headers):
+    _sid, auth, body = first_round
+    r = client.post(f"{API}/rounds/{body['round_id']}/choices", json=payload, headers={**auth, **headers})
+    assert 400 <= r.status_code < 500, r.text
+    assert r.json()["error"]
+
+
+def test_bad_refine_settings_are_4xx(client, first_round):
+    _sid, auth, body = first_round
+    for settings in ({"steps": 0}, {"steps": 10**9}, {"strength": 2.0}, {"guidance_scale": -1}, {"steps": "x"}):
+        r = client.post(f"{API}/rounds/{body['round_id']}/refine", json=settings, headers=auth)
+        assert 400 <= r.status_code < 500, (settings, r.text)
+
+
+def test_oversized_and_missing_upload(client, first_round):
+    session_id, headers, _ = first_round
+    tiny = client.post(f"{API}/sessions/{session_id}/rounds", headers=headers,
+                       files={"image": ("x.png", png_bytes(8), "image/png")})
+    assert tiny.status_code == 400 and "sides" in tiny.json()["error"]
+    missing = client.post(f"{API}/sessions/{session_id}/rounds", headers=headers, data={"seed": "1"})
+    assert missing.status_code == 422 and "image" in missing.json()["error"]
+    assert client.post(f"{API}/sessions", json={"annotator": "   "}).status_code == 400
+    assert client.post(f"{API}/sessions", json={}).status_code == 422
+
+
+def test_server_keeps_serving(client, server):
+    assert server.process.poll() is None
+    assert client.get(f"{API}/health").json()["status"] == "ok"
+    spec = client.get("/openapi.json").json()
+    assert f"{API}/rounds/{{round_id}}/choices" in spec["paths"]
+    assert client.get("/").status_code == 200  # the Gradio page beside the API

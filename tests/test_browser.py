@@ -1,0 +1,121 @@
+"""The whole annotation flow in a real browser (Playwright + the system Chromium), checked in the database.
+
+Run: .venv/bin/python -m pytest tests/test_browser.py -m browser -q -s
+Skips when /usr/bin/chromium is missing (never downloads a browser). Saves artifacts/browser_flow.png and
+prints the page's interactive time after goto (target <= 2 s).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+try:
+    from tests.app_server import REPO, png_bytes, running_app
+except ImportError:  # pytest run from inside tests/
+    from app_server import REPO, png_bytes, running_app
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = REPO / "artifacts"
+STEP_TIMEOUT_MS = 120_000
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.is_file():
+        pytest.skip(f"{CHROMIUM} is missing: install the distribution's chromium package to run browser tests")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright for Python is not installed")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True,
+                              args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                                    "--disable-component-update", "--no-first-run"])
+        yield b
+        b.close()
+
+
+def _status(page) -> str:
+    return page.locator("#status").inner_text()
+
+
+def _wait_status(page, text: str) -> None:
+    page.wait_for_function("t => document.querySelector('#status').innerText.includes(t)", arg=text,
+                           timeout=STEP_TIMEOUT_MS)
+
+
+def test_full_flow(browser, tmp_path):
+    image = tmp_path / "input.png"
+    image.write_bytes(png_bytes(64, seed=3))
+    with running_app(tmp_path / "data") as server:
+        page = browser.new_page(viewport={"width": 1280, "height": 2200})
+        t0 = time.perf_counter()
+        page.goto(server.url + "/", wait_until="domcontentloaded")
+        page.locator("#name textarea, #name input").first.wait_for(state="visible", timeout=30_000)
+        page.locator("#start").wait_for(state="visible")
+        interactive_s = time.perf_counter() - t0
+        print(f"\npage interactive after goto: {interactive_s:.2f} s (target <= 2 s)")
+
+        page.locator("#name textarea, #name input").first.fill("Ada Lovelace")
+        page.locator("#start").click()
+        _wait_status(page, "Signed in")
+
+        page.locator("#upload input[type=file]").set_input_files(str(image))
+        page.locator("#upload img").first.wait_for(timeout=30_000)
+        t_round = time.perf_counter()
+        page.locator("#restore").click()
+        _wait_status(page, "restored with")
+        page.locator("#restored_view img").first.wait_for(timeout=STEP_TIMEOUT_MS)
+
+        page.locator("#generate").click()
+        _wait_status(page, "Mark one or more")
+        print(f"restore + candidates at 64 px through the UI: {time.perf_counter() - t_round:.2f} s")
+        tiles = page.locator("#gallery img")
+        assert tiles.count() == 3  # 2 candidates + the restored image
+
+        page.locator("#preferred label", has_text="#1").click()
+        page.locator("#rejected label", has_text="#2").click()
+        page.locator("#rejected label", has_text="#3").click()
+        page.wait_for_function("() => document.querySelector('#gallery').innerText.includes('preferred')",
+                               timeout=30_000)
+        assert "rejected" in page.locator("#gallery").inner_text()
+
+        t_choice = time.perf_counter()
+        page.locator("#submit").click()
+        _wait_status(page, "Choice recorded")
+        print(f"choice round trip through the UI: {1000 * (time.perf_counter() - t_choice):.0f} ms")
+        assert "2 preference pairs" in _status(page)
+
+        page.locator("#refine").click()
+        _wait_status(page, "Refined in")
+        page.locator("#compare img").first.wait_for(timeout=30_000)
+
+        page.locator("#next_round").click()
+        _wait_status(page, "Round 1:")
+        page.wait_for_function("() => document.querySelectorAll('#gallery img').length === 3", timeout=30_000)
+        page.wait_for_function("() => document.querySelector('#history').innerText.includes('refined')",
+                               timeout=30_000)
+
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "browser_flow.png"), full_page=True)
+        page.close()
+
+        with sqlite3.connect(server.db_path) as db:
+            count = lambda table: db.execute(f"select count(*) from {table}").fetchone()[0]  # noqa: E731
+            assert count("annotators") == 1 and count("sessions") == 1
+            assert db.execute("select length(pseudonym) from annotators").fetchone()[0] == 64
+            assert count("rounds") == 2
+            assert db.execute("select round_index, parent_round_id is not null, status from rounds "
+                              "order by round_index").fetchall() == [(0, 0, "refined"), (1, 1, "candidates")]
+            assert count("candidates") == 6
+            assert db.execute("select sum(is_restored) from candidates").fetchone()[0] == 2
+            kind, selector, decision_ms = db.execute("select kind, selector, decision_ms from choices").fetchone()
+            assert (kind, selector) == ("pairwise", "human") and decision_ms >= 0
+            assert db.execute("select count(*), min(label) from preference_pairs").fetchone() == (2, 1.0)
+            assert count("refinements") == 1
+            assert db.execute("select origin from source_images").fetchone()[0] == "upload"
+        names = (tmp_path / "data").glob("**/*.sqlite3")
+        assert "Ada" not in "".join(p.read_bytes().decode("latin-1") for p in names)

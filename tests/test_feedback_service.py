@@ -1,0 +1,186 @@
+"""The feedback service, its engine gate, upload checks and the Gradio handlers, in-process (tiny engine settings)."""
+
+from __future__ import annotations
+
+import io
+import threading
+
+import gradio as gr
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+from sqlalchemy import select
+
+from feedback import ui
+from feedback.api import build_api
+from feedback.db import open_database
+from feedback.engine import EngineSettings, RefineSettings, RoundSettings
+from feedback.errors import Conflict, InputError
+from feedback.models import Candidate, Refinement, Round, SourceImage
+from feedback.service import Busy, EngineGate, FeedbackService
+from feedback.uploads import UploadLimits, check_image_array, decode_image_bytes
+
+SETTINGS = EngineSettings(backbone="nlm", round=RoundSettings(num_candidates=2, steps=2),
+                          refine=RefineSettings(steps=2))
+
+
+def _image(size=40, seed=0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:size, 0:size] / size
+    img = np.stack([x, y, 1 - x], -1) + 0.05 * rng.standard_normal((size, size, 3))
+    return (np.clip(img, 0, 1) * 255).astype(np.uint8)
+
+
+def _png(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory):
+    data = tmp_path_factory.mktemp("svc")
+    return FeedbackService(open_database(data_dir=data), str(data), SETTINGS, admin_token="admin")
+
+
+@pytest.fixture(scope="module")
+def session_id(service):
+    return service.create_session("Ada")[0]
+
+
+# ---------------------------------------------------------------------------------------- gate, uploads
+def test_engine_gate_refuses_beyond_queue():
+    gate = EngineGate(max_waiting=0, retry_after=7)  # one running, none may wait
+    inside, release = threading.Event(), threading.Event()
+
+    def hold():
+        with gate.slot():
+            inside.set()
+            release.wait(5)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert inside.wait(5)
+    with pytest.raises(Busy) as err:
+        with gate.slot():
+            pass
+    assert err.value.retry_after == 7
+    release.set()
+    holder.join(5)
+    with gate.slot():  # free again
+        pass
+
+
+def test_upload_checks():
+    limits = UploadLimits(max_bytes=200_000, max_pixels=100 * 100, min_side=16, max_side=128)
+    assert decode_image_bytes(_png(_image(40)), limits).shape == (40, 40, 3)
+    with pytest.raises(InputError, match="sides"):
+        decode_image_bytes(_png(np.zeros((8, 40, 3), np.uint8)), limits)
+    with pytest.raises(InputError, match="pixels"):
+        decode_image_bytes(_png(np.zeros((120, 120, 3), np.uint8)), limits)
+    with pytest.raises(InputError, match="corrupt|not an image"):
+        decode_image_bytes(_png(_image(40))[:100], limits)
+    grey = check_image_array(np.full((32, 32), 0.5, np.float32), limits)
+    assert grey.shape == (32, 32, 3) and grey.dtype == np.uint8 and grey[0, 0, 0] == 128
+
+
+# ---------------------------------------------------------------------------------------- rounds
+def test_round_records_everything_to_regenerate(service, session_id):
+    view = service.start_round(session_id, _image(), degradation="noise:20", candidates=2, seed=11)
+    assert len(view.candidates) == 3 and sum(c.is_restored for c in view.candidates) == 1
+    assert sorted(c.position for c in view.candidates) == [0, 1, 2]
+    with service.db.sessions.begin() as s:
+        rnd = s.get(Round, view.round_id)
+        src = s.get(SourceImage, rnd.source_image_id)
+        assert src.degradation_spec == "noise:20" and src.degradation_seed == 11
+        assert src.gt_image_hash == src.image_hash != src.degraded_image_hash
+        assert rnd.backbone_name == "nlm" and rnd.prior_weights_hash and len(rnd.prior_weights_hash) == 64
+        assert rnd.seeds == [11, 12] and rnd.code_version and rnd.device == "cpu" and rnd.dtype == "float32"
+        assert {"restore", "candidates"} <= set(rnd.stage_seconds)
+        assert rnd.params["candidates"]["steps"] == 2
+        seeds = sorted(c.seed for c in rnd.candidates if not c.is_restored)
+    assert seeds == [11, 12]
+    again = service.start_round(session_id, _image(), degradation="noise:20", candidates=2, seed=11)
+    assert sorted(c.image_id for c in again.candidates) == sorted(c.image_id for c in view.candidates)
+
+
+def test_choices_auto_and_refine(service, session_id):
+    view = service.start_round(session_id, _png(_image(seed=2)), candidates=2, seed=5)
+    with pytest.raises(Conflict):
+        service.refine(view.round_id)
+    auto = service.auto_choose(view.round_id, ["piqe"])
+    assert auto.selector == "piqe" and auto.pairs >= 1 and set(auto.scores) == {c.id for c in view.candidates}
+    with service.db.sessions.begin() as s:
+        scores = s.scalars(select(Candidate.scores).where(Candidate.round_id == view.round_id)).all()
+    assert all("piqe" in sc and "fused" in sc for sc in scores)
+    tie = service.record_choice(view.round_id, tie=True)
+    assert tie.kind == "tie" and tie.pairs == 3
+    result = service.refine(view.round_id, generate_next=False)  # a tie refines with fidelity only
+    assert result.next_round.round_index == 1 and not result.next_round.candidates
+    with service.db.sessions.begin() as s:
+        ref = s.get(Refinement, result.refinement_id)
+        assert ref.choice_id == tie.choice_id and ref.params["choice_kind"] == "tie"
+    nxt = service.generate_candidates(result.next_round.round_id)
+    assert nxt.start_image_id == result.image_id
+    assert any(c.is_restored and c.image_id == result.image_id for c in nxt.candidates)
+    with pytest.raises(Conflict):
+        service.generate_candidates(result.next_round.round_id)
+    with pytest.raises(InputError, match="did you mean|unknown"):
+        service.auto_choose(nxt.round_id, ["piqee"])
+    history = service.history(session_id)
+    assert any(r["next_round_id"] == nxt.round_id for r in history)
+
+
+def test_bad_settings_are_input_errors(service, session_id):
+    for kwargs in ({"backbone": "nope"}, {"degradation": "blur:99"}, {"candidates": 9}, {"seed": "x"},
+                   {"strengths": [1.5]}):
+        with pytest.raises(InputError):
+            service.start_round(session_id, _image(), **kwargs)
+    with pytest.raises(InputError):
+        service.refine("0" * 32, RefineSettings(steps=0))
+
+
+def test_busy_is_503_with_retry_after(service, session_id):
+    client = TestClient(build_api(service))
+    token = client.post("/api/v1/sessions", json={"annotator": "Bo"}).json()
+    headers = {"Authorization": f"Bearer {token['token']}"}
+    saved = service.gate.max_waiting
+    service.gate.max_waiting = -1  # the line is full
+    try:
+        r = client.post(f"/api/v1/sessions/{token['session_id']}/rounds", headers=headers,
+                        files={"image": ("x.png", _png(_image()), "image/png")})
+    finally:
+        service.gate.max_waiting = saved
+    assert r.status_code == 503 and r.headers["retry-after"] == "10" and "busy" in r.json()["error"]
+    big = client.post(f"/api/v1/sessions/{token['session_id']}/rounds", headers=headers,
+                      files={"image": ("x.png", b"0" * (service.limits.max_bytes + 100_000), "image/png")})
+    assert big.status_code == 413 and "error" in big.json()
+
+
+# ---------------------------------------------------------------------------------------- Gradio handlers
+def test_ui_handlers(service):
+    state, msg = ui.sign_in(service, "Grace", {})
+    assert "Signed in" in msg and set(state) == {"session_id"}
+    with pytest.raises(gr.Error):
+        ui.submit_pairwise(service, state, [], [], [])
+    assert len(ui.sample_names()) >= 3 and ui.load_sample(ui.sample_names()[0]).endswith(".png")
+    with pytest.raises(gr.Error):
+        ui.load_sample("../../pyproject.toml")
+    path = str(service.images.path_for(service.images.put_array(_image(48))))
+    state, input_path, restored_path, msg, _rows, tiles, *_ = ui.restore(service, state, path, "noise:20", "nlm", 3)
+    assert "restored" in msg and input_path != restored_path and tiles == []
+    state, items, _p, _r, msg, rows = ui.generate(service, state, 2, 3, "0.1, 0.2", True)
+    assert len(items) == 3 and [c for _, c in items] == ["#1", "#2", "#3"]
+    captions = [c for _, c in ui.mark(service, state, ["#2"], ["#1", "#3"], False)]
+    assert captions[1].startswith("#2 ✓ preferred") and "✗ rejected" in captions[0]
+    assert sum("(restored)" in c for c in captions) == 1
+    crops = ui.inspect_detail(service, state, 0, 100, 16)
+    assert len(crops) == 3 and all(img.size == (16, 16) for img, _ in crops)
+    msg, rows = ui.submit_pairwise(service, state, ["#2"], ["#1", "#3"], ["artefacts"])
+    assert "2 preference pairs" in msg and rows[-1][4] == "pairwise"
+    state, (_before, after), download, msg, rows = ui.refine(service, state, 0.3, 2, 0.05,
+                                                            progress=lambda *a, **k: None)
+    assert download == after and rows[-1][1] == "created"
+    state, items, *_ = ui.next_round(service, state, 2, -1, "", True)
+    assert len(items) == 3 and "next_round_id" not in state
