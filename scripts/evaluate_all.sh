@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Reproduce the figures in assets/MODEL_CARD.md: evaluation JSON files under docs/results/.
+# Usage: scripts/evaluate_all.sh PHOTOS_DIR   (PHOTOS_DIR from scripts/get_photos.sh: train/ val/ eval/)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+photos="${1:-data/photos}"
+out=docs/results
+mkdir -p "$out"
+py=.venv/bin/python
+ev() { # backbone spec images tag [extra]
+  local b="$1" s="$2" d="$3" tag="$4"; shift 4
+  echo "evaluate $b $s on $d" >&2
+  $py -m restoration.evaluate --backbone "$b" --degradation "$s" --images "$d" --size 256 --seed 0 --json "$@" \
+    > "$out/$tag.json"
+}
+# choosing the default number of self-refinement rounds: held-out validation photos only
+for r in 0 1 2; do ev sipl noise:25 "$photos/val" "val_sipl_noise25_rounds$r" --rounds $r; done
+# independent evaluation photos
+for spec in noise:25 noise:15+blur:1.5 rain+haze; do
+  tag=$(echo "$spec" | tr ':+.' '__p')
+  ev sipl "$spec" "$photos/eval" "eval_sipl_$tag"
+  ev sipl_ablation "$spec" "$photos/eval" "eval_ablation_$tag"
+  ev classical "$spec" "$photos/eval" "eval_classical_$tag"
+done
+ev nlm noise:25 "$photos/eval" eval_nlm_noise_25
+ev nlm noise:15+blur:1.5 "$photos/eval" eval_nlm_noise_15pblur_1p5
+ev wiener noise:15+blur:1.5 "$photos/eval" eval_wiener_noise_15pblur_1p5
+ev dehaze rain+haze "$photos/eval" eval_dehaze_rainphaze
+ev median rain+haze "$photos/eval" eval_median_rainphaze
+$py scripts/summarize_results.py "$out"/*.json
