@@ -1,0 +1,98 @@
+"""The benchmark command: its JSON contract, and that the naive diffusers loop makes the same candidates."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from restoration.bench import bench_input, main, naive_candidates, respaced_betas
+from restoration.diffusion.candidates import CandidateConfig, plan_candidates, sample_candidates
+from restoration.diffusion.priors import PixelPriorConfig, build_pixel_unet, pixel_prior_from_unet, save_pixel_prior
+
+TINY = PixelPriorConfig(block_out_channels=(16, 32), norm_num_groups=8, pixel_unshuffle=2)
+ROOT = Path(__file__).resolve().parents[1]
+KEYS = {"device", "size", "candidates", "seconds", "naive_candidates_seconds", "speedup_vs_naive",
+        "peak_memory_mb", "naive_max_abs_diff", "threads", "torch"}
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "restoration.bench", *args], cwd=ROOT, env=env, check=False,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def tiny_prior():
+    torch.manual_seed(0)
+    return pixel_prior_from_unet(build_pixel_unet(TINY), TINY, prior_id="pixel:test")
+
+
+def test_respaced_betas_reproduce_alpha_bar(tiny_prior):
+    ts = torch.tensor([25, 50, 75, 100])
+    betas = respaced_betas(tiny_prior.alphas_cumprod, ts)
+    torch.testing.assert_close(torch.cumprod(1 - betas, 0).float(), tiny_prior.alphas_cumprod[ts])
+
+
+@pytest.mark.parametrize("method,eta", [("ddim_inversion", 0.5), ("forward_noise", 1.0)])
+def test_naive_loop_matches_batched_candidates(tiny_prior, method, eta):
+    cfg = CandidateConfig(num_candidates=3, strengths=(0.15, 0.25, 0.4), steps=3, method=method, eta=eta, seed=7)
+    metas = plan_candidates(cfg, tiny_prior)
+    x = bench_input(32)
+    batched = sample_candidates(x, tiny_prior, metas)
+    naive = naive_candidates(x, tiny_prior, metas)
+    assert naive.shape == batched.shape == (3, 3, 32, 32)
+    assert (naive - batched).abs().max() < 1e-4
+    assert (batched[0] - batched[2]).abs().max() > 1e-3  # different strengths/seeds really differ
+
+
+def test_command_prints_the_json_contract(tmp_path, tiny_prior):
+    save_pixel_prior(tmp_path / "prior", tiny_prior.unet, TINY)
+    out = _run("--size", "32", "--candidates", "2", "--repeat", "1", "--backbone", "nlm",
+               "--prior", str(tmp_path / "prior"), "--threads", "1", "--json")
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert KEYS <= set(result)
+    assert set(result["seconds"]) == {"restore", "candidates", "select", "refine", "round"}
+    assert all(v > 0 for v in result["seconds"].values())
+    assert result["seconds"]["round"] >= result["seconds"]["candidates"]
+    assert (result["size"], result["candidates"], result["threads"]) == (32, 2, 1)
+    assert result["naive_max_abs_diff"] < 1e-4
+    assert result["naive_candidates_seconds"] > 0 and result["speedup_vs_naive"] > 0
+    assert result["peak_memory_mb"] > 10
+    assert result["prior"]["kind"] == "pixel"
+
+
+def test_command_errors_clearly(tmp_path, capsys):
+    code = main(["--size", "32", "--candidates", "2", "--repeat", "1", "--backbone", "nlm",
+                 "--prior", str(tmp_path / "missing"), "--json"])
+    err = capsys.readouterr()
+    assert code == 2 and "diffusion prior" in err.err and err.out == ""
+    with pytest.raises(SystemExit) as exc:
+        main(["--size", "8", "--json"])
+    assert exc.value.code == 2 and "--size must be in 16..4096" in capsys.readouterr().err
+
+
+def test_bench_table_rewrites_only_its_section(tmp_path):
+    seconds = {"restore": 0.1, "candidates": 1.0, "select": 0.2, "refine": 0.5, "round": 1.8}
+    result = {"device": "cpu (x86_64)", "size": 64, "candidates": 8, "seconds": seconds, "threads": 2,
+              "naive_candidates_seconds": 3.0, "speedup_vs_naive": 3.0, "peak_memory_mb": 900.0,
+              "naive_max_abs_diff": 1e-6, "torch": "2.x", "label": "a | b", "backbone": {"name": "nlm"}}
+    (tmp_path / "r.json").write_text(json.dumps(result))
+    (tmp_path / "bad.json").write_text(json.dumps({"size": 64}))
+    doc = tmp_path / "B.md"
+    doc.write_text("intro\n<!-- bench-table:begin x -->\nold\n<!-- bench-table:end -->\noutro\n")
+    script = [sys.executable, str(ROOT / "scripts" / "bench_table.py")]
+    for _ in range(2):  # idempotent
+        done = subprocess.run([*script, str(tmp_path / "r.json"), "--write", str(doc)],
+                              capture_output=True, text=True, check=False)
+        assert done.returncode == 0, done.stderr
+    text = doc.read_text()
+    assert text.startswith("intro\n") and text.endswith("outro\n") and "old" not in text
+    assert "| a \\| b | cpu (x86_64) | 64 | 8 | 2 | nlm | 0.100 | 1.000 |" in text and "3.00x" in text
+    bad = subprocess.run([*script, str(tmp_path / "bad.json")], capture_output=True, text=True, check=False)
+    assert bad.returncode == 2 and "missing" in bad.stderr and "naive_max_abs_diff" in bad.stderr
