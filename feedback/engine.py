@@ -64,9 +64,10 @@ class RoundSettings:
 class RefineSettings:
     """Reward-guided denoising (TTPO stage iii): inversion strength, DDIM steps, guidance scale, fidelity weight."""
 
-    strength: float = 0.35
+    # defaults mirror restoration.diffusion.refine.RefineConfig / guidance.GuidanceConfig (see their docstrings)
+    strength: float = 0.2
     steps: int = 8
-    guidance_scale: float = 0.05
+    guidance_scale: float = 0.01
     fidelity_weight: float = 0.3
     seed: int = 0
 

@@ -88,10 +88,10 @@ def test_guidance_moves_toward_preferred_and_away_from_rejected(prior, images, b
 
 def test_no_rejected_pulls_and_tie_is_fidelity_only(prior, images):
     x, pref, _ = images
-    plain = reward_guided_denoise(x, None, None, prior, RefineConfig(steps=4, guided=False))
-    pull = reward_guided_denoise(x, pref, None, prior, RefineConfig(steps=4))
+    plain = reward_guided_denoise(x, None, None, prior, RefineConfig(steps=4, strength=0.35, guided=False))
+    pull = reward_guided_denoise(x, pref, None, prior, RefineConfig(steps=4, strength=0.35, guidance=GuidanceConfig(scale=0.05)))
     assert _hp_dist(pull, pref) < _hp_dist(plain, pref) - 0.01
-    tie = reward_guided_denoise(x, None, None, prior, RefineConfig(steps=4))
+    tie = reward_guided_denoise(x, None, None, prior, RefineConfig(steps=4, strength=0.35))
     assert (tie - x).abs().mean() <= (plain - x).abs().mean() + 1e-6  # fidelity can only pull back
 
 

@@ -25,7 +25,7 @@ class RefineConfig:
     GuidanceConfig. guided=False gives the unguided baseline with everything else equal.
     """
 
-    strength: float = 0.35
+    strength: float = 0.2
     steps: int = 8
     method: str = "ddim_inversion"
     eta: float = 0.0
