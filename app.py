@@ -25,6 +25,7 @@ from feedback.db import open_database
 from feedback.engine import EngineSettings, RefineSettings, RoundSettings
 from feedback.models import REASON_TAGS
 from feedback.service import FeedbackService
+from feedback.study_api import build_study_router
 from feedback.uploads import UploadLimits
 
 OFFLINE_METRICS = ("piqe", "entropy")  # no downloaded weights needed
@@ -139,6 +140,7 @@ def build_demo(service: FeedbackService) -> gr.Blocks:
 def build_app(service: FeedbackService, queue_size: int = 16) -> FastAPI:
     """The FastAPI app: REST routes under /api/v1 and the Gradio Blocks mounted at /."""
     api = build_api(service)
+    api.include_router(build_study_router(service))  # user studies: /api/v1/studies..., /study/{id}
     demo = build_demo(service).queue(default_concurrency_limit=1, max_size=queue_size)
     return gr.mount_gradio_app(api, demo, path="/", allowed_paths=[str(service.images.root)], ssr_mode=False,
                                footer_links=["api"], max_file_size=service.limits.max_bytes)

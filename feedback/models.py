@@ -48,6 +48,10 @@ REASON_TAGS = (
 ROUND_STATUSES = ("created", "candidates", "chosen", "skipped", "refined", "failed")
 #: Role of a candidate in a choice (association table).
 CHOICE_ROLES = ("preferred", "rejected")
+#: Life of a study participant: active -> completed. Withdrawal deletes the participant's rows.
+PARTICIPANT_STATUSES = ("active", "completed")
+#: Answers of a study item.
+STUDY_ANSWERS = ("left", "right", "tie")
 
 ID_LENGTH = 32
 HASH_LENGTH = 64
@@ -229,6 +233,12 @@ class Choice(Base):
     decision_ms: Mapped[int | None] = mapped_column(Integer)
     selector: Mapped[str] = mapped_column(String(200), nullable=False)
     idempotency_key: Mapped[str | None] = mapped_column(String(128))
+    # Viewing conditions of the vote (user studies; null elsewhere) and the consent version it was given under.
+    zoom_count: Mapped[int | None] = mapped_column(Integer)
+    viewport_w: Mapped[int | None] = mapped_column(Integer)
+    viewport_h: Mapped[int | None] = mapped_column(Integer)
+    device_pixel_ratio: Mapped[float | None] = mapped_column(Float)
+    consent_version: Mapped[str | None] = mapped_column(String(32))
     created_at: Mapped[datetime] = _created_at()
 
     round: Mapped[Round] = relationship(back_populates="choices")
@@ -306,3 +316,75 @@ class Refinement(Base):
     round: Mapped[Round] = relationship(foreign_keys=[round_id])
     choice: Mapped[Choice] = relationship()
     next_round: Mapped[Round | None] = relationship(foreign_keys=[next_round_id])
+
+
+class Study(Base):
+    """A user study: its definition (`feedback.study.StudyDefinition` as JSON) and its precomputed stimuli.
+
+    `stimuli[j]` holds, for stimulus j, the source image id (`source_image_id`) and the image hash of each
+    condition's output (`outputs`) and of the attention-check images (`clean`, `control`)."""
+
+    __tablename__ = "studies"
+
+    id: Mapped[str] = _id_column()
+    name: Mapped[str] = mapped_column(String(200), nullable=False)
+    definition: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False)
+    consent_version: Mapped[str] = mapped_column(String(32), nullable=False)
+    stimuli: Mapped[list[dict[str, Any]]] = mapped_column(JSONType, nullable=False, default=list)
+    created_at: Mapped[datetime] = _created_at()
+
+
+class Participant(Base):
+    """One person in a study: a pseudonymous session, the consent version agreed to, a unique completion code.
+
+    `platform_id_hash` is a salted HMAC of a recruiting platform's id (e.g. PROLIFIC_PID), never the id."""
+
+    __tablename__ = "participants"
+    __table_args__ = (
+        UniqueConstraint("study_id", "participant_index"),
+        CheckConstraint("status IN ('active', 'completed')", name="status"),
+        CheckConstraint("participant_index >= 0", name="participant_index"),
+    )
+
+    id: Mapped[str] = _id_column()
+    study_id: Mapped[str] = mapped_column(ForeignKey("studies.id"), index=True, nullable=False)
+    session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id"), index=True, nullable=False)
+    participant_index: Mapped[int] = mapped_column(Integer, nullable=False)
+    platform_id_hash: Mapped[str | None] = mapped_column(String(HASH_LENGTH), index=True)
+    consent_version: Mapped[str] = mapped_column(String(32), nullable=False)
+    completion_code: Mapped[str] = mapped_column(String(32), unique=True, nullable=False)
+    status: Mapped[str] = mapped_column(String(16), nullable=False, default="active")
+    created_at: Mapped[datetime] = _created_at()
+    completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    items: Mapped[list[StudyItem]] = relationship(back_populates="participant", order_by="StudyItem.position")
+
+
+class StudyItem(Base):
+    """Item k of a participant: one round with two candidates (position 0 left, 1 right), and the answer."""
+
+    __tablename__ = "study_items"
+    __table_args__ = (
+        UniqueConstraint("participant_id", "position"),
+        CheckConstraint("position >= 0", name="position"),
+        CheckConstraint("answer IS NULL OR answer IN ('left', 'right', 'tie')", name="answer"),
+    )
+
+    id: Mapped[str] = _id_column()
+    participant_id: Mapped[str] = mapped_column(ForeignKey("participants.id"), index=True, nullable=False)
+    position: Mapped[int] = mapped_column(Integer, nullable=False)
+    stimulus: Mapped[int] = mapped_column(Integer, nullable=False)
+    round_id: Mapped[str] = mapped_column(ForeignKey("rounds.id"), index=True, nullable=False)
+    left_image_hash: Mapped[str] = mapped_column(String(HASH_LENGTH), nullable=False)
+    right_image_hash: Mapped[str] = mapped_column(String(HASH_LENGTH), nullable=False)
+    left_condition: Mapped[str] = mapped_column(String(64), nullable=False)
+    right_condition: Mapped[str] = mapped_column(String(64), nullable=False)
+    is_repeat: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    repeat_of: Mapped[int | None] = mapped_column(Integer)
+    is_attention_check: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    expected: Mapped[str | None] = mapped_column(String(8))
+    answer: Mapped[str | None] = mapped_column(String(8))
+    choice_id: Mapped[str | None] = mapped_column(ForeignKey("choices.id"), index=True)
+    answered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    participant: Mapped[Participant] = relationship(back_populates="items")

@@ -1,0 +1,135 @@
+"""REST routes of user studies (over `feedback.study_service.StudyService`) and the participant page.
+
+Admin (Authorization: Bearer <admin token>):
+  POST /api/v1/studies                    a study definition (JSON; fields of feedback.study.StudyDefinition)
+                                          -> {"study_id", "stimuli", "n_items", ...}; computes every image
+  GET  /api/v1/studies                    [{"study_id", "name", "participants", ...}]
+  GET  /api/v1/studies/{id}/analysis      feedback.analysis report + per-participant attention checks
+                                          (?n_resamples=1000&exclude_flagged=false)
+  GET  /api/v1/studies/{id}/export        one preference pair per line (JSONL)
+Participant:
+  GET  /api/v1/studies/{id}               {"name", "consent_text", "consent_version", "instructions", "n_items"}
+  POST /api/v1/studies/{id}/participants  {"consent_version", "platform_id"?} -> {"participant_id", "token", "n_items"}
+  GET  /api/v1/studies/{id}/participants/{pid}/next          (Bearer token) -> the first unanswered item
+                                          {"k", "n", "left": {"url"}, "right": {"url"}, "instructions"}
+                                          or {"done": true, "completion_code"}
+  POST /api/v1/studies/{id}/participants/{pid}/items/{k}/vote (Bearer token)
+                                          {"choice": left|right|tie, "decision_ms", "zoom_count", "viewport": [w, h],
+                                           "dpr"} -> {"k", "n", "created"}; idempotent per item
+  POST /api/v1/studies/{id}/withdraw      {"completion_code"} -> rows deleted per table
+  GET  /study/{id}                        the participant page (consent, instructions, k of n, keys <- -> T)
+  GET  /study-admin                       the admin page: create a study, list studies, see the analysis
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Query
+from fastapi.responses import HTMLResponse, StreamingResponse
+from pydantic import BaseModel, Field
+
+from feedback.analysis import AnalysisConfig
+from feedback.api import PREFIX, Who
+from feedback.service import FeedbackService
+from feedback.study_service import StudyService
+
+PAGE = Path(__file__).resolve().parent / "study_page.html"
+ADMIN_PAGE = Path(__file__).resolve().parent / "study_admin.html"
+
+
+class EnrolIn(BaseModel):
+    consent_version: str = Field(description="the consent version the participant agreed to")
+    platform_id: str | None = Field(None, description="recruiting platform id (e.g. PROLIFIC_PID); stored hashed")
+
+
+class EnrolOut(BaseModel):
+    participant_id: str
+    token: str
+    n_items: int
+    resumed: bool
+
+
+class VoteIn(BaseModel):
+    choice: str = Field(description="left | right | tie")
+    decision_ms: int | None = None
+    zoom_count: int | None = None
+    viewport: list[int] | None = Field(None, description="[width, height] in CSS pixels")
+    dpr: float | None = Field(None, description="window.devicePixelRatio")
+
+
+class WithdrawIn(BaseModel):
+    completion_code: str
+
+
+def _image(image_id: str) -> dict[str, str]:
+    return {"image_id": image_id, "url": f"{PREFIX}/images/{image_id}"}
+
+
+def build_study_router(service: FeedbackService) -> APIRouter:
+    """The study routes (under /api/v1) and the participant page (/study/{id}) over one service."""
+    studies = StudyService(service)
+    router = APIRouter()
+
+    @router.post(f"{PREFIX}/studies")
+    def create_study(who: Who, body: Annotated[dict[str, Any], Body()]) -> dict[str, Any]:
+        service.require_admin(who)
+        return studies.create_study(body)
+
+    @router.get(f"{PREFIX}/studies")
+    def list_studies(who: Who) -> list[dict[str, Any]]:
+        service.require_admin(who)
+        return studies.list_studies()
+
+    @router.get(f"{PREFIX}/studies/{{study_id}}")
+    def study_info(study_id: str) -> dict[str, Any]:
+        return studies.public_info(study_id)
+
+    @router.get(f"{PREFIX}/studies/{{study_id}}/analysis")
+    def study_analysis(study_id: str, who: Who,
+                       n_resamples: Annotated[int, Query(ge=1, le=100_000)] = 1000,
+                       exclude_flagged: bool = False) -> dict[str, Any]:
+        service.require_admin(who)
+        return studies.analysis(study_id, AnalysisConfig(n_resamples=n_resamples, exclude_flagged=exclude_flagged))
+
+    @router.get(f"{PREFIX}/studies/{{study_id}}/export")
+    def study_export(study_id: str, who: Who) -> StreamingResponse:
+        service.require_admin(who)
+        rows = studies.export_rows(study_id)
+        return StreamingResponse((json.dumps(r, separators=(",", ":")) + "\n" for r in rows),
+                                 media_type="application/x-ndjson")
+
+    @router.post(f"{PREFIX}/studies/{{study_id}}/participants", response_model=EnrolOut)
+    def enrol(study_id: str, body: EnrolIn) -> dict[str, Any]:
+        e = studies.enrol(study_id, body.consent_version, body.platform_id)
+        return {"participant_id": e.participant_id, "token": e.token, "n_items": e.n_items, "resumed": e.resumed}
+
+    @router.get(f"{PREFIX}/studies/{{study_id}}/participants/{{participant_id}}/next")
+    def next_item(study_id: str, participant_id: str, who: Who) -> dict[str, Any]:
+        item = studies.next_item(who, study_id, participant_id)
+        if not item["done"]:
+            item["left"], item["right"] = _image(item["left"]["image_id"]), _image(item["right"]["image_id"])
+        return item
+
+    @router.post(f"{PREFIX}/studies/{{study_id}}/participants/{{participant_id}}/items/{{k}}/vote")
+    def vote(study_id: str, participant_id: str, k: int, body: VoteIn, who: Who) -> dict[str, Any]:
+        return studies.vote(who, study_id, participant_id, k, body.choice, decision_ms=body.decision_ms,
+                            zoom_count=body.zoom_count, viewport=body.viewport, dpr=body.dpr)
+
+    @router.post(f"{PREFIX}/studies/{{study_id}}/withdraw")
+    def withdraw(study_id: str, body: WithdrawIn) -> dict[str, Any]:
+        return {"withdrawn": True, "deleted": studies.withdraw(study_id, body.completion_code)}
+
+    @router.get("/study/{study_id}", response_class=HTMLResponse)
+    def page(study_id: str) -> HTMLResponse:
+        studies.public_info(study_id)  # 404 (JSON) for an unknown study
+        return HTMLResponse(PAGE.read_text(encoding="utf-8"))
+
+    @router.get("/study-admin", response_class=HTMLResponse)
+    def admin_page() -> HTMLResponse:
+        # The page holds no data: every call it makes sends the admin token typed into it.
+        return HTMLResponse(ADMIN_PAGE.read_text(encoding="utf-8"))
+
+    return router

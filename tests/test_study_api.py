@@ -1,0 +1,248 @@
+"""A scripted user study through the REST API of the real app: simulated participants with a planted
+preference order (and one who always picks the left image), resume, idempotent votes, analysis, withdrawal."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+
+import httpx
+import pytest
+
+from feedback.db import open_database
+from feedback.export import export_dataset
+from feedback.images import ImageStore
+from feedback.integrity import integrity_check
+
+try:
+    from tests.app_server import ADMIN_TOKEN, png_bytes, running_app
+except ImportError:  # pytest run from inside tests/
+    from app_server import ADMIN_TOKEN, png_bytes, running_app
+
+API = "/api/v1"
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+PLANTED = ["nlm", "median", "bicubic"]  # best first: what the attentive participants prefer
+RANK = {"attention-clean": -1, **{c: i for i, c in enumerate(PLANTED)}, "attention-control": 99}
+N_ATTENTIVE = 6  # two full Latin squares of the 3 condition pairs
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with running_app(tmp_path_factory.mktemp("study") / "data") as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    with httpx.Client(base_url=server.url, timeout=300) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def study(client, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("images")
+    paths = []
+    for i in range(4):
+        (folder / f"img{i}.png").write_bytes(png_bytes(40, seed=i))
+        paths.append(str(folder / f"img{i}.png"))
+    definition = {"name": "planted order", "images": paths, "conditions": ["bicubic", "nlm", "median"],
+                  "degradations": ["noise:20"], "items_per_participant": 12, "repeat_share": 0.34,
+                  "attention_checks": 1, "consent_text": "Your choices are stored pseudonymously.",
+                  "consent_version": "v2", "seed": 5}
+    r = client.post(f"{API}/studies", json=definition, headers=ADMIN)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["stimuli"] == 4 and body["n_items"] == 12 + 4 + 1
+    return body
+
+
+def _enrol(client, study_id, **extra):
+    r = client.post(f"{API}/studies/{study_id}/participants", json={"consent_version": "v2", **extra})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    return body["participant_id"], {"Authorization": f"Bearer {body['token']}"}, body
+
+
+def _next(client, study_id, pid, headers):
+    r = client.get(f"{API}/studies/{study_id}/participants/{pid}/next", headers=headers)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def _vote(client, study_id, pid, headers, k, choice):
+    return client.post(f"{API}/studies/{study_id}/participants/{pid}/items/{k}/vote", headers=headers,
+                       json={"choice": choice, "decision_ms": 1200 + k, "zoom_count": k % 3,
+                             "viewport": [1280, 800], "dpr": 2.0})
+
+
+def _methods(server) -> dict[str, str]:
+    """The oracle: which condition made each image (the participants never see this)."""
+    with sqlite3.connect(server.db_path) as db:
+        return dict(db.execute("SELECT image_hash, method FROM candidates"))
+
+
+def _run_participant(client, server, study_id, always_left=False, platform_id=None):
+    pid, headers, _ = _enrol(client, study_id, **({"platform_id": platform_id} if platform_id else {}))
+    methods = _methods(server)
+    while not (item := _next(client, study_id, pid, headers))["done"]:
+        left, right = methods[item["left"]["image_id"]], methods[item["right"]["image_id"]]
+        choice = "left" if always_left or RANK[left] < RANK[right] else "right"
+        assert _vote(client, study_id, pid, headers, item["k"], choice).status_code == 200
+    return pid, headers, item["completion_code"]
+
+
+@pytest.fixture(scope="module")
+def run(client, server, study):
+    sid = study["study_id"]
+    attentive = [_run_participant(client, server, sid) for _ in range(N_ATTENTIVE)]
+    careless = _run_participant(client, server, sid, always_left=True)
+    return sid, attentive, careless
+
+
+def test_enrolment_checks_consent_and_study(client, study) -> None:
+    sid = study["study_id"]
+    r = client.post(f"{API}/studies/{sid}/participants", json={"consent_version": "v1"})
+    assert r.status_code == 400 and "v2" in r.json()["error"]
+    assert client.post(f"{API}/studies/nope/participants", json={"consent_version": "v2"}).status_code == 404
+    info = client.get(f"{API}/studies/{sid}").json()
+    assert info["consent_version"] == "v2" and info["n_items"] == 17
+    assert client.get(f"{API}/studies", headers=ADMIN).json()[0]["study_id"] == sid
+    assert client.get(f"{API}/studies").status_code == 401
+    page = client.get(f"/study/{sid}")
+    assert page.status_code == 200 and "PROLIFIC_PID" in page.text and "ArrowLeft" in page.text
+    assert client.get(f"/study/{'0' * 32}").status_code == 404
+    assert "Create study" in client.get("/study-admin").text
+
+
+def test_resume_idempotent_votes_and_order(client, study) -> None:
+    sid = study["study_id"]
+    pid, headers, body = _enrol(client, sid, platform_id="prolific-123")
+    first = _next(client, sid, pid, headers)
+    assert first["k"] == 1 and first["n"] == body["n_items"] == 17
+    assert _next(client, sid, pid, headers) == first  # a reload shows the same item
+    assert client.get(first["left"]["url"], headers=headers).content[:4] == b"\x89PNG"
+    assert _vote(client, sid, pid, headers, 2, "left").status_code == 409  # item 1 first
+    assert _vote(client, sid, pid, headers, 1, "right").json()["created"] is True
+    assert _vote(client, sid, pid, headers, 1, "right").json()["created"] is False  # a retry records once
+    assert _vote(client, sid, pid, headers, 1, "left").status_code == 409  # no changing answers
+    second = _next(client, sid, pid, headers)
+    assert second["k"] == 2
+    # Re-enrolling with the same platform id resumes the participant (new token, old one revoked).
+    pid2, headers2, body2 = _enrol(client, sid, platform_id="prolific-123")
+    assert pid2 == pid and body2["resumed"] is True
+    assert _next(client, sid, pid, headers2) == second
+    assert client.get(f"{API}/studies/{sid}/participants/{pid}/next", headers=headers).status_code == 401
+    _other, other_headers, _ = _enrol(client, sid)
+    assert client.get(f"{API}/studies/{sid}/participants/{pid}/next", headers=other_headers).status_code == 403
+    bad = client.post(f"{API}/studies/{sid}/participants/{pid}/items/2/vote", headers=headers2,
+                      json={"choice": "up"})
+    assert bad.status_code == 400 and "left, right, tie" in bad.json()["error"]
+
+
+def test_analysis_recovers_the_planted_order_and_flags_the_careless(client, server, run, tmp_path) -> None:
+    sid, attentive, careless = run
+    report = client.get(f"{API}/studies/{sid}/analysis?n_resamples=50", headers=ADMIN).json()
+    conditions = report["conditions"]
+    assert set(conditions) == set(PLANTED)  # attention checks are not conditions
+    by_strength = sorted(conditions, key=lambda c: -conditions[c]["bt_score"])
+    assert by_strength == PLANTED
+    people = report["study_participants"]
+    flagged = {p for p, info in people.items() if report["participants"].get(info["pseudonym"], {}).get("flagged")}
+    assert flagged == {careless[0]}
+    for pid, _h, _code in attentive:
+        assert people[pid]["attention_passed"] == people[pid]["attention_checks"] == 1
+        assert report["participants"][people[pid]["pseudonym"]]["consistency"] == 1.0
+    with sqlite3.connect(server.db_path) as db:
+        conditions_recorded = db.execute(
+            "SELECT COUNT(*) FROM choices WHERE viewport_w = 1280 AND viewport_h = 800 AND device_pixel_ratio = 2.0 "
+            "AND consent_version = 'v2' AND zoom_count IS NOT NULL AND decision_ms > 1200").fetchone()[0]
+    assert conditions_recorded >= 17 * (N_ATTENTIVE + 1)
+    lines = client.get(f"{API}/studies/{sid}/export", headers=ADMIN).text.splitlines()
+    assert len(lines) >= 17 * (N_ATTENTIVE + 1)
+    database = open_database(f"sqlite:///{server.db_path}", migrate=False)
+    try:  # the dataset export reads study votes unchanged; attention checks are not human preferences
+        with database.sessions.begin() as s:
+            result = export_dataset(s, ImageStore(server.data_dir), tmp_path / "dataset", format="jsonl",
+                                    human_only=True, study_id=sid)
+    finally:
+        database.engine.dispose()
+    rows = [json.loads(line) for line in result.data_file.read_text().splitlines()]
+    assert len(rows) == report["n_votes"] and len(rows) < len(lines)
+    assert {r["chosen_method"] for r in rows} == set(PLANTED)
+
+
+def _counts(db_path, participant_id=None):
+    tables = ["study_items", "choices", "preference_pairs", "choice_candidates", "candidates", "rounds",
+              "participants", "sessions", "annotators", "source_images", "studies"]
+    with sqlite3.connect(db_path) as db:
+        return {t: db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in tables}
+
+
+def test_withdrawal_deletes_exactly_that_participant(client, server, run) -> None:
+    sid, attentive, careless = run
+    pid, headers, code = careless
+    assert _next(client, sid, pid, headers) == {"done": True, "completion_code": code, "n": 17}
+    before = _counts(server.db_path)
+    with sqlite3.connect(server.db_path) as db:
+        session_id = db.execute("SELECT session_id FROM participants WHERE id = ?", (pid,)).fetchone()[0]
+        own_pairs = db.execute(
+            "SELECT COUNT(*) FROM preference_pairs p JOIN choices c ON p.choice_id = c.id "
+            "JOIN rounds r ON c.round_id = r.id WHERE r.session_id = ?", (session_id,)).fetchone()[0]
+        others = db.execute("SELECT id FROM choices ORDER BY id").fetchall()
+    t0 = time.perf_counter()
+    r = client.post(f"{API}/studies/{sid}/withdraw", json={"completion_code": code.lower()})
+    print(f"\nwithdraw: {time.perf_counter() - t0:.2f} s")
+    assert r.status_code == 200, r.text
+    after = _counts(server.db_path)
+    expected = {"study_items": 17, "choices": 17, "preference_pairs": own_pairs, "choice_candidates": 2 * 17,
+                "candidates": 2 * 17, "rounds": 17, "participants": 1, "sessions": 1, "annotators": 1,
+                "source_images": 0, "studies": 0}
+    assert {t: before[t] - after[t] for t in before} == expected
+    assert r.json()["deleted"]["study_items"] == 17
+    with sqlite3.connect(server.db_path) as db:
+        remaining = db.execute("SELECT id FROM choices ORDER BY id").fetchall()
+    assert set(remaining) < set(others) and len(others) - len(remaining) == 17
+    assert client.post(f"{API}/studies/{sid}/withdraw", json={"completion_code": code}).status_code == 404
+    report = client.get(f"{API}/studies/{sid}/analysis?n_resamples=50", headers=ADMIN).json()
+    assert pid not in report["study_participants"]
+    assert not any(p["flagged"] for p in report["participants"].values())
+    assert _next(client, sid, attentive[0][0], attentive[0][1])["done"] is True  # others untouched
+    database = open_database(f"sqlite:///{server.db_path}", migrate=False)
+    try:
+        with database.sessions.begin() as s:
+            assert integrity_check(s, ImageStore(server.data_dir)) == []  # nothing left dangling
+    finally:
+        database.engine.dispose()
+
+
+def test_ttpo_auto_condition_runs_one_automatic_round(client, server) -> None:
+    definition = {"name": "ttpo vs backbone", "images": [], "conditions": ["nlm", "ttpo-auto:nlm"],
+                  "repeat_share": 0, "attention_checks": 0, "consent_text": "ok", "consent_version": "v2"}
+    r = client.post(f"{API}/studies", json={**definition, "conditions": ["nlm", "ttpo-auto:nope"],
+                                            "images": ["x.png"]}, headers=ADMIN)
+    assert r.status_code == 400 and "ttpo-auto:nope" in r.json()["error"] and "available" in r.json()["error"]
+    image_path = server.data_dir / "upload.png"
+    image_path.write_bytes(png_bytes(32, seed=9))
+    t0 = time.perf_counter()
+    r = client.post(f"{API}/studies", json={**definition, "images": [str(image_path)]}, headers=ADMIN)
+    print(f"\nttpo-auto study (1 image, 32 px): {time.perf_counter() - t0:.2f} s")
+    assert r.status_code == 200, r.text
+    sid = r.json()["study_id"]
+    pid, headers, body = _enrol(client, sid, platform_id="p")
+    assert body["n_items"] == 1
+    item = _next(client, sid, pid, headers)
+    assert item["left"]["image_id"] != item["right"]["image_id"]  # the refined image differs from nlm's
+    with sqlite3.connect(server.db_path) as db:
+        params = db.execute("SELECT params FROM rounds WHERE study_id = ?", (sid,)).fetchone()[0]
+    assert '"selector"' in params and '"refine"' in params  # what the automatic round did is recorded
+
+
+def test_the_admin_page_example_definition_is_valid(client) -> None:
+    html = client.get("/study-admin").text
+    example = json.loads(html.split('<textarea id="definition">', 1)[1].split("</textarea>", 1)[0])
+    t0 = time.perf_counter()
+    r = client.post(f"{API}/studies", json=example, headers=ADMIN)
+    print(f"\nadmin example study (2 images at 128 px, nlm + bicubic): {time.perf_counter() - t0:.2f} s")
+    assert r.status_code == 200, r.text
+    assert r.json()["stimuli"] == 2

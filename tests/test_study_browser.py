@@ -1,0 +1,89 @@
+"""A participant walks through a 3-item study in a real browser: consent, keyboard answers, resume after a
+reload, the completion code; the votes and viewing conditions are checked in the database.
+
+Run: .venv/bin/python -m pytest tests/test_study_browser.py -m browser -q -s
+Skips when /usr/bin/chromium is missing (never downloads a browser).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import httpx
+import pytest
+
+try:
+    from tests.app_server import ADMIN_TOKEN, png_bytes, running_app
+except ImportError:  # pytest run from inside tests/
+    from app_server import ADMIN_TOKEN, png_bytes, running_app
+
+CHROMIUM = Path("/usr/bin/chromium")
+STEP_TIMEOUT_MS = 60_000
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.is_file():
+        pytest.skip(f"{CHROMIUM} is missing: install the distribution's chromium package to run browser tests")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright for Python is not installed")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True,
+                              args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                                    "--disable-component-update", "--no-first-run"])
+        yield b
+        b.close()
+
+
+def _wait_progress(page, text: str) -> None:
+    page.wait_for_function("t => document.querySelector('#progress').innerText === t", arg=text,
+                           timeout=STEP_TIMEOUT_MS)
+
+
+def test_participant_reaches_the_completion_code(browser, tmp_path):
+    images = []
+    for i in range(2):
+        images.append(tmp_path / f"img{i}.png")
+        images[-1].write_bytes(png_bytes(40, seed=i))
+    definition = {"name": "Browser study", "images": [str(p) for p in images], "conditions": ["nlm", "bicubic"],
+                  "degradations": ["noise:20"], "repeat_share": 0.5, "attention_checks": 0,
+                  "consent_text": "We store your choices under a pseudonym.", "consent_version": "v1"}
+    with running_app(tmp_path / "data") as server:
+        r = httpx.post(f"{server.url}/api/v1/studies", json=definition,
+                       headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=300)
+        assert r.status_code == 200, r.text
+        sid = r.json()["study_id"]
+        assert r.json()["n_items"] == 3  # 2 stimuli + 1 repeat
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        page.goto(f"{server.url}/study/{sid}?PROLIFIC_PID=abc123")
+        page.locator("#consent-text").filter(has_text="pseudonym").wait_for(timeout=STEP_TIMEOUT_MS)
+        assert page.locator("#consent-button").is_disabled()
+        page.locator("#consent-box").check()
+        page.locator("#consent-button").click()
+        _wait_progress(page, "1 of 3")
+        page.wait_for_function("document.querySelector('#left').naturalWidth > 0", timeout=STEP_TIMEOUT_MS)
+        page.locator("#left").click()  # a zoom interaction
+        page.keyboard.press("ArrowLeft")
+        _wait_progress(page, "2 of 3")
+        page.reload()  # resumes where it left off
+        _wait_progress(page, "2 of 3")
+        page.keyboard.press("t")
+        _wait_progress(page, "3 of 3")
+        page.locator("#choose-right").click()
+        page.wait_for_function("document.querySelector('#code').innerText.length === 10", timeout=STEP_TIMEOUT_MS)
+        code = page.locator("#code").inner_text()
+        with sqlite3.connect(server.db_path) as db:
+            answers = [a for (a,) in db.execute(
+                "SELECT answer FROM study_items i JOIN participants p ON i.participant_id = p.id "
+                "WHERE p.completion_code = ? ORDER BY i.position", (code,))]
+            zooms = [z for (z,) in db.execute("SELECT zoom_count FROM choices ORDER BY created_at")]
+            viewports = set(db.execute("SELECT viewport_w, viewport_h, device_pixel_ratio FROM choices"))
+        assert answers == ["left", "tie", "right"]
+        assert zooms == [1, 0, 0] and viewports == {(1200, 900, 1.0)}
+        page.locator("#withdraw-button").click()
+        page.locator("#withdrawn").wait_for(state="visible", timeout=STEP_TIMEOUT_MS)
+        with sqlite3.connect(server.db_path) as db:
+            assert db.execute("SELECT COUNT(*) FROM choices").fetchone()[0] == 0
+            assert db.execute("SELECT COUNT(*) FROM participants").fetchone()[0] == 0

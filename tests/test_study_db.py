@@ -1,0 +1,75 @@
+"""Migration 0002 (studies) on a database that already holds 0001 data, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from alembic import command
+from sqlalchemy import create_engine, inspect, text
+
+from feedback.db import _alembic_config, make_engine, upgrade_to_head
+
+try:
+    from tests.pg import postgres_url
+except ImportError:  # tests/ is not importable as a package: pytest put tests/ itself on sys.path
+    from pg import postgres_url  # noqa: F401
+
+NEW_CHOICE_COLUMNS = {"zoom_count", "viewport_w", "viewport_h", "device_pixel_ratio", "consent_version"}
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def url(request: pytest.FixtureRequest, tmp_path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'old.sqlite3'}"
+        return
+    server = request.getfixturevalue("postgres_url")
+    admin = create_engine(server, isolation_level="AUTOCOMMIT")
+    name = f"mig_{uuid.uuid4().hex[:12]}"
+    with admin.connect() as c:
+        c.exec_driver_sql(f"CREATE DATABASE {name}")
+    yield server.rsplit("/", 1)[0] + "/" + name
+    with admin.connect() as c:
+        c.exec_driver_sql(f"DROP DATABASE {name} WITH (FORCE)")
+    admin.dispose()
+
+
+def _migrate(engine, revision: str, down: bool = False) -> None:
+    with engine.begin() as connection:
+        (command.downgrade if down else command.upgrade)(_alembic_config(connection), revision)
+
+
+def test_0002_keeps_existing_votes_and_downgrades(url: str) -> None:
+    engine = make_engine(url)
+    try:
+        _migrate(engine, "0001")
+        h = hashlib.sha256(b"x").hexdigest()
+        now = "2026-01-01 00:00:00+00:00"
+        with engine.begin() as c:
+            c.execute(text("INSERT INTO annotators VALUES ('a', :h, :t)"), {"h": h, "t": now})
+            c.execute(text("INSERT INTO sessions VALUES ('s', 'a', :h, :t, NULL, NULL)"), {"h": h, "t": now})
+            c.execute(text("INSERT INTO source_images (id, image_hash, width, height, origin, created_at) "
+                           "VALUES ('i', :h, 8, 8, 'upload', :t)"), {"h": h, "t": now})
+            c.execute(text("INSERT INTO rounds (id, session_id, source_image_id, round_index, backbone_name, params, "
+                           "seeds, code_version, device, dtype, stage_seconds, status, created_at) VALUES "
+                           "('r', 's', 'i', 0, 'nlm', '{}', '[]', 'v', 'cpu', 'float32', '{}', 'chosen', :t)"),
+                      {"t": now})
+            c.execute(text("INSERT INTO choices (id, round_id, kind, reason_tags, selector, created_at) "
+                           "VALUES ('c', 'r', 'skip', '[]', 'human', :t)"), {"t": now})
+        assert upgrade_to_head(engine) == "0002"
+        inspector = inspect(engine)
+        assert {"studies", "participants", "study_items"} <= set(inspector.get_table_names())
+        assert NEW_CHOICE_COLUMNS <= {c["name"] for c in inspector.get_columns("choices")}
+        with engine.connect() as c:
+            row = c.execute(text("SELECT kind, zoom_count, consent_version FROM choices WHERE id = 'c'")).one()
+        assert tuple(row) == ("skip", None, None)
+        _migrate(engine, "0001", down=True)
+        inspector = inspect(engine)
+        assert "studies" not in inspector.get_table_names()
+        assert not NEW_CHOICE_COLUMNS & {c["name"] for c in inspector.get_columns("choices")}
+        with engine.connect() as c:
+            assert c.execute(text("SELECT COUNT(*) FROM choices")).scalar() == 1
+    finally:
+        engine.dispose()
