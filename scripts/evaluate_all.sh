@@ -27,4 +27,4 @@ ev nlm noise:15+blur:1.5 "$photos/eval" eval_nlm_noise_15pblur_1p5
 ev wiener noise:15+blur:1.5 "$photos/eval" eval_wiener_noise_15pblur_1p5
 ev dehaze rain+haze "$photos/eval" eval_dehaze_rainphaze
 ev median rain+haze "$photos/eval" eval_median_rainphaze
-$py scripts/summarize_results.py "$out"/*.json
+$py scripts/summarize_results.py "$out"/*.json > "$out/SUMMARY.md"; cat "$out/SUMMARY.md"

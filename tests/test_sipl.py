@@ -143,7 +143,7 @@ def test_shipped_weights_denoise():
     import skimage.data
 
     img = torch.from_numpy(skimage.data.astronaut()).permute(2, 0, 1)[None].float() / 255
-    clean = F.interpolate(img, size=(64, 64), mode="bicubic", antialias=True).clamp(0, 1)
+    clean = F.interpolate(img, size=(256, 256), mode="bicubic", antialias=True).clamp(0, 1)
     noisy, _ = degrade(clean, "noise:25", seed=0)
     restored = create_restorer("sipl").restore(noisy)
     assert psnr(restored, clean) > psnr(noisy, clean) + 3.0
