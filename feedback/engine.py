@@ -21,6 +21,9 @@ from typing import Any
 import torch
 
 from feedback.errors import InputError
+from restoration.diffusion.candidates import CandidateConfig
+from restoration.diffusion.guidance import GuidanceConfig
+from restoration.diffusion.refine import RefineConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,18 +32,17 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 class RoundSettings:
     """Candidate generation (TTPO stage i): candidate i uses strengths[i % len] and seed + i."""
 
-    num_candidates: int = 4
+    # defaults are the engine's (restoration.diffusion.candidates.CandidateConfig)
+    num_candidates: int = CandidateConfig.num_candidates
     seed: int = 0
-    strengths: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4)
-    steps: int = 4
-    eta: float = 1.0
+    strengths: tuple[float, ...] = CandidateConfig.strengths
+    steps: int = CandidateConfig.steps
+    eta: float = CandidateConfig.eta
 
     def seeds(self) -> list[int]:
         return [self.seed + i for i in range(self.num_candidates)]
 
-    def to_config(self):
-        from restoration.diffusion.candidates import CandidateConfig
-
+    def to_config(self) -> CandidateConfig:
         return CandidateConfig(num_candidates=self.num_candidates, strengths=tuple(self.strengths), steps=self.steps,
                                eta=self.eta, seed=self.seed)
 
@@ -64,17 +66,14 @@ class RoundSettings:
 class RefineSettings:
     """Reward-guided denoising (TTPO stage iii): inversion strength, DDIM steps, guidance scale, fidelity weight."""
 
-    # defaults mirror restoration.diffusion.refine.RefineConfig / guidance.GuidanceConfig (see their docstrings)
-    strength: float = 0.2
-    steps: int = 8
-    guidance_scale: float = 0.01
-    fidelity_weight: float = 0.3
+    # defaults are the engine's (restoration.diffusion.refine / guidance: see their docstrings)
+    strength: float = RefineConfig.strength
+    steps: int = RefineConfig.steps
+    guidance_scale: float = GuidanceConfig.scale
+    fidelity_weight: float = GuidanceConfig.fidelity_weight
     seed: int = 0
 
-    def to_config(self):
-        from restoration.diffusion.guidance import GuidanceConfig
-        from restoration.diffusion.refine import RefineConfig
-
+    def to_config(self) -> RefineConfig:
         return RefineConfig(strength=self.strength, steps=self.steps, seed=self.seed,
                             guidance=GuidanceConfig(scale=self.guidance_scale, fidelity_weight=self.fidelity_weight))
 
@@ -168,7 +167,11 @@ class TTPOWorker:
 
     def check_metrics(self, metrics: Sequence[str] | str | None) -> tuple[str, ...]:
         """Selector metrics usable offline (no weights to download); 'did you mean' for unknown names."""
-        from restoration.selection import MetricUnavailableError, metric_info, missing_weight_files
+        from restoration.selection import (
+            MetricUnavailableError,
+            metric_info,
+            missing_weight_files,
+        )
 
         if isinstance(metrics, str):
             metrics = [m for m in metrics.replace("+", ",").split(",")]

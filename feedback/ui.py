@@ -146,10 +146,16 @@ def generate(service: FeedbackService, state: dict, candidates: float, seed: flo
              blind: bool) -> tuple:
     """Generate the round's candidates (the restored image is one of them, at a shuffled position)."""
     round_id = _need(state, "round_id", "Restore an image first.")
-    view = service.generate_candidates(round_id, candidates=int(candidates),
+    view = _generate(service, round_id, candidates, seed, strengths)
+    return _after_candidates(service, state, view, blind)
+
+
+def _generate(service: FeedbackService, round_id: str, candidates: float, seed: float | None,
+              strengths: str) -> RoundView:
+    """Candidates for a round from the settings widgets (seed < 0 or empty: a random, recorded seed)."""
+    return service.generate_candidates(round_id, candidates=int(candidates),
                                        seed=None if seed is None or seed < 0 else int(seed),
                                        strengths=parse_strengths(strengths))
-    return _after_candidates(service, state, view, blind)
 
 
 def _after_candidates(service: FeedbackService, state: dict, view: RoundView, blind: bool) -> tuple:
@@ -259,9 +265,7 @@ def next_round(service: FeedbackService, state: dict, candidates: float, seed: f
                blind: bool) -> tuple:
     """Start the next round from the refined image and generate its candidates."""
     next_id = _need(state, "next_round_id", "Refine first; the next round starts from the refined image.")
-    view = service.generate_candidates(next_id, candidates=int(candidates),
-                                       seed=None if seed is None or seed < 0 else int(seed),
-                                       strengths=parse_strengths(strengths))
+    view = _generate(service, next_id, candidates, seed, strengths)
     base = {k: v for k, v in state.items() if k not in ("next_round_id", "refined_id")}
     return _after_candidates(service, base, view, blind)
 

@@ -12,40 +12,25 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+from restoration.io import list_images, load_image
+
 #: scikit-image's bundled colour photographs (no download needed).
 SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "hubble_deep_field",
                   "cat", "retina", "colorwheel")
 
 
-def list_images(folder: str | Path) -> list[Path]:
-    """Image files directly or recursively under `folder`, sorted; a clear error when there are none."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"image folder not found: {folder}")
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    if not files:
-        raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {folder}")
-    return files
+def load_photo(path: str | Path) -> torch.Tensor:
+    """A photo file -> uint8 (3, H, W) (EXIF orientation and alpha handled by `restoration.io.load_image`)."""
+    return (load_image(path)[0] * 255).round().to(torch.uint8)
 
 
-def _to_uint8_chw(img: Image.Image) -> torch.Tensor:
-    img = ImageOps.exif_transpose(img)
-    if img.mode in ("RGBA", "LA", "P"):
-        img = img.convert("RGBA")
-        bg = Image.new("RGBA", img.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(bg, img)
-    return torch.from_numpy(np.asarray(img.convert("RGB"))).permute(2, 0, 1).contiguous()
-
-
-def skimage_photos() -> list[tuple[str, torch.Tensor]]:
+def skimage_photos(names: tuple[str, ...] = SKIMAGE_PHOTOS) -> list[tuple[str, torch.Tensor]]:
     """scikit-image's bundled colour photos as (name, uint8 (3, H, W))."""
     import skimage.data
 
     out = []
-    for name in SKIMAGE_PHOTOS:
+    for name in names:
         try:
             arr = getattr(skimage.data, name)()
         except Exception:  # some need optional downloads (pooch); skip those
@@ -86,11 +71,7 @@ class CropSampler:
                      exclude: tuple[str, ...] = ()) -> "CropSampler":
         photos = []
         for folder in folders:
-            for path in list_images(folder):
-                if path.stem in exclude:
-                    continue
-                with Image.open(path) as img:
-                    photos.append(_to_uint8_chw(img))
+            photos += [load_photo(p) for p in list_images(folder) if p.stem not in exclude]
         if use_skimage:
             photos += [img for _, img in skimage_photos()]
         if not photos:

@@ -25,11 +25,21 @@ import torch
 
 from restoration.backbones import create_restorer, get_restorer
 from restoration.backbones.base import Restorer
-from restoration.diffusion.candidates import CandidateConfig, CandidateMeta, generate_candidates
+from restoration.diffusion.candidates import (
+    CandidateConfig,
+    CandidateMeta,
+    generate_candidates,
+)
 from restoration.diffusion.priors import DiffusionPrior, load_prior
 from restoration.diffusion.refine import RefineConfig, reward_guided_denoise
-from restoration.selection import DEFAULT_SELECTOR, Selection, fuse_zscores, metric_info, score_images, \
-    select_from_scores
+from restoration.selection import (
+    DEFAULT_SELECTOR,
+    Selection,
+    fuse_zscores,
+    metric_info,
+    score_images,
+    select_from_scores,
+)
 
 RESTORED_ID = "restored"
 
@@ -131,9 +141,7 @@ class TPOEngine:
         metrics = tuple(metrics or self.config.selector)
         t0 = time.perf_counter()
         ids = [c.id for c in rnd.candidates]
-        images = torch.cat([c.image for c in rnd.candidates])
-        raw = score_images(images, metrics, reference=rnd.start)
-        fused = fuse_zscores(raw, {m: metric_info(m).lower_better for m in metrics})
+        raw, fused = _score_and_fuse(torch.cat([c.image for c in rnd.candidates]), metrics, rnd.start)
         sel = select_from_scores(ids, fused, "+".join(metrics), top_k, bottom_k, raw)
         for c in rnd.candidates:
             c.scores = {m: sel.raw_scores[m][c.id] for m in metrics} | {"fused": sel.scores[c.id]}
@@ -156,12 +164,17 @@ class TPOEngine:
 
 def fused_scores(engine: TPOEngine, rnd: Round, extra: dict[str, torch.Tensor]) -> dict[str, float]:
     """Fused selector score (higher = better) of named images, z-scored together with the round's candidates."""
-    metrics = engine.config.selector
     names = [c.id for c in rnd.candidates] + list(extra)
     images = torch.cat([c.image for c in rnd.candidates] + list(extra.values()))
-    raw = score_images(images, metrics, reference=rnd.start)
-    fused = fuse_zscores(raw, {m: metric_info(m).lower_better for m in metrics})
+    _, fused = _score_and_fuse(images, engine.config.selector, rnd.start)
     return dict(zip(names, fused.tolist()))
+
+
+def _score_and_fuse(images: torch.Tensor, metrics: Sequence[str], reference: torch.Tensor
+                    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Raw metric scores of images (N, 3, H, W) and their TTPO z-score fusion (N,), higher = better."""
+    raw = score_images(images, metrics, reference=reference)
+    return raw, fuse_zscores(raw, {m: metric_info(m).lower_better for m in metrics})
 
 
 # ---- the headless command -----------------------------------------------------------------------------

@@ -21,19 +21,19 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from tqdm import tqdm
 
+from restoration.data import load_photo, skimage_photos
 from restoration.diffusion.priors import (
     PixelPriorConfig,
     build_pixel_unet,
     build_scheduler,
     save_pixel_prior,
 )
+from restoration.io import list_images
 
 #: scikit-image's bundled colour photographs (no downloads needed).
 SKIMAGE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry")
-_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
 @dataclass(frozen=True)
@@ -55,21 +55,12 @@ def load_photos(dirs: list[str], use_skimage: bool) -> tuple[list[torch.Tensor],
     """RGB photos as uint8 (3, H, W) tensors, and their names."""
     photos, names = [], []
     for d in dirs:
-        files = sorted(p for p in Path(d).expanduser().iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES)
-        if not files:
-            raise FileNotFoundError(f"no images ({', '.join(_IMAGE_SUFFIXES)}) in {d}")
-        for p in files:
-            arr = np.asarray(Image.open(p).convert("RGB"))
-            photos.append(torch.from_numpy(arr.copy()).permute(2, 0, 1))
+        for p in list_images(Path(d).expanduser()):
+            photos.append(load_photo(p))
             names.append(str(p))
     if use_skimage:
-        import skimage.data
-
-        for name in SKIMAGE_PHOTOS:
-            arr = getattr(skimage.data, name)()
-            if arr.ndim != 3 or arr.shape[2] < 3:
-                continue
-            photos.append(torch.from_numpy(np.ascontiguousarray(arr[..., :3])).permute(2, 0, 1))
+        for name, photo in skimage_photos(SKIMAGE_PHOTOS):
+            photos.append(photo)
             names.append(f"skimage.data.{name}")
     if not photos:
         raise ValueError("no training photos: pass --images DIR and/or --skimage")

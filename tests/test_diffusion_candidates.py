@@ -23,12 +23,6 @@ TINY = PixelPriorConfig(block_out_channels=(16, 32), norm_num_groups=8, pixel_un
 
 
 @pytest.fixture(scope="module")
-def prior():
-    torch.manual_seed(0)
-    return pixel_prior_from_unet(build_pixel_unet(TINY), TINY, prior_id="pixel:test")
-
-
-@pytest.fixture(scope="module")
 def restored():
     g = torch.Generator().manual_seed(3)
     smooth = torch.nn.functional.interpolate(torch.rand(1, 3, 9, 10, generator=g), size=(36, 40), mode="bilinear")

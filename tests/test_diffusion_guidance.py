@@ -13,21 +13,8 @@ from restoration.diffusion.guidance import (
     preference_loss,
     ttpo_schedule,
 )
-from restoration.diffusion.priors import (
-    PixelPriorConfig,
-    build_pixel_unet,
-    pixel_prior_from_unet,
-)
 from restoration.diffusion.refine import RefineConfig, reward_guided_denoise
 from restoration.diffusion.sampling import make_model_fn
-
-TINY = PixelPriorConfig(block_out_channels=(16, 32), norm_num_groups=8, pixel_unshuffle=2)
-
-
-@pytest.fixture(scope="module")
-def prior():
-    torch.manual_seed(0)
-    return pixel_prior_from_unet(build_pixel_unet(TINY), TINY)
 
 
 @pytest.fixture(scope="module")
