@@ -16,6 +16,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from restoration.backbones.hashing import weights_sha256 as file_sha256
+
 #: where `load_prior("default")` looks (the prior trained by `python -m restoration.train_prior`).
 DEFAULT_PRIOR_DIR = Path(__file__).resolve().parents[2] / "assets" / "prior"
 #: extra facts saved beside a pixel prior's unet (pixel-unshuffle factor, training facts).
@@ -29,15 +31,13 @@ class PriorNotFoundError(FileNotFoundError):
 
 
 def weights_sha256(folder: str | Path) -> str:
-    """sha256 over every weight file under `folder` (sorted relative paths and their bytes)."""
+    """sha256 over every weight file under `folder`: sorted relative paths and each file's (cached) sha256."""
     folder = Path(folder)
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in _WEIGHT_SUFFIXES)
     h = hashlib.sha256()
     for p in files:
         h.update(str(p.relative_to(folder)).encode())
-        with open(p, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
+        h.update(file_sha256(p).encode())
     return h.hexdigest()
 
 
