@@ -25,7 +25,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends, FastAPI, File, Form, Header, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from feedback.engine import RefineSettings
@@ -33,6 +33,18 @@ from feedback.errors import Conflict, InputError, NotFound
 from feedback.service import AuthError, Busy, FeedbackService, Principal, RoundView
 
 PREFIX = "/api/v1"
+
+
+class KnownFields(BaseModel):
+    """A JSON body that refuses unknown fields, naming the allowed ones: a misspelt setting must not be ignored."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known(cls, data: Any) -> Any:
+        if isinstance(data, dict) and (unknown := [str(k)[:40] for k in data if k not in cls.model_fields]):
+            raise ValueError(f"unknown field(s) {', '.join(map(repr, unknown[:5]))}; allowed: "
+                             f"{', '.join(cls.model_fields)}")
+        return data
 
 
 class SessionIn(BaseModel):
@@ -66,7 +78,7 @@ class RoundOut(BaseModel):
     candidates: list[CandidateRef] = Field(description="display order; includes the start image")
 
 
-class ChoiceIn(BaseModel):
+class ChoiceIn(KnownFields):
     preferred: list[str] = []
     rejected: list[str] = []
     tie: bool = False
@@ -82,7 +94,7 @@ class ChoiceOut(BaseModel):
     created: bool
 
 
-class AutoIn(BaseModel):
+class AutoIn(KnownFields):
     metrics: list[str] | None = None
 
 
@@ -93,7 +105,7 @@ class AutoOut(ChoiceOut):
     scores: dict[str, dict[str, float]]
 
 
-class RefineIn(BaseModel):
+class RefineIn(KnownFields):
     strength: float | None = None
     steps: int | None = None
     guidance_scale: float | None = None

@@ -26,6 +26,8 @@ from restoration.diffusion.guidance import GuidanceConfig
 from restoration.diffusion.refine import RefineConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+MAX_SPEC_CHARS = 200  # a degradation spec: about 20 steps, more than any experiment uses
+MAX_METRICS = 8
 
 
 @dataclass(frozen=True)
@@ -165,20 +167,48 @@ class TTPOWorker:
             raise InputError(f"unknown backbone {str(name)[:60]!r}{why}; available: {', '.join(offered)}")
         return key
 
+    def check_degradation(self, spec: str | None) -> str:
+        """A degradation spec that parses ('' for none); InputError with the table of allowed degradations."""
+        from restoration.degradations import parse_spec
+
+        if spec is None:
+            return ""
+        if not isinstance(spec, str):
+            raise InputError(f"degradation must be a spec text like 'noise:25', got {type(spec).__name__}")
+        spec = spec.strip()
+        if len(spec) > MAX_SPEC_CHARS:
+            raise InputError(f"degradation spec has {len(spec)} characters; at most {MAX_SPEC_CHARS} "
+                             "(e.g. 'blur:1.5+noise:15')")
+        try:
+            parse_spec(spec)
+        except ValueError as exc:
+            raise InputError(f"degradation: {exc}") from None
+        return "" if spec.lower() == "none" else spec
+
     def check_metrics(self, metrics: Sequence[str] | str | None) -> tuple[str, ...]:
-        """Selector metrics usable offline (no weights to download); 'did you mean' for unknown names."""
+        """Selector metrics usable offline (no weights to download); 'did you mean' for unknown names.
+
+        None means the process default; anything else must name one to MAX_METRICS distinct metrics."""
         from restoration.selection import (
             MetricUnavailableError,
             metric_info,
             missing_weight_files,
         )
 
+        if metrics is None:
+            metrics = self.settings.selector
         if isinstance(metrics, str):
             metrics = [m for m in metrics.replace("+", ",").split(",")]
-        names = tuple(m.strip() for m in (metrics or self.settings.selector) if m and m.strip())
+        if not all(isinstance(m, str) for m in metrics):
+            raise InputError("metrics must be a list of metric names, e.g. [\"piqe\"]")
+        names = tuple(m.strip().lower() for m in metrics if m.strip())
         if not names:
-            raise InputError("name at least one selector metric, e.g. piqe")
+            raise InputError("name at least one selector metric; offline metrics: piqe, entropy, brisque")
+        if len(set(names)) != len(names) or len(names) > MAX_METRICS:
+            raise InputError(f"name each selector metric once, at most {MAX_METRICS} of them; got {len(names)}")
         for m in names:
+            if len(m) > 40:
+                raise InputError(f"unknown quality metric {m[:40]!r}...; offline metrics: piqe, entropy, brisque")
             try:
                 info = metric_info(m)
             except (ValueError, MetricUnavailableError) as exc:

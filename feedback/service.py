@@ -264,17 +264,20 @@ class FeedbackService:
                     parent_round_id: str | None = None, origin: str = "upload",
                     strengths: Sequence[float] | None = None, generate: bool = True) -> RoundView:
         """Decode and check the upload, degrade it when asked (the clean image kept as ground truth), restore,
-        and record the round; then generate its candidates unless `generate=False`."""
-        array = (decode_image_bytes(image, self.limits) if isinstance(image, (bytes, bytearray, memoryview))
-                 else check_image_array(image, self.limits))
+        and record the round; then generate its candidates unless `generate=False`.
+
+        Everything a client sent is checked before anything is computed or stored: a refused request
+        leaves no rows and no image files behind."""
         settings = self.round_settings(candidates, seed, strengths)
         backbone = self.worker.check_backbone(backbone)
-        spec = (degradation or "").strip()
-        spec = "" if spec.lower() == "none" else spec
+        spec = self.worker.check_degradation(degradation)
         with self.db.sessions.begin() as s:  # fail early on unknown session / parent
             store._get(s, store.SessionRow, session_id, "session")
-            if parent_round_id is not None:
-                store.get_round(s, parent_round_id)
+            if parent_round_id is not None and store.get_round(s, parent_round_id).session_id != session_id:
+                raise InputError(f"parent round {parent_round_id} belongs to another session; "
+                                 "name a round of this session or none")
+        array = (decode_image_bytes(image, self.limits) if isinstance(image, (bytes, bytearray, memoryview))
+                 else check_image_array(image, self.limits))
         clean = _to_tensor(array)
         with self.gate.slot():
             degraded, record = self.worker.degrade(clean, spec, settings.seed)

@@ -92,7 +92,7 @@ def _get(s: Session, model: type[ModelT], object_id: Any, what: str) -> ModelT:
         raise NotFound(f"{what} id must be a non-empty string, got {object_id!r}")
     obj = s.get(model, object_id)
     if obj is None:
-        raise NotFound(f"no {what} with id {object_id!r}")
+        raise NotFound(f"no {what} with id {object_id[:80]!r}")
     return obj
 
 
@@ -332,7 +332,9 @@ def record_choice(s: Session, round_id: str, preferred: Sequence[str], rejected:
         return _same_choice(existing, kind, preferred, rejected), False
     in_round = set(s.scalars(select(Candidate.id).where(Candidate.round_id == round_id)))
     if foreign := [i for i in [*preferred, *rejected] if i not in in_round]:
-        raise InputError(f"candidates {foreign} are not candidates of round {round_id}")
+        shown = ", ".join(repr(i[:40]) for i in foreign[:3])  # ids are echoed shortened, at most three
+        shown += f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+        raise InputError(f"candidates {shown} are not candidates of round {round_id}")
 
     choice = Choice(round_id=round_id, kind=kind, reason_tags=tags, decision_ms=decision_ms, selector=selector,
                     idempotency_key=idempotency_key)
