@@ -26,6 +26,7 @@ from feedback.models import (
 )
 
 if TYPE_CHECKING:
+    from feedback.db import Database
     from feedback.images import ImageStore
 
 MAX_PROBLEMS_PER_CHECK = 50
@@ -131,3 +132,42 @@ def integrity_check(s: Session, images: ImageStore | None = None) -> list[str]:
     if images is not None:
         problems += _missing_images(s, images)
     return problems
+
+
+def database_check(db: Database, images: ImageStore | None = None) -> list[str]:
+    """`integrity_check` in a read-only transaction, plus SQLite's own page check on SQLite files."""
+    with db.reads.begin() as s:
+        problems = integrity_check(s, images)
+        if db.engine.dialect.name == "sqlite":
+            status = s.connection().exec_driver_sql("PRAGMA integrity_check").scalar()
+            if status != "ok":
+                problems.append(f"SQLite integrity_check: {status}")
+    return problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m feedback.integrity --db URL [--data-dir DIR]`: print problems; exit 1 when there are any."""
+    import argparse
+    import sys
+
+    from feedback.db import open_database, resolve_db_url
+    from feedback.images import ImageStore  # noqa: F811 - at run time, not only for type checking
+
+    parser = argparse.ArgumentParser(prog="python -m feedback.integrity", description=__doc__.splitlines()[0])
+    parser.add_argument("--db", default=None, help="database URL (default: $TTPO_DB_URL or SQLite in --data-dir)")
+    parser.add_argument("--data-dir", default="data", help="folder holding images/ (also checks every image file)")
+    parser.add_argument("--no-images", action="store_true", help="skip the check of image files")
+    args = parser.parse_args(argv)
+    db = open_database(resolve_db_url(args.db, args.data_dir), migrate=False)
+    try:
+        problems = database_check(db, None if args.no_images else ImageStore(args.data_dir))
+    finally:
+        db.engine.dispose()
+    for problem in problems:
+        print(problem)
+    print(f"{len(problems)} problem(s)", file=sys.stderr)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

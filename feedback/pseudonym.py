@@ -32,16 +32,21 @@ def load_or_create_salt(data_dir: str | os.PathLike[str] | None = None) -> bytes
         raise InputError(f"no pseudonym salt: set ${SALT_ENV} or give a data directory")
     path = Path(data_dir) / SALT_FILENAME
     path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        # O_EXCL: if two processes start at once, exactly one creates the salt and both read it.
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        pass
-    else:
+    if not path.exists():
+        # Written whole to a temporary file, then hard-linked into place: if two processes (replicas)
+        # start at once, exactly one link succeeds and neither can read a half-written salt.
+        tmp = path.with_name(f".{SALT_FILENAME}.{os.getpid()}.{secrets.token_hex(4)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as handle:
             handle.write(secrets.token_hex(32))
             handle.flush()
             os.fsync(handle.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
     salt = path.read_text().strip()
     if not salt:
         raise InputError(f"pseudonym salt file {path} is empty; delete it to create a new one")

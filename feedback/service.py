@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from feedback import access, store
-from feedback.db import Database
+from feedback.db import Database, retry_transient
 from feedback.engine import EngineSettings, RefineSettings, RoundSettings, TTPOWorker
 from feedback.errors import Conflict, FeedbackError, InputError, NotFound
 from feedback.images import ImageStore, is_image_id
@@ -203,7 +203,7 @@ class FeedbackService:
             raise AuthError("missing token: send 'Authorization: Bearer <token>' (from POST /api/v1/sessions)", 401)
         if self._admin_hash is not None and tokens_match(token, self._admin_hash):
             return Principal(None, admin=True)
-        with self.db.sessions.begin() as s:
+        with self.db.reads.begin() as s:
             try:
                 return Principal(store.session_by_token_hash(s, hash_token(token)).id)
             except NotFound:
@@ -216,14 +216,14 @@ class FeedbackService:
     def check_session(self, who: Principal, session_id: str) -> None:
         """AuthError 403 unless `who` is the admin or this session; NotFound for an unknown session (admin)."""
         if who.admin:
-            with self.db.sessions.begin() as s:
+            with self.db.reads.begin() as s:
                 store._get(s, store.SessionRow, session_id, "session")
             return
         if who.session_id != session_id:
             raise AuthError("this token belongs to another session", 403)
 
     def check_round(self, who: Principal, round_id: str) -> None:
-        with self.db.sessions.begin() as s:
+        with self.db.reads.begin() as s:
             rnd = store.get_round(s, round_id)
             if not who.admin and rnd.session_id != who.session_id:
                 raise AuthError("this round belongs to another session", 403)
@@ -235,18 +235,18 @@ class FeedbackService:
         if not self.images.exists(image_id):
             raise NotFound(f"no image {image_id}")
         if not who.admin:
-            with self.db.sessions.begin() as s:
+            with self.db.reads.begin() as s:
                 if not access.session_owns_image(s, who.session_id, image_id):
                     raise AuthError("this image belongs to another session", 403)
         return self.images.get_bytes(image_id)
 
     # ------------------------------------------------------------------------------ rounds
     def get_round(self, round_id: str) -> RoundView:
-        with self.db.sessions.begin() as s:
+        with self.db.reads.begin() as s:
             return _round_view(store.get_round(s, round_id))
 
     def history(self, session_id: str) -> list[dict[str, Any]]:
-        with self.db.sessions.begin() as s:
+        with self.db.reads.begin() as s:
             return access.session_history(s, session_id)
 
     def round_settings(self, candidates: Any = None, seed: Any = None,
@@ -353,12 +353,16 @@ class FeedbackService:
                 and len(preferred) + len(rejected) == 0:
             with self.db.sessions.begin() as s:  # "all similar": every candidate of the round
                 preferred = [c.id for c in store.get_round(s, round_id).candidates]
-        with self.db.sessions.begin() as s:
-            choice, created = store.record_choice(s, round_id, preferred, rejected, kind, tags=tags,
-                                                  decision_ms=decision_ms, selector=selector,
-                                                  idempotency_key=idempotency_key)
-            return ChoiceView(choice.id, len(choice.pairs), created, choice.kind, choice.preferred_ids,
-                              choice.rejected_ids, choice.selector)
+
+        def write() -> ChoiceView:
+            with self.db.sessions.begin() as s:
+                choice, created = store.record_choice(s, round_id, preferred, rejected, kind, tags=tags,
+                                                      decision_ms=decision_ms, selector=selector,
+                                                      idempotency_key=idempotency_key)
+                return ChoiceView(choice.id, len(choice.pairs), created, choice.kind, choice.preferred_ids,
+                                  choice.rejected_ids, choice.selector)
+        # With an idempotency key a repeat cannot record twice, so transient database errors are retried.
+        return retry_transient(write, attempts=3 if idempotency_key else 1)
 
     def auto_choose(self, round_id: str, metrics: Sequence[str] | None = None) -> ChoiceView:
         """Stage (ii), automated: the metric selector (z-score fusion) picks preferred and rejected."""

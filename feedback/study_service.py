@@ -33,6 +33,7 @@ from sqlalchemy.orm import Session
 
 from feedback import store
 from feedback.analysis import AnalysisConfig, analyze, load_votes
+from feedback.db import retry_transient
 from feedback.errors import Conflict, InputError, NotFound
 from feedback.models import (
     STUDY_ANSWERS,
@@ -198,8 +199,9 @@ class StudyService:
                     "conditions": list(study.conditions), "n_items": study.n_items,
                     "seconds": time.perf_counter() - t0}
 
-    def _study(self, s: Session, study_id: str) -> tuple[Study, StudyDefinition]:
-        row = s.get(Study, study_id) if isinstance(study_id, str) else None
+    def _study(self, s: Session, study_id: str, lock: bool = False) -> tuple[Study, StudyDefinition]:
+        """The study row and its definition; `lock` holds the row (FOR UPDATE on PostgreSQL) to the end of `s`."""
+        row = s.get(Study, study_id, with_for_update=lock) if isinstance(study_id, str) else None
         if row is None:
             raise NotFound(f"no study with id {study_id!r}")
         return row, study_from_dict(row.definition)
@@ -231,7 +233,7 @@ class StudyService:
         for attempt in range(3):
             try:
                 return self._enrol_once(study_id, consent_version, platform_id)
-            except IntegrityError:  # two enrolments took the same participant index (PostgreSQL); again
+            except IntegrityError:  # two first enrolments with one platform id raced (unique hash); again
                 if attempt == 2:
                     raise
         raise AssertionError("unreachable")
@@ -239,7 +241,9 @@ class StudyService:
     def _enrol_once(self, study_id: str, consent_version: Any, platform_id: str | None) -> Enrolment:
         token = new_token()
         with self.fb.db.sessions.begin() as s:
-            row, study = self._study(s, study_id)
+            # Locking the study row serialises enrolments of one study across processes (replicas on
+            # PostgreSQL; SQLite's write lock does it already), so participant indices never collide.
+            row, study = self._study(s, study_id, lock=True)
             if consent_version != row.consent_version:
                 raise InputError(f"consent version {str(consent_version)[:32]!r} is not this study's current "
                                  f"version {row.consent_version!r}; show the current consent text again")
@@ -321,33 +325,37 @@ class StudyService:
                              _int("viewport height", viewport[1], 1, MAX_VIEWPORT, optional=False))
         if dpr is not None and (isinstance(dpr, bool) or not isinstance(dpr, (int, float)) or not 0 < dpr <= 16):
             raise InputError(f"dpr (device pixel ratio) must be a number in (0, 16], got {str(dpr)[:20]!r}")
-        with self.fb.db.sessions.begin() as s:
-            participant = self._participant(s, who, study_id, participant_id)
-            items = participant.items
-            if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= len(items):
-                raise NotFound(f"item k must be in 1..{len(items)}, got {k!r}")
-            item = items[k - 1]
-            if item.answer is not None:
-                if item.answer != choice:
-                    raise Conflict(f"item {k} was already answered ({item.answer}); answers cannot be changed")
-                return {"k": k, "n": len(items), "created": False, "choice_id": item.choice_id}
-            first_open = next(i for i in items if i.answer is None)
-            if first_open is not item:
-                raise Conflict(f"answer item {first_open.position + 1} first (items are judged in order)")
-            left, right = sorted(s.scalars(select(Candidate).where(Candidate.round_id == item.round_id)),
-                                 key=lambda c: c.position)
-            preferred, rejected = {"left": ([left.id], [right.id]), "right": ([right.id], [left.id]),
-                                   "tie": ([left.id, right.id], [])}[choice]
-            row, created = store.record_choice(
-                s, item.round_id, preferred, rejected, "tie" if choice == "tie" else "pairwise",
-                decision_ms=decision_ms, selector="attention-check" if item.is_attention_check else "human",
-                idempotency_key=f"study-item:{item.id}")
-            row.zoom_count, row.viewport_w, row.viewport_h = zoom_count, width, height
-            row.device_pixel_ratio = None if dpr is None else float(dpr)
-            row.consent_version = participant.consent_version
-            item.answer, item.choice_id, item.answered_at = choice, row.id, utcnow()
-            s.flush()
-            return {"k": k, "n": len(items), "created": created, "choice_id": row.id}
+
+        def write() -> dict[str, Any]:
+            with self.fb.db.sessions.begin() as s:
+                participant = self._participant(s, who, study_id, participant_id)
+                items = participant.items
+                if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= len(items):
+                    raise NotFound(f"item k must be in 1..{len(items)}, got {k!r}")
+                item = items[k - 1]
+                if item.answer is not None:
+                    if item.answer != choice:
+                        raise Conflict(f"item {k} was already answered ({item.answer}); answers cannot be changed")
+                    return {"k": k, "n": len(items), "created": False, "choice_id": item.choice_id}
+                first_open = next(i for i in items if i.answer is None)
+                if first_open is not item:
+                    raise Conflict(f"answer item {first_open.position + 1} first (items are judged in order)")
+                left, right = sorted(s.scalars(select(Candidate).where(Candidate.round_id == item.round_id)),
+                                     key=lambda c: c.position)
+                preferred, rejected = {"left": ([left.id], [right.id]), "right": ([right.id], [left.id]),
+                                       "tie": ([left.id, right.id], [])}[choice]
+                row, created = store.record_choice(
+                    s, item.round_id, preferred, rejected, "tie" if choice == "tie" else "pairwise",
+                    decision_ms=decision_ms, selector="attention-check" if item.is_attention_check else "human",
+                    idempotency_key=f"study-item:{item.id}")
+                row.zoom_count, row.viewport_w, row.viewport_h = zoom_count, width, height
+                row.device_pixel_ratio = None if dpr is None else float(dpr)
+                row.consent_version = participant.consent_version
+                item.answer, item.choice_id, item.answered_at = choice, row.id, utcnow()
+                s.flush()
+                return {"k": k, "n": len(items), "created": created, "choice_id": row.id}
+        # One answer per item (a repeat is a no-op), so a transient database error is safely retried.
+        return retry_transient(write)
 
     def withdraw(self, study_id: str, completion_code: Any) -> dict[str, int]:
         """Delete every row of the participant with this completion code (items, votes, pairs, rounds,

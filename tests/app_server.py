@@ -7,7 +7,6 @@ weights are installed, else the weight-free nlm. `running_app(tmp)` yields an `A
 
 from __future__ import annotations
 
-import io
 import os
 import socket
 import subprocess
@@ -19,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-import numpy as np
-from PIL import Image
+
+from feedback.loadtest import png_bytes  # noqa: F401 - re-exported for the tests
 
 REPO = Path(__file__).resolve().parents[1]
 ADMIN_TOKEN = "test-admin-token"
@@ -44,16 +43,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def png_bytes(size: int = 48, seed: int = 0) -> bytes:
-    """A smooth seeded test image (gradients + a little noise) as PNG bytes."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:size, 0:size] / size
-    base = np.stack([x, y, 0.5 * (x + y)], axis=-1) + 0.05 * rng.standard_normal((size, size, 3))
-    buf = io.BytesIO()
-    Image.fromarray((np.clip(base, 0, 1) * 255).astype(np.uint8)).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 @contextmanager

@@ -14,6 +14,7 @@ import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -37,6 +38,10 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+class PostgresUnavailable(RuntimeError):
+    """No server can be started here (binaries missing, or root without a `postgres` user)."""
+
+
 def _as_user_prefix() -> tuple[list[str], str]:
     """(command prefix, user name) to run server commands unprivileged."""
     if os.geteuid() != 0:
@@ -44,7 +49,7 @@ def _as_user_prefix() -> tuple[list[str], str]:
     try:
         pwd.getpwnam("postgres")
     except KeyError:
-        pytest.skip("running as root and there is no 'postgres' user to run PostgreSQL as")
+        raise PostgresUnavailable("running as root and there is no 'postgres' user to run PostgreSQL as") from None
     runuser = shutil.which("runuser")
     if runuser:
         return [runuser, "-u", "postgres", "--"], "postgres"
@@ -56,12 +61,16 @@ def _run(prefix: list[str], args: list[str]) -> subprocess.CompletedProcess[str]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
 
 
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """URL of a fresh PostgreSQL database, server stopped and files removed at the end of the session."""
+@contextmanager
+def postgres_server() -> Iterator[str]:
+    """Start a throwaway server; yields the URL of a fresh database; stops it and removes its files at exit.
+
+    PostgresUnavailable when it cannot run here; RuntimeError when initdb / pg_ctl / createdb fail.
+    """
     bin_dir = find_pg_bin()
     if bin_dir is None:
-        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not found; install postgresql or set TTPO_PG_BIN")
+        raise PostgresUnavailable("PostgreSQL server binaries (initdb, pg_ctl) not found; install postgresql "
+                                  "or set TTPO_PG_BIN")
     prefix, user = _as_user_prefix()
     root = Path(tempfile.mkdtemp(prefix="ttpo-pg-"))
     data, sock_dir = root / "data", root / "sock"
@@ -75,19 +84,35 @@ def postgres_url() -> Iterator[str]:
                            "--encoding=UTF8", "--no-locale", "--no-sync"])
     if result.returncode != 0:
         shutil.rmtree(root, ignore_errors=True)
-        pytest.fail(f"initdb failed: {result.stderr or result.stdout}")
-    options = f"-h 127.0.0.1 -p {port} -k {sock_dir} -F -c fsync=off -c full_page_writes=off"
+        raise RuntimeError(f"initdb failed: {result.stderr or result.stdout}")
+    options = f"-h 127.0.0.1 -p {port} -k {sock_dir} -F -c fsync=off -c full_page_writes=off -c max_connections=200"
     result = _run(prefix, [str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(root / "server.log"),
                            "-o", f"'{options}'" if prefix[:1] == ["su"] else options, "-w", "-t", "60", "start"])
     if result.returncode != 0:
         log = (root / "server.log").read_text() if (root / "server.log").exists() else ""
         shutil.rmtree(root, ignore_errors=True)
-        pytest.fail(f"pg_ctl start failed: {result.stderr or result.stdout}\n{log[-2000:]}")
+        raise RuntimeError(f"pg_ctl start failed: {result.stderr or result.stdout}\n{log[-2000:]}")
     try:
         result = _run(prefix, [str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "ttpo", "ttpo"])
         if result.returncode != 0:
-            pytest.fail(f"createdb failed: {result.stderr}")
+            raise RuntimeError(f"createdb failed: {result.stderr}")
         yield f"postgresql+psycopg://ttpo@127.0.0.1:{port}/ttpo"
     finally:
         _run(prefix, [str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"])
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """URL of a fresh PostgreSQL database, server stopped and files removed at the end of the session."""
+    try:
+        server = postgres_server()
+        url = server.__enter__()
+    except PostgresUnavailable as exc:
+        pytest.skip(str(exc))
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
+    try:
+        yield url
+    finally:
+        server.__exit__(None, None, None)

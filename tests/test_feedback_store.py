@@ -404,3 +404,95 @@ def test_only_pseudonyms_and_token_hashes_reach_the_database(db: Database, tmp_p
         db.engine.dispose()  # checkpoint the WAL into the file
         raw = (tmp_path / "ttpo.sqlite3").read_bytes()
         assert b"Lovelace" not in raw and b"lovelace" not in raw and token.encode() not in raw
+
+
+def test_transient_database_errors_are_retried_and_others_are_not():
+    from sqlalchemy.exc import OperationalError as SAOperationalError
+
+    from feedback.db import is_transient, retry_transient
+
+    class Orig(Exception):
+        def __init__(self, message: str, sqlstate: str | None = None) -> None:
+            super().__init__(message)
+            self.sqlstate = sqlstate
+
+    deadlock = SAOperationalError("UPDATE", {}, Orig("deadlock detected", "40P01"))
+    locked = SAOperationalError("INSERT", {}, Orig("database is locked"))
+    syntax = SAOperationalError("SELEC", {}, Orig("syntax error", "42601"))
+    assert is_transient(deadlock) and is_transient(locked) and not is_transient(syntax)
+    assert not is_transient(ValueError("not a database error"))
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 3:
+            raise deadlock
+        return "stored"
+
+    assert retry_transient(flaky, attempts=3, backoff_s=0) == "stored" and len(calls) == 3
+    calls.clear()
+    with pytest.raises(SAOperationalError):
+        retry_transient(flaky, attempts=2, backoff_s=0)  # still failing at the last attempt
+    assert len(calls) == 2
+
+    def broken():
+        calls.append(1)
+        raise syntax
+
+    calls.clear()
+    with pytest.raises(SAOperationalError):
+        retry_transient(broken, attempts=3, backoff_s=0)
+    assert len(calls) == 1  # not transient: no second try
+
+
+def test_sqlite_reads_do_not_wait_for_an_open_write_and_writers_queue(tmp_path) -> None:
+    import threading
+
+    from sqlalchemy import text
+
+    db = open_database(f"sqlite:///{tmp_path / 'w.sqlite3'}")
+    with db.sessions.begin() as s:
+        new_session(s)
+    writer = db.sessions()
+    writer.begin()
+    new_session(writer, "held")
+    writer.flush()  # holds SQLite's write lock until commit
+    seen: list[int] = []
+    reader = threading.Thread(target=lambda: seen.append(
+        db.reads().execute(text("SELECT count(*) FROM sessions")).scalar()))
+    reader.start()
+    reader.join(timeout=5)
+    assert seen == [1], "a read-only transaction must not wait for the open write"
+    done: list[str] = []
+
+    def write(i: int) -> None:
+        with db.sessions.begin() as s:
+            done.append(new_session(s, f"w{i}"))
+
+    writers = [threading.Thread(target=write, args=(i,)) for i in range(8)]
+    for t in writers:
+        t.start()
+    writer.commit()
+    writer.close()
+    for t in writers:
+        t.join(timeout=30)
+    assert len(done) == 8
+    with db.reads.begin() as s:
+        assert s.execute(text("SELECT count(*) FROM sessions")).scalar() == 10
+    db.engine.dispose()
+
+
+def test_integrity_command_exits_1_on_a_planted_problem(tmp_path, capsys) -> None:
+    from feedback.integrity import main as integrity_main
+
+    url = f"sqlite:///{tmp_path / 'i.sqlite3'}"
+    db = open_database(url)
+    with db.sessions.begin() as s:
+        _, cands = new_round(s, new_session(s))
+    assert integrity_main(["--db", url, "--no-images"]) == 0
+    assert integrity_main(["--db", url, "--data-dir", str(tmp_path)]) == 1  # the images are not stored
+    assert "not in the image store" in capsys.readouterr().out
+    plant_dangling_candidate(db, cands[0])
+    db.engine.dispose()
+    assert integrity_main(["--db", url, "--no-images"]) == 1
+    assert "point to missing rounds" in capsys.readouterr().out

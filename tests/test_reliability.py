@@ -1,0 +1,194 @@
+"""Faults and load against the real app (subprocesses on loopback): SIGKILL in a stream of votes, 32 clients
+x 25 votes on SQLite, and two replicas on one PostgreSQL database sharing one image store.
+
+The figures in docs/RELIABILITY.md come from `python scripts/reliability_drills.py`, which runs the same
+functions (feedback.loadtest) with more kills and prints JSON.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+from sqlalchemy import create_engine, text
+
+from feedback.loadtest import (
+    LoadConfig,
+    LoadReport,
+    create_session_round,
+    database_problems,
+    generation_burst,
+    persisted_votes,
+    resend,
+    run_load,
+    run_votes,
+    verify,
+)
+
+try:
+    from tests.app_server import ADMIN_TOKEN, png_bytes, running_app
+    from tests.pg import postgres_url  # noqa: F401 - the PostgreSQL server fixture
+except ImportError:  # pytest run from inside tests/
+    from app_server import ADMIN_TOKEN, png_bytes, running_app
+    from pg import postgres_url  # noqa: F401
+
+API = "/api/v1"
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+LOAD = LoadConfig(clients=32, votes=25, sessions=8, time_limit_s=300)
+
+
+def _sqlite_url(data_dir) -> str:
+    return f"sqlite:///{data_dir / 'ttpo.sqlite3'}"
+
+
+@pytest.fixture(scope="module")
+def sqlite_server(tmp_path_factory):
+    with running_app(tmp_path_factory.mktemp("load") / "data") as srv:
+        yield srv
+
+
+@pytest.mark.timeout(900)
+def test_32_clients_x_25_votes_on_sqlite_every_vote_once(sqlite_server):
+    report = run_load([sqlite_server.url], _sqlite_url(sqlite_server.data_dir), LOAD)
+    print(f"\nSQLite load: {report.acknowledged} votes, latency ms {report.latency_ms}, {report.votes_per_s} votes/s")
+    assert report.sent == LOAD.clients * LOAD.votes
+    assert report.acknowledged == report.sent, report.errors
+    assert report.persisted == report.sent and report.duplicated == 0 and report.lost == 0
+    assert report.mismatched == 0 and report.retries > 0 and report.retries_consistent == report.retries
+    assert report.integrity_problems == []
+    assert set(report.latency_ms) == {"p50", "p95", "p99", "max"}
+    assert report.ok
+
+
+@pytest.mark.timeout(900)
+def test_generation_beyond_capacity_is_refused_with_a_retry_hint_never_dropped(sqlite_server):
+    burst = generation_burst(sqlite_server.url, 12)
+    assert burst["dropped_or_other"] == 0, burst
+    assert burst["refused"] >= 1, f"12 concurrent generations should overflow a queue of 4: {burst}"
+    assert burst["refused_with_retry_after"] == burst["refused"], burst
+    assert httpx.get(f"{sqlite_server.url}{API}/health").json()["status"] == "ok"
+
+
+@pytest.mark.timeout(900)
+def test_sigkill_in_a_stream_of_votes_loses_no_acknowledged_vote(tmp_path):
+    data_dir = tmp_path / "data"
+    db_url = _sqlite_url(data_dir)
+    with running_app(data_dir) as server:
+        targets = [create_session_round(server.url, seed) for seed in range(2)]
+        cfg = LoadConfig(clients=4, votes=5000, sessions=2, retry_fraction=0.05, time_limit_s=120)
+        result: dict = {}
+        voters = threading.Thread(target=lambda: result.update(zip(("votes", "wall"), run_votes(
+            [server.url], targets, cfg))))
+        voters.start()
+        t0 = time.monotonic()
+        # Kill once a good number of votes are in, with the clients still sending.
+        while time.monotonic() - t0 < 60:
+            time.sleep(0.2)
+            with create_engine(db_url).connect() as conn:
+                if conn.execute(text("SELECT count(*) FROM choices")).scalar() >= 60:
+                    break
+        server.process.kill()  # SIGKILL: no shutdown handler runs
+        server.process.wait(timeout=30)
+        voters.join(timeout=120)
+    votes = result["votes"]
+    acked = [v for v in votes if v.acked]
+    unanswered = [v for v in votes if not v.acked]
+    assert len(acked) >= 60 and unanswered, "the kill must land in the middle of the stream"
+
+    with running_app(data_dir) as server:  # restart on the same files
+        assert database_problems(db_url) == []
+        stored = persisted_votes(db_url, votes)
+        assert all(len(stored.get((v.round_id, v.key), [])) == 1 for v in acked), "an acknowledged vote is missing"
+        assert all(len(stored.get((v.round_id, v.key), [])) <= 1 for v in unanswered)
+        # Clients retry what got no answer (and some acknowledged ones): each vote ends up stored exactly once.
+        counts = resend(unanswered + acked[:10], server.url)
+        assert counts["failed"] == 0 and counts["inconsistent"] == 0, counts
+        assert counts["already"] >= 10
+    report = verify(db_url, votes, LoadReport(clients=4, votes_per_client=0, sessions=2, urls=1))
+    assert report.lost == 0 and report.duplicated == 0 and report.mismatched == 0
+    assert report.persisted == len(votes) and report.integrity_problems == []
+
+
+# ------------------------------------------------------------------------------ replicas on PostgreSQL
+@pytest.fixture(scope="module")
+def replica_db(postgres_url):
+    """A database of its own on the shared test server."""
+    admin = create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text("DROP DATABASE IF EXISTS replicas"))
+        conn.execute(text("CREATE DATABASE replicas"))
+    admin.dispose()
+    return postgres_url.rsplit("/", 1)[0] + "/replicas"
+
+
+@pytest.fixture(scope="module")
+def replicas(replica_db, tmp_path_factory):
+    data_dir = tmp_path_factory.mktemp("replicas") / "data"  # one image store for both
+    args = ("--db", replica_db)
+    with running_app(data_dir, args) as a, running_app(data_dir, args) as b:
+        yield a, b
+
+
+@pytest.mark.postgres
+@pytest.mark.timeout(900)
+def test_two_replicas_on_one_postgres_every_vote_once(replicas, replica_db):
+    a, b = replicas
+    targets = [create_session_round((a, b)[i % 2].url, seed=20 + i) for i in range(LOAD.sessions)]
+    report = run_load([a.url, b.url], replica_db, LOAD, targets=targets)
+    print(f"\nPostgreSQL, 2 replicas: {report.acknowledged} votes, latency ms {report.latency_ms}, "
+          f"{report.votes_per_s} votes/s")
+    assert report.acknowledged == report.sent == LOAD.clients * LOAD.votes, report.errors
+    assert report.ok, report
+    # A round made on one replica is served with its images by the other (shared database and store).
+    with httpx.Client(timeout=60) as client:
+        token = {"Authorization": f"Bearer {targets[0].token}"}
+        rnd = client.get(f"{b.url}{API}/rounds/{targets[0].round_id}", headers=token).json()
+        assert client.get(b.url + rnd["candidates"][0]["url"], headers=token).status_code == 200
+
+
+@pytest.mark.postgres
+@pytest.mark.timeout(900)
+def test_study_assignment_stays_consistent_across_replicas(replicas, replica_db, tmp_path):
+    a, b = replicas
+    paths = []
+    for i in range(3):
+        (tmp_path / f"img{i}.png").write_bytes(png_bytes(32, seed=40 + i))
+        paths.append(str(tmp_path / f"img{i}.png"))
+    definition = {"name": "replicas", "images": paths, "conditions": ["bicubic", "nlm", "median"],
+                  "degradations": ["noise:20"], "items_per_participant": 6, "repeat_share": 0.0,
+                  "attention_checks": 0, "consent_text": "ok", "consent_version": "v1", "seed": 3}
+    with httpx.Client(timeout=600) as client:
+        created = client.post(f"{a.url}{API}/studies", json=definition, headers=ADMIN)
+        assert created.status_code == 200, created.text
+        study_id = created.json()["study_id"]
+
+        def enrol(i: int) -> dict:
+            r = httpx.post(f"{(a, b)[i % 2].url}{API}/studies/{study_id}/participants",
+                           json={"consent_version": "v1", "platform_id": f"p{i}"}, timeout=120)
+            assert r.status_code == 200, r.text
+            return r.json()
+
+        with ThreadPoolExecutor(max_workers=12) as pool:
+            enrolled = list(pool.map(enrol, range(12)))
+        assert len({e["participant_id"] for e in enrolled}) == 12
+        # Every participant sees the same next item through either replica, and votes through both land once.
+        for e in enrolled[:4]:
+            auth = {"Authorization": f"Bearer {e['token']}"}
+            route = f"{API}/studies/{study_id}/participants/{e['participant_id']}"
+            first_a = client.get(a.url + route + "/next", headers=auth).json()
+            first_b = client.get(b.url + route + "/next", headers=auth).json()
+            assert first_a == first_b
+            k = first_a["k"]
+            votes = [client.post(u + route + f"/items/{k}/vote", headers=auth, json={"choice": "left"})
+                     for u in (a.url, b.url)]
+            assert [v.status_code for v in votes] == [200, 200], [v.text for v in votes]
+            assert [v.json()["created"] for v in votes] == [True, False]
+            assert client.get(b.url + route + "/next", headers=auth).json()["k"] != k
+    # Participant indices (the Latin-square rows) are distinct: no two enrolments took the same slot.
+    with create_engine(replica_db).connect() as conn:
+        rows = conn.execute(text("SELECT participant_index FROM participants WHERE study_id = :s"),
+                            {"s": study_id}).scalars().all()
+    assert sorted(rows) == list(range(12))
