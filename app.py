@@ -1,6 +1,7 @@
 """The TTPO annotation app: Gradio Blocks for people, REST routes for programs, one process. Layout and wiring only.
 
     python app.py [--port 7860] [--data-dir data] [--db URL] [--admin-token T] [--host 127.0.0.1]
+                  [--rate-limit 30] [--rate-burst 10]
 
 Handlers live in feedback/ui.py, routes in feedback/api.py, the loop in feedback/service.py.
 Small engine settings for tests and demos: `--candidates 2 --candidate-steps 2 --refine-steps 2`, or
@@ -24,6 +25,7 @@ from feedback.api import build_api
 from feedback.db import open_database
 from feedback.engine import EngineSettings, RefineSettings, RoundSettings
 from feedback.models import REASON_TAGS
+from feedback.ratelimit import RateLimit
 from feedback.service import FeedbackService
 from feedback.study_api import build_study_router
 from feedback.uploads import UploadLimits
@@ -137,13 +139,19 @@ def build_demo(service: FeedbackService) -> gr.Blocks:
     return demo
 
 
-def build_app(service: FeedbackService, queue_size: int = 16) -> FastAPI:
+def build_app(service: FeedbackService, queue_size: int = 16, rate_limit: RateLimit = RateLimit()) -> FastAPI:
     """The FastAPI app: REST routes under /api/v1 and the Gradio Blocks mounted at /."""
-    api = build_api(service)
-    api.include_router(build_study_router(service))  # user studies: /api/v1/studies..., /study/{id}
+    # user studies: /api/v1/studies..., /study/{id}
+    api = build_api(service, rate_limit, routers=[build_study_router(service)])
     demo = build_demo(service).queue(default_concurrency_limit=1, max_size=queue_size)
-    return gr.mount_gradio_app(api, demo, path="/", allowed_paths=[str(service.images.root)], ssr_mode=False,
-                               footer_links=["api"], max_file_size=service.limits.max_bytes)
+    # Gradio serves files only from the image store (plus its own upload cache), never the data folder itself.
+    app = gr.mount_gradio_app(api, demo, path="/", allowed_paths=[str(service.images.root)], ssr_mode=False,
+                              footer_links=["api"], max_file_size=service.limits.max_bytes)
+    # Gradio checks that a file path sent to an event (e.g. the image input) was uploaded by a user only once
+    # the Blocks count as launched, which `launch()` marks and `mount_gradio_app` does not: without this, a
+    # client could post {"path": "/any/file"} and have the server copy that file into the servable cache.
+    demo.has_launched = True
+    return app
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -165,12 +173,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--refine-steps", type=int, default=2 if fast else RefineSettings.steps)
     p.add_argument("--max-side", type=int, default=1024, help="largest accepted image side (px)")
     p.add_argument("--queue-size", type=int, default=4, help="engine requests allowed to wait (more: 503)")
+    p.add_argument("--rate-limit", type=float, default=RateLimit.per_minute,
+                   help="engine requests (round, auto, refine) per minute per session over the REST API (0: off)")
+    p.add_argument("--rate-burst", type=int, default=RateLimit.burst,
+                   help="engine requests a session may make at once before the per-minute rate applies")
     p.add_argument("--no-warmup", action="store_true", help="load models on the first request, not at start")
     a = p.parse_args(argv)
     if not 1 <= a.candidates <= a.max_candidates <= 64:
         p.error("need 1 <= --candidates <= --max-candidates <= 64")
     if a.candidate_steps < 1 or a.refine_steps < 1 or a.queue_size < 0 or not 16 <= a.max_side <= 8192:
         p.error("steps must be >= 1, --queue-size >= 0, --max-side in 16..8192")
+    if not 0 <= a.rate_limit <= 1e6 or not 1 <= a.rate_burst <= 10_000:
+        p.error("need 0 <= --rate-limit <= 1e6 (0: off) and 1 <= --rate-burst <= 10000")
     return a
 
 
@@ -187,7 +201,8 @@ def main(argv: list[str] | None = None) -> None:
                               max_waiting=a.queue_size)
     if not a.no_warmup:
         threading.Thread(target=service.worker.warm_up, name="warm-up", daemon=True).start()
-    app = build_app(service, queue_size=max(1, 4 * a.queue_size))
+    app = build_app(service, queue_size=max(1, 4 * a.queue_size),
+                    rate_limit=RateLimit(per_minute=a.rate_limit, burst=a.rate_burst))
     print(f"ttpo-lab app on http://{a.host}:{a.port}/  (REST /api/v1, OpenAPI /openapi.json)", flush=True)
     uvicorn.run(app, host=a.host, port=a.port, log_level="warning")
 

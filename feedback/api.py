@@ -12,6 +12,8 @@ Contract (every error is JSON {"error": "..."}; input errors are 4xx, unknown id
   GET  /api/v1/images/{id}                   image/png
   GET  /api/v1/export?format=jsonl           one preference pair per line (admin token)
   GET  /api/v1/health                        {"status", "engine_ready"}
+Round creation, auto and refine are rate-limited per session (429 + Retry-After; feedback.ratelimit).
+Unknown /api/v1 paths answer 404 (405 for a known path with another method), never the Gradio UI.
 Candidates include the round's start image (restored or refined) as one candidate, at a shuffled position:
 TTPO compares it with the diffusion samples. Refine also generates the next round's candidates.
 Every call after session creation sends `Authorization: Bearer <token>`; the admin token may access everything.
@@ -20,16 +22,22 @@ Every call after session creation sends `Authorization: Bearer <token>`; the adm
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, FastAPI, File, Form, Header, Query, Request, UploadFile
+from fastapi import APIRouter, Body, Depends, FastAPI, File, Form, Header, Query, Request, Security, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from feedback.engine import RefineSettings
 from feedback.errors import Conflict, InputError, NotFound
+from feedback.ratelimit import RateLimit, RateLimited, RateLimiter
+from feedback.security import SecurityHeadersMiddleware
 from feedback.service import AuthError, Busy, FeedbackService, Principal, RoundView
 
 PREFIX = "/api/v1"
@@ -119,6 +127,34 @@ class RefineOut(BaseModel):
     seconds: float
 
 
+class ErrorOut(BaseModel):
+    error: str = Field(description="what was wrong and what is allowed")
+
+
+_ERRORS = {
+    400: "invalid input (the message says what is allowed)",
+    401: "missing or unknown token",
+    403: "the token has no access to this object (another session's, or not the admin token)",
+    404: "unknown id",
+    409: "conflicts with what is recorded (e.g. no choice yet, an idempotency key reused)",
+    413: "request body too large",
+    422: "malformed request (wrong types, missing fields)",
+    429: "too many expensive requests from this session; retry after Retry-After seconds",
+    503: "the engine queue is full; retry after Retry-After seconds",
+}
+_RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "integer"},
+                                "required": True}}
+AUTH, INPUT, ENGINE = (401, 403), (400, 413, 422), (429, 503)
+
+
+def errors(*codes: int | Sequence[int]) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` of the given error codes, each a JSON {"error": str} body (on HTML routes as well)."""
+    flat = sorted({c for code in codes for c in ((code,) if isinstance(code, int) else code)})
+    body = {"application/json": {"schema": ErrorOut.model_json_schema()}}
+    return {c: {"description": _ERRORS[c], "content": body, **({"headers": _RETRY_AFTER} if c in (429, 503) else {})}
+            for c in flat}
+
+
 def _image(image_id: str) -> dict[str, str]:
     return {"id": image_id, "url": f"{PREFIX}/images/{image_id}"}
 
@@ -158,6 +194,10 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _busy(_r: Request, exc: Busy) -> JSONResponse:
         return _error(503, exc.message, {"Retry-After": str(exc.retry_after)})
 
+    @app.exception_handler(RateLimited)
+    async def _rate_limited(_r: Request, exc: RateLimited) -> JSONResponse:
+        return _error(429, exc.message, {"Retry-After": str(exc.retry_after)})
+
     @app.exception_handler(RequestValidationError)
     async def _invalid(_r: Request, exc: RequestValidationError) -> JSONResponse:
         parts = [f"{'.'.join(str(x) for x in e.get('loc', ()) if x != 'body') or 'body'}: {e.get('msg')}"
@@ -173,9 +213,16 @@ def install_error_handlers(app: FastAPI) -> None:
         return _error(500, f"internal error ({type(exc).__name__}); the request was not completed")
 
 
-def principal(request: Request, authorization: Annotated[str | None, Header()] = None) -> Principal:
+# Declares the bearer scheme in the OpenAPI document; `principal` reads the header itself for precise errors.
+bearer = HTTPBearer(auto_error=False, description="a session token (POST /api/v1/sessions), a study participant "
+                                                  "token, or the admin token")
+
+
+def principal(request: Request,
+              _declared: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)] = None) -> Principal:
     """The caller, from `Authorization: Bearer <token>` (a session token or the admin token)."""
     token = None
+    authorization = request.headers.get("authorization")
     if authorization:
         scheme, _, value = authorization.partition(" ")
         if scheme.lower() != "bearer" or not value.strip():
@@ -187,9 +234,12 @@ def principal(request: Request, authorization: Annotated[str | None, Header()] =
 Who = Annotated[Principal, Depends(principal)]
 
 
-def build_router(service: FeedbackService) -> APIRouter:
-    """The /api/v1 routes over one service instance."""
+def build_router(service: FeedbackService, limiter: RateLimiter) -> APIRouter:
+    """The /api/v1 routes over one service instance; `limiter` meters the engine routes per session."""
     router = APIRouter(prefix=PREFIX)
+
+    def metered(who: Principal, what: str) -> AbstractContextManager[None]:
+        return limiter.metered(who.session_id or "admin", what)
 
     @router.get("/health")
     def health() -> dict[str, Any]:
@@ -197,12 +247,12 @@ def build_router(service: FeedbackService) -> APIRouter:
         return {"status": "ok", "engine_ready": worker.ready.is_set(), "engine_error": worker.warmup_error,
                 "code_version": worker.code_version}
 
-    @router.post("/sessions", response_model=SessionOut)
+    @router.post("/sessions", response_model=SessionOut, responses=errors(INPUT))
     def create_session(body: SessionIn) -> dict[str, str]:
         session_id, token = service.create_session(body.annotator)
         return {"session_id": session_id, "token": token}
 
-    @router.post("/sessions/{session_id}/rounds", response_model=RoundOut)
+    @router.post("/sessions/{session_id}/rounds", response_model=RoundOut, responses=errors(AUTH, 404, INPUT, ENGINE))
     def create_round(session_id: str, who: Who, image: Annotated[UploadFile, File()],
                      degradation: Annotated[str | None, Form()] = None,
                      backbone: Annotated[str | None, Form()] = None,
@@ -210,17 +260,22 @@ def build_router(service: FeedbackService) -> APIRouter:
                      seed: Annotated[str | None, Form()] = None,
                      parent_round_id: Annotated[str | None, Form()] = None) -> dict[str, Any]:
         service.check_session(who, session_id)
-        data = image.file.read(service.limits.max_bytes + 1)
-        view = service.start_round(session_id, data, degradation=degradation, backbone=backbone,
-                                   candidates=candidates, seed=seed, parent_round_id=parent_round_id or None)
+        if parent_round_id:  # lineage stays inside one session: no linking to another session's rounds
+            service.check_round(who, parent_round_id)
+            if service.get_round(parent_round_id).session_id != session_id:
+                raise InputError("parent_round_id names a round of another session")
+        with metered(who, "rounds"):
+            data = image.file.read(service.limits.max_bytes + 1)
+            view = service.start_round(session_id, data, degradation=degradation, backbone=backbone,
+                                       candidates=candidates, seed=seed, parent_round_id=parent_round_id or None)
         return _round_out(view)
 
-    @router.get("/rounds/{round_id}", response_model=RoundOut)
+    @router.get("/rounds/{round_id}", response_model=RoundOut, responses=errors(AUTH, 404, 422))
     def get_round(round_id: str, who: Who) -> dict[str, Any]:
         service.check_round(who, round_id)
         return _round_out(service.get_round(round_id))
 
-    @router.post("/rounds/{round_id}/choices", response_model=ChoiceOut)
+    @router.post("/rounds/{round_id}/choices", response_model=ChoiceOut, responses=errors(AUTH, 404, 409, INPUT))
     def create_choice(round_id: str, body: ChoiceIn, who: Who,
                       idempotency_key: Annotated[str | None, Header()] = None) -> dict[str, Any]:
         service.check_round(who, round_id)
@@ -228,33 +283,38 @@ def build_router(service: FeedbackService) -> APIRouter:
                                      tags=body.tags, decision_ms=body.decision_ms, idempotency_key=idempotency_key)
         return {"choice_id": view.choice_id, "pairs": view.pairs, "kind": view.kind, "created": view.created}
 
-    @router.post("/rounds/{round_id}/auto", response_model=AutoOut)
+    @router.post("/rounds/{round_id}/auto", response_model=AutoOut, responses=errors(AUTH, 404, 409, INPUT, ENGINE))
     def auto_choice(round_id: str, who: Who, body: Annotated[AutoIn | None, Body()] = None) -> dict[str, Any]:
         service.check_round(who, round_id)
-        view = service.auto_choose(round_id, (body.metrics if body else None))
+        with metered(who, "automatic selections"):
+            view = service.auto_choose(round_id, (body.metrics if body else None))
         return {"choice_id": view.choice_id, "pairs": view.pairs, "kind": view.kind, "created": view.created,
                 "preferred": view.preferred, "rejected": view.rejected, "selector": view.selector,
                 "scores": view.scores}
 
-    @router.post("/rounds/{round_id}/refine", response_model=RefineOut)
+    @router.post("/rounds/{round_id}/refine", response_model=RefineOut,
+                 responses=errors(AUTH, 404, 409, INPUT, ENGINE))
     def refine(round_id: str, who: Who, body: Annotated[RefineIn | None, Body()] = None) -> dict[str, Any]:
         service.check_round(who, round_id)
         settings = service.worker.settings.refine
         if body is not None:
             changes = {k: v for k, v in body.model_dump().items() if v is not None}
             settings = RefineSettings(**{**settings.to_dict(), **changes})
-        result = service.refine(round_id, settings)
+        with metered(who, "refinements"):
+            result = service.refine(round_id, settings)
         nxt = _round_out(result.next_round)
         return {"image": _image(result.image_id), "round_id": nxt["round_id"], "refinement_id": result.refinement_id,
                 "candidates": nxt["candidates"], "seconds": result.seconds}
 
     @router.get("/images/{id}", response_class=Response,
-                responses={200: {"content": {"image/png": {}}}})
+                responses={200: {"content": {"image/png": {}}}, **errors(AUTH, 404, 422)})
     def get_image(id: str, who: Who) -> Response:  # noqa: A002 - the contract names the path parameter `id`
         data = service.image_bytes(who, id)
         return Response(data, media_type="image/png", headers={"Cache-Control": "private, max-age=31536000, immutable"})
 
-    @router.get("/export")
+    @router.get("/export", response_class=StreamingResponse,
+                responses={200: {"content": {"application/x-ndjson": {}}, "description": "one pair per line"},
+                           **errors(AUTH, 400, 422)})
     def export(who: Who, format: Annotated[str, Query()] = "jsonl") -> StreamingResponse:
         service.require_admin(who)
         if format != "jsonl":
@@ -265,10 +325,31 @@ def build_router(service: FeedbackService) -> APIRouter:
     return router
 
 
-def build_api(service: FeedbackService) -> FastAPI:
-    """The FastAPI app with the REST routes and error handlers (Gradio is mounted beside them by app.py)."""
+def install_not_found(app: FastAPI) -> None:
+    """Last route: unknown /api/v1 paths get a JSON 404 (405 + Allow for a known path and another method)
+    instead of falling through to the Gradio mount. Install it after every /api/v1 router."""
+    methods = ("GET", "POST", "PUT", "PATCH", "DELETE")
+
+    @app.api_route(f"{PREFIX}/{{rest:path}}", methods=[*methods, "HEAD", "OPTIONS"], include_in_schema=False)
+    def not_found(request: Request) -> JSONResponse:
+        earlier = app.router.routes[:app.router.routes.index(fallback)]  # the API's own routes, not the mount
+        allowed = [m for m in methods
+                   if any(r.matches({**request.scope, "method": m})[0] == Match.FULL for r in earlier)]
+        if allowed:
+            return _error(405, f"method {request.method} is not allowed here; allowed: {', '.join(allowed)}",
+                          {"Allow": ", ".join(allowed)})
+        return _error(404, f"no API route {request.scope['path'][:100]!r}; see /openapi.json")
+
+    fallback = app.router.routes[-1]
+
+
+def build_api(service: FeedbackService, rate_limit: RateLimit = RateLimit(),
+              routers: Sequence[APIRouter] = ()) -> FastAPI:
+    """The FastAPI app with the REST routes (plus `routers`, e.g. the study routes), error handlers, per-session
+    rate limits and security headers (Gradio is mounted beside them by app.py)."""
     app = FastAPI(title="ttpo-lab feedback API", version="1", description=__doc__)
     app.state.feedback_service = service
+    app.state.rate_limiter = limiter = RateLimiter(rate_limit)
     max_body = service.limits.max_bytes + 64 * 1024  # the image plus the form fields
 
     @app.middleware("http")
@@ -279,6 +360,10 @@ def build_api(service: FeedbackService) -> FastAPI:
             return _error(413, f"request body of {length} bytes is too large; images up to "
                                f"{service.limits.max_bytes} bytes are accepted")
         return await call_next(request)
+    app.add_middleware(SecurityHeadersMiddleware)  # outermost: also on 413 answers and the Gradio mount
     install_error_handlers(app)
-    app.include_router(build_router(service))
+    app.include_router(build_router(service, limiter))
+    for router in routers:
+        app.include_router(router)
+    install_not_found(app)
     return app

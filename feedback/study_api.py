@@ -32,7 +32,7 @@ from fastapi.responses import HTMLResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
 from feedback.analysis import AnalysisConfig
-from feedback.api import PREFIX, Who
+from feedback.api import AUTH, INPUT, PREFIX, Who, errors
 from feedback.service import FeedbackService
 from feedback.study_service import StudyService
 
@@ -73,56 +73,61 @@ def build_study_router(service: FeedbackService) -> APIRouter:
     studies = StudyService(service)
     router = APIRouter()
 
-    @router.post(f"{PREFIX}/studies")
+    @router.post(f"{PREFIX}/studies", responses=errors(AUTH, 404, INPUT, 503))
     def create_study(who: Who, body: Annotated[dict[str, Any], Body()]) -> dict[str, Any]:
         service.require_admin(who)
         return studies.create_study(body)
 
-    @router.get(f"{PREFIX}/studies")
+    @router.get(f"{PREFIX}/studies", responses=errors(AUTH))
     def list_studies(who: Who) -> list[dict[str, Any]]:
         service.require_admin(who)
         return studies.list_studies()
 
-    @router.get(f"{PREFIX}/studies/{{study_id}}")
+    @router.get(f"{PREFIX}/studies/{{study_id}}", responses=errors(404, 422))
     def study_info(study_id: str) -> dict[str, Any]:
         return studies.public_info(study_id)
 
-    @router.get(f"{PREFIX}/studies/{{study_id}}/analysis")
+    @router.get(f"{PREFIX}/studies/{{study_id}}/analysis", responses=errors(AUTH, 400, 404, 422))
     def study_analysis(study_id: str, who: Who,
                        n_resamples: Annotated[int, Query(ge=1, le=100_000)] = 1000,
                        exclude_flagged: bool = False) -> dict[str, Any]:
         service.require_admin(who)
         return studies.analysis(study_id, AnalysisConfig(n_resamples=n_resamples, exclude_flagged=exclude_flagged))
 
-    @router.get(f"{PREFIX}/studies/{{study_id}}/export")
+    @router.get(f"{PREFIX}/studies/{{study_id}}/export", response_class=StreamingResponse,
+                responses={200: {"content": {"application/x-ndjson": {}}, "description": "one pair per line"},
+                           **errors(AUTH, 404, 422)})
     def study_export(study_id: str, who: Who) -> StreamingResponse:
         service.require_admin(who)
         rows = studies.export_rows(study_id)
         return StreamingResponse((json.dumps(r, separators=(",", ":")) + "\n" for r in rows),
                                  media_type="application/x-ndjson")
 
-    @router.post(f"{PREFIX}/studies/{{study_id}}/participants", response_model=EnrolOut)
+    @router.post(f"{PREFIX}/studies/{{study_id}}/participants", response_model=EnrolOut,
+                 responses=errors(404, INPUT))
     def enrol(study_id: str, body: EnrolIn) -> dict[str, Any]:
         e = studies.enrol(study_id, body.consent_version, body.platform_id)
         return {"participant_id": e.participant_id, "token": e.token, "n_items": e.n_items, "resumed": e.resumed}
 
-    @router.get(f"{PREFIX}/studies/{{study_id}}/participants/{{participant_id}}/next")
+    @router.get(f"{PREFIX}/studies/{{study_id}}/participants/{{participant_id}}/next",
+                responses=errors(AUTH, 404, 422))
     def next_item(study_id: str, participant_id: str, who: Who) -> dict[str, Any]:
         item = studies.next_item(who, study_id, participant_id)
         if not item["done"]:
             item["left"], item["right"] = _image(item["left"]["image_id"]), _image(item["right"]["image_id"])
         return item
 
-    @router.post(f"{PREFIX}/studies/{{study_id}}/participants/{{participant_id}}/items/{{k}}/vote")
+    @router.post(f"{PREFIX}/studies/{{study_id}}/participants/{{participant_id}}/items/{{k}}/vote",
+                 responses=errors(AUTH, 404, 409, INPUT))
     def vote(study_id: str, participant_id: str, k: int, body: VoteIn, who: Who) -> dict[str, Any]:
         return studies.vote(who, study_id, participant_id, k, body.choice, decision_ms=body.decision_ms,
                             zoom_count=body.zoom_count, viewport=body.viewport, dpr=body.dpr)
 
-    @router.post(f"{PREFIX}/studies/{{study_id}}/withdraw")
+    @router.post(f"{PREFIX}/studies/{{study_id}}/withdraw", responses=errors(404, INPUT))
     def withdraw(study_id: str, body: WithdrawIn) -> dict[str, Any]:
         return {"withdrawn": True, "deleted": studies.withdraw(study_id, body.completion_code)}
 
-    @router.get("/study/{study_id}", response_class=HTMLResponse)
+    @router.get("/study/{study_id}", response_class=HTMLResponse, responses=errors(404, 422))
     def page(study_id: str) -> HTMLResponse:
         studies.public_info(study_id)  # 404 (JSON) for an unknown study
         return HTMLResponse(PAGE.read_text(encoding="utf-8"))
