@@ -37,7 +37,7 @@ from starlette.routing import Match
 from feedback.engine import RefineSettings
 from feedback.errors import Conflict, InputError, NotFound
 from feedback.ratelimit import RateLimit, RateLimited, RateLimiter
-from feedback.security import SecurityHeadersMiddleware
+from feedback.security import SecurityHeadersMiddleware, with_security_headers
 from feedback.service import AuthError, Busy, FeedbackService, Principal, RoundView
 
 PREFIX = "/api/v1"
@@ -210,7 +210,10 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(_r: Request, exc: Exception) -> JSONResponse:
-        return _error(500, f"internal error ({type(exc).__name__}); the request was not completed")
+        # Starlette answers unhandled errors outside every middleware: add the security headers here.
+        response = _error(500, f"internal error ({type(exc).__name__}); the request was not completed")
+        response.raw_headers[:] = with_security_headers(list(response.raw_headers))
+        return response
 
 
 # Declares the bearer scheme in the OpenAPI document; `principal` reads the header itself for precise errors.

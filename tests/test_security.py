@@ -405,3 +405,16 @@ def test_unknown_api_paths_are_json_404_and_wrong_methods_405(env):
     assert r.status_code == 404 and "error" in r.json()
     r = client.delete(f"{API}/rounds/{env['round']['round_id']}", headers=ADMIN)
     assert r.status_code == 405 and r.headers["allow"] == "GET" and "error" in r.json()
+
+
+def test_an_unexpected_error_is_a_json_500_with_the_security_headers(env, monkeypatch):
+    def broken(_round_id):
+        raise RuntimeError("planted failure")
+
+    monkeypatch.setattr(env["service"], "get_round", broken)
+    rnd, auth = env["round"], env["sessions"]["A"][1]
+    with TestClient(env["client"].app, raise_server_exceptions=False) as client:
+        r = client.get(f"{API}/rounds/{rnd['round_id']}", headers=auth)
+    assert r.status_code == 500
+    assert r.json() == {"error": "internal error (RuntimeError); the request was not completed"}
+    _assert_security_headers(r)
