@@ -1,7 +1,7 @@
 """The TTPO annotation app: Gradio Blocks for people, REST routes for programs, one process. Layout and wiring only.
 
     python app.py [--port 7860] [--data-dir data] [--db URL] [--admin-token T] [--host 127.0.0.1]
-                  [--rate-limit 30] [--rate-burst 10]
+                  [--rate-limit 30] [--rate-burst 10] [--prior FOLDER] [--extra-prior NAME=FOLDER ...]
 
 Handlers live in feedback/ui.py, routes in feedback/api.py, the loop in feedback/service.py.
 Small engine settings for tests and demos: `--candidates 2 --candidate-steps 2 --refine-steps 2`, or
@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import threading
-from functools import partial
+from pathlib import Path
 
 import gradio as gr
 from fastapi import FastAPI
@@ -23,7 +24,7 @@ from fastapi import FastAPI
 from feedback import ui
 from feedback.api import build_api
 from feedback.db import open_database
-from feedback.engine import EngineSettings, RefineSettings, RoundSettings
+from feedback.engine import DEFAULT_PRIOR, EngineSettings, RefineSettings, RoundSettings
 from feedback.models import REASON_TAGS
 from feedback.ratelimit import RateLimit
 from feedback.service import FeedbackService
@@ -31,112 +32,125 @@ from feedback.study_api import build_study_router
 from feedback.uploads import UploadLimits
 
 OFFLINE_METRICS = ("piqe", "entropy")  # no downloaded weights needed
+PRIOR_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,39}")
 
 
 def build_demo(service: FeedbackService) -> gr.Blocks:
     """The Gradio Blocks of the annotation flow; every event has an api_name, state holds ids only."""
-    eng = service.worker.settings
-    bind = lambda fn: partial(fn, service)  # noqa: E731 - handlers take the service first
     with gr.Blocks(title="TTPO: restore, compare, refine") as demo:
-        state = gr.State({})
-        gr.Markdown("# Restore, compare, refine\nRestore an image, pick the candidates you prefer, and the "
-                    "diffusion prior is steered toward them (test-time preference optimization).")
-        with gr.Row():
-            name = gr.Textbox(label="Your name or nickname (stored only as a pseudonym)", elem_id="name", scale=4)
-            start = gr.Button("Start", variant="primary", elem_id="start", scale=1)
-        status = gr.Markdown("Enter a name and press Start.", elem_id="status")
-
-        with gr.Accordion("Settings", open=False):
-            with gr.Row():
-                backbone = gr.Dropdown(service.worker.backbones(), value=service.worker.default_backbone(),
-                                       label="Restoration backbone", elem_id="backbone")
-                gr.Dropdown([eng.prior], value=eng.prior, label="Diffusion prior (loaded once per process)",
-                                    interactive=False)
-                blind = gr.Checkbox(True, label="Blind mode (hide which tile is the restored image)", elem_id="blind")
-            with gr.Row():
-                n_candidates = gr.Slider(1, eng.max_candidates, value=eng.round.num_candidates, step=1,
-                                         label="Number of candidates", elem_id="n_candidates")
-                strengths = gr.Textbox(", ".join(str(s) for s in eng.round.strengths),
-                                       label="Candidate strengths (inversion depth, (0, 1])")
-                seed = gr.Number(-1, precision=0, label="Seed (-1: random, recorded)")
-            with gr.Row():
-                guidance = gr.Slider(0.0, 0.5, value=eng.refine.guidance_scale, step=0.01, label="Guidance scale")
-                refine_strength = gr.Slider(0.05, 1.0, value=eng.refine.strength, step=0.05, label="Refine strength")
-                refine_steps = gr.Slider(1, 50, value=eng.refine.steps, step=1, label="Refine steps")
-                metrics = gr.Dropdown(list(OFFLINE_METRICS), value=list(eng.selector), multiselect=True,
-                                      allow_custom_value=True, label="Selector metrics (auto mode)")
-
-        with gr.Row():
-            with gr.Column():
-                sample = gr.Dropdown(ui.sample_names(), value=None, label="Bundled sample", elem_id="sample")
-                image = gr.Image(type="filepath", label="Image to restore", sources=["upload", "clipboard"],
-                                 elem_id="upload", height=256)
-                degradation = gr.Dropdown(list(ui.DEGRADATION_EXAMPLES), value="none", allow_custom_value=True,
-                                          label="Synthesize a degradation (the clean image is kept as ground truth)",
-                                          elem_id="degradation")
-                restore_btn = gr.Button("Restore", variant="primary", elem_id="restore")
-            input_view = gr.Image(label="Input", interactive=False, elem_id="input_view", height=256)
-            restored_view = gr.Image(label="Restored", interactive=False, elem_id="restored_view", height=256)
-
-        generate_btn = gr.Button("Generate candidates", variant="primary", elem_id="generate")
-        gallery = gr.Gallery(label="Candidates (one of them is the restored image)", columns=5, height=320,
-                             elem_id="gallery", allow_preview=True)
-        with gr.Row():
-            preferred = gr.CheckboxGroup([], label="Preferred tiles", elem_id="preferred")
-            rejected = gr.CheckboxGroup([], label="Rejected tiles", elem_id="rejected")
-        tags = gr.CheckboxGroup(list(REASON_TAGS), label="Why were the rejected ones worse? (optional)")
-        with gr.Row():
-            submit = gr.Button("Submit choice", variant="primary", elem_id="submit")
-            tie = gr.Button("All similar", elem_id="tie")
-            skip = gr.Button("Skip", elem_id="skip")
-            auto = gr.Button("Auto mode: let the metric choose", elem_id="auto")
-        auto_scores = gr.Dataframe(headers=["tile", "score", "pick"], label="Metric scores (auto mode)",
-                                   interactive=False)
-
-        with gr.Row():
-            refine_btn = gr.Button("Refine", variant="primary", elem_id="refine")
-            next_btn = gr.Button("Next round", elem_id="next_round")
-            download = gr.DownloadButton("Download refined image", value=None, elem_id="download")
-        compare = gr.ImageSlider(label="Before (start image) / after (refined)", type="filepath", elem_id="compare")
-
-        with gr.Accordion("Inspect detail: the same crop at 1:1 across candidates", open=False):
-            with gr.Row():
-                crop_x = gr.Slider(0, 100, value=50, step=1, label="x (% of width)")
-                crop_y = gr.Slider(0, 100, value=50, step=1, label="y (% of height)")
-                crop_size = gr.Slider(8, 256, value=32, step=8, label="crop size (px)")
-                inspect = gr.Button("Inspect", elem_id="inspect")
-            crops = gr.Gallery(label="Crops", columns=6, height=200)
-
-        history = gr.Dataframe(headers=ui.HISTORY_COLUMNS, label="Rounds of this session", interactive=False,
-                               elem_id="history")
-
-        # ---- wiring: engine events share one concurrency slot; light events run freely ----
-        engine = dict(concurrency_id="engine", concurrency_limit=1)
-        start.click(bind(ui.sign_in), [name, state], [state, status], api_name="sign_in")
-        name.submit(bind(ui.sign_in), [name, state], [state, status], api_name="sign_in_enter")
-        sample.change(ui.load_sample, [sample], [image], api_name="load_sample")
-        restore_btn.click(bind(ui.restore), [state, image, degradation, backbone, seed],
-                          [state, input_view, restored_view, status, history, gallery, preferred, rejected],
-                          api_name="restore", **engine)
-        round_out = [state, gallery, preferred, rejected, status, history]
-        generate_btn.click(bind(ui.generate), [state, n_candidates, seed, strengths, blind], round_out,
-                           api_name="generate", **engine)
-        marks = [state, preferred, rejected, blind]
-        for widget, api in ((preferred, "mark_preferred"), (rejected, "mark_rejected"), (blind, "toggle_blind")):
-            widget.change(bind(ui.mark), marks, [gallery], api_name=api, concurrency_limit=None)
-        submit.click(bind(ui.submit_pairwise), [state, preferred, rejected, tags], [status, history],
-                     api_name="submit_choice", concurrency_limit=None)
-        tie.click(bind(ui.submit_tie), [state, tags], [status, history], api_name="submit_tie", concurrency_limit=None)
-        skip.click(bind(ui.submit_skip), [state], [status, history], api_name="submit_skip", concurrency_limit=None)
-        auto.click(bind(ui.auto_choose), [state, metrics, blind], [status, auto_scores, gallery, history],
-                   api_name="auto_choose", **engine)
-        refine_btn.click(bind(ui.refine), [state, refine_strength, refine_steps, guidance],
-                         [state, compare, download, status, history], api_name="refine", **engine)
-        next_btn.click(bind(ui.next_round), [state, n_candidates, seed, strengths, blind], round_out,
-                       api_name="next_round", **engine)
-        inspect.click(bind(ui.inspect_detail), [state, crop_x, crop_y, crop_size], [crops], api_name="inspect",
-                      concurrency_limit=None)
+        with gr.Tab("Annotate", id="annotate", elem_id="annotate_tab"):
+            annotate_tab(service)
     return demo
+
+
+def annotate_tab(service: FeedbackService) -> None:
+    """Restore -> candidates -> mark tiles -> refine, with the settings panel and the session's history."""
+    eng = service.worker.settings
+    bind = lambda fn: ui.bind(service, fn)  # noqa: E731 - handlers take the service first
+    state = gr.State({})
+    gr.Markdown("# Restore, compare, refine\nRestore an image, pick the candidates you prefer, and the "
+                "diffusion prior is steered toward them (test-time preference optimization).")
+    with gr.Row():
+        name = gr.Textbox(label="Your name or nickname (stored only as a pseudonym)", elem_id="name", scale=4)
+        start = gr.Button("Start", variant="primary", elem_id="start", scale=1)
+    status = gr.Markdown("Enter a name and press Start.", elem_id="status")
+
+    with gr.Accordion("Settings", open=False):
+        with gr.Row():
+            backbone = gr.Dropdown(service.worker.backbones(), value=service.worker.default_backbone(),
+                                   label="Restoration backbone", elem_id="backbone")
+            prior = gr.Dropdown(service.worker.prior_names(), value=DEFAULT_PRIOR, elem_id="prior",
+                                label="Diffusion prior (for candidates and refinement; each loaded once)")
+            blind = gr.Checkbox(True, label="Blind mode (hide which tile is the restored image)", elem_id="blind")
+        with gr.Row():
+            n_candidates = gr.Slider(1, eng.max_candidates, value=eng.round.num_candidates, step=1,
+                                     label="Number of candidates", elem_id="n_candidates")
+            strengths = gr.Textbox(", ".join(str(s) for s in eng.round.strengths),
+                                   label="Candidate strengths (inversion depth, (0, 1])")
+            seed = gr.Number(-1, precision=0, label="Seed (-1: random, recorded)")
+        with gr.Row():
+            guidance = gr.Slider(0.0, 0.5, value=eng.refine.guidance_scale, step=0.01, label="Guidance scale")
+            refine_strength = gr.Slider(0.05, 1.0, value=eng.refine.strength, step=0.05, label="Refine strength")
+            refine_steps = gr.Slider(1, 50, value=eng.refine.steps, step=1, label="Refine steps")
+            metrics = gr.Dropdown(list(OFFLINE_METRICS), value=list(eng.selector), multiselect=True,
+                                  allow_custom_value=True, label="Selector metrics (auto mode)")
+
+    with gr.Row():
+        with gr.Column():
+            sample = gr.Dropdown(ui.sample_names(), value=None, label="Bundled sample", elem_id="sample")
+            image = gr.Image(type="filepath", label="Image to restore", sources=["upload", "clipboard"],
+                             elem_id="upload", height=256)
+            degradation = gr.Dropdown(list(ui.DEGRADATION_EXAMPLES), value="none", allow_custom_value=True,
+                                      label="Synthesize a degradation (the clean image is kept as ground truth)",
+                                      elem_id="degradation")
+            restore_btn = gr.Button("Restore", variant="primary", elem_id="restore")
+        input_view = gr.Image(label="Input", interactive=False, elem_id="input_view", height=256)
+        restored_view = gr.Image(label="Restored", interactive=False, elem_id="restored_view", height=256)
+
+    generate_btn = gr.Button("Generate candidates", variant="primary", elem_id="generate")
+    # A click on a tile cycles its mark (no enlarged preview: the fullscreen button and the crops show detail).
+    gallery = gr.Gallery(label="Candidates: click a tile to mark it preferred, again for rejected, again to clear "
+                               "(one of them is the restored image)", columns=5, height=320, elem_id="gallery",
+                         allow_preview=False)
+    with gr.Row():
+        preferred = gr.CheckboxGroup([], label="Preferred tiles", elem_id="preferred")
+        rejected = gr.CheckboxGroup([], label="Rejected tiles", elem_id="rejected")
+    tags = gr.CheckboxGroup(list(REASON_TAGS), label="Why were the rejected ones worse? (optional)")
+    with gr.Row():
+        submit = gr.Button("Submit choice", variant="primary", elem_id="submit")
+        tie = gr.Button("All similar", elem_id="tie")
+        skip = gr.Button("Skip", elem_id="skip")
+        auto = gr.Button("Auto mode: let the metric choose", elem_id="auto")
+    auto_scores = gr.Dataframe(headers=["tile", "score", "pick"], label="Metric scores (auto mode)",
+                               interactive=False)
+
+    with gr.Row():
+        refine_btn = gr.Button("Refine", variant="primary", elem_id="refine")
+        next_btn = gr.Button("Next round", elem_id="next_round")
+        download = gr.DownloadButton("Download refined image", value=None, elem_id="download")
+    compare = gr.ImageSlider(label="Before (start image) / after (refined)", type="filepath", elem_id="compare")
+
+    with gr.Accordion("Inspect detail: the same crop at 1:1 across candidates", open=False):
+        with gr.Row():
+            crop_x = gr.Slider(0, 100, value=50, step=1, label="x (% of width)")
+            crop_y = gr.Slider(0, 100, value=50, step=1, label="y (% of height)")
+            crop_size = gr.Slider(8, 256, value=32, step=8, label="crop size (px)")
+            inspect = gr.Button("Inspect", elem_id="inspect")
+        crops = gr.Gallery(label="Crops", columns=6, height=200)
+
+    history = gr.Dataframe(headers=ui.HISTORY_COLUMNS, label="Rounds of this session", interactive=False,
+                           elem_id="history")
+
+    # ---- wiring: engine events share one concurrency slot; light events run freely ----
+    engine = dict(concurrency_id="engine", concurrency_limit=1)
+    start.click(bind(ui.sign_in), [name, state], [state, status], api_name="sign_in")
+    name.submit(bind(ui.sign_in), [name, state], [state, status], api_name="sign_in_enter")
+    sample.change(ui.load_sample, [sample], [image], api_name="load_sample")
+    restore_btn.click(bind(ui.restore), [state, image, degradation, backbone, seed],
+                      [state, input_view, restored_view, status, history, gallery, preferred, rejected],
+                      api_name="restore", **engine)
+    round_out = [state, gallery, preferred, rejected, status, history]
+    generate_btn.click(bind(ui.generate), [state, n_candidates, seed, strengths, blind, prior], round_out,
+                       api_name="generate", **engine)
+    marks = [state, preferred, rejected, blind]
+    gallery.select(bind(ui.click_tile), marks, [preferred, rejected, gallery], api_name="click_tile",
+                   concurrency_limit=None)
+    # .input, not .change: a tile click sets the checkboxes itself and must not re-caption twice
+    for widget, api in ((preferred, "mark_preferred"), (rejected, "mark_rejected")):
+        widget.input(bind(ui.mark), marks, [gallery], api_name=api, concurrency_limit=None)
+    blind.change(bind(ui.mark), marks, [gallery], api_name="toggle_blind", concurrency_limit=None)
+    submit.click(bind(ui.submit_pairwise), [state, preferred, rejected, tags], [status, history],
+                 api_name="submit_choice", concurrency_limit=None)
+    tie.click(bind(ui.submit_tie), [state, tags], [status, history], api_name="submit_tie", concurrency_limit=None)
+    skip.click(bind(ui.submit_skip), [state], [status, history], api_name="submit_skip", concurrency_limit=None)
+    auto.click(bind(ui.auto_choose), [state, metrics, blind], [status, auto_scores, gallery, history],
+               api_name="auto_choose", **engine)
+    refine_btn.click(bind(ui.refine), [state, refine_strength, refine_steps, guidance],
+                     [state, compare, download, status, history], api_name="refine", **engine)
+    next_btn.click(bind(ui.next_round), [state, n_candidates, seed, strengths, blind, prior], round_out,
+                   api_name="next_round", **engine)
+    inspect.click(bind(ui.inspect_detail), [state, crop_x, crop_y, crop_size], [crops], api_name="inspect",
+                  concurrency_limit=None)
 
 
 def build_app(service: FeedbackService, queue_size: int = 16, rate_limit: RateLimit = RateLimit()) -> FastAPI:
@@ -164,7 +178,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--admin-token", default=os.environ.get("TTPO_ADMIN_TOKEN"),
                    help="token for export and access to every session (default: $TTPO_ADMIN_TOKEN)")
     p.add_argument("--backbone", default="auto", help="default backbone ('auto': sipl if installed, else nlm)")
-    p.add_argument("--prior", default="default", help="diffusion prior: 'default' (assets/prior) or a folder")
+    p.add_argument("--prior", default="default",
+                   help="the diffusion prior offered as 'default': 'default' (assets/prior) or a folder")
+    p.add_argument("--extra-prior", action="append", default=[], metavar="NAME=FOLDER",
+                   help="another diffusion prior people may choose, by NAME (repeatable; loaded on first use)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--candidates", type=int, default=2 if fast else RoundSettings.num_candidates,
                    help="default number of candidates")
@@ -185,6 +202,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("steps must be >= 1, --queue-size >= 0, --max-side in 16..8192")
     if not 0 <= a.rate_limit <= 1e6 or not 1 <= a.rate_burst <= 10_000:
         p.error("need 0 <= --rate-limit <= 1e6 (0: off) and 1 <= --rate-burst <= 10000")
+    a.extra_priors = []
+    for item in a.extra_prior:
+        name, _, folder = item.partition("=")
+        if not PRIOR_NAME.fullmatch(name) or name == DEFAULT_PRIOR or not folder:
+            p.error(f"--extra-prior {item!r}: expected NAME=FOLDER, NAME of letters, digits, '.', '_', '-' "
+                    f"(at most 40, not {DEFAULT_PRIOR!r})")
+        if not Path(folder).is_dir():
+            p.error(f"--extra-prior {name}: no folder {folder}")
+        if name in dict(a.extra_priors):
+            p.error(f"--extra-prior {name} is given twice")
+        a.extra_priors.append((name, str(Path(folder).resolve())))
     return a
 
 
@@ -192,7 +220,8 @@ def main(argv: list[str] | None = None) -> None:
     import uvicorn
 
     a = parse_args(argv)
-    engine = EngineSettings(backbone=a.backbone, prior=a.prior, device=a.device, max_candidates=a.max_candidates,
+    engine = EngineSettings(backbone=a.backbone, prior=a.prior, extra_priors=tuple(a.extra_priors), device=a.device,
+                            max_candidates=a.max_candidates,
                             round=RoundSettings(num_candidates=a.candidates, steps=a.candidate_steps),
                             refine=RefineSettings(steps=a.refine_steps))
     db = open_database(a.db, a.data_dir)  # applies Alembic migrations

@@ -30,7 +30,8 @@ def session_owns_image(s: Session, session_id: str, image_hash: str) -> bool:
 
 
 def session_history(s: Session, session_id: str) -> list[dict[str, Any]]:
-    """One row per round of the session, oldest first: index, ids, status, backbone, candidates, choice, refinement."""
+    """One row per round of the session, oldest first: index, ids, status, backbone, prior name, candidates,
+    choice, refinement."""
     rounds = s.scalars(select(Round).where(Round.session_id == session_id)
                        .order_by(Round.created_at, Round.round_index)).all()
     rows = []
@@ -41,7 +42,8 @@ def session_history(s: Session, session_id: str) -> list[dict[str, Any]]:
                                .order_by(Refinement.created_at.desc()).limit(1)).first()
         rows.append({
             "round_id": rnd.id, "round_index": rnd.round_index, "parent_round_id": rnd.parent_round_id,
-            "status": rnd.status, "backbone": rnd.backbone_name, "candidates": len(rnd.candidates),
+            "status": rnd.status, "backbone": rnd.backbone_name, "prior": rnd.params.get("prior"),
+            "candidates": len(rnd.candidates),
             "choice": None if choice is None else choice.kind,
             "selector": None if choice is None else choice.selector,
             "pairs": 0 if choice is None else len(choice.pairs),

@@ -2,7 +2,7 @@
 
 Contract (every error is JSON {"error": "..."}; input errors are 4xx, unknown ids 404, a full engine queue 503):
   POST /api/v1/sessions                      {"annotator"} -> {"session_id", "token"}
-  POST /api/v1/sessions/{session_id}/rounds  multipart image + degradation, backbone, candidates, seed,
+  POST /api/v1/sessions/{session_id}/rounds  multipart image + degradation, backbone, prior, candidates, seed,
                                              parent_round_id -> {"round_id", "restored", "candidates"}
   GET  /api/v1/rounds/{round_id}             the round, its candidates (display order) and status
   POST /api/v1/rounds/{round_id}/choices     {"preferred", "rejected", "tie", "skip", "tags", "decision_ms"}
@@ -11,7 +11,7 @@ Contract (every error is JSON {"error": "..."}; input errors are 4xx, unknown id
   POST /api/v1/rounds/{round_id}/refine      {} -> {"image", "round_id" (the next round), "candidates"}
   GET  /api/v1/images/{id}                   image/png
   GET  /api/v1/export?format=jsonl           one preference pair per line (admin token)
-  GET  /api/v1/health                        {"status", "engine_ready"}
+  GET  /api/v1/health                        {"status", "engine_ready", "priors"}
 Round creation, auto and refine are rate-limited per session (429 + Retry-After; feedback.ratelimit).
 Unknown /api/v1 paths answer 404 (405 for a known path with another method), never the Gradio UI.
 Candidates include the round's start image (restored or refined) as one candidate, at a shuffled position:
@@ -248,7 +248,7 @@ def build_router(service: FeedbackService, limiter: RateLimiter) -> APIRouter:
     def health() -> dict[str, Any]:
         worker = service.worker
         return {"status": "ok", "engine_ready": worker.ready.is_set(), "engine_error": worker.warmup_error,
-                "code_version": worker.code_version}
+                "code_version": worker.code_version, "priors": worker.prior_names()}
 
     @router.post("/sessions", response_model=SessionOut, responses=errors(INPUT))
     def create_session(body: SessionIn) -> dict[str, str]:
@@ -259,6 +259,8 @@ def build_router(service: FeedbackService, limiter: RateLimiter) -> APIRouter:
     def create_round(session_id: str, who: Who, image: Annotated[UploadFile, File()],
                      degradation: Annotated[str | None, Form()] = None,
                      backbone: Annotated[str | None, Form()] = None,
+                     prior: Annotated[str | None, Form(description="a name from GET /api/v1/health 'priors' "
+                                                                   "(default: the process's prior)")] = None,
                      candidates: Annotated[str | None, Form()] = None,
                      seed: Annotated[str | None, Form()] = None,
                      parent_round_id: Annotated[str | None, Form()] = None) -> dict[str, Any]:
@@ -270,7 +272,8 @@ def build_router(service: FeedbackService, limiter: RateLimiter) -> APIRouter:
         with metered(who, "rounds"):
             data = image.file.read(service.limits.max_bytes + 1)
             view = service.start_round(session_id, data, degradation=degradation, backbone=backbone,
-                                       candidates=candidates, seed=seed, parent_round_id=parent_round_id or None)
+                                       candidates=candidates, seed=seed, parent_round_id=parent_round_id or None,
+                                       prior=prior)
         return _round_out(view)
 
     @router.get("/rounds/{round_id}", response_model=RoundOut, responses=errors(AUTH, 404, 422))

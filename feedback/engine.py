@@ -2,8 +2,10 @@
 
 `TTPOWorker` wraps `restoration.tpo.TPOEngine` stages over plain tensors (1, 3, H, W) in [0, 1] and
 turns the engine's ValueErrors about user choices (unknown backbone, degradation spec, metric) into
-`InputError`s whose messages say what is allowed. The diffusion prior is loaded once per process
-(lazily, or by `warm_up()` at start); restorers come from the registry's per-process cache.
+`InputError`s whose messages say what is allowed. Diffusion priors are offered by name: 'default' (the
+`--prior` of the process) plus any extra (name, folder) pairs; each is loaded on first use (the default
+also by `warm_up()` at start) and kept for the life of the process. Restorers come from the registry's
+per-process cache.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from restoration.diffusion.refine import RefineConfig
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MAX_SPEC_CHARS = 200  # a degradation spec: about 20 steps, more than any experiment uses
 MAX_METRICS = 8
+DEFAULT_PRIOR = "default"  # the name under which the process's --prior is offered
 
 
 @dataclass(frozen=True)
@@ -98,10 +101,11 @@ class RefineSettings:
 
 @dataclass(frozen=True)
 class EngineSettings:
-    """Process-wide engine choices: default backbone, the prior, device and the defaults of each stage."""
+    """Process-wide engine choices: default backbone, the priors offered, device and the defaults of each stage."""
 
     backbone: str = "auto"  # 'auto': sipl when its weights are installed, else nlm
-    prior: str = "default"
+    prior: str = "default"  # the prior offered as DEFAULT_PRIOR: 'default' (assets/prior) or a folder
+    extra_priors: tuple[tuple[str, str], ...] = ()  # (name, folder) pairs offered beside the default
     device: str = "cpu"
     dtype: str = "float32"
     max_candidates: int = 8
@@ -132,7 +136,7 @@ class TTPOWorker:
 
     def __init__(self, settings: EngineSettings = EngineSettings()) -> None:
         self.settings = settings
-        self._prior = None
+        self._priors: dict[str, Any] = {}  # name -> DiffusionPrior, filled on first use
         self._lock = threading.Lock()
         self.ready = threading.Event()  # set once the prior and the default backbone are loaded
         self.warmup_error: str | None = None
@@ -218,18 +222,40 @@ class TTPOWorker:
                                  "offline metrics: piqe, entropy, brisque")
         return names
 
+    def prior_names(self) -> list[str]:
+        """Prior names offered: DEFAULT_PRIOR first, then the extra priors in the order given."""
+        return [DEFAULT_PRIOR, *(name for name, _folder in self.settings.extra_priors)]
+
+    def check_prior(self, name: str | None) -> str:
+        """A prior name this process offers (never a folder from a client); empty means DEFAULT_PRIOR."""
+        if name is None or not str(name).strip():
+            return DEFAULT_PRIOR
+        key = str(name).strip()
+        if key not in self.prior_names():
+            raise InputError(f"unknown prior {key[:60]!r}; available: {', '.join(self.prior_names())}")
+        return key
+
     # ---- resources -----------------------------------------------------------------------------
-    def prior(self):
-        """The diffusion prior, loaded on first use and kept for the life of the process."""
+    def prior(self, name: str | None = None):
+        """The named diffusion prior (default: DEFAULT_PRIOR), loaded on first use and kept for the process."""
+        key = self.check_prior(name)
         with self._lock:
-            if self._prior is None:
-                from restoration.diffusion.priors import load_prior
+            if key not in self._priors:
+                from restoration.diffusion.priors import PriorNotFoundError, load_prior
 
-                self._prior = load_prior(self.settings.prior, self.settings.device)
-            return self._prior
+                source = self.settings.prior if key == DEFAULT_PRIOR else dict(self.settings.extra_priors)[key]
+                try:
+                    self._priors[key] = load_prior(source, self.settings.device)
+                except PriorNotFoundError as exc:
+                    if key == DEFAULT_PRIOR:  # the process's own prior: a deployment error, not the user's
+                        raise
+                    others = ", ".join(n for n in self.prior_names() if n != key)
+                    raise InputError(f"prior {key!r} cannot be loaded ({exc}); choose another: {others}") from None
+            return self._priors[key]
 
-    def prior_facts(self) -> dict[str, Any]:
-        return self.prior().describe()
+    def prior_facts(self, name: str | None = None) -> dict[str, Any]:
+        """{'prior_id', 'weights_hash', 'kind'} of the named prior (loading it if needed)."""
+        return self.prior(name).describe()
 
     def engine(self, backbone: str | None = None, selector: Sequence[str] | None = None):
         from restoration.backbones import get_restorer
@@ -271,12 +297,14 @@ class TTPOWorker:
         restored, seconds = engine.restore(degraded)
         return restored.clamp(0, 1), engine.restorer.describe(), seconds
 
-    def candidates(self, start: torch.Tensor, settings: RoundSettings):
-        """[(image (1, 3, H, W), CandidateMeta)] for the diffusion candidates (the start image excluded), seconds."""
+    def candidates(self, start: torch.Tensor, settings: RoundSettings, prior: str | None = None):
+        """[(image (1, 3, H, W), CandidateMeta)] for the diffusion candidates (the start image excluded), seconds.
+
+        `prior` names one of `prior_names()` (default: DEFAULT_PRIOR)."""
         from restoration.tpo import TPOConfig, TPOEngine
 
-        engine = TPOEngine(replace(TPOConfig(prior=self.settings.prior, device=self.settings.device),
-                                   candidates=settings.to_config()), restorer=_NoRestorer(), prior=self.prior())
+        engine = TPOEngine(replace(TPOConfig(prior=self.check_prior(prior), device=self.settings.device),
+                                   candidates=settings.to_config()), restorer=_NoRestorer(), prior=self.prior(prior))
         t0 = time.perf_counter()
         rnd = engine.start_round(start)
         return [(c.image, c.meta) for c in rnd.candidates if not c.is_start], time.perf_counter() - t0
@@ -293,12 +321,14 @@ class TTPOWorker:
         return selection, time.perf_counter() - t0
 
     def refine(self, start: torch.Tensor, preferred: torch.Tensor | None, rejected: torch.Tensor | None,
-               settings: RefineSettings) -> tuple[torch.Tensor, float]:
-        """Reward-guided denoising of `start` toward preferred, away from rejected -> (refined, seconds)."""
+               settings: RefineSettings, prior: str | None = None) -> tuple[torch.Tensor, float]:
+        """Reward-guided denoising of `start` toward preferred, away from rejected, under the named prior
+        -> (refined, seconds)."""
         from restoration.diffusion.refine import reward_guided_denoise
 
+        diffusion_prior = self.prior(prior)
         t0 = time.perf_counter()
-        refined = reward_guided_denoise(start, preferred, rejected, self.prior(), settings.to_config())
+        refined = reward_guided_denoise(start, preferred, rejected, diffusion_prior, settings.to_config())
         return refined.clamp(0, 1), time.perf_counter() - t0
 
 

@@ -31,7 +31,7 @@ import torch
 
 from feedback import access, store
 from feedback.db import Database, retry_transient
-from feedback.engine import EngineSettings, RefineSettings, RoundSettings, TTPOWorker
+from feedback.engine import DEFAULT_PRIOR, EngineSettings, RefineSettings, RoundSettings, TTPOWorker
 from feedback.errors import Conflict, FeedbackError, InputError, NotFound
 from feedback.images import ImageStore, is_image_id
 from feedback.models import Round
@@ -262,14 +262,17 @@ class FeedbackService:
     def start_round(self, session_id: str, image: bytes | np.ndarray, degradation: str | None = None,
                     backbone: str | None = None, candidates: Any = None, seed: Any = None,
                     parent_round_id: str | None = None, origin: str = "upload",
-                    strengths: Sequence[float] | None = None, generate: bool = True) -> RoundView:
+                    strengths: Sequence[float] | None = None, generate: bool = True,
+                    prior: str | None = None) -> RoundView:
         """Decode and check the upload, degrade it when asked (the clean image kept as ground truth), restore,
-        and record the round; then generate its candidates unless `generate=False`.
+        and record the round; then generate its candidates unless `generate=False`. `prior` names one of the
+        worker's `prior_names()` (default: the process's prior); it is used for the candidates and refinement.
 
         Everything a client sent is checked before anything is computed or stored: a refused request
         leaves no rows and no image files behind."""
         settings = self.round_settings(candidates, seed, strengths)
         backbone = self.worker.check_backbone(backbone)
+        prior = self.worker.check_prior(prior)
         spec = self.worker.check_degradation(degradation)
         with self.db.sessions.begin() as s:  # fail early on unknown session / parent
             store._get(s, store.SessionRow, session_id, "session")
@@ -282,6 +285,7 @@ class FeedbackService:
         with self.gate.slot():
             degraded, record = self.worker.degrade(clean, spec, settings.seed)
             restored, restorer_facts, t_restore = self.worker.restore(degraded, backbone)
+            prior_facts = self.worker.prior_facts(prior)  # loads a prior not used before (outside any transaction)
         image_id = self.images.put_array(array)
         degraded_id = self.images.put_array(_to_uint8(degraded)) if record else image_id
         restored_id = self.images.put_array(_to_uint8(restored))
@@ -295,26 +299,31 @@ class FeedbackService:
             rnd = store.create_round(
                 s, session_id=session_id, source_image_id=src.id, parent_round_id=parent_round_id,
                 backbone_name=backbone, backbone_weights_hash=restorer_facts.get("weights_hash"),
-                **self._round_record(settings, start="restored", backbone_facts=restorer_facts),
+                **self._round_record(settings, "restored", restorer_facts, prior, prior_facts),
                 stage_seconds={"restore": t_restore}, restored_image_hash=restored_id)
             round_id = rnd.id
         if generate:
             return self.generate_candidates(round_id)
         return self.get_round(round_id)
 
-    def _round_record(self, settings: RoundSettings, start: str, backbone_facts: dict[str, Any]) -> dict[str, Any]:
-        prior = self.worker.prior_facts()
-        return dict(prior_id=prior["prior_id"], prior_weights_hash=prior["weights_hash"],
+    def _round_record(self, settings: RoundSettings, start: str, backbone_facts: dict[str, Any], prior: str,
+                      prior_facts: dict[str, Any]) -> dict[str, Any]:
+        """create_round fields of a new round; `prior` is the prior's name, `prior_facts` its describe()."""
+        return dict(prior_id=prior_facts["prior_id"], prior_weights_hash=prior_facts["weights_hash"],
                     params={"candidates": settings.to_dict(), "refine": self.worker.settings.refine.to_dict(),
-                            "start": start, "backbone": backbone_facts, "shuffle_seed": settings.seed},
+                            "start": start, "backbone": backbone_facts, "shuffle_seed": settings.seed,
+                            "prior": prior},
                     seeds=settings.seeds(), code_version=self.worker.code_version, device=self.worker.settings.device,
                     dtype=self.worker.settings.dtype)
 
     def generate_candidates(self, round_id: str, candidates: Any = None, seed: Any = None,
-                            strengths: Sequence[float] | None = None) -> RoundView:
+                            strengths: Sequence[float] | None = None, prior: str | None = None) -> RoundView:
         """Stage (i): candidates around the round's start image, shown in a shuffled (recorded) order.
 
-        Settings given here replace the recorded ones (allowed only before any candidate exists)."""
+        Settings given here (the prior included) replace the recorded ones (allowed only before any candidate
+        exists); the round then records the prior actually used, its id and weights hash."""
+        if prior is not None:
+            prior = self.worker.check_prior(prior)
         with self.db.sessions.begin() as s:
             rnd = store.get_round(s, round_id)
             if rnd.candidates:
@@ -328,10 +337,14 @@ class FeedbackService:
                                                strengths or settings.strengths)
                 rnd.params = {**rnd.params, "candidates": settings.to_dict(), "shuffle_seed": settings.seed}
                 rnd.seeds = settings.seeds()
+            if prior is not None:
+                rnd.params = {**rnd.params, "prior": prior}
+            prior = rnd.params.get("prior", DEFAULT_PRIOR)
             start_id = rnd.restored_image_hash
         start = _to_tensor(self.images.get_array(start_id))
         with self.gate.slot():
-            made, t_cand = self.worker.candidates(start, settings)
+            made, t_cand = self.worker.candidates(start, settings, prior)
+            prior_facts = self.worker.prior_facts(prior)
         specs = [store.CandidateSpec(image_hash=start_id, method="restored", is_restored=True)]
         specs += [store.CandidateSpec(image_hash=self.images.put_array(_to_uint8(img)), method=meta.method,
                                       seed=meta.seed, strength=meta.strength) for img, meta in made]
@@ -340,7 +353,8 @@ class FeedbackService:
         specs = [replace(spec, position=p) for spec, p in zip(specs, positions)]
         with self.db.sessions.begin() as s:
             store.add_candidates(s, round_id, specs)
-            store.update_round(s, round_id, stage_seconds={"candidates": t_cand})
+            store.update_round(s, round_id, stage_seconds={"candidates": t_cand}, prior_id=prior_facts["prior_id"],
+                               prior_weights_hash=prior_facts["weights_hash"])
             return _round_view(store.get_round(s, round_id))
 
     # ------------------------------------------------------------------------------ choices
@@ -407,12 +421,14 @@ class FeedbackService:
             preferred, rejected = ([], []) if choice.kind == "tie" else (choice.preferred_ids, choice.rejected_ids)
             choice_id, start_id, parent = choice.id, rnd.restored_image_hash, _round_view(rnd)
             round_settings = RoundSettings.from_dict(rnd.params["candidates"])
+            prior = rnd.params.get("prior", DEFAULT_PRIOR)
         progress(0.05, "loading images")
         load = lambda ids: torch.cat([_to_tensor(self.images.get_array(by_id[i])) for i in ids]) if ids else None  # noqa: E731
         start = _to_tensor(self.images.get_array(start_id))
         progress(0.15, "reward-guided denoising")
         with self.gate.slot():
-            refined, seconds = self.worker.refine(start, load(preferred), load(rejected), settings)
+            refined, seconds = self.worker.refine(start, load(preferred), load(rejected), settings, prior)
+            prior_facts = self.worker.prior_facts(prior)
         progress(0.8, "saving")
         refined_id = self.images.put_array(_to_uint8(refined))
         next_settings = replace(round_settings, seed=(round_settings.seed + 1000) % 2**31)
@@ -422,7 +438,7 @@ class FeedbackService:
             nxt = store.create_round(
                 s, session_id=old.session_id, source_image_id=old.source_image_id, parent_round_id=round_id,
                 backbone_name=old.backbone_name, backbone_weights_hash=old.backbone_weights_hash,
-                **self._round_record(next_settings, start="refined", backbone_facts=backbone_facts),
+                **self._round_record(next_settings, "refined", backbone_facts, prior, prior_facts),
                 restored_image_hash=refined_id)
             params = {**settings.to_dict(), "choice_kind": "tie" if not preferred else "pairwise",
                       "preferred": preferred, "rejected": rejected}

@@ -195,9 +195,15 @@ def get_round(s: Session, round_id: str) -> Round:
 
 
 def update_round(s: Session, round_id: str, *, restored_image_hash: str | None = None,
-                 stage_seconds: dict[str, float] | None = None, status: str | None = None) -> Round:
-    """Fill in what a round computed: the restored image, seconds per stage (merged), a new status."""
+                 stage_seconds: dict[str, float] | None = None, status: str | None = None,
+                 prior_id: str | None = None, prior_weights_hash: str | None = None) -> Round:
+    """Fill in what a round computed: the restored image, seconds per stage (merged), a new status, the
+    diffusion prior its candidates used."""
     rnd = get_round(s, round_id)
+    if prior_id is not None:
+        rnd.prior_id = _text("prior_id", prior_id, 128)
+    if prior_weights_hash is not None:
+        rnd.prior_weights_hash = _hash("prior_weights_hash", prior_weights_hash)
     if restored_image_hash is not None:
         rnd.restored_image_hash = _hash("restored_image_hash", restored_image_hash)
     if stage_seconds is not None:

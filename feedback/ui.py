@@ -1,6 +1,6 @@
 """Gradio handlers of the annotation app: module-level functions over `FeedbackService`, wired by app.build_demo.
 
-Each handler takes the service first (bound with functools.partial when wiring), then widget values
+Each handler takes the service first (bound with `bind` when wiring), then widget values
 and the per-user state: a small dict of ids (session, round, candidate and image ids in display
 order, the next round, the refined image), never tensors or database sessions. Errors a person can
 fix (bad image, unknown spec, busy engine) become `gr.Error` messages.
@@ -9,6 +9,7 @@ fix (bad image, unknown spec, busy engine) become `gr.Error` messages.
 from __future__ import annotations
 
 import functools
+import inspect
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,8 +27,25 @@ SAMPLES_DIR = Path(__file__).resolve().parents[1] / "assets" / "samples"
 #: Degradation specs offered in the dropdown (any spec can be typed; see restoration.degradations).
 DEGRADATION_EXAMPLES = ("none", "noise:25", "blur:2.0", "jpeg:20", "sr:4", "motion:15", "rain", "haze",
                         "lowlight", "blur:1.5+noise:15")
-HISTORY_COLUMNS = ["round", "status", "backbone", "candidates", "choice", "selector", "pairs", "refined", "round id"]
+HISTORY_COLUMNS = ["round", "status", "backbone", "prior", "candidates", "choice", "selector", "pairs", "refined",
+                   "round id"]
 PREFERRED_MARK, REJECTED_MARK = "✓ preferred", "✗ rejected"
+#: A click on a tile moves its mark one step along this cycle.
+NEXT_MARK = {None: "preferred", "preferred": "rejected", "rejected": None}
+
+
+def bind(service: Any, fn: Callable) -> Callable:
+    """`fn` with `service` as its first argument, for wiring an event.
+
+    Unlike functools.partial it keeps the rest of `fn`'s signature and type hints, through which Gradio finds
+    the parameters it fills itself (`evt: gr.SelectData`, `progress=gr.Progress()`)."""
+
+    @functools.wraps(fn)
+    def handler(*args: Any, **kwargs: Any) -> Any:
+        return fn(service, *args, **kwargs)
+
+    handler.__signature__ = inspect.signature(functools.partial(fn, service))
+    return handler
 
 
 def user_errors(fn: Callable) -> Callable:
@@ -82,8 +100,8 @@ def history_rows(service: FeedbackService, state: dict) -> list[list[Any]]:
     """The session's rounds as table rows (oldest first)."""
     if not state.get("session_id"):
         return []
-    return [[r["round_index"], r["status"], r["backbone"], r["candidates"], r["choice"] or "", r["selector"] or "",
-             r["pairs"], "yes" if r["refined_image"] else "", r["round_id"]]
+    return [[r["round_index"], r["status"], r["backbone"], r["prior"] or "", r["candidates"], r["choice"] or "",
+             r["selector"] or "", r["pairs"], "yes" if r["refined_image"] else "", r["round_id"]]
             for r in service.history(state["session_id"])]
 
 
@@ -143,25 +161,27 @@ def _tile_choices(state: dict) -> dict:
 
 @user_errors
 def generate(service: FeedbackService, state: dict, candidates: float, seed: float | None, strengths: str,
-             blind: bool) -> tuple:
-    """Generate the round's candidates (the restored image is one of them, at a shuffled position)."""
+             blind: bool, prior: str | None = None) -> tuple:
+    """Generate the round's candidates (the restored image is one of them, at a shuffled position) under the
+    chosen diffusion prior (None: the process default)."""
     round_id = _need(state, "round_id", "Restore an image first.")
-    view = _generate(service, round_id, candidates, seed, strengths)
+    view = _generate(service, round_id, candidates, seed, strengths, prior)
     return _after_candidates(service, state, view, blind)
 
 
 def _generate(service: FeedbackService, round_id: str, candidates: float, seed: float | None,
-              strengths: str) -> RoundView:
+              strengths: str, prior: str | None) -> RoundView:
     """Candidates for a round from the settings widgets (seed < 0 or empty: a random, recorded seed)."""
     return service.generate_candidates(round_id, candidates=int(candidates),
                                        seed=None if seed is None or seed < 0 else int(seed),
-                                       strengths=parse_strengths(strengths))
+                                       strengths=parse_strengths(strengths), prior=prior)
 
 
 def _after_candidates(service: FeedbackService, state: dict, view: RoundView, blind: bool) -> tuple:
     new_state = {**_show_round(service, state, view), "round_index": view.round_index}
-    msg = (f"Round {view.round_index}: {len(view.candidates)} images in {view.seconds.get('candidates', 0):.1f} s. "
-           "Mark one or more as preferred and one or more as rejected, then *Submit choice*.")
+    msg = (f"Round {view.round_index}: {len(view.candidates)} images in {view.seconds.get('candidates', 0):.1f} s "
+           f"(prior **{view.params.get('prior', 'default')}**). Click a tile to mark it preferred, click again for "
+           "rejected, a third time to clear; mark one or more of each, then *Submit choice*.")
     return (new_state, gallery_items(service, new_state, blind=blind), _tile_choices(new_state),
             _tile_choices(new_state), msg, history_rows(service, new_state))
 
@@ -179,6 +199,25 @@ def parse_strengths(text: str | None) -> tuple[float, ...] | None:
 def mark(service: FeedbackService, state: dict, preferred: list[str], rejected: list[str], blind: bool) -> list:
     """Re-caption the tiles with the marks chosen so far (changeable until submitted)."""
     return gallery_items(service, state, preferred, rejected, blind)
+
+
+def click_tile(service: FeedbackService, state: dict, preferred: list[str] | None, rejected: list[str] | None,
+               blind: bool, evt: gr.SelectData) -> tuple[list[str], list[str], list]:
+    """A click on gallery tile `evt.index` moves its mark along NEXT_MARK (none -> preferred -> rejected -> none)
+    -> (preferred labels, rejected labels, re-captioned tiles); the checkbox groups show the same marks."""
+    n = len(state.get("image_ids", []))
+    k = evt.index
+    if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < n:
+        raise gr.Error(f"no tile at index {k!r}; generate candidates first" if n == 0 else
+                       f"no tile at index {k!r}; the round has tiles 0..{n - 1}")
+    label = f"#{k + 1}"
+    preferred, rejected = list(preferred or []), list(rejected or [])
+    current = "preferred" if label in preferred else "rejected" if label in rejected else None
+    new = NEXT_MARK[current]
+    by_tile = lambda labels: sorted(set(labels), key=lambda t: int(t.lstrip("#")))  # noqa: E731
+    preferred = by_tile([t for t in preferred if t != label] + ([label] if new == "preferred" else []))
+    rejected = by_tile([t for t in rejected if t != label] + ([label] if new == "rejected" else []))
+    return preferred, rejected, gallery_items(service, state, preferred, rejected, blind)
 
 
 def _ids(state: dict, labels: list[str]) -> list[str]:
@@ -262,10 +301,10 @@ def refine(service: FeedbackService, state: dict, strength: float, steps: float,
 
 @user_errors
 def next_round(service: FeedbackService, state: dict, candidates: float, seed: float | None, strengths: str,
-               blind: bool) -> tuple:
-    """Start the next round from the refined image and generate its candidates."""
+               blind: bool, prior: str | None = None) -> tuple:
+    """Start the next round from the refined image and generate its candidates (under the chosen prior)."""
     next_id = _need(state, "next_round_id", "Refine first; the next round starts from the refined image.")
-    view = _generate(service, next_id, candidates, seed, strengths)
+    view = _generate(service, next_id, candidates, seed, strengths, prior)
     base = {k: v for k, v in state.items() if k not in ("next_round_id", "refined_id")}
     return _after_candidates(service, base, view, blind)
 

@@ -10,16 +10,18 @@ import httpx
 import pytest
 
 try:
-    from tests.app_server import ADMIN_TOKEN, BACKBONE, png_bytes, running_app
+    from tests.app_server import ADMIN_TOKEN, BACKBONE, REPO, png_bytes, running_app
 except ImportError:  # pytest run from inside tests/
-    from app_server import ADMIN_TOKEN, BACKBONE, png_bytes, running_app
+    from app_server import ADMIN_TOKEN, BACKBONE, REPO, png_bytes, running_app
 
 API = "/api/v1"
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    with running_app(tmp_path_factory.mktemp("api") / "data") as srv:
+    # the shipped prior once more under another name: a second prior to choose, loaded on first use
+    extra = ("--extra-prior", f"shipped-copy={REPO / 'assets' / 'prior'}")
+    with running_app(tmp_path_factory.mktemp("api") / "data", extra_args=extra) as srv:
         yield srv
 
 
@@ -167,6 +169,8 @@ def test_export_admin_only(client, first_round):
     ({"candidates": "1000"}, None, "candidates"),
     ({"candidates": "two"}, None, "candidates"),
     ({"seed": "-5"}, None, "seed"),
+    ({"prior": "nope"}, None, "available: default, shipped-copy"),
+    ({"prior": str(REPO / "assets" / "prior")}, None, "unknown prior"),  # a name, never a server folder
 ])
 def test_bad_input_is_4xx_json(client, first_round, fields, files, needle):
     session_id, headers, _ = first_round
@@ -216,3 +220,16 @@ def test_server_keeps_serving(client, server):
     spec = client.get("/openapi.json").json()
     assert f"{API}/rounds/{{round_id}}/choices" in spec["paths"]
     assert client.get("/").status_code == 200  # the Gradio page beside the API
+
+
+def test_round_with_a_chosen_prior_records_it(client, server, first_round):
+    assert client.get(f"{API}/health").json()["priors"] == ["default", "shipped-copy"]
+    session_id, headers = _session(client, "Prue")
+    r = _round(client, session_id, headers, prior="shipped-copy")
+    assert r.status_code == 200, r.text
+    with sqlite3.connect(server.db_path) as db:
+        prior_id, params = db.execute("select prior_id, params from rounds where id = ?",
+                                      (r.json()["round_id"],)).fetchone()
+        default_hash = db.execute("select prior_weights_hash from rounds where prior_id = 'pixel:default'").fetchone()
+    assert prior_id == "local:prior" and json.loads(params)["prior"] == "shipped-copy"
+    assert default_hash is not None  # first_round used the default prior

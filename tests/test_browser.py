@@ -32,6 +32,19 @@ def _wait_status(page, text: str) -> None:
                            timeout=STEP_TIMEOUT_MS)
 
 
+def _click_tile(page, k: int, caption: str) -> None:
+    """Click tile k (0-based) and wait until its caption reads `caption` (the mark the click cycles to)."""
+    page.locator("#gallery button.thumbnail-item").nth(k).click()
+    page.wait_for_function("([k, c]) => document.querySelectorAll('#gallery .caption-label')[k].innerText === c",
+                           arg=[k, caption], timeout=30_000)
+
+
+def _checked(page, group: str) -> list[str]:
+    boxes = page.locator(f"#{group} label")
+    return [boxes.nth(i).inner_text().strip() for i in range(boxes.count())
+            if boxes.nth(i).locator("input").is_checked()]
+
+
 def test_full_flow(browser, tmp_path):
     image = tmp_path / "input.png"
     image.write_bytes(png_bytes(64, seed=3))
@@ -56,17 +69,21 @@ def test_full_flow(browser, tmp_path):
         page.locator("#restored_view img").first.wait_for(timeout=STEP_TIMEOUT_MS)
 
         page.locator("#generate").click()
-        _wait_status(page, "Mark one or more")
+        _wait_status(page, "Click a tile")
         print(f"restore + candidates at 64 px through the UI: {time.perf_counter() - t_round:.2f} s")
         tiles = page.locator("#gallery img")
         assert tiles.count() == 3  # 2 candidates + the restored image
 
-        page.locator("#preferred label", has_text="#1").click()
-        page.locator("#rejected label", has_text="#2").click()
-        page.locator("#rejected label", has_text="#3").click()
-        page.wait_for_function("() => document.querySelector('#gallery').innerText.includes('preferred')",
-                               timeout=30_000)
-        assert "rejected" in page.locator("#gallery").inner_text()
+        # marks by clicking the tiles: none -> preferred -> rejected -> none
+        _click_tile(page, 0, "#1 ✓ preferred")
+        _click_tile(page, 1, "#2 ✓ preferred")
+        _click_tile(page, 1, "#2 ✗ rejected")
+        _click_tile(page, 2, "#3 ✓ preferred")
+        _click_tile(page, 2, "#3 ✗ rejected")
+        _click_tile(page, 2, "#3")
+        _click_tile(page, 2, "#3 ✓ preferred")
+        _click_tile(page, 2, "#3 ✗ rejected")
+        assert (_checked(page, "preferred"), _checked(page, "rejected")) == (["#1"], ["#2", "#3"])
 
         t_choice = time.perf_counter()
         page.locator("#submit").click()
@@ -102,5 +119,10 @@ def test_full_flow(browser, tmp_path):
             assert db.execute("select count(*), min(label) from preference_pairs").fetchone() == (2, 1.0)
             assert count("refinements") == 1
             assert db.execute("select origin from source_images").fetchone()[0] == "upload"
+            preferred, rejected = db.execute(
+                "select group_concat(case when role = 'preferred' then c.position end), "
+                "group_concat(case when role = 'rejected' then c.position end) from choice_candidates cc "
+                "join candidates c on c.id = cc.candidate_id").fetchone()
+            assert (preferred, sorted(rejected.split(","))) == ("0", ["1", "2"])  # tiles #1 | #2, #3
         names = (tmp_path / "data").glob("**/*.sqlite3")
         assert "Ada" not in "".join(p.read_bytes().decode("latin-1") for p in names)

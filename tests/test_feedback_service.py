@@ -8,6 +8,7 @@ import threading
 import gradio as gr
 import numpy as np
 import pytest
+import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 from sqlalchemy import select
@@ -20,6 +21,12 @@ from feedback.errors import Conflict, InputError
 from feedback.models import Candidate, Refinement, Round, SourceImage
 from feedback.service import Busy, EngineGate, FeedbackService
 from feedback.uploads import UploadLimits, check_image_array, decode_image_bytes
+from restoration.diffusion.priors import build_pixel_unet, save_pixel_prior
+
+try:
+    from conftest import TINY_PRIOR  # the module pytest loaded (tests/ is on sys.path under pytest)
+except ImportError:
+    from tests.conftest import TINY_PRIOR
 
 SETTINGS = EngineSettings(backbone="nlm", round=RoundSettings(num_candidates=2, steps=2),
                           refine=RefineSettings(steps=2))
@@ -178,9 +185,78 @@ def test_ui_handlers(service):
     crops = ui.inspect_detail(service, state, 0, 100, 16)
     assert len(crops) == 3 and all(img.size == (16, 16) for img, _ in crops)
     msg, rows = ui.submit_pairwise(service, state, ["#2"], ["#1", "#3"], ["artefacts"])
-    assert "2 preference pairs" in msg and rows[-1][4] == "pairwise"
+    assert "2 preference pairs" in msg and rows[-1][5] == "pairwise" and rows[-1][3] == "default"
     state, (_before, after), download, msg, rows = ui.refine(service, state, 0.3, 2, 0.05,
                                                             progress=lambda *a, **k: None)
     assert download == after and rows[-1][1] == "created"
     state, items, *_ = ui.next_round(service, state, 2, -1, "", True)
     assert len(items) == 3 and "next_round_id" not in state
+
+
+def _click(service, state, preferred, rejected, index):
+    return ui.click_tile(service, state, preferred, rejected, True, gr.SelectData(None, {"index": index, "value": None}))
+
+
+def test_tile_clicks_cycle_the_mark(service):
+    state = {"image_ids": [service.images.put_array(_image(24, seed=i)) for i in range(3)]}
+    preferred, rejected, tiles = _click(service, state, [], [], 1)  # none -> preferred
+    assert (preferred, rejected) == (["#2"], []) and [c for _, c in tiles] == ["#1", "#2 ✓ preferred", "#3"]
+    preferred, rejected, tiles = _click(service, state, ["#3", "#2"], [], 1)  # preferred -> rejected
+    assert (preferred, rejected) == (["#3"], ["#2"]) and tiles[1][1] == "#2 ✗ rejected"
+    preferred, rejected, tiles = _click(service, state, preferred, ["#2", "#1"], 1)  # rejected -> none
+    assert (preferred, rejected) == (["#3"], ["#1"]) and tiles[1][1] == "#2"
+    with pytest.raises(gr.Error, match="no tile"):
+        _click(service, state, [], [], 3)
+    with pytest.raises(gr.Error, match="generate candidates first"):
+        _click(service, {}, [], [], 0)
+
+
+# ---------------------------------------------------------------------------------------- priors
+@pytest.fixture(scope="module")
+def two_priors(tmp_path_factory):
+    """A service whose default prior and extra prior 'other' are two tiny priors with different weights."""
+    folder = tmp_path_factory.mktemp("priors")
+    dirs = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        dirs.append(save_pixel_prior(folder / f"prior{seed}", build_pixel_unet(TINY_PRIOR), TINY_PRIOR))
+    settings = EngineSettings(backbone="nlm", prior=str(dirs[0]), extra_priors=(("other", str(dirs[1])),),
+                              round=RoundSettings(num_candidates=2, steps=2), refine=RefineSettings(steps=2))
+    data = folder / "data"
+    svc = FeedbackService(open_database(data_dir=data), str(data), settings)
+    return svc, svc.create_session("Ada")[0]
+
+
+def test_prior_is_chosen_per_round_and_recorded(two_priors):
+    service, session_id = two_priors
+    assert service.worker.prior_names() == ["default", "other"]
+    with pytest.raises(InputError, match="unknown prior 'nope'; available: default, other"):
+        service.start_round(session_id, _image(), prior="nope")
+    assert service.worker._priors == {}  # a refused name loads nothing
+    default = service.start_round(session_id, _image(), seed=3)
+    other = service.start_round(session_id, _image(), seed=3, prior="other")
+    assert set(service.worker._priors) == {"default", "other"}  # each loaded once, then cached
+    loaded = service.worker.prior("other")
+    assert service.worker.prior("other") is loaded
+    facts = {name: service.worker.prior_facts(name) for name in ("default", "other")}
+    assert facts["default"]["weights_hash"] != facts["other"]["weights_hash"]
+    with service.db.sessions.begin() as s:
+        for view, name in ((default, "default"), (other, "other")):
+            rnd = s.get(Round, view.round_id)
+            assert rnd.params["prior"] == name and rnd.prior_id == facts[name]["prior_id"]
+            assert rnd.prior_weights_hash == facts[name]["weights_hash"]
+    diffusion = lambda v: sorted(c.image_id for c in v.candidates if not c.is_restored)  # noqa: E731
+    assert diffusion(default) != diffusion(other)  # same seed and start image, other weights
+
+    # chosen after restore (the UI's way): the round records the prior its candidates used
+    later = service.start_round(session_id, _image(), seed=3, generate=False)
+    with pytest.raises(InputError, match="available: default, other"):
+        service.generate_candidates(later.round_id, prior="nope")
+    later = service.generate_candidates(later.round_id, prior="other")
+    assert diffusion(later) == diffusion(other)
+    service.record_choice(later.round_id, tie=True)
+    nxt = service.refine(later.round_id, generate_next=False).next_round
+    with service.db.sessions.begin() as s:  # the next round keeps the prior
+        rnd = s.get(Round, nxt.round_id)
+        assert rnd.params["prior"] == "other" and rnd.prior_weights_hash == facts["other"]["weights_hash"]
+    assert service.history(session_id)[-1]["prior"] == "other"
