@@ -3,7 +3,8 @@
     python app.py [--port 7860] [--data-dir data] [--db URL] [--admin-token T] [--host 127.0.0.1]
                   [--rate-limit 30] [--rate-burst 10] [--prior FOLDER] [--extra-prior NAME=FOLDER ...]
 
-Handlers live in feedback/ui.py, routes in feedback/api.py, the loop in feedback/service.py.
+Handlers live in feedback/ui.py (annotation) and feedback/admin_ui.py (the admin tab: studies, analysis,
+export; behind the admin token), routes in feedback/api.py, the loop in feedback/service.py.
 Small engine settings for tests and demos: `--candidates 2 --candidate-steps 2 --refine-steps 2`, or
 TTPO_FAST=1 (the same). The admin token may also come from $TTPO_ADMIN_TOKEN; the database URL from
 $TTPO_DB_URL (default: SQLite in the data directory). Alembic migrations are applied on start.
@@ -21,10 +22,11 @@ from pathlib import Path
 import gradio as gr
 from fastapi import FastAPI
 
-from feedback import ui
+from feedback import admin_ui, ui
 from feedback.api import build_api
 from feedback.db import open_database
 from feedback.engine import DEFAULT_PRIOR, EngineSettings, RefineSettings, RoundSettings
+from feedback.export import FORMATS, VARIANTS
 from feedback.models import REASON_TAGS
 from feedback.ratelimit import RateLimit
 from feedback.service import FeedbackService
@@ -36,10 +38,12 @@ PRIOR_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,39}")
 
 
 def build_demo(service: FeedbackService) -> gr.Blocks:
-    """The Gradio Blocks of the annotation flow; every event has an api_name, state holds ids only."""
+    """The Gradio Blocks: the annotation flow and the admin tab; every event has an api_name, state holds ids only."""
     with gr.Blocks(title="TTPO: restore, compare, refine") as demo:
         with gr.Tab("Annotate", id="annotate", elem_id="annotate_tab"):
             annotate_tab(service)
+        with gr.Tab("Admin", id="admin", elem_id="admin_tab"):
+            admin_tab(service)
     return demo
 
 
@@ -151,6 +155,70 @@ def annotate_tab(service: FeedbackService) -> None:
                    api_name="next_round", **engine)
     inspect.click(bind(ui.inspect_detail), [state, crop_x, crop_y, crop_size], [crops], api_name="inspect",
                   concurrency_limit=None)
+
+
+def admin_tab(service: FeedbackService) -> None:
+    """Studies, their analysis and the preference dataset export; every handler checks the admin token."""
+    bind = lambda fn: ui.bind(service, fn)  # noqa: E731
+    gr.Markdown("## Admin\nStudies, their analysis and the preference dataset. Every action checks the admin "
+                "token on the server (`--admin-token` / `$TTPO_ADMIN_TOKEN`).")
+    with gr.Row():
+        token = gr.Textbox(type="password", label="Admin token", elem_id="admin_token", scale=4)
+        list_btn = gr.Button("List studies", variant="primary", elem_id="admin_list", scale=1)
+    admin_status = gr.Markdown("Enter the admin token and press *List studies*.", elem_id="admin_status")
+    studies = gr.Dataframe(headers=admin_ui.STUDY_COLUMNS, label="Studies", interactive=False,
+                           elem_id="admin_studies")
+
+    with gr.Accordion("Analysis of a study", open=True):
+        with gr.Row():
+            study = gr.Dropdown([], value=None, label="Study", elem_id="admin_study", scale=3)
+            resamples = gr.Number(1000, precision=0, minimum=1, maximum=admin_ui.MAX_RESAMPLES,
+                                  label="Bootstrap resamples")
+            exclude = gr.Checkbox(False, label="Leave out flagged (inattentive) participants")
+            analyse_btn = gr.Button("Analyse", variant="primary", elem_id="admin_analyse")
+        summary = gr.Markdown(elem_id="admin_summary")
+        conditions = gr.Dataframe(headers=admin_ui.CONDITION_COLUMNS, interactive=False,
+                                  label="Conditions: win rate and Bradley-Terry log-strength with 95% intervals",
+                                  elem_id="admin_conditions")
+        with gr.Row():
+            agreement = gr.Dataframe(headers=admin_ui.AGREEMENT_COLUMNS, interactive=False,
+                                     label="Metric agreement with people", elem_id="admin_agreement")
+            people = gr.Dataframe(headers=admin_ui.PARTICIPANT_COLUMNS, interactive=False, label="Participants",
+                                  elem_id="admin_participants")
+        plots = gr.Gallery(label="Plots", columns=4, height=320, elem_id="admin_plots")
+        tables = gr.File(label="CSV tables and the JSON report", file_count="multiple", interactive=False,
+                         elem_id="admin_tables")
+
+    with gr.Accordion("Export the preference dataset", open=False):
+        with gr.Row():
+            fmt = gr.Radio(list(FORMATS), value=FORMATS[0], label="Format")
+            variant = gr.Radio(list(VARIANTS), value=VARIANTS[0], label="Columns")
+            human_only = gr.Checkbox(False, label="Human choices only")
+            scope = gr.Dropdown([("all", "")], value="", label="Study (all: every session)", elem_id="admin_scope")
+            export_btn = gr.Button("Export", variant="primary", elem_id="admin_export")
+        export_file = gr.File(label="Dataset (zip)", interactive=False, elem_id="admin_export_file")
+
+    with gr.Accordion("Create a study", open=False):
+        gr.Markdown("A study definition in JSON or YAML (fields: see `feedback/study.py`); image paths are read on "
+                    "the server. Every stimulus x condition is computed now, which can take a while.")
+        with gr.Row():
+            definition = gr.Code(language="yaml", label="Definition", elem_id="admin_definition")
+            upload = gr.File(file_types=[".json", ".yaml", ".yml"], type="filepath", label="or upload a file")
+        create_btn = gr.Button("Create study", elem_id="admin_create")
+
+    listed = [studies, study, scope]
+    list_btn.click(bind(admin_ui.list_studies), [token], [*listed, admin_status], api_name="admin_list_studies",
+                   concurrency_limit=None)
+    token.submit(bind(admin_ui.list_studies), [token], [*listed, admin_status], api_name="admin_list_studies_enter",
+                 concurrency_limit=None)
+    analyse_btn.click(bind(admin_ui.analyse_study), [token, study, resamples, exclude],
+                      [summary, conditions, agreement, people, plots, tables], api_name="admin_analyse",
+                      concurrency_id="admin", concurrency_limit=1)
+    export_btn.click(bind(admin_ui.export_preferences), [token, fmt, variant, human_only, scope],
+                     [export_file, admin_status], api_name="admin_export", concurrency_id="admin",
+                     concurrency_limit=1)
+    create_btn.click(bind(admin_ui.create_study), [token, definition, upload], [admin_status, *listed],
+                     api_name="admin_create_study", concurrency_id="engine", concurrency_limit=1)
 
 
 def build_app(service: FeedbackService, queue_size: int = 16, rate_limit: RateLimit = RateLimit()) -> FastAPI:

@@ -209,6 +209,11 @@ class FeedbackService:
             except NotFound:
                 raise AuthError("unknown token; create a session with POST /api/v1/sessions", 401) from None
 
+    @property
+    def admin_enabled(self) -> bool:
+        """Whether the process has an admin token (without one, no token has admin rights)."""
+        return self._admin_hash is not None
+
     def require_admin(self, who: Principal) -> None:
         if not who.admin:
             raise AuthError("this needs the admin token", 403)

@@ -1,4 +1,5 @@
-"""The whole annotation flow in a real browser (Playwright + the system Chromium), checked in the database.
+"""The whole annotation flow in a real browser (Playwright + the system Chromium), checked in the database;
+and the admin tab behind the admin token.
 
 Run: .venv/bin/python -m pytest tests/test_browser.py -m browser -q -s
 Skips when /usr/bin/chromium is missing (never downloads a browser). Saves artifacts/browser_flow.png and
@@ -13,9 +14,9 @@ import time
 import pytest
 
 try:
-    from tests.app_server import REPO, png_bytes, running_app
+    from tests.app_server import ADMIN_TOKEN, REPO, png_bytes, running_app
 except ImportError:  # pytest run from inside tests/
-    from app_server import REPO, png_bytes, running_app
+    from app_server import ADMIN_TOKEN, REPO, png_bytes, running_app
 
 ARTIFACTS = REPO / "artifacts"
 STEP_TIMEOUT_MS = 120_000
@@ -43,6 +44,26 @@ def _checked(page, group: str) -> list[str]:
     boxes = page.locator(f"#{group} label")
     return [boxes.nth(i).inner_text().strip() for i in range(boxes.count())
             if boxes.nth(i).locator("input").is_checked()]
+
+
+def _check_admin_tab(page, url: str) -> None:
+    """The admin tab refuses a wrong token, then lists studies and exports the pairs with the right one."""
+    page.goto(url + "/", wait_until="domcontentloaded")
+    page.get_by_role("tab", name="Admin").click()
+    page.locator("#admin_token input").fill("not-the-token")
+    page.locator("#admin_list").click()
+    page.get_by_text("wrong or missing admin token").first.wait_for(timeout=30_000)
+    assert "Enter the admin token" in page.locator("#admin_status").inner_text()  # nothing listed
+    page.locator("#admin_token input").fill(ADMIN_TOKEN)
+    page.locator("#admin_list").click()
+    page.wait_for_function("() => document.querySelector('#admin_status').innerText.includes('0 studies')",
+                           timeout=30_000)
+    page.get_by_text("Export the preference dataset").click()
+    page.locator("#admin_export").click()
+    page.wait_for_function("() => document.querySelector('#admin_status').innerText.includes('Exported 2')",
+                           timeout=60_000)
+    assert ".zip" in page.locator("#admin_export_file").inner_text()
+    page.close()
 
 
 def test_full_flow(browser, tmp_path):
@@ -124,5 +145,6 @@ def test_full_flow(browser, tmp_path):
                 "group_concat(case when role = 'rejected' then c.position end) from choice_candidates cc "
                 "join candidates c on c.id = cc.candidate_id").fetchone()
             assert (preferred, sorted(rejected.split(","))) == ("0", ["1", "2"])  # tiles #1 | #2, #3
+        _check_admin_tab(browser.new_page(viewport={"width": 1280, "height": 1600}), server.url)
         names = (tmp_path / "data").glob("**/*.sqlite3")
         assert "Ada" not in "".join(p.read_bytes().decode("latin-1") for p in names)
