@@ -50,6 +50,7 @@ def running_app(data_dir: Path, extra_args: tuple[str, ...] = ()) -> Iterator[Ap
     port = free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "TTPO_FAST": "1"}
     env.pop("TTPO_DB_URL", None)
+    data_dir.parent.mkdir(parents=True, exist_ok=True)
     log = open(data_dir.parent / f"app-{port}.log", "wb")
     t0 = time.perf_counter()
     proc = subprocess.Popen(
