@@ -93,11 +93,13 @@ def tiled_apply(
     overlap: int,
     multiple: int = 8,
     scale: int = 1,
+    accumulate: torch.dtype = torch.float64,
 ) -> torch.Tensor:
     """Apply `fn` to (B, C, H, W) `x` tile by tile; returns (B, C_out, H * scale, W * scale).
 
     tile: tile side in input pixels; overlap: pixels shared by neighbouring tiles (< tile);
-    multiple: each tile is reflect-padded to a multiple of this before `fn` and cropped after.
+    multiple: each tile is reflect-padded to a multiple of this before `fn` and cropped after;
+    accumulate: dtype of the blending sums (float32 halves their memory for large batches).
     An image that fits in one tile is processed in a single call (identical to `fn` when H and W
     are already multiples of `multiple`).
     """
@@ -117,7 +119,7 @@ def tiled_apply(
     stride = tile - overlap
     ys, xs = _tile_starts(h, tile, stride), _tile_starts(w, tile, stride)
     out: torch.Tensor | None = None
-    weight = torch.zeros(1, 1, h * scale, w * scale, dtype=torch.float64, device=x.device)
+    weight = torch.zeros(1, 1, h * scale, w * scale, dtype=accumulate, device=x.device)
     for y0 in ys:
         th = min(tile, h)
         wy = _ramp_window(th * scale, overlap * scale, y0 > 0, y0 + th < h)
@@ -127,11 +129,11 @@ def tiled_apply(
             patch = _apply_padded(fn, x[..., y0 : y0 + th, x0 : x0 + tw], multiple, scale)
             if out is None:
                 out = torch.zeros(
-                    x.shape[0], patch.shape[1], h * scale, w * scale, dtype=torch.float64, device=x.device
+                    x.shape[0], patch.shape[1], h * scale, w * scale, dtype=accumulate, device=x.device
                 )
-            wt = (wy[:, None] * wx[None, :]).to(x.device)
+            wt = (wy[:, None] * wx[None, :]).to(x.device, accumulate)
             sy, sx = slice(y0 * scale, (y0 + th) * scale), slice(x0 * scale, (x0 + tw) * scale)
-            out[..., sy, sx] += patch.to(torch.float64) * wt
+            out[..., sy, sx] += patch.to(accumulate) * wt
             weight[..., sy, sx] += wt
     assert out is not None  # at least one tile always runs
-    return (out / weight).to(x.dtype)
+    return out.div_(weight).to(x.dtype)

@@ -4,11 +4,18 @@ and latent Stable-Diffusion-style checkpoints.
 Every prior works in its own "z" space (pixels in [-1, 1] for pixel priors, scaled VAE latents for
 latent priors) and exposes the same four things: `encode`, `decode`, `eps` and `alphas_cumprod`.
 Samplers (`restoration.diffusion.sampling`) only ever see those.
+
+Large images: `eps` evaluates the denoiser on overlapping tiles of z_t and blends the predictions with
+raised-cosine weights (the averaging of MultiDiffusion, Bar-Tal et al. 2023), and latent priors use
+the VAE's own tiled encode / decode, so candidates and refinement run at any size in bounded memory.
+Tiles start on the U-Net's downsampling grid, so every tile sees the pixel-unshuffle phase the whole
+image would.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from restoration.backbones.hashing import weights_sha256 as file_sha256
+from restoration.backbones.tiling import tiled_apply
 
 #: where `load_prior("default")` looks (the prior trained by `python -m restoration.train_prior`).
 DEFAULT_PRIOR_DIR = Path(__file__).resolve().parents[2] / "assets" / "prior"
@@ -24,6 +32,10 @@ DEFAULT_PRIOR_DIR = Path(__file__).resolve().parents[2] / "assets" / "prior"
 PRIOR_CONFIG_NAME = "prior_config.json"
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth")
 _SCHEDULER_NAMES = ("scheduler_config.json",)
+#: image sides (pixels) above which the denoiser runs on tiles, and the tiles' overlap. One 1024 px tile
+#: of a batch of 8 raised the peak RSS by 1.4 GB on the shipped prior; nothing changes below 1024 px.
+DEFAULT_TILE = 1024
+DEFAULT_TILE_OVERLAP = 128
 
 
 class PriorNotFoundError(FileNotFoundError):
@@ -47,6 +59,7 @@ class DiffusionPrior:
 
     kind: "pixel" (z = 2 * img - 1, optionally pixel-unshuffled inside `eps`) or "latent"
     (z = vae latent * scaling_factor). `alphas_cumprod` is (T,) float32 on the prior's device.
+    tile / tile_overlap: in image pixels; sides above `tile` are denoised tile by tile (0: never).
     """
 
     kind: str
@@ -60,6 +73,17 @@ class DiffusionPrior:
     scaling_factor: float = 1.0
     prompt_embeds: torch.Tensor | None = None
     card: dict[str, Any] = field(default_factory=dict)
+    tile: int = DEFAULT_TILE
+    tile_overlap: int = DEFAULT_TILE_OVERLAP
+
+    def __post_init__(self) -> None:
+        self.check_tiling()
+
+    def check_tiling(self) -> None:
+        """Raise ValueError unless tile is 0 (off) or tile > tile_overlap >= 0."""
+        if self.tile < 0 or (self.tile and not 0 <= self.tile_overlap < self.tile):
+            raise ValueError(f"tile must be 0 (off) or > tile_overlap >= 0, got tile={self.tile}, "
+                             f"tile_overlap={self.tile_overlap}")
 
     @property
     def device(self) -> torch.device:
@@ -92,7 +116,8 @@ class DiffusionPrior:
         if self.kind == "pixel":
             return x
         x = _pad_to(x, self.image_multiple)
-        return self.vae.encode(x).latent_dist.mean * self.scaling_factor
+        with self._vae_tiling(x):
+            return self.vae.encode(x).latent_dist.mean * self.scaling_factor
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
@@ -100,19 +125,40 @@ class DiffusionPrior:
         if self.kind == "pixel":
             x = z
         else:
-            x = self.vae.decode(z / self.scaling_factor).sample
+            with self._vae_tiling(z, self.image_multiple):
+                x = self.vae.decode(z / self.scaling_factor).sample
         if size is not None:
             x = x[..., : size[0], : size[1]]
         return ((x.float() + 1.0) / 2.0).clamp(0.0, 1.0)
 
     # ---- the denoiser ------------------------------------------------------------------------
     def eps(self, z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """Predicted noise for a batch: z_t (B, C, h, w), t (B,) integer timesteps in [0, T)."""
+        """Predicted noise for a batch: z_t (B, C, h, w), t (B,) integer timesteps in [0, T); tiled above `tile`."""
         b, _, h, w = z_t.shape
         t = t.to(self.device).long().reshape(-1)
         if t.numel() not in (1, b):
             raise ValueError(f"t has {t.numel()} timesteps; expected 1 or {b} to match the batch of z_t")
         t = t.expand(b)
+        tile, overlap = self.z_tiling()
+        if tile and max(h, w) > tile:
+            x = _pad_to(z_t, self._unet_multiple())  # tiles then start on the U-Net's grid, as untiled
+            out = tiled_apply(lambda zt: self._eps_untiled(zt, t), x, tile, overlap, multiple=1,
+                              accumulate=torch.float32)
+            return out[..., :h, :w]
+        return self._eps_untiled(z_t, t)
+
+    def z_tiling(self) -> tuple[int, int]:
+        """(tile, overlap) in z pixels, rounded down to multiples of the U-Net's size multiple; (0, 0) when off."""
+        if not self.tile:
+            return 0, 0
+        self.check_tiling()
+        m = self._unet_multiple()
+        tile = max(self.tile // self.image_multiple // m, 1) * m
+        overlap = min(self.tile_overlap // self.image_multiple // m * m, tile - m)
+        return tile, overlap
+
+    def _eps_untiled(self, z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = z_t.shape
         multiple = self._unet_multiple()
         x = _pad_to(z_t, multiple)
         if self.pixel_unshuffle > 1:
@@ -128,6 +174,18 @@ class DiffusionPrior:
         if out.shape[1] != z_t.shape[1]:  # learned-variance models output 2C channels
             out = out[:, : z_t.shape[1]]
         return self._to_eps(out, z_t, t)
+
+    @contextmanager
+    def _vae_tiling(self, x: torch.Tensor, scale: int = 1):
+        """The VAE's own tiled encode / decode while x (in image pixels: its sides * scale) is above `tile`."""
+        big = bool(self.tile) and max(x.shape[-2:]) * scale > self.tile and hasattr(self.vae, "enable_tiling")
+        if big:
+            self.vae.enable_tiling()
+        try:
+            yield
+        finally:
+            if big:
+                self.vae.disable_tiling()
 
     def _to_eps(self, out: torch.Tensor, z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         if self.prediction_type == "epsilon":
