@@ -1,19 +1,24 @@
 """Benchmark one TTPO round stage by stage, and the batched candidates against a naive per-candidate loop.
 
     python -m restoration.bench --size N --candidates K [--device cpu|cuda] [--repeat R] [--backbone sipl]
-        [--prior default] [--seed S] [--threads T] [--channels-last] [--label TEXT] --json
+        [--prior default] [--seed S] [--threads T] [--channels-last] [--tile PX] [--steps N]
+        [--refine-steps N] [--warmup W] [--no-naive] [--label TEXT] --json
 
-Measures, on the shipped weights, the median over R runs (after one warm-up round) of each stage
+Measures, on the shipped weights, the median over R runs (after W warm-up rounds) of each stage
 (restore, candidates, select, refine) and of the whole round, the peak memory, and, in the same
-process, the same candidates made the naive way: one candidate at a time through a standard diffusers
-DDIMInverseScheduler / DDIMScheduler loop calling the prior's UNet directly. The naive images must
-match the batched ones (`naive_max_abs_diff`), otherwise the speed-up would compare different work.
+process and interleaved with the rounds (so load on a shared machine hits both alike), the same
+candidates made the naive way: one candidate at a time through a standard diffusers
+DDIMInverseScheduler / DDIMScheduler loop calling the prior's UNet directly, unbatched, in float32,
+sharing nothing. The naive images must match the batched ones (`naive_max_abs_diff`), otherwise the
+speed-up would compare different work. `unet_samples` counts the images the UNet saw (a batch of 8
+counts 8) in each path, which is where the speed-up comes from.
 
-To drive the unmodified diffusers schedulers along the engine's timestep grid (t0 = strength * T down
-to the clean image, which no `set_timesteps` spacing reproduces), each candidate gets a respaced
-schedule: `trained_betas` chosen so that the scheduler's index j has alpha_bar of the j-th grid
-timestep, and the UNet is called with the original timestep (the respacing of improved DDPM, Nichol &
-Dhariwal 2021, sec. 4). One JSON object goes to stdout; logs go to stderr.
+To drive the unmodified diffusers schedulers along the engine's timesteps (the inversion ladder or
+grid, then strength * T down to the clean image, which no `set_timesteps` spacing reproduces), each
+loop gets a respaced schedule: `trained_betas` chosen so that the scheduler's index j has alpha_bar
+of the j-th timestep, and the UNet is called with the original timestep (the respacing of improved
+DDPM, Nichol & Dhariwal 2021, sec. 4). The naive loop never tiles: skip it (--no-naive) for images
+above the prior's tile size. One JSON object goes to stdout; logs go to stderr.
 """
 from __future__ import annotations
 
@@ -33,9 +38,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from restoration.diffusion.candidates import CandidateConfig, CandidateMeta
-from restoration.diffusion.priors import DiffusionPrior, PriorNotFoundError
-from restoration.diffusion.sampling import timestep_grid
+from restoration.diffusion.candidates import CandidateConfig, CandidateMeta, plan_candidates
+from restoration.diffusion.inversion import ladder_path, ladder_stride
+from restoration.diffusion.priors import DEFAULT_TILE, DiffusionPrior, PriorNotFoundError
+from restoration.diffusion.refine import RefineConfig
+from restoration.diffusion.sampling import start_timestep, timestep_grid
 
 STAGES = ("restore", "candidates", "select", "refine")
 #: the sample the benchmark input is cut from (a synthetic image when it is missing).
@@ -45,7 +52,8 @@ BENCH_DEGRADATION = "noise:25"
 
 @dataclass(frozen=True)
 class BenchConfig:
-    """What one benchmark run measures; `threads` 0 means every CPU the process may use."""
+    """What one benchmark run measures; `threads` 0 means every CPU the process may use; `steps` /
+    `refine_steps` 0 keep the engine's defaults; `tile` is the prior's denoiser tile in pixels (0: off)."""
 
     size: int = 64
     candidates: int = 8
@@ -56,6 +64,11 @@ class BenchConfig:
     seed: int = 0
     threads: int = 0
     channels_last: bool = False
+    tile: int = DEFAULT_TILE
+    steps: int = 0
+    refine_steps: int = 0
+    warmup: int = 1
+    naive: bool = True
     label: str = ""
 
 
@@ -88,24 +101,30 @@ def unet_eps(prior: DiffusionPrior, z_t: torch.Tensor, t: int) -> torch.Tensor:
     return out[:, :c, :h, :w].float()
 
 
+def _respaced(prior: DiffusionPrior, timesteps_ascending: list[int]) -> dict[str, Any]:
+    """Scheduler arguments whose index j has alpha_bar of timesteps_ascending[j]."""
+    betas = respaced_betas(prior.alphas_cumprod, torch.tensor(timesteps_ascending)).numpy()
+    return {"num_train_timesteps": len(timesteps_ascending), "trained_betas": betas, "set_alpha_to_one": True,
+            "prediction_type": prior.prediction_type, "timestep_spacing": "leading", "steps_offset": 0}
+
+
 def naive_candidate(restored: torch.Tensor, prior: DiffusionPrior, meta: CandidateMeta) -> torch.Tensor:
     """One candidate (1, 3, H, W) in [0, 1] from restored (1, 3, H, W): diffusers DDIM(Inverse)Scheduler loop."""
     from diffusers import DDIMInverseScheduler, DDIMScheduler
 
-    grid = timestep_grid([meta.strength], meta.steps, prior.num_train_timesteps)[0]  # descending (S,)
-    t_of = grid.flip(0).tolist()  # scheduler index j -> the UNet's timestep
-    betas = respaced_betas(prior.alphas_cumprod, grid.flip(0)).numpy()
-    common = {"num_train_timesteps": len(t_of), "trained_betas": betas, "set_alpha_to_one": True,
-              "prediction_type": prior.prediction_type, "timestep_spacing": "leading", "steps_offset": 0}
-    scheduler = DDIMScheduler(clip_sample=prior.clip_x0, **common)
+    T = prior.num_train_timesteps
+    t_of = timestep_grid([meta.strength], meta.steps, T)[0].flip(0).tolist()  # scheduler index j -> timestep
+    scheduler = DDIMScheduler(clip_sample=prior.clip_x0, **_respaced(prior, t_of))
     scheduler.set_timesteps(len(t_of))
     gen = torch.Generator().manual_seed(int(meta.seed))
     z = prior.encode(restored)
-    if meta.method == "ddim_inversion":
-        inverse = DDIMInverseScheduler(clip_sample=False, **common)
-        inverse.set_timesteps(len(t_of))
+    if meta.method in ("ddim_inversion", "ddim_ladder_inversion"):
+        path = t_of if meta.method == "ddim_inversion" else ladder_path(start_timestep(meta.strength, T),
+                                                                        ladder_stride(T))
+        inverse = DDIMInverseScheduler(clip_sample=False, **_respaced(prior, path))
+        inverse.set_timesteps(len(path))
         for j in inverse.timesteps:
-            z = inverse.step(unet_eps(prior, z, t_of[int(j)]), j, z).prev_sample
+            z = inverse.step(unet_eps(prior, z, path[int(j)]), j, z).prev_sample
     elif meta.method == "forward_noise":
         noise = torch.randn(tuple(z.shape[1:]), generator=gen)[None].to(z.device)
         z = scheduler.add_noise(z, noise, torch.tensor([len(t_of) - 1]))
@@ -152,22 +171,49 @@ def bench_input(size: int, seed: int = 0) -> torch.Tensor:
     return degrade(clean, BENCH_DEGRADATION, seed)[0]
 
 
-def run_round(engine, degraded: torch.Tensor, config: BenchConfig) -> tuple[dict[str, float], Any]:
-    """One timed round (restore -> candidates -> select -> refine); returns seconds per stage and the Round."""
+class UnetSamples:
+    """Counts the images a module's forward passes see (a batch of 8 counts 8), while installed."""
+
+    def __init__(self, module: torch.nn.Module):
+        self.count = 0
+        self._handle = module.register_forward_pre_hook(self._hook)
+
+    def _hook(self, module, args) -> None:
+        self.count += int(args[0].shape[0])
+
+    def take(self) -> int:
+        """The count since the last take, and reset."""
+        n, self.count = self.count, 0
+        return n
+
+    def remove(self) -> None:
+        self._handle.remove()
+
+
+def run_round(engine, degraded: torch.Tensor, config: BenchConfig, counter: UnetSamples | None = None
+              ) -> tuple[dict[str, float], Any, dict[str, int]]:
+    """One timed round (restore -> candidates -> select -> refine): seconds per stage, the Round, and the
+    UNet samples per diffusion stage when a counter is given."""
     dev = config.device
+    samples: dict[str, int] = {}
+    take = counter.take if counter is not None else (lambda: 0)
     t0 = time.perf_counter()
     with torch.inference_mode():
         (restored, _), s_restore = _timed(lambda: engine.restore(degraded.to(dev)), dev)
     restored = restored.clone()  # a normal tensor again: refinement takes gradients w.r.t. x0_hat
+    take()
     rnd, s_cand = _timed(lambda: engine.start_round(restored, seed=config.seed,
                                                     num_candidates=config.candidates), dev)
+    samples["candidates"] = take()
     with torch.no_grad():
         sel, s_select = _timed(lambda: engine.select(rnd), dev)
+    take()
     _, s_refine = _timed(lambda: engine.refine(rnd, sel), dev)
+    samples["refine"] = take()
     _sync(dev)
     seconds = {"restore": s_restore, "candidates": s_cand, "select": s_select, "refine": s_refine,
                "round": time.perf_counter() - t0}
-    return seconds, rnd
+    return seconds, rnd, samples
 
 
 def available_cpus() -> int:
@@ -211,53 +257,70 @@ def _run_bench(config: BenchConfig, log: Callable[[str], None]) -> dict[str, Any
 
     torch.set_num_threads(config.threads or available_cpus())
     dev = config.device
-    tpo = TPOConfig(backbone=config.backbone, prior=config.prior, device=dev,
-                    candidates=replace(CandidateConfig(), num_candidates=config.candidates, seed=config.seed))
+    candidates = replace(CandidateConfig(), num_candidates=config.candidates, seed=config.seed)
+    if config.steps:
+        candidates = replace(candidates, steps=config.steps)
+    refine = replace(RefineConfig(), steps=config.refine_steps) if config.refine_steps else RefineConfig()
+    tpo = TPOConfig(backbone=config.backbone, prior=config.prior, device=dev, candidates=candidates, refine=refine)
     engine = TPOEngine(tpo, restorer=create_restorer(config.backbone, dev))
+    engine.prior.tile, engine.prior.tile_overlap = config.tile, config.tile // 8
+    engine.prior.check_tiling()
     if config.channels_last:
         _to_channels_last(engine)
     degraded = bench_input(config.size, config.seed)
-    log(f"backbone {config.backbone}, prior {engine.prior.prior_id}, {config.size} px, {config.candidates} "
-        f"candidates, {torch.get_num_threads()} threads, device {dev}")
+    log(f"backbone {config.backbone}, prior {engine.prior.prior_id} (tile {config.tile}), {config.size} px, "
+        f"{config.candidates} candidates ({candidates.method}), {torch.get_num_threads()} threads, device {dev}")
 
-    run_round(engine, degraded, config)  # warm-up: allocator, kernels, lazy imports, metric setup
+    metas = plan_candidates(candidates, engine.prior)
+    for _ in range(config.warmup):  # allocator, kernels, lazy imports, metric setup; the naive loop's shapes
+        _, rnd, _ = run_round(engine, degraded, config)
+        if config.naive:
+            with torch.inference_mode():
+                naive_candidate(rnd.start, engine.prior, metas[0])
     if dev.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    runs, rnd = [], None
-    for r in range(config.repeat):
-        seconds, rnd = run_round(engine, degraded, config)
-        runs.append(seconds)
-        log(f"round {r}: " + ", ".join(f"{k} {v:.3f}s" for k, v in seconds.items()))
+    counter = UnetSamples(engine.prior.unet)
+    runs, naive_runs, rnd, naive, samples = [], [], None, None, {}
+    try:
+        for r in range(config.repeat):  # rounds and naive loops interleaved: drifting load hits both alike
+            seconds, rnd, samples = run_round(engine, degraded, config, counter)
+            runs.append(seconds)
+            log(f"round {r}: " + ", ".join(f"{k} {v:.3f}s" for k, v in seconds.items()))
+            if config.naive:
+                with torch.inference_mode():
+                    naive, s = _timed(lambda: naive_candidates(rnd.start, engine.prior, metas), dev)
+                naive_runs.append(s)
+                samples["naive_candidates"] = counter.take()
+                log(f"naive {r}: {s:.3f}s")
+    finally:
+        counter.remove()
     peak = peak_memory_mb(dev)
     median = {k: statistics.median(s[k] for s in runs) for k in (*STAGES, "round")}
 
-    start = rnd.start
-    metas = [c.meta for c in rnd.candidates if not c.is_start]
-    batched = torch.cat([c.image for c in rnd.candidates if not c.is_start])
-    with torch.inference_mode():
-        naive_candidate(start, engine.prior, metas[0])  # warm-up of the unbatched shapes
-        naive_runs = []
-        for r in range(config.repeat):
-            naive, s = _timed(lambda: naive_candidates(start, engine.prior, metas), dev)
-            naive_runs.append(s)
-            log(f"naive {r}: {s:.3f}s")
-    naive_s = statistics.median(naive_runs)
-    diff = float((naive.to(batched.device) - batched).abs().max())
-    log(f"candidates batched {median['candidates']:.3f}s vs naive {naive_s:.3f}s; max |diff| {diff:.2e}")
+    naive_s = statistics.median(naive_runs) if naive_runs else None
+    diff = None
+    if naive is not None:
+        batched = torch.cat([c.image for c in rnd.candidates if not c.is_start])
+        diff = float((naive.to(batched.device) - batched).abs().max())
+        log(f"candidates batched {median['candidates']:.3f}s vs naive {naive_s:.3f}s; max |diff| {diff:.2e}; "
+            f"UNet samples {samples['candidates']} vs {samples['naive_candidates']}")
     return {
         "label": config.label or None,
         "device": torch.cuda.get_device_name() if dev.startswith("cuda") else f"cpu ({platform.machine()})",
         "size": config.size,
         "candidates": config.candidates,
         "repeat": config.repeat,
+        "warmup": config.warmup,
         "seconds": median,
         "naive_candidates_seconds": naive_s,
-        "speedup_vs_naive": naive_s / median["candidates"] if median["candidates"] > 0 else None,
+        "speedup_vs_naive": naive_s / median["candidates"] if naive_s and median["candidates"] > 0 else None,
         "peak_memory_mb": peak,
         "naive_max_abs_diff": diff,
+        "unet_samples": samples,
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "channels_last": config.channels_last,
+        "tile": config.tile,
         "backbone": engine.restorer.describe(),
         "prior": engine.prior.describe(),
         "candidate_config": {**tpo.candidates.__dict__, "strengths": list(tpo.candidates.strengths)},
@@ -282,6 +345,12 @@ def _parse(argv: list[str] | None) -> tuple[BenchConfig, bool]:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: every CPU this process may use)")
     p.add_argument("--channels-last", action="store_true", help="channels-last weights (measured suggestion)")
+    p.add_argument("--tile", type=int, default=DEFAULT_TILE,
+                   help="the diffusion denoiser runs on tiles of this many pixels (with 1/8 overlap) above it; 0: off")
+    p.add_argument("--steps", type=int, default=0, help="candidate DDIM steps (0: the engine's default)")
+    p.add_argument("--refine-steps", type=int, default=0, help="refinement DDIM steps (0: the engine's default)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed warm-up rounds before the timed ones")
+    p.add_argument("--no-naive", action="store_true", help="skip the naive per-candidate loop (large images)")
     p.add_argument("--label", default="", help="free text stored in the JSON (shown by scripts/bench_table.py)")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object on stdout")
     a = p.parse_args(argv)
@@ -293,13 +362,18 @@ def _parse(argv: list[str] | None) -> tuple[BenchConfig, bool]:
         p.error("--repeat must be in 1..100")
     if a.threads < 0:
         p.error("--threads must be >= 0")
+    if a.tile and a.tile < 32:
+        p.error("--tile must be 0 (off) or at least 32 pixels")
+    if a.steps < 0 or a.refine_steps < 0 or a.warmup < 0:
+        p.error("--steps, --refine-steps and --warmup must be >= 0")
     if not (a.device == "cpu" or a.device.startswith("cuda")):
         p.error(f"--device must be cpu, cuda or cuda:N, got {a.device!r}")
     if a.device.startswith("cuda") and not torch.cuda.is_available():
         p.error("--device cuda asked for, but torch sees no CUDA device")
     return BenchConfig(size=a.size, candidates=a.candidates, device=a.device, repeat=a.repeat,
                        backbone=a.backbone, prior=a.prior, seed=a.seed, threads=a.threads,
-                       channels_last=a.channels_last, label=a.label), a.json
+                       channels_last=a.channels_last, tile=a.tile, steps=a.steps, refine_steps=a.refine_steps,
+                       warmup=a.warmup, naive=not a.no_naive, label=a.label), a.json
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -322,9 +396,11 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result))
     else:
         s = result["seconds"]
-        print(" ".join(f"{k}={s[k]:.3f}s" for k in s) + f" naive={result['naive_candidates_seconds']:.3f}s "
-              f"speedup={result['speedup_vs_naive']:.2f}x peak={result['peak_memory_mb']:.0f}MB "
-              f"diff={result['naive_max_abs_diff']:.1e}")
+        line = " ".join(f"{k}={s[k]:.3f}s" for k in s) + f" peak={result['peak_memory_mb']:.0f}MB"
+        if result["naive_candidates_seconds"] is not None:
+            line += (f" naive={result['naive_candidates_seconds']:.3f}s speedup={result['speedup_vs_naive']:.2f}x "
+                     f"diff={result['naive_max_abs_diff']:.1e}")
+        print(line)
     return 0
 
 

@@ -22,7 +22,7 @@ STAGES = ("restore", "candidates", "select", "refine", "round")
 REQUIRED = ("device", "size", "candidates", "seconds", "naive_candidates_seconds", "speedup_vs_naive",
             "peak_memory_mb", "naive_max_abs_diff", "threads", "torch")
 HEADER = ("run", "device", "size", "K", "threads", "backbone", *(f"{s} s" for s in STAGES), "naive cand. s",
-          "speed-up", "naive max diff", "peak MB", "torch")
+          "speed-up", "naive max diff", "peak MB", "torch", "inversion", "UNet samples (batched / naive)")
 
 
 def load_result(path: Path) -> dict[str, Any]:
@@ -46,14 +46,19 @@ def table_row(result: dict[str, Any], name: str) -> list[str]:
     backbone = result.get("backbone")
     backbone = backbone.get("name", "?") if isinstance(backbone, dict) else str(backbone or "?")
     label = result.get("label") or name
-    speedup = result["speedup_vs_naive"]
+    speedup, naive, diff = result["speedup_vs_naive"], result["naive_candidates_seconds"], result["naive_max_abs_diff"]
+    method = (result.get("candidate_config") or {}).get("method", "?")
+    samples = result.get("unet_samples") or {}
+    counts = (f"{samples['candidates']} / {samples['naive_candidates']}"
+              if {"candidates", "naive_candidates"} <= set(samples) else "n/a")
     return [
         _cell(label), _cell(result["device"]), str(result["size"]), str(result["candidates"]),
         str(result["threads"]), _cell(backbone),
         *(f"{result['seconds'][s]:.3f}" for s in STAGES),
-        f"{result['naive_candidates_seconds']:.3f}",
+        f"{naive:.3f}" if naive is not None else "n/a",
         f"{speedup:.2f}x" if speedup is not None else "n/a",
-        f"{result['naive_max_abs_diff']:.1e}", f"{result['peak_memory_mb']:.0f}", _cell(result["torch"]),
+        f"{diff:.1e}" if diff is not None else "n/a", f"{result['peak_memory_mb']:.0f}", _cell(result["torch"]),
+        _cell(method), counts,
     ]
 
 

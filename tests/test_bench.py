@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from restoration.bench import bench_input, main, naive_candidates, respaced_betas
+from restoration.bench import BenchConfig, bench_input, main, naive_candidates, respaced_betas, run_bench
 from restoration.diffusion.candidates import CandidateConfig, plan_candidates, sample_candidates
 from restoration.diffusion.priors import PixelPriorConfig, build_pixel_unet, pixel_prior_from_unet, save_pixel_prior
 
@@ -38,16 +38,19 @@ def test_respaced_betas_reproduce_alpha_bar(tiny_prior):
     torch.testing.assert_close(torch.cumprod(1 - betas, 0).float(), tiny_prior.alphas_cumprod[ts])
 
 
-@pytest.mark.parametrize("method,eta", [("ddim_inversion", 0.5), ("forward_noise", 1.0)])
+@pytest.mark.parametrize("method,eta", [("ddim_ladder_inversion", 0.5), ("ddim_inversion", 0.5),
+                                        ("forward_noise", 1.0)])
 def test_naive_loop_matches_batched_candidates(tiny_prior, method, eta):
-    cfg = CandidateConfig(num_candidates=3, strengths=(0.15, 0.25, 0.4), steps=3, method=method, eta=eta, seed=7)
+    # 0.25 lies between two ladder rungs; the repeated 0.15 shares its inversion and first step when batched
+    cfg = CandidateConfig(num_candidates=4, strengths=(0.15, 0.25, 0.4), steps=3, method=method, eta=eta, seed=7)
     metas = plan_candidates(cfg, tiny_prior)
     x = bench_input(32)
     batched = sample_candidates(x, tiny_prior, metas)
     naive = naive_candidates(x, tiny_prior, metas)
-    assert naive.shape == batched.shape == (3, 3, 32, 32)
+    assert naive.shape == batched.shape == (4, 3, 32, 32)
     assert (naive - batched).abs().max() < 1e-4
     assert (batched[0] - batched[2]).abs().max() > 1e-3  # different strengths/seeds really differ
+    assert (batched[0] - batched[3]).abs().max() > 1e-3
 
 
 def test_command_prints_the_json_contract(tmp_path, tiny_prior):
@@ -65,6 +68,21 @@ def test_command_prints_the_json_contract(tmp_path, tiny_prior):
     assert result["naive_candidates_seconds"] > 0 and result["speedup_vs_naive"] > 0
     assert result["peak_memory_mb"] > 10
     assert result["prior"]["kind"] == "pixel"
+    # 2 candidates (strengths 0.1, 0.2): ladder to 0.2 once (4) + 2 x 4 steps; naive 2 + 4 rungs + 2 x 4
+    assert result["unet_samples"] == {"candidates": 12, "refine": 16, "naive_candidates": 14}
+
+
+def test_large_image_options_tile_and_skip_the_naive_loop(tmp_path, tiny_prior):
+    save_pixel_prior(tmp_path / "prior", tiny_prior.unet, TINY)
+    config = BenchConfig(size=96, candidates=2, repeat=1, backbone="nlm", prior=str(tmp_path / "prior"),
+                         threads=1, tile=48, steps=2, refine_steps=2, warmup=0, naive=False)
+    result = run_bench(config)
+    assert result["naive_candidates_seconds"] is None and result["speedup_vs_naive"] is None
+    assert result["naive_max_abs_diff"] is None and result["tile"] == 48
+    # tile 48 with overlap 6 -> 4 rounded to the U-Net multiple: 3 x 3 tiles of a 96 px image per call;
+    # candidates: ladder to 0.2 (4 rungs) + 2 steps x 2 rows; refine: 2 + 2 steps of one row
+    assert result["unet_samples"] == {"candidates": 9 * (4 + 4), "refine": 9 * 4}
+    assert result["candidate_config"]["steps"] == 2 and result["refine_config"]["steps"] == 2
 
 
 def test_command_errors_clearly(tmp_path, capsys):
@@ -81,18 +99,25 @@ def test_bench_table_rewrites_only_its_section(tmp_path):
     seconds = {"restore": 0.1, "candidates": 1.0, "select": 0.2, "refine": 0.5, "round": 1.8}
     result = {"device": "cpu (x86_64)", "size": 64, "candidates": 8, "seconds": seconds, "threads": 2,
               "naive_candidates_seconds": 3.0, "speedup_vs_naive": 3.0, "peak_memory_mb": 900.0,
-              "naive_max_abs_diff": 1e-6, "torch": "2.x", "label": "a | b", "backbone": {"name": "nlm"}}
+              "naive_max_abs_diff": 1e-6, "torch": "2.x", "label": "a | b", "backbone": {"name": "nlm"},
+              "candidate_config": {"method": "ddim_ladder_inversion"},
+              "unet_samples": {"candidates": 36, "refine": 16, "naive_candidates": 72}}
     (tmp_path / "r.json").write_text(json.dumps(result))
+    large = {**result, "label": "big", "naive_candidates_seconds": None, "speedup_vs_naive": None,
+             "naive_max_abs_diff": None, "unet_samples": {"candidates": 36, "refine": 16}}
+    (tmp_path / "large.json").write_text(json.dumps(large))
     (tmp_path / "bad.json").write_text(json.dumps({"size": 64}))
     doc = tmp_path / "B.md"
     doc.write_text("intro\n<!-- bench-table:begin x -->\nold\n<!-- bench-table:end -->\noutro\n")
     script = [sys.executable, str(ROOT / "scripts" / "bench_table.py")]
     for _ in range(2):  # idempotent
-        done = subprocess.run([*script, str(tmp_path / "r.json"), "--write", str(doc)],
+        done = subprocess.run([*script, str(tmp_path / "r.json"), str(tmp_path / "large.json"), "--write", str(doc)],
                               capture_output=True, text=True, check=False)
         assert done.returncode == 0, done.stderr
     text = doc.read_text()
     assert text.startswith("intro\n") and text.endswith("outro\n") and "old" not in text
     assert "| a \\| b | cpu (x86_64) | 64 | 8 | 2 | nlm | 0.100 | 1.000 |" in text and "3.00x" in text
+    assert "| ddim_ladder_inversion | 36 / 72 |" in text
+    assert "| 1.800 | n/a | n/a | n/a | 900 | 2.x | ddim_ladder_inversion | n/a |" in text  # no naive loop
     bad = subprocess.run([*script, str(tmp_path / "bad.json")], capture_output=True, text=True, check=False)
     assert bad.returncode == 2 and "missing" in bad.stderr and "naive_max_abs_diff" in bad.stderr

@@ -1,4 +1,5 @@
-"""Stage (i): DDIM inversion, candidate count, seed determinism, batched == looped, regeneration."""
+"""Stage (i): DDIM inversion (grid and shared ladder), candidate count, seed determinism, batched == looped,
+shared work, regeneration."""
 from __future__ import annotations
 
 import pytest
@@ -11,13 +12,20 @@ from restoration.diffusion.candidates import (
     regenerate,
     sample_candidates,
 )
-from restoration.diffusion.inversion import ddim_invert, forward_noise, invert
+from restoration.diffusion.inversion import (
+    ddim_invert,
+    ddim_ladder_invert,
+    forward_noise,
+    invert,
+    ladder_path,
+    ladder_stride,
+)
 from restoration.diffusion.priors import (
     PixelPriorConfig,
     build_pixel_unet,
     pixel_prior_from_unet,
 )
-from restoration.diffusion.sampling import ddim_sample, make_model_fn, timestep_grid
+from restoration.diffusion.sampling import ddim_sample, make_model_fn, share_identical_rows, timestep_grid
 
 TINY = PixelPriorConfig(block_out_channels=(16, 32), norm_num_groups=8, pixel_unshuffle=2)
 
@@ -55,6 +63,72 @@ def test_ddim_inversion_then_denoising_reconstructs(prior, restored):
         invert("sdedit", prior.eps, z0, grid, prior.alphas_cumprod)
 
 
+def test_ladder_path_and_stride():
+    assert ladder_stride(1000) == 50 and ladder_stride(10) == 1
+    assert ladder_path(200, 50) == [50, 100, 150, 200]
+    assert ladder_path(230, 50) == [50, 100, 150, 200, 230]  # off the ladder: one last partial step
+    assert ladder_path(30, 50) == [30]
+    with pytest.raises(ValueError, match="t0 and stride must be >= 1"):
+        ladder_path(0, 50)
+
+
+def _unet_samples(prior):
+    """A list that fills with the batch size of every UNet call, and the hook's handle."""
+    seen: list[int] = []
+    return seen, prior.unet.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[0]))
+
+
+def test_shared_ladder_equals_each_path_alone(prior, restored):
+    z0 = prior.encode(restored)
+    targets = [100, 230, 400, 50]  # 230 is off the ladder; 50 is the first rung
+    seen, hook = _unet_samples(prior)
+    try:
+        shared = ddim_ladder_invert(prior.eps, z0, targets, prior.alphas_cumprod)
+    finally:
+        hook.remove()
+    assert sorted(shared) == sorted(targets)
+    # one trajectory: 8 rungs up to 400, the step to 230 rides along with the step to 250
+    assert len(seen) == 8 and sum(seen) == 9
+    for t0 in targets:  # each equals its own path inverted alone by the grid inverter
+        path = torch.tensor(ladder_path(t0, 50)).flip(0)[None]
+        alone = ddim_invert(prior.eps, z0, path, prior.alphas_cumprod)
+        torch.testing.assert_close(shared[t0], alone, atol=1e-5, rtol=0)
+    grid = timestep_grid([0.1, 0.4], 2, prior.num_train_timesteps)
+    both = invert("ddim_ladder_inversion", prior.eps, z0, grid, prior.alphas_cumprod)
+    torch.testing.assert_close(both, torch.cat([shared[100], shared[400]]), atol=1e-6, rtol=0)
+
+
+def test_candidates_share_inversion_and_first_step(prior, restored):
+    cfg = CandidateConfig(num_candidates=8, strengths=(0.1, 0.2, 0.3, 0.4), steps=3)
+    seen, hook = _unet_samples(prior)
+    try:
+        cands = generate_candidates(restored, prior, cfg)
+    finally:
+        hook.remove()
+    # 8 ladder rungs once (not 2 + 4 + 6 + 8 twice), 4 distinct first steps, then 8 rows for 2 steps
+    assert seen == [1] * 8 + [4, 8, 8]
+    looped = torch.cat([sample_candidates(restored, prior, [c.meta], max_batch=1) for c in cands])
+    torch.testing.assert_close(torch.cat([c.image for c in cands]), looped, atol=1e-4, rtol=0)
+
+
+def test_share_identical_rows_evaluates_each_distinct_row_once():
+    calls = []
+
+    def model_fn(z, t):
+        calls.append(z.shape[0])
+        return z * 2 + t.view(-1, 1, 1, 1), z - 1
+
+    z = torch.rand(3, 2, 4, 4)
+    batch = torch.cat([z[:1], z[1:2], z[:1], z[2:3], z[:1]])
+    t = torch.tensor([5, 5, 5, 5, 7])  # the last row has row 0's z but another timestep
+    x0, eps = share_identical_rows(model_fn)(batch, t)
+    assert calls == [4]
+    ref_x0, ref_eps = model_fn(batch, t)
+    assert torch.equal(x0, ref_x0) and torch.equal(eps, ref_eps)
+    share_identical_rows(model_fn)(z, torch.tensor([1, 2, 3]))
+    assert calls[-1] == 3
+
+
 def test_candidate_count_and_seed_determinism(prior, restored):
     cfg = CandidateConfig(num_candidates=5, steps=2, strengths=(0.1, 0.3))
     a = generate_candidates(restored, prior, cfg)
@@ -75,10 +149,12 @@ def test_batched_equals_looped_and_mixed_groups(prior, restored):
     metas = [CandidateMeta(seed=s, strength=st, steps=steps, method=m, eta=1.0, prior_id=prior.prior_id,
                            weights_hash=prior.weights_hash)
              for s, st, steps, m in [(0, 0.1, 2, "ddim_inversion"), (1, 0.4, 2, "ddim_inversion"),
-                                     (2, 0.2, 3, "forward_noise"), (3, 0.25, 2, "ddim_inversion")]]
-    batched = sample_candidates(restored, prior, metas, max_batch=8)
+                                     (2, 0.2, 3, "forward_noise"), (3, 0.25, 2, "ddim_inversion"),
+                                     (4, 0.25, 2, "ddim_ladder_inversion"), (5, 0.4, 3, "ddim_ladder_inversion"),
+                                     (6, 0.1, 2, "ddim_inversion")]]
+    batched = sample_candidates(restored, prior, metas, max_batch=3)
     looped = torch.cat([sample_candidates(restored, prior, [m], max_batch=1) for m in metas])
-    assert batched.shape == (4, 3, 36, 40)
+    assert batched.shape == (7, 3, 36, 40)
     assert torch.allclose(batched, looped, atol=1e-4)
 
 

@@ -1,7 +1,11 @@
 """TTPO stage (i): candidates by inverting the restored image to a strength and denoising it back.
 
-All candidates run as one batch per step: each sample carries its own timestep grid (its strength)
-and its own seeded generator (its noise), so batched and one-at-a-time give the same images.
+Work is shared wherever the math makes it identical: every "ddim_ladder_inversion" candidate starts
+from one shared deterministic inversion trajectory (see `inversion`), "ddim_inversion" candidates of
+equal strength and steps share one inversion, and the denoiser runs once for identical rows of a
+batch (the first step of equal-strength candidates). All candidates then denoise as one batch per
+step: each sample carries its own timestep grid (its strength) and its own seeded generator (its
+noise), so batched and one-at-a-time give the same images.
 Pure DDIM inversion + eta = 0 denoising would ignore the seed; the default eta > 0 re-noises at each
 step from the candidate's seed, which is what makes seeds differ. eta = 0.5 was picked by measurement
 on the shipped prior: eta = 1 with 4 steps leaves visible noise at strength 0.4, eta = 0.3 gives
@@ -16,9 +20,15 @@ from typing import Any
 
 import torch
 
-from restoration.diffusion.inversion import INVERSION_METHODS, invert
+from restoration.diffusion.inversion import INVERSION_METHODS, ddim_invert, ddim_ladder_invert, invert
 from restoration.diffusion.priors import DiffusionPrior
-from restoration.diffusion.sampling import ddim_sample, make_model_fn, timestep_grid
+from restoration.diffusion.sampling import (
+    ddim_sample,
+    make_model_fn,
+    share_identical_rows,
+    start_timestep,
+    timestep_grid,
+)
 
 
 @dataclass(frozen=True)
@@ -56,7 +66,7 @@ class CandidateConfig:
     num_candidates: int = 8
     strengths: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4)
     steps: int = 4
-    method: str = "ddim_inversion"
+    method: str = "ddim_ladder_inversion"
     eta: float = 0.5
     seed: int = 0
     max_batch: int = 8
@@ -88,31 +98,64 @@ def plan_candidates(config: CandidateConfig, prior: DiffusionPrior) -> list[Cand
     ]
 
 
+def start_latents(
+    z0: torch.Tensor, prior: DiffusionPrior, metas: Sequence[CandidateMeta], generators: Sequence[torch.Generator]
+) -> torch.Tensor:
+    """z_t (N, C, h, w) of every candidate at its start timestep, from z0 (1, C, h, w).
+
+    Deterministic inversions are computed once and shared: one ladder trajectory for all
+    "ddim_ladder_inversion" metas, one grid inversion per (strength, steps) for "ddim_inversion".
+    "forward_noise" draws the first noise from the candidate's generator.
+    """
+    T = prior.num_train_timesteps
+    t0 = [start_timestep(m.strength, T) for m in metas]
+    ladder = [t for t, m in zip(t0, metas) if m.method == "ddim_ladder_inversion"]
+    reached = ddim_ladder_invert(prior.eps, z0, ladder, prior.alphas_cumprod) if ladder else {}
+    by_pair: dict[tuple[float, int], torch.Tensor] = {}
+    pairs = sorted({(m.strength, m.steps) for m in metas if m.method == "ddim_inversion"})
+    for steps in sorted({st for _, st in pairs}):  # one batch per grid width
+        strengths = [s for s, st in pairs if st == steps]
+        z_t = ddim_invert(prior.eps, z0.expand(len(strengths), -1, -1, -1), timestep_grid(strengths, steps, T),
+                          prior.alphas_cumprod)
+        by_pair.update({(s, steps): z_t[j : j + 1] for j, s in enumerate(strengths)})
+    rows = []
+    for i, m in enumerate(metas):
+        if m.method == "ddim_ladder_inversion":
+            rows.append(reached[t0[i]])
+        elif m.method == "ddim_inversion":
+            rows.append(by_pair[(m.strength, m.steps)])
+        else:
+            grid = timestep_grid([m.strength], m.steps, T)
+            rows.append(invert(m.method, prior.eps, z0, grid, prior.alphas_cumprod, [generators[i]]))
+    return torch.cat(rows)
+
+
 @torch.no_grad()
 def sample_candidates(
     restored: torch.Tensor, prior: DiffusionPrior, metas: Sequence[CandidateMeta], max_batch: int = 8
 ) -> torch.Tensor:
     """restored (1, 3, H, W) in [0, 1] -> (N, 3, H, W) in [0, 1], one image per meta, batched.
 
-    Metas are grouped by (steps, method, eta) and each group runs in chunks of `max_batch`:
-    per step one forward pass over the whole chunk, strengths as per-sample timesteps.
+    Start latents come from `start_latents` (shared inversions); then metas are grouped by
+    (steps, eta) and each group denoises in chunks of `max_batch`: per step one forward pass over the
+    chunk's distinct rows, strengths as per-sample timesteps.
     """
     if restored.ndim != 4 or restored.shape[0] != 1 or restored.shape[1] != 3:
         raise ValueError(f"restored must be (1, 3, H, W), got {tuple(restored.shape)}")
     size = tuple(restored.shape[-2:])
     z0 = prior.encode(restored)
+    gens = [torch.Generator().manual_seed(int(m.seed)) for m in metas]
+    z_start = start_latents(z0, prior, metas, gens)
     out: list[torch.Tensor | None] = [None] * len(metas)
-    model_fn = make_model_fn(prior)
-    key = lambda i: (metas[i].steps, metas[i].method, metas[i].eta)
-    for (steps, method, eta), group in groupby(sorted(range(len(metas)), key=key), key=key):
+    model_fn = share_identical_rows(make_model_fn(prior))
+    key = lambda i: (metas[i].steps, metas[i].eta)
+    for (steps, eta), group in groupby(sorted(range(len(metas)), key=key), key=key):
         idx = list(group)
         for start in range(0, len(idx), max_batch):
             chunk = idx[start : start + max_batch]
             grid = timestep_grid([metas[i].strength for i in chunk], steps, prior.num_train_timesteps)
-            gens = [torch.Generator().manual_seed(int(metas[i].seed)) for i in chunk]
-            z = z0.expand(len(chunk), -1, -1, -1)
-            z_t = invert(method, prior.eps, z, grid, prior.alphas_cumprod, gens)
-            z_0 = ddim_sample(model_fn, z_t, grid, prior.alphas_cumprod, eta=eta, generators=gens)
+            z_0 = ddim_sample(model_fn, z_start[chunk], grid, prior.alphas_cumprod, eta=eta,
+                              generators=[gens[i] for i in chunk])
             images = prior.decode(z_0, size)
             for j, i in enumerate(chunk):
                 out[i] = images[j : j + 1]

@@ -59,6 +59,32 @@ def make_model_fn(prior: DiffusionPrior) -> ModelFn:
     return model_fn
 
 
+def share_identical_rows(model_fn: ModelFn) -> ModelFn:
+    """Wrap model_fn so that rows of a batch with equal timestep and equal z_t are evaluated once.
+
+    Candidates of one strength leave the shared inversion with the same z_t, so their first
+    denoising step is the same computation; later steps differ (fresh noise per seed) and pass through.
+    """
+
+    def shared(z_t: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        t = t.reshape(-1).expand(z_t.shape[0])
+        unique: list[int] = []  # the first row of each distinct (t, z_t)
+        where: list[int] = []  # row i's position in `unique`
+        for i in range(z_t.shape[0]):
+            k = next((k for k, j in enumerate(unique) if t[j] == t[i] and torch.equal(z_t[j], z_t[i])), None)
+            if k is None:
+                k = len(unique)
+                unique.append(i)
+            where.append(k)
+        if len(unique) == len(where):
+            return model_fn(z_t, t)
+        x0, eps = model_fn(z_t[unique], t[unique])
+        index = torch.tensor(where, device=x0.device)
+        return x0[index], eps[index]
+
+    return shared
+
+
 def per_sample_noise(shape: Sequence[int], generators: Sequence[torch.Generator], device) -> torch.Tensor:
     """Gaussian noise of `shape` (B, ...), row i drawn on the CPU from generators[i] (device-independent)."""
     if len(generators) != shape[0]:
