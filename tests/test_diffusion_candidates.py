@@ -111,6 +111,23 @@ def test_candidates_share_inversion_and_first_step(prior, restored):
     torch.testing.assert_close(torch.cat([c.image for c in cands]), looped, atol=1e-4, rtol=0)
 
 
+def test_large_images_denoise_in_smaller_chunks(prior, restored, monkeypatch):
+    import restoration.diffusion.candidates as candidates
+
+    cfg = CandidateConfig(num_candidates=4, strengths=(0.1, 0.2), steps=2)
+    whole = generate_candidates(restored, prior, cfg)
+    monkeypatch.setattr(candidates, "MAX_CHUNK_PIXELS", 2 * 36 * 40)  # room for two images of this size
+    seen, hook = _unet_samples(prior)
+    try:
+        chunked = generate_candidates(restored, prior, cfg)
+    finally:
+        hook.remove()
+    # ladder to 0.2, then a chunk per strength: its two seeds share the first step, not the second
+    assert seen == [1] * 4 + [1, 2, 1, 2]
+    for a, b in zip(whole, chunked):
+        torch.testing.assert_close(a.image, b.image, atol=1e-4, rtol=0)
+
+
 def test_share_identical_rows_evaluates_each_distinct_row_once():
     calls = []
 

@@ -31,6 +31,11 @@ from restoration.diffusion.sampling import (
 )
 
 
+#: at most this many z pixels (summed over the batch) denoise together: large images go in smaller
+#: chunks, which bounds memory; their tiles are large enough that batching would not speed them up.
+MAX_CHUNK_PIXELS = 8 * 1024 * 1024
+
+
 @dataclass(frozen=True)
 class CandidateMeta:
     """Everything needed to regenerate one candidate exactly from the restored image."""
@@ -137,8 +142,9 @@ def sample_candidates(
     """restored (1, 3, H, W) in [0, 1] -> (N, 3, H, W) in [0, 1], one image per meta, batched.
 
     Start latents come from `start_latents` (shared inversions); then metas are grouped by
-    (steps, eta) and each group denoises in chunks of `max_batch`: per step one forward pass over the
-    chunk's distinct rows, strengths as per-sample timesteps.
+    (steps, eta) and each group denoises in chunks of `max_batch` (fewer when the chunk would exceed
+    MAX_CHUNK_PIXELS): per step one forward pass over the chunk's distinct rows, strengths as
+    per-sample timesteps.
     """
     if restored.ndim != 4 or restored.shape[0] != 1 or restored.shape[1] != 3:
         raise ValueError(f"restored must be (1, 3, H, W), got {tuple(restored.shape)}")
@@ -146,10 +152,12 @@ def sample_candidates(
     z0 = prior.encode(restored)
     gens = [torch.Generator().manual_seed(int(m.seed)) for m in metas]
     z_start = start_latents(z0, prior, metas, gens)
+    max_batch = max(1, min(max_batch, MAX_CHUNK_PIXELS // (z0.shape[-2] * z0.shape[-1])))
     out: list[torch.Tensor | None] = [None] * len(metas)
     model_fn = share_identical_rows(make_model_fn(prior))
     key = lambda i: (metas[i].steps, metas[i].eta)
-    for (steps, eta), group in groupby(sorted(range(len(metas)), key=key), key=key):
+    order = sorted(range(len(metas)), key=lambda i: (*key(i), metas[i].strength))  # equal starts share chunks
+    for (steps, eta), group in groupby(order, key=key):
         idx = list(group)
         for start in range(0, len(idx), max_batch):
             chunk = idx[start : start + max_batch]
