@@ -43,6 +43,7 @@ class TrainConfig:
     grad_clip: float = 0.5
     seed: int = 0
     checkpoint_every: int = 250
+    dark_share: float = 0.15
     model: SIPLConfig = field(default_factory=SIPLConfig)
 
 
@@ -52,6 +53,16 @@ def learning_rate(step: int, cfg: TrainConfig) -> float:
         return cfg.lr * (step + 1) / cfg.warmup
     progress = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * progress))
+
+
+def darken_some(clean: torch.Tensor, rng: random.Random, share: float) -> torch.Tensor:
+    """Scale a `share` of the crops by a random exposure in [0.15, 0.7]: dark scenes whose target stays dark,
+    so the blind model learns that noise on a dark photo is not a call to brighten it."""
+    out = clean.clone()
+    for i in range(clean.shape[0]):
+        if rng.random() < share:
+            out[i] = clean[i] * rng.uniform(0.15, 0.7)
+    return out
 
 
 def degrade_batch(clean: torch.Tensor, rng: random.Random) -> tuple[torch.Tensor, list[str]]:
@@ -104,7 +115,7 @@ def train(cfg: TrainConfig, sampler: CropSampler, out: Path, resume: bool, devic
     while step < cfg.steps:
         for group in opt.param_groups:
             group["lr"] = learning_rate(step, cfg)
-        clean = sampler.sample(cfg.batch, rng).to(device)
+        clean = darken_some(sampler.sample(cfg.batch, rng), rng, cfg.dark_share).to(device)
         degraded, _ = degrade_batch(clean, rng)
         loss = training_loss(net, degraded, clean, cfg.aux)
         opt.zero_grad(set_to_none=True)
@@ -128,7 +139,8 @@ def train(cfg: TrainConfig, sampler: CropSampler, out: Path, resume: bool, devic
 
 def _training_facts(cfg: TrainConfig, step: int, elapsed: float, history: list) -> dict:
     return {"steps": step, "seconds": round(elapsed, 1), "batch": cfg.batch, "crop": cfg.crop, "lr": cfg.lr,
-            "aux": cfg.aux, "seed": cfg.seed, "final_loss": history[-1][1] if history else None}
+            "aux": cfg.aux, "seed": cfg.seed, "dark_share": cfg.dark_share,
+            "final_loss": history[-1][1] if history else None}
 
 
 def _tuple_state(obj):
