@@ -82,8 +82,8 @@ def annotate_tab(service: FeedbackService) -> None:
     with gr.Row():
         with gr.Column():
             sample = gr.Dropdown(ui.sample_names(), value=None, label="Bundled sample", elem_id="sample")
-            image = gr.Image(type="filepath", label="Image to restore", sources=["upload", "clipboard"],
-                             elem_id="upload", height=256)
+            image = ui.UploadedImage(type="filepath", label="Image to restore", sources=["upload", "clipboard"],
+                                     elem_id="upload", height=256)
             degradation = gr.Dropdown(list(ui.DEGRADATION_EXAMPLES), value="none", allow_custom_value=True,
                                       label="Synthesize a degradation (the clean image is kept as ground truth)",
                                       elem_id="degradation")

@@ -48,6 +48,25 @@ def bind(service: Any, fn: Callable) -> Callable:
     return handler
 
 
+class UploadedImage(gr.Image):
+    """An image input whose uploaded file reaches `feedback.uploads` untouched.
+
+    gr.Image opens every upload with Pillow before any handler runs, so a text file, an archive or a
+    decompression bomb failed there with a generic error. This one passes the file's path on (pasted
+    images, which arrive as data URLs, still go through gr.Image), and the restore handler's decoder
+    answers with a message naming what is allowed.
+    """
+
+    is_template = True  # rendered by the page as the gr.Image it extends
+
+    def preprocess(self, payload: Any) -> Any:
+        if payload is None or (payload.url and payload.url.startswith("data:")):
+            return super().preprocess(payload)
+        if payload.path is None:
+            raise gr.Error("the upload arrived without a file; upload the image again")
+        return str(payload.path)
+
+
 def user_errors(fn: Callable) -> Callable:
     """Show a FeedbackError (bad input, unknown id, busy engine) to the person instead of a stack trace."""
 

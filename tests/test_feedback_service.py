@@ -260,3 +260,22 @@ def test_prior_is_chosen_per_round_and_recorded(two_priors):
         rnd = s.get(Round, nxt.round_id)
         assert rnd.params["prior"] == "other" and rnd.prior_weights_hash == facts["other"]["weights_hash"]
     assert service.history(session_id)[-1]["prior"] == "other"
+
+
+def test_page_upload_of_a_non_image_gets_the_decoders_message(service, tmp_path):
+    """The page's image input hands the file to feedback.uploads untouched: a text file, an archive or a
+    decompression bomb gets the message naming what is allowed, not Pillow's error inside Gradio."""
+    from gradio.data_classes import FileData
+
+    state, _ = ui.sign_in(service, "Uploader", {})
+    component = ui.UploadedImage(type="filepath")
+    cases = {"notes.txt": b"just some text\n", "photos.zip": b"PK\x03\x04" + b"\0" * 40,
+             "drawing.svg": b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"/>'}
+    for name, data in cases.items():
+        (tmp_path / name).write_bytes(data)
+        path = component.preprocess(FileData(path=str(tmp_path / name), orig_name=name))
+        assert path == str(tmp_path / name)
+        with pytest.raises(gr.Error) as info:
+            ui.restore(service, state, path, "none", "nlm", 3)
+        assert "PNG, JPEG" in info.value.message, info.value.message
+    assert service.history(state["session_id"]) == []  # nothing recorded for refused uploads
