@@ -118,6 +118,6 @@ def test_bench_table_rewrites_only_its_section(tmp_path):
     assert text.startswith("intro\n") and text.endswith("outro\n") and "old" not in text
     assert "| a \\| b | cpu (x86_64) | 64 | 8 | 2 | nlm | 0.100 | 1.000 |" in text and "3.00x" in text
     assert "| ddim_ladder_inversion | 36 / 72 |" in text
-    assert "| 1.800 | n/a | n/a | n/a | 900 | 2.x | ddim_ladder_inversion | n/a |" in text  # no naive loop
+    assert "| 1.800 | n/a | n/a | n/a | 900 | 2.x | ddim_ladder_inversion | 36 / n/a |" in text  # no naive loop
     bad = subprocess.run([*script, str(tmp_path / "bad.json")], capture_output=True, text=True, check=False)
     assert bad.returncode == 2 and "missing" in bad.stderr and "naive_max_abs_diff" in bad.stderr
