@@ -100,7 +100,10 @@ class _SQLiteWriters:
 
     def _release(self, info: dict) -> None:
         for _ in range(info.pop(_HOLDS_WRITE_LOCK, 0)):
-            self.lock.release()
+            try:
+                self.lock.release()
+            except RuntimeError:  # released from another thread (a connection collected elsewhere): not ours
+                break
 
 
 def make_engine(url: str, *, echo: bool = False) -> Engine:
