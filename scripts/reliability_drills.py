@@ -16,8 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import threading
-import time
 from dataclasses import asdict
 from pathlib import Path
 from tempfile import TemporaryDirectory
@@ -25,26 +23,14 @@ from tempfile import TemporaryDirectory
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from sqlalchemy import create_engine, text  # noqa: E402
-
-from feedback.loadtest import (  # noqa: E402
+from feedback.loadtest import (
     LoadConfig,
-    LoadReport,
     create_session_round,
-    database_problems,
     generation_burst,
-    persisted_votes,
-    resend,
     run_load,
-    run_votes,
-    verify,
 )
-from tests.app_server import running_app  # noqa: E402
-from tests.pg import PostgresUnavailable, postgres_server  # noqa: E402
-
-
-def sqlite_url(data_dir: Path) -> str:
-    return f"sqlite:///{data_dir / 'ttpo.sqlite3'}"
+from tests.app_server import crash_drill, running_app, sqlite_url
+from tests.pg import PostgresUnavailable, postgres_server
 
 
 def load_sqlite(root: Path, cfg: LoadConfig, burst: int) -> dict:
@@ -53,47 +39,6 @@ def load_sqlite(root: Path, cfg: LoadConfig, burst: int) -> dict:
         out = asdict(report) | {"ok": report.ok}
         if burst:
             out["burst"] = generation_burst(server.url, burst)
-    return out
-
-
-def crash_once(data_dir: Path, min_votes: int, log) -> dict:
-    """One kill in a stream of votes; returns what was acknowledged, found and recovered."""
-    db_url = sqlite_url(data_dir)
-    with running_app(data_dir) as server:
-        targets = [create_session_round(server.url, seed) for seed in range(2)]
-        result: dict = {}
-        cfg = LoadConfig(clients=4, votes=5000, sessions=2, retry_fraction=0.05, time_limit_s=120)
-        voters = threading.Thread(target=lambda: result.update(votes=run_votes([server.url], targets, cfg)[0]))
-        voters.start()
-        engine = create_engine(db_url)
-        with engine.connect() as conn:
-            before = conn.execute(text("SELECT count(*) FROM choices")).scalar()
-        t0 = time.monotonic()
-        while time.monotonic() - t0 < 60:
-            time.sleep(0.1)
-            with engine.connect() as conn:
-                if conn.execute(text("SELECT count(*) FROM choices")).scalar() - before >= min_votes:
-                    break
-        engine.dispose()
-        server.process.kill()
-        server.process.wait(timeout=30)
-        voters.join(timeout=120)
-    votes = result["votes"]
-    acked = [v for v in votes if v.acked]
-    unanswered = [v for v in votes if not v.acked]
-    with running_app(data_dir) as server:
-        problems = database_problems(db_url)
-        stored = persisted_votes(db_url, votes)
-        acked_once = sum(len(stored.get((v.round_id, v.key), [])) == 1 for v in acked)
-        unanswered_stored = sum(len(stored.get((v.round_id, v.key), [])) for v in unanswered)
-        counts = resend(unanswered, server.url)
-    final = verify(db_url, votes, LoadReport(clients=4, votes_per_client=0, sessions=2, urls=1))
-    out = {"acknowledged_before_kill": len(acked), "unanswered_at_kill": len(unanswered),
-           "acknowledged_found_once": acked_once, "unanswered_found_stored": unanswered_stored,
-           "integrity_problems_after_restart": problems, "resent": counts,
-           "after_resend": {"persisted": final.persisted, "lost": final.lost, "duplicated": final.duplicated,
-                            "mismatched": final.mismatched}}
-    log(f"kill: {json.dumps(out)}")
     return out
 
 
@@ -137,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         kills = []
         for i in range(a.kills):
             log(f"crash drill {i + 1}/{a.kills} ...")
-            kills.append(crash_once(root / "crash" / "data", min_votes=40 + 40 * i, log=log))
+            kills.append(crash_drill(root / "crash" / "data", min_votes=40 + 40 * i))
+            log(f"kill: {json.dumps(kills[-1])}")
         report["crash"] = kills
         if not a.no_postgres:
             log("PostgreSQL, one and two replicas ...")

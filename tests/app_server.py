@@ -3,6 +3,8 @@
 Engine settings are tiny (2 candidates, 2 diffusion steps each way); the backbone is sipl when its
 weights are installed, else the weight-free nlm. `running_app(tmp)` yields an `AppServer` once
 /api/v1/health reports the engine loaded, and kills the process (by its pid) at the end.
+`crash_drill` kills one with SIGKILL in a stream of votes (used by tests/test_reliability.py and
+scripts/reliability_drills.py).
 """
 
 from __future__ import annotations
@@ -11,15 +13,29 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
+from sqlalchemy import create_engine, text
 
-from feedback.loadtest import png_bytes  # noqa: F401 - re-exported for the tests
+from feedback.loadtest import (
+    LoadConfig,
+    LoadReport,
+    Vote,
+    create_session_round,
+    database_problems,
+    persisted_votes,
+    png_bytes,  # noqa: F401 - re-exported for the tests
+    resend,
+    run_votes,
+    verify,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 ADMIN_TOKEN = "test-admin-token"
@@ -75,3 +91,54 @@ def running_app(data_dir: Path, extra_args: tuple[str, ...] = ()) -> Iterator[Ap
         proc.kill()
         proc.wait(timeout=30)
         log.close()
+
+
+def sqlite_url(data_dir: Path) -> str:
+    """The URL of the app's default SQLite database in `data_dir`."""
+    return f"sqlite:///{data_dir / 'ttpo.sqlite3'}"
+
+
+def crash_drill(data_dir: Path, min_votes: int, resend_acknowledged: int = 0) -> dict[str, Any]:
+    """SIGKILL the app (SQLite in `data_dir`) while 4 clients stream votes, once `min_votes` new votes are in;
+    restart it on the same files, check the record, and resend every unanswered vote (plus the first
+    `resend_acknowledged` acknowledged ones) with its own key. Returns what was acknowledged, found and recovered.
+    """
+    db_url = sqlite_url(data_dir)
+    with running_app(data_dir) as server:
+        targets = [create_session_round(server.url, seed) for seed in range(2)]
+        cfg = LoadConfig(clients=4, votes=5000, sessions=2, retry_fraction=0.05, time_limit_s=120)
+        result: dict[str, list[Vote]] = {}
+        voters = threading.Thread(target=lambda: result.update(votes=run_votes([server.url], targets, cfg)[0]))
+        engine = create_engine(db_url)
+        try:
+            with engine.connect() as conn:
+                before = conn.execute(text("SELECT count(*) FROM choices")).scalar()
+            voters.start()
+            t0 = time.monotonic()
+            while time.monotonic() - t0 < 60:  # kill with the clients still sending
+                time.sleep(0.1)
+                with engine.connect() as conn:
+                    if conn.execute(text("SELECT count(*) FROM choices")).scalar() - before >= min_votes:
+                        break
+        finally:
+            engine.dispose()
+        server.process.kill()  # SIGKILL: no shutdown handler runs
+        server.process.wait(timeout=30)
+        voters.join(timeout=120)
+    votes = result["votes"]
+    acked = [v for v in votes if v.acked]
+    unanswered = [v for v in votes if not v.acked]
+    with running_app(data_dir) as server:  # restart on the same files
+        problems = database_problems(db_url)
+        found = persisted_votes(db_url, votes)
+        stored = [len(found.get((v.round_id, v.key), [])) for v in unanswered]
+        acked_once = sum(len(found.get((v.round_id, v.key), [])) == 1 for v in acked)
+        counts = resend(unanswered + acked[:resend_acknowledged], server.url)
+    final = verify(db_url, votes, LoadReport(clients=4, votes_per_client=0, sessions=2, urls=1))
+    return {"acknowledged_before_kill": len(acked), "unanswered_at_kill": len(unanswered),
+            "acknowledged_found_once": acked_once, "unanswered_found_stored": sum(stored),
+            "unanswered_stored_more_than_once": sum(n > 1 for n in stored),
+            "integrity_problems_after_restart": problems, "resent": counts,
+            "after_resend": {"votes": len(votes), "persisted": final.persisted, "lost": final.lost,
+                             "duplicated": final.duplicated, "mismatched": final.mismatched,
+                             "integrity_problems": final.integrity_problems}}

@@ -7,8 +7,6 @@ functions (feedback.loadtest) with more kills and prints JSON.
 
 from __future__ import annotations
 
-import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -17,31 +15,27 @@ from sqlalchemy import create_engine, text
 
 from feedback.loadtest import (
     LoadConfig,
-    LoadReport,
     create_session_round,
-    database_problems,
     generation_burst,
-    persisted_votes,
-    resend,
     run_load,
-    run_votes,
-    verify,
 )
 
 try:
-    from tests.app_server import ADMIN_TOKEN, png_bytes, running_app
-    from tests.pg import postgres_url  # noqa: F401 - the PostgreSQL server fixture
+    from tests.app_server import (
+        ADMIN_TOKEN,
+        crash_drill,
+        png_bytes,
+        running_app,
+        sqlite_url,
+    )
+    from tests.pg import postgres_url
 except ImportError:  # pytest run from inside tests/
-    from app_server import ADMIN_TOKEN, png_bytes, running_app
+    from app_server import ADMIN_TOKEN, crash_drill, png_bytes, running_app, sqlite_url
     from pg import postgres_url  # noqa: F401
 
 API = "/api/v1"
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 LOAD = LoadConfig(clients=32, votes=25, sessions=8, time_limit_s=300)
-
-
-def _sqlite_url(data_dir) -> str:
-    return f"sqlite:///{data_dir / 'ttpo.sqlite3'}"
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +46,7 @@ def sqlite_server(tmp_path_factory):
 
 @pytest.mark.timeout(900)
 def test_32_clients_x_25_votes_on_sqlite_every_vote_once(sqlite_server):
-    report = run_load([sqlite_server.url], _sqlite_url(sqlite_server.data_dir), LOAD)
+    report = run_load([sqlite_server.url], sqlite_url(sqlite_server.data_dir), LOAD)
     print(f"\nSQLite load: {report.acknowledged} votes, latency ms {report.latency_ms}, {report.votes_per_s} votes/s")
     assert report.sent == LOAD.clients * LOAD.votes
     assert report.acknowledged == report.sent, report.errors
@@ -74,42 +68,18 @@ def test_generation_beyond_capacity_is_refused_with_a_retry_hint_never_dropped(s
 
 @pytest.mark.timeout(900)
 def test_sigkill_in_a_stream_of_votes_loses_no_acknowledged_vote(tmp_path):
-    data_dir = tmp_path / "data"
-    db_url = _sqlite_url(data_dir)
-    with running_app(data_dir) as server:
-        targets = [create_session_round(server.url, seed) for seed in range(2)]
-        cfg = LoadConfig(clients=4, votes=5000, sessions=2, retry_fraction=0.05, time_limit_s=120)
-        result: dict = {}
-        voters = threading.Thread(target=lambda: result.update(zip(("votes", "wall"), run_votes(
-            [server.url], targets, cfg))))
-        voters.start()
-        t0 = time.monotonic()
-        # Kill once a good number of votes are in, with the clients still sending.
-        while time.monotonic() - t0 < 60:
-            time.sleep(0.2)
-            with create_engine(db_url).connect() as conn:
-                if conn.execute(text("SELECT count(*) FROM choices")).scalar() >= 60:
-                    break
-        server.process.kill()  # SIGKILL: no shutdown handler runs
-        server.process.wait(timeout=30)
-        voters.join(timeout=120)
-    votes = result["votes"]
-    acked = [v for v in votes if v.acked]
-    unanswered = [v for v in votes if not v.acked]
-    assert len(acked) >= 60 and unanswered, "the kill must land in the middle of the stream"
-
-    with running_app(data_dir) as server:  # restart on the same files
-        assert database_problems(db_url) == []
-        stored = persisted_votes(db_url, votes)
-        assert all(len(stored.get((v.round_id, v.key), [])) == 1 for v in acked), "an acknowledged vote is missing"
-        assert all(len(stored.get((v.round_id, v.key), [])) <= 1 for v in unanswered)
-        # Clients retry what got no answer (and some acknowledged ones): each vote ends up stored exactly once.
-        counts = resend(unanswered + acked[:10], server.url)
-        assert counts["failed"] == 0 and counts["inconsistent"] == 0, counts
-        assert counts["already"] >= 10
-    report = verify(db_url, votes, LoadReport(clients=4, votes_per_client=0, sessions=2, urls=1))
-    assert report.lost == 0 and report.duplicated == 0 and report.mismatched == 0
-    assert report.persisted == len(votes) and report.integrity_problems == []
+    out = crash_drill(tmp_path / "data", min_votes=60, resend_acknowledged=10)
+    assert out["acknowledged_before_kill"] >= 60 and out["unanswered_at_kill"] > 0, \
+        "the kill must land in the middle of the stream"
+    assert out["integrity_problems_after_restart"] == []
+    assert out["acknowledged_found_once"] == out["acknowledged_before_kill"], "an acknowledged vote is missing"
+    assert out["unanswered_stored_more_than_once"] == 0
+    # Clients retry what got no answer (and some acknowledged ones): each vote ends up stored exactly once.
+    assert out["resent"]["failed"] == 0 and out["resent"]["inconsistent"] == 0, out["resent"]
+    assert out["resent"]["already"] >= 10
+    final = out["after_resend"]
+    assert final["lost"] == 0 and final["duplicated"] == 0 and final["mismatched"] == 0
+    assert final["persisted"] == final["votes"] and final["integrity_problems"] == []
 
 
 # ------------------------------------------------------------------------------ replicas on PostgreSQL
