@@ -31,19 +31,21 @@ from feedback.models import REASON_TAGS
 from feedback.ratelimit import RateLimit
 from feedback.service import FeedbackService
 from feedback.study_api import build_study_router
+from feedback.study_service import StudyService
 from feedback.uploads import UploadLimits
 
 OFFLINE_METRICS = ("piqe", "entropy")  # no downloaded weights needed
 PRIOR_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,39}")
 
 
-def build_demo(service: FeedbackService) -> gr.Blocks:
+def build_demo(service: FeedbackService, studies: StudyService | None = None) -> gr.Blocks:
     """The Gradio Blocks: the annotation flow and the admin tab; every event has an api_name, state holds ids only."""
+    studies = studies or StudyService(service)
     with gr.Blocks(title="TTPO: restore, compare, refine") as demo:
         with gr.Tab("Annotate", id="annotate", elem_id="annotate_tab"):
             annotate_tab(service)
         with gr.Tab("Admin", id="admin", elem_id="admin_tab"):
-            admin_tab(service)
+            admin_tab(studies)
     return demo
 
 
@@ -157,9 +159,9 @@ def annotate_tab(service: FeedbackService) -> None:
                   concurrency_limit=None)
 
 
-def admin_tab(service: FeedbackService) -> None:
+def admin_tab(studies: StudyService) -> None:
     """Studies, their analysis and the preference dataset export; every handler checks the admin token."""
-    bind = lambda fn: ui.bind(service, fn)  # noqa: E731
+    bind = lambda fn: ui.bind(studies, fn)  # noqa: E731
     gr.Markdown("## Admin\nStudies, their analysis and the preference dataset. Every action checks the admin "
                 "token on the server (`--admin-token` / `$TTPO_ADMIN_TOKEN`).")
     with gr.Row():
@@ -200,7 +202,8 @@ def admin_tab(service: FeedbackService) -> None:
 
     with gr.Accordion("Create a study", open=False):
         gr.Markdown("A study definition in JSON or YAML (fields: see `feedback/study.py`); image paths are read on "
-                    "the server. Every stimulus x condition is computed now, which can take a while.")
+                    "the server and checked now; every stimulus x condition is then computed in the background "
+                    "(the study list shows the progress).")
         with gr.Row():
             definition = gr.Code(language="yaml", label="Definition", elem_id="admin_definition")
             upload = gr.File(file_types=[".json", ".yaml", ".yml"], type="filepath", label="or upload a file")
@@ -218,14 +221,19 @@ def admin_tab(service: FeedbackService) -> None:
                      [export_file, admin_status], api_name="admin_export", concurrency_id="admin",
                      concurrency_limit=1)
     create_btn.click(bind(admin_ui.create_study), [token, definition, upload], [admin_status, *listed],
-                     api_name="admin_create_study", concurrency_id="engine", concurrency_limit=1)
+                     api_name="admin_create_study", concurrency_id="admin", concurrency_limit=1)
 
 
 def build_app(service: FeedbackService, queue_size: int = 16, rate_limit: RateLimit = RateLimit()) -> FastAPI:
-    """The FastAPI app: REST routes under /api/v1 and the Gradio Blocks mounted at /."""
+    """The FastAPI app: REST routes under /api/v1 and the Gradio Blocks mounted at /.
+
+    One StudyService serves the study routes and the admin tab; studies a killed process left 'preparing' are
+    prepared again now, in its background thread."""
+    studies = StudyService(service)
+    studies.resume_preparing()
     # user studies: /api/v1/studies..., /study/{id}
-    api = build_api(service, rate_limit, routers=[build_study_router(service)])
-    demo = build_demo(service).queue(default_concurrency_limit=1, max_size=queue_size)
+    api = build_api(service, rate_limit, routers=[build_study_router(service, studies)])
+    demo = build_demo(service, studies).queue(default_concurrency_limit=1, max_size=queue_size)
     # Gradio serves files only from the image store (plus its own upload cache), never the data folder itself.
     app = gr.mount_gradio_app(api, demo, path="/", allowed_paths=[str(service.images.root)], ssr_mode=False,
                               footer_links=["api"], max_file_size=service.limits.max_bytes)

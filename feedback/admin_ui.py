@@ -1,6 +1,7 @@
 """Gradio handlers of the admin tab: studies, their analysis (tables, plots, CSV) and the dataset export.
 
-Every handler takes the service first (bound with `feedback.ui.bind` when wiring) and the admin token typed
+Every handler takes the app's one `StudyService` first (bound with `feedback.ui.bind` when wiring; it owns the
+background preparation of new studies, and its `fb` is the app's FeedbackService) and the admin token typed
 into the tab's password box, which is checked on the server with the service's own token check before
 anything is read: a wrong or missing token gets an error and no data. The work is done by
 `feedback.study_service`, `feedback.analysis` and `feedback.export`; this module only turns their results
@@ -26,7 +27,8 @@ from feedback.service import AuthError, FeedbackService
 from feedback.study_service import StudyService
 from feedback.ui import user_errors
 
-STUDY_COLUMNS = ["study id", "name", "conditions", "participants", "consent", "created", "participant link"]
+STUDY_COLUMNS = ["study id", "name", "conditions", "participants", "consent", "created", "participant link",
+                 "status"]
 CONDITION_COLUMNS = ["condition", "win rate", "CI low", "CI high", "Bradley-Terry", "BT CI low", "BT CI high",
                      "votes", "ties"]
 AGREEMENT_COLUMNS = ["metric", "agrees with people", "votes"]
@@ -70,17 +72,28 @@ def _study_choices(studies: list[dict[str, Any]]) -> list[tuple[str, str]]:
     return [(f"{s['name']} ({s['study_id'][:8]})", s["study_id"]) for s in studies]
 
 
+def status_text(study: dict[str, Any]) -> str:
+    """'active', 'preparing (3 of 8 stimuli)' or 'failed: <error>' for the study table."""
+    if study["status"] == "preparing":
+        return f"preparing ({study['progress']['done']} of {study['progress']['total']} stimuli)"
+    if study["status"] == "failed":
+        return f"failed: {study['error'] or 'no error recorded'}"
+    return study["status"]
+
+
 @user_errors
-def list_studies(service: FeedbackService, token: str) -> tuple[list[list[Any]], dict, dict, str]:
+def list_studies(studies: StudyService, token: str) -> tuple[list[list[Any]], dict, dict, str]:
     """-> (study table rows, study picker update, export scope update, status line)."""
-    check_admin(service, token)
-    studies = StudyService(service).list_studies()
+    check_admin(studies.fb, token)
+    listed = studies.list_studies()
     rows = [[s["study_id"], s["name"], ", ".join(s["conditions"]), s["participants"], s["consent_version"],
-             s["created_at"][:19], f"/study/{s['study_id']}"] for s in studies]
-    choices = _study_choices(studies)
+             s["created_at"][:19], f"/study/{s['study_id']}", status_text(s)] for s in listed]
+    choices = _study_choices(listed)
     picked = choices[-1][1] if choices else None  # the newest study
+    preparing = sum(s["status"] == "preparing" for s in listed)
     return (rows, gr.update(choices=choices, value=picked), gr.update(choices=[("all", ""), *choices], value=""),
-            f"{len(studies)} studies.")
+            f"{len(listed)} studies." + (f" {preparing} being prepared: press *List studies* again to see their "
+                                         "progress." if preparing else ""))
 
 
 def parse_definition(text: str | None, upload: str | None) -> Any:
@@ -105,14 +118,16 @@ def parse_definition(text: str | None, upload: str | None) -> Any:
 
 
 @user_errors
-def create_study(service: FeedbackService, token: str, text: str | None, upload: str | None) -> tuple:
-    """Create a study (every stimulus x condition is computed now) -> (status, then `list_studies`' outputs)."""
-    check_admin(service, token)
-    created = StudyService(service).create_study(parse_definition(text, upload))
-    rows, picker, scope, _ = list_studies(service, token)
+def create_study(studies: StudyService, token: str, text: str | None, upload: str | None) -> tuple:
+    """Create a study (checked now; its stimuli are computed in the background) -> (status, then
+    `list_studies`' outputs)."""
+    check_admin(studies.fb, token)
+    created = studies.create_study(parse_definition(text, upload))
+    rows, picker, scope, _ = list_studies(studies, token)
     msg = (f"Created study **{created['name']}** (`{created['study_id']}`): {created['stimuli']} stimuli, "
-           f"{created['n_items']} items per participant, in {created['seconds']:.1f} s. "
-           f"Participant link: `/study/{created['study_id']}`")
+           f"{created['n_items']} items per participant. Its images are being prepared in the background; "
+           f"press *List studies* to see the progress. Participant link (open once it is active): "
+           f"`/study/{created['study_id']}`")
     picker["value"] = created["study_id"]
     return msg, rows, picker, scope
 
@@ -145,16 +160,16 @@ def _summary(report: dict[str, Any], study_id: str) -> str:
 
 
 @user_errors
-def analyse_study(service: FeedbackService, token: str, study_id: str | None, resamples: float | None,
+def analyse_study(studies: StudyService, token: str, study_id: str | None, resamples: float | None,
                   exclude_flagged: bool) -> tuple:
     """-> (summary, conditions rows, metric agreement rows, participant rows, plot PNGs, CSV + JSON files)."""
-    check_admin(service, token)
+    check_admin(studies.fb, token)
     if not study_id:
         raise InputError("pick a study first (press *List studies*)")
     n = 1000 if resamples is None else resamples
     if not float(n).is_integer() or not 1 <= n <= MAX_RESAMPLES:
         raise InputError(f"bootstrap resamples must be an integer in 1..{MAX_RESAMPLES}, got {n}")
-    report = StudyService(service).analysis(study_id, AnalysisConfig(n_resamples=int(n),
+    report = studies.analysis(study_id, AnalysisConfig(n_resamples=int(n),
                                                                      exclude_flagged=bool(exclude_flagged)))
     out = _work_dir("analysis")
     files = write_csv(report, out)
@@ -171,10 +186,11 @@ def analyse_study(service: FeedbackService, token: str, study_id: str | None, re
 
 # --------------------------------------------------------------------------------------------- export
 @user_errors
-def export_preferences(service: FeedbackService, token: str, format: str, variant: str, human_only: bool,
+def export_preferences(studies: StudyService, token: str, format: str, variant: str, human_only: bool,
                        study_id: str | None) -> tuple[str, str]:
     """The preference dataset (`feedback.export`) as one zip (data file, images for jsonl, export_info.json)
     -> (zip path, status line)."""
+    service = studies.fb
     check_admin(service, token)
     if format not in export.FORMATS or variant not in export.VARIANTS:
         raise InputError(f"format must be one of {', '.join(export.FORMATS)} and variant one of "

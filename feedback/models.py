@@ -52,6 +52,9 @@ CHOICE_ROLES = ("preferred", "rejected")
 PARTICIPANT_STATUSES = ("active", "completed")
 #: Answers of a study item.
 STUDY_ANSWERS = ("left", "right", "tie")
+#: Life of a study: preparing (stimuli computed in the background) -> active, or failed (error recorded).
+STUDY_STATUSES = ("preparing", "active", "failed")
+MAX_STUDY_ERROR = 2000
 
 ID_LENGTH = 32
 HASH_LENGTH = 64
@@ -322,9 +325,16 @@ class Study(Base):
     """A user study: its definition (`feedback.study.StudyDefinition` as JSON) and its precomputed stimuli.
 
     `stimuli[j]` holds, for stimulus j, the source image id (`source_image_id`) and the image hash of each
-    condition's output (`outputs`) and of the attention-check images (`clean`, `control`)."""
+    condition's output (`outputs`) and of the attention-check images (`clean`, `control`).
+    A study is created 'preparing' with `inputs` (the image id of each definition image as read at creation)
+    and no stimuli; the stimuli are written all at once with the switch to 'active', or 'failed' with `error`.
+    `progress_done` of `progress_total` stimuli are computed so far (both equal once active)."""
 
     __tablename__ = "studies"
+    __table_args__ = (
+        CheckConstraint("status IN ('preparing', 'active', 'failed')", name="status"),
+        CheckConstraint("progress_done >= 0 AND progress_done <= progress_total", name="progress"),
+    )
 
     id: Mapped[str] = _id_column()
     name: Mapped[str] = mapped_column(String(200), nullable=False)
@@ -332,6 +342,11 @@ class Study(Base):
     consent_version: Mapped[str] = mapped_column(String(32), nullable=False)
     stimuli: Mapped[list[dict[str, Any]]] = mapped_column(JSONType, nullable=False, default=list)
     created_at: Mapped[datetime] = _created_at()
+    status: Mapped[str] = mapped_column(String(16), nullable=False, default="active")
+    progress_done: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    progress_total: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    error: Mapped[str | None] = mapped_column(String(MAX_STUDY_ERROR))
+    inputs: Mapped[list[str] | None] = mapped_column(JSONType)
 
 
 class Participant(Base):

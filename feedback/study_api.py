@@ -2,14 +2,20 @@
 
 Admin (Authorization: Bearer <admin token>):
   POST /api/v1/studies                    a study definition (JSON; fields of feedback.study.StudyDefinition)
-                                          -> {"study_id", "stimuli", "n_items", ...}; computes every image
-  GET  /api/v1/studies                    [{"study_id", "name", "participants", ...}]
+                                          -> 202 {"study_id", "status": "preparing", "progress": {"done", "total"},
+                                          "status_url", "stimuli", "n_items", ...}; definition, conditions and
+                                          images are checked now (400/404), the images computed in the background
+  GET  /api/v1/studies/{id}/status        {"status": preparing|active|failed, "progress", "error"}
+                                          (?wait_s=30: answer once it is not preparing, or after wait_s seconds)
+  GET  /api/v1/studies                    [{"study_id", "name", "status", "progress", "participants", ...}]
   GET  /api/v1/studies/{id}/analysis      feedback.analysis report + per-participant attention checks
                                           (?n_resamples=1000&exclude_flagged=false)
   GET  /api/v1/studies/{id}/export        one preference pair per line (JSONL)
 Participant:
-  GET  /api/v1/studies/{id}               {"name", "consent_text", "consent_version", "instructions", "n_items"}
+  GET  /api/v1/studies/{id}               {"name", "consent_text", "consent_version", "instructions", "n_items",
+                                          "status", "progress"}
   POST /api/v1/studies/{id}/participants  {"consent_version", "platform_id"?} -> {"participant_id", "token", "n_items"}
+                                          (409 while the study is preparing or when it failed)
   GET  /api/v1/studies/{id}/participants/{pid}/next          (Bearer token) -> the first unanswered item
                                           {"k", "n", "left": {"url"}, "right": {"url"}, "instructions"}
                                           or {"done": true, "completion_code"}
@@ -38,6 +44,7 @@ from feedback.study_service import StudyService
 
 PAGE = Path(__file__).resolve().parent / "study_page.html"
 ADMIN_PAGE = Path(__file__).resolve().parent / "study_admin.html"
+MAX_STATUS_WAIT_S = 60.0
 
 
 class EnrolIn(BaseModel):
@@ -68,15 +75,26 @@ def _image(image_id: str) -> dict[str, str]:
     return {"image_id": image_id, "url": f"{PREFIX}/images/{image_id}"}
 
 
-def build_study_router(service: FeedbackService) -> APIRouter:
-    """The study routes (under /api/v1) and the participant page (/study/{id}) over one service."""
-    studies = StudyService(service)
+def build_study_router(service: FeedbackService, studies: StudyService | None = None) -> APIRouter:
+    """The study routes (under /api/v1) and the participant page (/study/{id}) over one service; `studies` is
+    the app's shared StudyService (it owns the background preparation), a new one when not given."""
+    studies = studies or StudyService(service)
     router = APIRouter()
 
-    @router.post(f"{PREFIX}/studies", responses=errors(AUTH, 404, INPUT, 503))
+    def with_status_url(status: dict[str, Any]) -> dict[str, Any]:
+        return {**status, "status_url": f"{PREFIX}/studies/{status['study_id']}/status"}
+
+    @router.post(f"{PREFIX}/studies", status_code=202, responses=errors(AUTH, 404, INPUT))
     def create_study(who: Who, body: Annotated[dict[str, Any], Body()]) -> dict[str, Any]:
         service.require_admin(who)
-        return studies.create_study(body)
+        return with_status_url(studies.create_study(body))
+
+    @router.get(f"{PREFIX}/studies/{{study_id}}/status", responses=errors(AUTH, 404, 422))
+    def study_status(study_id: str, who: Who,
+                     wait_s: Annotated[float, Query(ge=0, le=MAX_STATUS_WAIT_S)] = 0) -> dict[str, Any]:
+        service.require_admin(who)
+        return with_status_url(studies.wait_until_ready(study_id, timeout_s=wait_s) if wait_s
+                               else studies.study_status(study_id))
 
     @router.get(f"{PREFIX}/studies", responses=errors(AUTH))
     def list_studies(who: Who) -> list[dict[str, Any]]:
@@ -104,13 +122,13 @@ def build_study_router(service: FeedbackService) -> APIRouter:
                                  media_type="application/x-ndjson")
 
     @router.post(f"{PREFIX}/studies/{{study_id}}/participants", response_model=EnrolOut,
-                 responses=errors(404, INPUT))
+                 responses=errors(404, 409, INPUT))
     def enrol(study_id: str, body: EnrolIn) -> dict[str, Any]:
         e = studies.enrol(study_id, body.consent_version, body.platform_id)
         return {"participant_id": e.participant_id, "token": e.token, "n_items": e.n_items, "resumed": e.resumed}
 
     @router.get(f"{PREFIX}/studies/{{study_id}}/participants/{{participant_id}}/next",
-                responses=errors(AUTH, 404, 422))
+                responses=errors(AUTH, 404, 409, 422))
     def next_item(study_id: str, participant_id: str, who: Who) -> dict[str, Any]:
         item = studies.next_item(who, study_id, participant_id)
         if not item["done"]:

@@ -1,18 +1,21 @@
-"""User studies as a service: create a study (precompute every stimulus x condition once), enrol participants,
+"""User studies as a service: create a study (its stimuli computed in the background), enrol participants,
 serve their items in order, record votes with their viewing conditions, withdraw, analyse.
 
 Every item is recorded as a round of the participant's session with two candidates, position 0 on the
 left and 1 on the right, whose `method` is the condition shown; a vote is a `Choice` of that round (selector
 'human', or 'attention-check' for attention checks, which `feedback.analysis` therefore leaves out). So
-`feedback.analysis` and `feedback.export` read study votes unchanged. Images are computed when the study is
-created (fast and blind: a participant only ever sees finished PNGs by their hash).
+`feedback.analysis` and `feedback.export` read study votes unchanged. A participant only ever sees finished
+PNGs by their hash (blind and fast).
 
-Conditions: a backbone name ('nlm', 'sipl', ...) restores the stimulus once; 'ttpo-auto:<backbone>' restores,
-generates diffusion candidates, lets the metric selector choose and refines (one automatic TTPO round).
+Creation returns at once: `create_study` checks the definition, conditions, degradations and images, records
+the study as 'preparing' and hands it to the service's `StudyPreparer` (`feedback.study_prepare`), which
+computes every stimulus x condition in a background thread and switches the study to 'active' (or 'failed',
+with the error) in one transaction. Enrolling in, or fetching items of, a study that is not active is a
+Conflict (409) that says how far its preparation is. `wait_until_ready` blocks until it is (CLI, tests).
 
     python -m feedback.study_service create studies/pilot.yaml --data-dir data [--db URL]
 
-prints the study id and the participant link path (/study/<id>); analyse with
+waits for the stimuli, then prints the study id and the participant link path (/study/<id>); analyse with
 `python -m feedback.analysis --study <id>` or GET /api/v1/studies/<id>/analysis (admin token).
 """
 
@@ -21,12 +24,9 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-import torch
-from PIL import Image
 from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -51,31 +51,28 @@ from feedback.models import (
     utcnow,
 )
 from feedback.pseudonym import hash_token, new_token, pseudonym
-from feedback.service import (
-    AuthError,
-    FeedbackService,
-    Principal,
-    _to_tensor,
-    _to_uint8,
-)
+from feedback.service import AuthError, FeedbackService, Principal
 from feedback.study import (
     ATTENTION_CLEAN,
     ATTENTION_CONTROL,
-    ATTENTION_CONTROL_SPEC,
     StudyDefinition,
     assign_items,
-    is_image_id_text,
     load_study,
     new_completion_code,
     normalise_code,
     study_from_dict,
 )
-from feedback.uploads import decode_image_bytes
+from feedback.study_prepare import (
+    StudyPreparer,
+    check_conditions,
+    check_degradations,
+    store_inputs,
+)
 
-TTPO_AUTO_PREFIX = "ttpo-auto:"
 CHOICES = STUDY_ANSWERS  # left | right | tie
 STUDY_BACKBONE_NAME = "study"  # rounds of a study show finished images; no backbone runs in them
 MAX_VIEWPORT = 100_000
+MAX_WAIT_S = 3600.0
 
 
 @dataclass(frozen=True)
@@ -94,133 +91,99 @@ def _int(name: str, value: Any, low: int, high: int, optional: bool = True) -> i
     return value
 
 
+def _status(row: Study) -> dict[str, Any]:
+    return {"study_id": row.id, "name": row.name, "status": row.status,
+            "progress": {"done": row.progress_done, "total": row.progress_total}, "error": row.error}
+
+
 class StudyService:
-    """Studies over the app's `FeedbackService` (its database, image store, engine and salt)."""
+    """Studies over the app's `FeedbackService` (its database, image store, engine and salt).
+
+    The service owns the background `StudyPreparer` of the studies it creates: an app makes one StudyService
+    and shares it (REST routes, admin tab); `resume_preparing()` at start picks up studies a killed process
+    left 'preparing', `close()` stops the worker."""
 
     def __init__(self, feedback: FeedbackService) -> None:
         self.fb = feedback
+        self.preparer = StudyPreparer(feedback)
 
     # ------------------------------------------------------------------------------ admin: studies
-    def check_conditions(self, study: StudyDefinition) -> None:
-        """InputError naming what is allowed when a condition is not a backbone or 'ttpo-auto:<backbone>'."""
-        for condition in study.conditions:
-            backbone = condition.removeprefix(TTPO_AUTO_PREFIX)
-            try:
-                self.fb.worker.check_backbone(backbone)
-            except InputError as exc:
-                raise InputError(f"condition {condition!r}: {exc.message}; or 'ttpo-auto:<backbone>'") from None
-
-    def _load_image(self, entry: str, size: int | None) -> np.ndarray:
-        if is_image_id_text(entry):
-            array = self.fb.images.get_array(entry)
-        else:
-            try:
-                with open(entry, "rb") as handle:
-                    data = handle.read(self.fb.limits.max_bytes + 1)
-            except OSError as exc:
-                raise InputError(f"study image {entry!r} cannot be read: {exc.strerror}") from None
-            array = decode_image_bytes(data, self.fb.limits)
-        if size is not None:
-            h, w = array.shape[:2]
-            scale = size / max(h, w)
-            image = Image.fromarray(array).resize((max(1, round(w * scale)), max(1, round(h * scale))),
-                                                  Image.Resampling.BICUBIC)
-            array = np.asarray(image, dtype=np.uint8).copy()
-        return array
-
-    def run_condition(self, condition: str, degraded: torch.Tensor, seed: int) -> tuple[torch.Tensor, dict[str, Any]]:
-        """The condition's output for one degraded image (1, 3, H, W) in [0, 1], and what was run."""
-        # Only the backbone: the diffusion prior is loaded for 'ttpo-auto:' conditions alone.
-        from restoration.backbones import get_restorer
-
-        worker = self.fb.worker
-        backbone = worker.check_backbone(condition.removeprefix(TTPO_AUTO_PREFIX))
-        try:
-            restorer = get_restorer(backbone, worker.settings.device)
-        except (ValueError, FileNotFoundError) as exc:
-            raise InputError(f"condition {condition!r}: backbone {backbone!r} cannot be loaded: {exc}") from None
-        t0 = time.perf_counter()
-        restored = restorer.restore(degraded).clamp(0, 1)
-        seconds, facts = time.perf_counter() - t0, restorer.describe()
-        if not condition.startswith(TTPO_AUTO_PREFIX):
-            return restored, {"backbone": facts, "seconds": {"restore": seconds}}
-        settings = replace(worker.settings.round, seed=seed)
-        made, t_cand = worker.candidates(restored, settings)
-        images = {"restored": restored} | {f"c{i}": img for i, (img, _meta) in enumerate(made)}
-        selection, t_select = worker.select(restored, images, worker.settings.selector)
-        def pick(ids: list[str]) -> torch.Tensor | None:
-            return torch.cat([images[i] for i in ids]) if ids else None
-
-        preferred, rejected = ([], []) if selection.tie else (selection.preferred_ids, selection.rejected_ids)
-        refined, t_refine = worker.refine(restored, pick(preferred), pick(rejected), worker.settings.refine)
-        return refined, {"backbone": facts, "selector": selection.selector, "preferred": preferred,
-                         "rejected": rejected, "candidates": settings.to_dict(),
-                         "refine": worker.settings.refine.to_dict(),
-                         "seconds": {"restore": seconds, "candidates": t_cand, "select": t_select, "refine": t_refine}}
-
     def create_study(self, definition: StudyDefinition | dict[str, Any]) -> dict[str, Any]:
-        """Check the definition, compute every stimulus x condition output once, record the study."""
+        """Check the definition, conditions, degradations and images now; record the study 'preparing' and
+        compute its stimuli in the background. -> {study_id, name, status, stimuli, conditions, n_items, progress}"""
         study = definition if isinstance(definition, StudyDefinition) else study_from_dict(definition)
-        self.check_conditions(study)
-        t0 = time.perf_counter()
-        clean_images = [self._load_image(entry, study.size) for entry in study.images]
-        stimuli: list[dict[str, Any]] = []
-        with self.fb.gate.slot():
-            for j, (i, spec) in enumerate(study.stimuli):
-                seed = study.seed + j
-                clean = _to_tensor(clean_images[i])
-                degraded, record = self.fb.worker.degrade(clean, spec, seed)
-                control, _ = self.fb.worker.degrade(clean, ATTENTION_CONTROL_SPEC, seed)
-                outputs, facts = {}, {}
-                for condition in study.conditions:
-                    out, facts[condition] = self.run_condition(condition, degraded, seed)
-                    outputs[condition] = self.fb.images.put_array(_to_uint8(out))
-                stimuli.append({
-                    "image": i, "degradation": spec, "seed": seed, "record": record.to_dict() if record else None,
-                    "clean": self.fb.images.put_array(clean_images[i]),
-                    "degraded": self.fb.images.put_array(_to_uint8(degraded)),
-                    "control": self.fb.images.put_array(_to_uint8(control)),
-                    "outputs": outputs, "facts": facts})
+        check_conditions(self.fb, study)
+        check_degradations(self.fb, study)
+        inputs = store_inputs(self.fb, study)
         with self.fb.db.sessions.begin() as s:
-            for stim in stimuli:
-                height, width = clean_images[stim["image"]].shape[:2]
-                record = stim["record"]
-                src = store.add_source_image(
-                    s, image_hash=stim["clean"], width=width, height=height, origin="study",
-                    degradation_spec=stim["degradation"] or None, degradation_seed=stim["seed"] if record else None,
-                    degradation_params=record, gt_image_hash=stim["clean"] if record else None,
-                    degraded_image_hash=stim["degraded"])
-                stim["source_image_id"] = src.id
             row = Study(name=study.name, definition=study.to_dict(), consent_version=study.consent_version,
-                        stimuli=stimuli)
+                        stimuli=[], status="preparing", progress_done=0, progress_total=len(study.stimuli),
+                        inputs=inputs)
             s.add(row)
             s.flush()
-            return {"study_id": row.id, "name": row.name, "stimuli": len(stimuli),
-                    "conditions": list(study.conditions), "n_items": study.n_items,
-                    "seconds": time.perf_counter() - t0}
+            created = {**_status(row), "stimuli": len(study.stimuli), "conditions": list(study.conditions),
+                       "n_items": study.n_items}
+        self.preparer.submit(created["study_id"])
+        return created
 
-    def _study(self, s: Session, study_id: str, lock: bool = False) -> tuple[Study, StudyDefinition]:
-        """The study row and its definition; `lock` holds the row (FOR UPDATE on PostgreSQL) to the end of `s`."""
+    def resume_preparing(self) -> list[str]:
+        """Prepare again every study a killed process left 'preparing' (call once when the app starts)."""
+        return self.preparer.resume()
+
+    def close(self, timeout_s: float | None = None) -> None:
+        """Stop the background worker after the study in hand (the rest stay 'preparing' for the next start)."""
+        self.preparer.close(timeout_s)
+
+    def study_status(self, study_id: str) -> dict[str, Any]:
+        """{study_id, name, status: preparing|active|failed, progress: {done, total}, error}."""
+        with self.fb.db.reads.begin() as s:
+            row = s.get(Study, study_id) if isinstance(study_id, str) else None
+            if row is None:
+                raise NotFound(f"no study with id {str(study_id)[:40]!r}")
+            return _status(row)
+
+    def wait_until_ready(self, study_id: str, timeout_s: float = 600.0, poll_s: float = 0.1) -> dict[str, Any]:
+        """`study_status` once the study is no longer 'preparing', or after `timeout_s` seconds (still
+        'preparing' then). Polls the database, so it also sees studies prepared by another process."""
+        if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not 0 <= timeout_s <= MAX_WAIT_S:
+            raise InputError(f"timeout must be a number of seconds in [0, {MAX_WAIT_S:g}], got {timeout_s!r}")
+        deadline = time.monotonic() + timeout_s
+        while (status := self.study_status(study_id))["status"] == "preparing" and time.monotonic() < deadline:
+            time.sleep(min(poll_s, max(0.0, deadline - time.monotonic())))
+        return status
+
+    def _study(self, s: Session, study_id: str, lock: bool = False,
+               active: bool = False) -> tuple[Study, StudyDefinition]:
+        """The study row and its definition; `lock` holds the row (FOR UPDATE on PostgreSQL) to the end of `s`;
+        `active`: Conflict unless the study is active (its stimuli are ready)."""
         row = s.get(Study, study_id, with_for_update=lock) if isinstance(study_id, str) else None
         if row is None:
             raise NotFound(f"no study with id {study_id!r}")
+        if active and row.status == "preparing":
+            raise Conflict(f"study {row.id} is still being prepared ({row.progress_done} of {row.progress_total} "
+                           "stimuli); try again in a few minutes")
+        if active and row.status != "active":
+            # The error text stays with the admin (it may name server files); participants learn the state.
+            raise Conflict(f"study {row.id} failed: its images could not be prepared, so it is not open")
         return row, study_from_dict(row.definition)
 
     def list_studies(self) -> list[dict[str, Any]]:
         with self.fb.db.sessions.begin() as s:
             counts = dict(s.execute(select(Participant.study_id, func.count()).group_by(Participant.study_id)).all())
-            return [{"study_id": r.id, "name": r.name, "consent_version": r.consent_version,
+            return [{**_status(r), "consent_version": r.consent_version,
                      "conditions": r.definition["conditions"], "participants": counts.get(r.id, 0),
                      "created_at": r.created_at.isoformat()}
                     for r in s.scalars(select(Study).order_by(Study.created_at))]
 
     def public_info(self, study_id: str) -> dict[str, Any]:
-        """What the participant page shows before enrolment: name, consent text and version, instructions."""
+        """What the participant page shows before enrolment: name, consent text and version, instructions, and
+        whether the study is open (status 'active'; 'preparing' or 'failed' otherwise, without the error)."""
         with self.fb.db.sessions.begin() as s:
             row, study = self._study(s, study_id)
             return {"study_id": row.id, "name": study.name, "consent_text": study.consent_text,
                     "consent_version": study.consent_version, "instructions": study.instructions,
-                    "n_items": study.n_items}
+                    "n_items": study.n_items, "status": row.status,
+                    "progress": {"done": row.progress_done, "total": row.progress_total}}
 
     # ------------------------------------------------------------------------------ participants
     def enrol(self, study_id: str, consent_version: Any, platform_id: Any = None) -> Enrolment:
@@ -243,7 +206,7 @@ class StudyService:
         with self.fb.db.sessions.begin() as s:
             # Locking the study row serialises enrolments of one study across processes (replicas on
             # PostgreSQL; SQLite's write lock does it already), so participant indices never collide.
-            row, study = self._study(s, study_id, lock=True)
+            row, study = self._study(s, study_id, lock=True, active=True)
             if consent_version != row.consent_version:
                 raise InputError(f"consent version {str(consent_version)[:32]!r} is not this study's current "
                                  f"version {row.consent_version!r}; show the current consent text again")
@@ -298,7 +261,7 @@ class StudyService:
     def next_item(self, who: Principal, study_id: str, participant_id: str) -> dict[str, Any]:
         """The first unanswered item (so a reload resumes), or {done, completion_code} when all are answered."""
         with self.fb.db.sessions.begin() as s:
-            _row, study = self._study(s, study_id)
+            _row, study = self._study(s, study_id, active=True)
             participant = self._participant(s, who, study_id, participant_id)
             items = participant.items
             todo = next((item for item in items if item.answer is None), None)
@@ -429,21 +392,31 @@ def main(argv: list[str] | None = None) -> None:
     from feedback.engine import EngineSettings
 
     parser = argparse.ArgumentParser(prog="python -m feedback.study_service", description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=["create"], help="create: compute and record a study from a file")
+    parser.add_argument("command", choices=["create"], help="create: record a study from a file and compute its stimuli")
     parser.add_argument("definition", help="study definition (.yaml, .yml or .json)")
     parser.add_argument("--db", default=None, help="database URL (default: $TTPO_DB_URL or SQLite in --data-dir)")
     parser.add_argument("--data-dir", default="data", help="images, SQLite database and pseudonym salt")
     parser.add_argument("--prior", default="default", help="diffusion prior for 'ttpo-auto:' conditions")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--timeout", type=float, default=MAX_WAIT_S, help="seconds to wait for the stimuli")
     args = parser.parse_args(argv)
+    studies = None
     try:
         study = load_study(args.definition)
         feedback = FeedbackService(open_database(args.db, args.data_dir), args.data_dir,
                                    EngineSettings(prior=args.prior, device=args.device))
-        created = StudyService(feedback).create_study(study)
-    except InputError as exc:
+        studies = StudyService(feedback)
+        created = studies.create_study(study)
+        status = studies.wait_until_ready(created["study_id"], timeout_s=args.timeout)
+    except (InputError, NotFound) as exc:
         parser.exit(2, f"error: {exc}\n")
-    print(json.dumps({**created, "participant_page": f"/study/{created['study_id']}"}))
+    finally:
+        if studies is not None:
+            studies.close(timeout_s=0)
+    if status["status"] != "active":  # failed, or still preparing (an app started later picks it up)
+        parser.exit(1, f"error: study {created['study_id']} is {status['status']}"
+                       f"{': ' + status['error'] if status['error'] else ''}\n")
+    print(json.dumps({**created, **status, "participant_page": f"/study/{created['study_id']}"}))
 
 
 if __name__ == "__main__":

@@ -93,6 +93,24 @@ def running_app(data_dir: Path, extra_args: tuple[str, ...] = ()) -> Iterator[Ap
         log.close()
 
 
+def create_study(client: Any, definition: dict[str, Any], base_url: str = "", timeout_s: float = 300,
+                 admin_token: str = ADMIN_TOKEN) -> dict[str, Any]:
+    """POST a study definition with the admin token (202: its images are prepared in the background), then wait
+    on its status URL until it is active; returns the create answer updated with the final status.
+    `client`: an httpx.Client or a Starlette TestClient."""
+    admin = {"Authorization": f"Bearer {admin_token}"}
+    r = client.post(f"{base_url}/api/v1/studies", json=definition, headers=admin)
+    assert r.status_code == 202, r.text
+    body = status = r.json()
+    assert body["status"] == "preparing" and body["status_url"] == f"/api/v1/studies/{body['study_id']}/status"
+    deadline = time.monotonic() + timeout_s
+    while status["status"] == "preparing" and time.monotonic() < deadline:
+        status = client.get(f"{base_url}{body['status_url']}?wait_s=10", headers=admin).json()
+    assert status["status"] == "active", status
+    assert status["progress"] == {"done": body["stimuli"], "total": body["stimuli"]}
+    return {**body, **status}
+
+
 def sqlite_url(data_dir: Path) -> str:
     """The URL of the app's default SQLite database in `data_dir`."""
     return f"sqlite:///{data_dir / 'ttpo.sqlite3'}"

@@ -33,6 +33,14 @@ def service(tmp_path_factory) -> FeedbackService:
     db.engine.dispose()
 
 
+@pytest.fixture(scope="module")
+def studies(service) -> StudyService:
+    """The tab's handlers take the app's one StudyService (it owns the background preparation of studies)."""
+    studies = StudyService(service)
+    yield studies
+    studies.close(timeout_s=30)
+
+
 @pytest.fixture(autouse=True)
 def work_root(tmp_path, monkeypatch) -> Path:
     root = tmp_path / "work"
@@ -41,7 +49,7 @@ def work_root(tmp_path, monkeypatch) -> Path:
 
 
 @pytest.fixture(scope="module")
-def study_id(service, tmp_path_factory) -> str:
+def study_id(studies, tmp_path_factory) -> str:
     """A study created through the tab from pasted YAML; two participants answer every item 'left'."""
     folder = tmp_path_factory.mktemp("images")
     paths = []
@@ -51,10 +59,11 @@ def study_id(service, tmp_path_factory) -> str:
     definition = "\n".join(["name: pilot", f"images: [{paths[0]}, {paths[1]}]", "conditions: [nlm, bicubic]",
                             "degradations: ['noise:20']", "repeat_share: 0.5", "attention_checks: 1",
                             "consent_text: ok", "consent_version: v1"])
-    msg, rows, picker, _scope = admin_ui.create_study(service, TOKEN, definition, None)
+    msg, rows, picker, _scope = admin_ui.create_study(studies, TOKEN, definition, None)
     sid = picker["value"]
     assert "Created study **pilot**" in msg and rows[0][:2] == [sid, "pilot"]
-    studies = StudyService(service)
+    assert rows[0][7].startswith("preparing") or rows[0][7] == "active"
+    assert studies.wait_until_ready(sid, timeout_s=120)["status"] == "active"
     for _ in range(2):
         person = studies.enrol(sid, "v1")
         while not (item := studies.next_item(ADMIN, sid, person.participant_id))["done"]:
@@ -63,7 +72,7 @@ def study_id(service, tmp_path_factory) -> str:
 
 
 @pytest.mark.parametrize("token", [None, "", "wrong", "session"])
-def test_wrong_token_is_refused_and_writes_nothing(service, study_id, work_root, token):
+def test_wrong_token_is_refused_and_writes_nothing(service, studies, study_id, work_root, token):
     if token == "session":  # a valid session token is not the admin token
         token = service.create_session("Ada")[1]
     calls = [(admin_ui.list_studies, ()), (admin_ui.analyse_study, (study_id, 10, False)),
@@ -71,7 +80,7 @@ def test_wrong_token_is_refused_and_writes_nothing(service, study_id, work_root,
              (admin_ui.create_study, ("name: x", None))]
     for handler, args in calls:
         with pytest.raises(gr.Error, match="wrong or missing admin token"):
-            handler(service, token, *args)
+            handler(studies, token, *args)
     assert not work_root.exists()
 
 
@@ -79,16 +88,17 @@ def test_without_an_admin_token_the_tab_is_off(tmp_path):
     db = open_database(f"sqlite:///{tmp_path / 'ttpo.sqlite3'}")
     bare = FeedbackService(db, str(tmp_path / "data"), EngineSettings(backbone="nlm"))
     with pytest.raises(gr.Error, match="without an admin token"):
-        admin_ui.list_studies(bare, "")
+        admin_ui.list_studies(StudyService(bare), "")
     db.engine.dispose()
 
 
-def test_list_and_analyse(service, study_id):
-    rows, picker, scope, msg = admin_ui.list_studies(service, f" {TOKEN} ")
+def test_list_and_analyse(studies, study_id):
+    rows, picker, scope, msg = admin_ui.list_studies(studies, f" {TOKEN} ")
     assert msg == "1 studies." and rows[0][0] == study_id and rows[0][3] == 2 and rows[0][6] == f"/study/{study_id}"
+    assert rows[0][7] == "active"
     assert picker["value"] == study_id and scope["choices"][0] == ("all", "")
 
-    summary, conditions, agreement, people, plots, files = admin_ui.analyse_study(service, TOKEN, study_id, 50, False)
+    summary, conditions, agreement, people, plots, files = admin_ui.analyse_study(studies, TOKEN, study_id, 50, False)
     assert "**2** participants" in summary and "alpha" in summary
     by_name = {row[0]: row for row in conditions}
     assert set(by_name) == {"nlm", "bicubic"}
@@ -107,16 +117,16 @@ def test_list_and_analyse(service, study_id):
     assert json.loads(names["report.json"].read_text())["n_participants"] == 2
 
     with pytest.raises(gr.Error, match="resamples"):
-        admin_ui.analyse_study(service, TOKEN, study_id, 0, False)
+        admin_ui.analyse_study(studies, TOKEN, study_id, 0, False)
     with pytest.raises(gr.Error, match="pick a study"):
-        admin_ui.analyse_study(service, TOKEN, None, 10, False)
+        admin_ui.analyse_study(studies, TOKEN, None, 10, False)
     with pytest.raises(gr.Error, match="no study"):
-        admin_ui.analyse_study(service, TOKEN, "nope", 10, False)
+        admin_ui.analyse_study(studies, TOKEN, "nope", 10, False)
 
 
-def test_export_is_a_zip_of_the_dataset(service, study_id):
-    expected = len(StudyService(service).export_rows(study_id))
-    path, msg = admin_ui.export_preferences(service, TOKEN, "parquet", "ttpo", False, study_id)
+def test_export_is_a_zip_of_the_dataset(studies, study_id):
+    expected = len(studies.export_rows(study_id))
+    path, msg = admin_ui.export_preferences(studies, TOKEN, "parquet", "ttpo", False, study_id)
     assert msg.startswith(f"Exported {expected} preference pairs") and expected > 0
     with zipfile.ZipFile(path) as archive:
         assert {"train.parquet", "export_info.json"} <= set(archive.namelist())
@@ -124,23 +134,23 @@ def test_export_is_a_zip_of_the_dataset(service, study_id):
     table = pq.read_table(Path(path).parent / "train.parquet")
     assert table.num_rows == expected and {"chosen", "rejected", "label"} <= set(table.column_names)
 
-    path, _ = admin_ui.export_preferences(service, TOKEN, "jsonl", "pickapic", True, "")
+    path, _ = admin_ui.export_preferences(studies, TOKEN, "jsonl", "pickapic", True, "")
     with zipfile.ZipFile(path) as archive:
         lines = archive.read("train.jsonl").decode().splitlines()
         images = [n for n in archive.namelist() if n.startswith("images/")]
     assert len(lines) <= expected and images and {"jpg_0", "jpg_1", "label_0"} <= set(json.loads(lines[0]))
     with pytest.raises(gr.Error, match="format must be one of"):
-        admin_ui.export_preferences(service, TOKEN, "csv", "ttpo", False, "")
+        admin_ui.export_preferences(studies, TOKEN, "csv", "ttpo", False, "")
 
 
-def test_bad_definitions_are_refused(service, tmp_path):
+def test_bad_definitions_are_refused(studies, tmp_path):
     with pytest.raises(gr.Error, match="paste a study definition"):
-        admin_ui.create_study(service, TOKEN, "  ", None)
+        admin_ui.create_study(studies, TOKEN, "  ", None)
     with pytest.raises(gr.Error, match="neither JSON nor YAML"):
-        admin_ui.create_study(service, TOKEN, "name: [unclosed", None)
+        admin_ui.create_study(studies, TOKEN, "name: [unclosed", None)
     with pytest.raises(gr.Error, match="missing field"):
-        admin_ui.create_study(service, TOKEN, '{"name": "x"}', None)
+        admin_ui.create_study(studies, TOKEN, '{"name": "x"}', None)
     text = tmp_path / "study.txt"
     text.write_text("name: x")
     with pytest.raises(gr.Error, match="upload a .json"):
-        admin_ui.create_study(service, TOKEN, None, str(text))
+        admin_ui.create_study(studies, TOKEN, None, str(text))

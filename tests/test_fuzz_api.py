@@ -22,11 +22,11 @@ from schemathesis.specs.openapi import checks as openapi_checks
 from feedback.ratelimit import RateLimit
 
 try:
-    from app_server import png_bytes
-    from inprocess_app import ADMIN, tiny_app, tiny_service
+    from app_server import create_study, png_bytes
+    from inprocess_app import ADMIN, ADMIN_TOKEN, tiny_app, tiny_service
 except ImportError:
-    from tests.app_server import png_bytes
-    from tests.inprocess_app import ADMIN, tiny_app, tiny_service
+    from tests.app_server import create_study, png_bytes
+    from tests.inprocess_app import ADMIN, ADMIN_TOKEN, tiny_app, tiny_service
 
 MAX_EXAMPLES = 25
 #: Every operation of GET /openapi.json; test_every_route_is_fuzzed fails when this list is out of date.
@@ -35,6 +35,7 @@ OPERATIONS = [
     "GET /api/v1/rounds/{round_id}", "POST /api/v1/rounds/{round_id}/choices", "POST /api/v1/rounds/{round_id}/auto",
     "POST /api/v1/rounds/{round_id}/refine", "GET /api/v1/images/{id}", "GET /api/v1/export",
     "POST /api/v1/studies", "GET /api/v1/studies", "GET /api/v1/studies/{study_id}",
+    "GET /api/v1/studies/{study_id}/status",
     "GET /api/v1/studies/{study_id}/analysis", "GET /api/v1/studies/{study_id}/export",
     "POST /api/v1/studies/{study_id}/participants", "GET /api/v1/studies/{study_id}/participants/{participant_id}/next",
     "POST /api/v1/studies/{study_id}/participants/{participant_id}/items/{k}/vote",
@@ -59,9 +60,7 @@ def _seed_objects(client: TestClient) -> dict[str, str]:
     assert r.status_code == 200, r.text
     study = {"name": "fuzz", "images": [rnd["input"]["id"]], "conditions": ["nlm", "bicubic"],
              "consent_text": "ok", "consent_version": "v1", "attention_checks": 0, "repeat_share": 0}
-    r = client.post("/api/v1/studies", headers=ADMIN, json=study)
-    assert r.status_code == 200, r.text
-    study_id = r.json()["study_id"]
+    study_id = create_study(client, study, admin_token=ADMIN_TOKEN)["study_id"]
     r = client.post(f"/api/v1/studies/{study_id}/participants", json={"consent_version": "v1"})
     assert r.status_code == 200, r.text
     return {"session_id": session_id, "round_id": rnd["round_id"], "id": rnd["restored"]["id"],

@@ -24,13 +24,21 @@ try:
     from tests.app_server import (
         ADMIN_TOKEN,
         crash_drill,
+        create_study,
         png_bytes,
         running_app,
         sqlite_url,
     )
     from tests.pg import postgres_url
 except ImportError:  # pytest run from inside tests/
-    from app_server import ADMIN_TOKEN, crash_drill, png_bytes, running_app, sqlite_url
+    from app_server import (
+        ADMIN_TOKEN,
+        crash_drill,
+        create_study,
+        png_bytes,
+        running_app,
+        sqlite_url,
+    )
     from pg import postgres_url  # noqa: F401
 
 API = "/api/v1"
@@ -131,9 +139,7 @@ def test_study_assignment_stays_consistent_across_replicas(replicas, replica_db,
                   "degradations": ["noise:20"], "items_per_participant": 6, "repeat_share": 0.0,
                   "attention_checks": 0, "consent_text": "ok", "consent_version": "v1", "seed": 3}
     with httpx.Client(timeout=600) as client:
-        created = client.post(f"{a.url}{API}/studies", json=definition, headers=ADMIN)
-        assert created.status_code == 200, created.text
-        study_id = created.json()["study_id"]
+        study_id = create_study(client, definition, base_url=a.url)["study_id"]
 
         def enrol(i: int) -> dict:
             r = httpx.post(f"{(a, b)[i % 2].url}{API}/studies/{study_id}/participants",

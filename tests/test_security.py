@@ -21,11 +21,11 @@ from feedback.images import ImageStore
 from feedback.ratelimit import RateLimit, RateLimited, RateLimiter
 
 try:
-    from app_server import png_bytes
-    from inprocess_app import ADMIN, tiny_app, tiny_service
+    from app_server import create_study, png_bytes
+    from inprocess_app import ADMIN, ADMIN_TOKEN, tiny_app, tiny_service
 except ImportError:
-    from tests.app_server import png_bytes
-    from tests.inprocess_app import ADMIN, tiny_app, tiny_service
+    from tests.app_server import create_study, png_bytes
+    from tests.inprocess_app import ADMIN, ADMIN_TOKEN, tiny_app, tiny_service
 
 API = "/api/v1"
 BURST = 6  # engine requests a session may make before 429 (the rate is 1 per minute: no refill during a test)
@@ -60,9 +60,7 @@ def env(tmp_path_factory, prior):
         assert r.status_code == 200, r.text
         study = {"name": "security", "images": [rnd["input"]["id"]], "conditions": ["nlm", "bicubic"],
                  "consent_text": "ok", "consent_version": "v1", "attention_checks": 0, "repeat_share": 0}
-        r = client.post(f"{API}/studies", headers=ADMIN, json=study)
-        assert r.status_code == 200, r.text
-        study_id = r.json()["study_id"]
+        study_id = create_study(client, study, admin_token=ADMIN_TOKEN)["study_id"]
         participants = {}
         for name in ("P", "Q"):
             body = client.post(f"{API}/studies/{study_id}/participants", json={"consent_version": "v1"}).json()
@@ -94,6 +92,7 @@ def _request(env, label: str) -> tuple[str, str, dict]:
         "POST /api/v1/studies": ("POST", f"{API}/studies", {"json": {"name": "x"}}),  # invalid: never computed
         "GET /api/v1/studies": ("GET", f"{API}/studies", {}),
         "GET /api/v1/studies/{study_id}": ("GET", f"{API}/studies/{study}", {}),
+        "GET /api/v1/studies/{study_id}/status": ("GET", f"{API}/studies/{study}/status", {}),
         "GET /api/v1/studies/{study_id}/analysis": ("GET", f"{API}/studies/{study}/analysis?n_resamples=10", {}),
         "GET /api/v1/studies/{study_id}/export": ("GET", f"{API}/studies/{study}/export", {}),
         "POST /api/v1/studies/{study_id}/participants": (
@@ -124,6 +123,7 @@ ACCESS = {
     "POST /api/v1/studies": "admin",
     "GET /api/v1/studies": "admin",
     "GET /api/v1/studies/{study_id}": "public",
+    "GET /api/v1/studies/{study_id}/status": "admin",
     "GET /api/v1/studies/{study_id}/analysis": "admin",
     "GET /api/v1/studies/{study_id}/export": "admin",
     "POST /api/v1/studies/{study_id}/participants": "public",

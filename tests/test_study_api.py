@@ -16,9 +16,9 @@ from feedback.images import ImageStore
 from feedback.integrity import integrity_check
 
 try:
-    from tests.app_server import ADMIN_TOKEN, png_bytes, running_app
+    from tests.app_server import ADMIN_TOKEN, create_study, png_bytes, running_app
 except ImportError:  # pytest run from inside tests/
-    from app_server import ADMIN_TOKEN, png_bytes, running_app
+    from app_server import ADMIN_TOKEN, create_study, png_bytes, running_app
 
 API = "/api/v1"
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -50,9 +50,7 @@ def study(client, tmp_path_factory):
                   "degradations": ["noise:20"], "items_per_participant": 12, "repeat_share": 0.34,
                   "attention_checks": 1, "consent_text": "Your choices are stored pseudonymously.",
                   "consent_version": "v2", "seed": 5}
-    r = client.post(f"{API}/studies", json=definition, headers=ADMIN)
-    assert r.status_code == 200, r.text
-    body = r.json()
+    body = create_study(client, definition)
     assert body["stimuli"] == 4 and body["n_items"] == 12 + 4 + 1
     return body
 
@@ -107,8 +105,11 @@ def test_enrolment_checks_consent_and_study(client, study) -> None:
     assert client.post(f"{API}/studies/nope/participants", json={"consent_version": "v2"}).status_code == 404
     info = client.get(f"{API}/studies/{sid}").json()
     assert info["consent_version"] == "v2" and info["n_items"] == 17
-    assert client.get(f"{API}/studies", headers=ADMIN).json()[0]["study_id"] == sid
+    listed = client.get(f"{API}/studies", headers=ADMIN).json()[0]
+    assert listed["study_id"] == sid and listed["status"] == "active" and listed["progress"]["done"] == 4
     assert client.get(f"{API}/studies").status_code == 401
+    assert client.get(f"{API}/studies/{sid}/status").status_code == 401
+    assert client.get(f"{API}/studies/nope/status", headers=ADMIN).status_code == 404
     page = client.get(f"/study/{sid}")
     assert page.status_code == 200 and "PROLIFIC_PID" in page.text and "ArrowLeft" in page.text
     assert client.get(f"/study/{'0' * 32}").status_code == 404
@@ -225,10 +226,8 @@ def test_ttpo_auto_condition_runs_one_automatic_round(client, server) -> None:
     image_path = server.data_dir / "upload.png"
     image_path.write_bytes(png_bytes(32, seed=9))
     t0 = time.perf_counter()
-    r = client.post(f"{API}/studies", json={**definition, "images": [str(image_path)]}, headers=ADMIN)
+    sid = create_study(client, {**definition, "images": [str(image_path)]})["study_id"]
     print(f"\nttpo-auto study (1 image, 32 px): {time.perf_counter() - t0:.2f} s")
-    assert r.status_code == 200, r.text
-    sid = r.json()["study_id"]
     pid, headers, body = _enrol(client, sid, platform_id="p")
     assert body["n_items"] == 1
     item = _next(client, sid, pid, headers)
@@ -242,7 +241,36 @@ def test_the_admin_page_example_definition_is_valid(client) -> None:
     html = client.get("/study-admin").text
     example = json.loads(html.split('<textarea id="definition">', 1)[1].split("</textarea>", 1)[0])
     t0 = time.perf_counter()
-    r = client.post(f"{API}/studies", json=example, headers=ADMIN)
+    created = create_study(client, example)
     print(f"\nadmin example study (2 images at 128 px, nlm + bicubic): {time.perf_counter() - t0:.2f} s")
-    assert r.status_code == 200, r.text
-    assert r.json()["stimuli"] == 2
+    assert created["stimuli"] == 2
+
+
+def test_a_study_killed_while_preparing_is_prepared_after_a_restart(tmp_path) -> None:
+    """SIGKILL the app right after it accepted a study: the study stays 'preparing' with no stimuli, and the
+    restarted app prepares it (no partial rows in between), so participants can enrol."""
+    paths = []
+    for i in range(4):
+        (tmp_path / f"img{i}.png").write_bytes(png_bytes(32, seed=20 + i))
+        paths.append(str(tmp_path / f"img{i}.png"))
+    definition = {"name": "killed", "images": paths, "conditions": ["nlm", "ttpo-auto:nlm"], "repeat_share": 0,
+                  "attention_checks": 0, "consent_text": "ok", "consent_version": "v2"}
+    data_dir = tmp_path / "data"
+    with running_app(data_dir) as server:
+        r = httpx.post(f"{server.url}{API}/studies", json=definition, headers=ADMIN, timeout=60)
+        server.process.kill()  # SIGKILL while the background thread computes the first stimuli
+        server.process.wait(timeout=30)
+    assert r.status_code == 202, r.text
+    sid = r.json()["study_id"]
+    with sqlite3.connect(server.db_path) as db:
+        status, stimuli = db.execute("SELECT status, stimuli FROM studies WHERE id = ?", (sid,)).fetchone()
+        sources = db.execute("SELECT COUNT(*) FROM source_images WHERE origin = 'study'").fetchone()[0]
+    assert (status, json.loads(stimuli), sources) == ("preparing", [], 0)
+    with running_app(data_dir) as server, httpx.Client(base_url=server.url, timeout=120) as client:
+        deadline = time.monotonic() + 300
+        while (now := client.get(f"{API}/studies/{sid}/status?wait_s=10", headers=ADMIN).json())["status"] \
+                == "preparing" and time.monotonic() < deadline:
+            pass
+        assert now["status"] == "active" and now["progress"] == {"done": 4, "total": 4}, now
+        pid, headers, body = _enrol(client, sid)
+        assert body["n_items"] == 4 and _next(client, sid, pid, headers)["k"] == 1

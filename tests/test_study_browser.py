@@ -13,9 +13,9 @@ import httpx
 import pytest
 
 try:
-    from tests.app_server import ADMIN_TOKEN, png_bytes, running_app
+    from tests.app_server import create_study, png_bytes, running_app
 except ImportError:  # pytest run from inside tests/
-    from app_server import ADMIN_TOKEN, png_bytes, running_app
+    from app_server import create_study, png_bytes, running_app
 
 STEP_TIMEOUT_MS = 60_000
 
@@ -36,11 +36,10 @@ def test_participant_reaches_the_completion_code(browser, tmp_path):
                   "degradations": ["noise:20"], "repeat_share": 0.5, "attention_checks": 0,
                   "consent_text": "We store your choices under a pseudonym.", "consent_version": "v1"}
     with running_app(tmp_path / "data") as server:
-        r = httpx.post(f"{server.url}/api/v1/studies", json=definition,
-                       headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=300)
-        assert r.status_code == 200, r.text
-        sid = r.json()["study_id"]
-        assert r.json()["n_items"] == 3  # 2 stimuli + 1 repeat
+        with httpx.Client(base_url=server.url, timeout=300) as client:
+            created = create_study(client, definition)
+        sid = created["study_id"]
+        assert created["n_items"] == 3  # 2 stimuli + 1 repeat
         page = browser.new_page(viewport={"width": 1200, "height": 900})
         page.goto(f"{server.url}/study/{sid}?PROLIFIC_PID=abc123")
         page.locator("#consent-text").filter(has_text="pseudonym").wait_for(timeout=STEP_TIMEOUT_MS)

@@ -1,4 +1,4 @@
-"""Migration 0002 (studies) on a database that already holds 0001 data, on SQLite and PostgreSQL."""
+"""Migrations 0002 (studies) and 0003 (study status) on databases that already hold data, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 from alembic import command
 from sqlalchemy import create_engine, inspect, text
+from sqlalchemy.exc import IntegrityError
 
 from feedback.db import _alembic_config, make_engine, upgrade_to_head
 
@@ -58,7 +59,7 @@ def test_0002_keeps_existing_votes_and_downgrades(url: str) -> None:
                       {"t": now})
             c.execute(text("INSERT INTO choices (id, round_id, kind, reason_tags, selector, created_at) "
                            "VALUES ('c', 'r', 'skip', '[]', 'human', :t)"), {"t": now})
-        assert upgrade_to_head(engine) == "0002"
+        _migrate(engine, "0002")
         inspector = inspect(engine)
         assert {"studies", "participants", "study_items"} <= set(inspector.get_table_names())
         assert NEW_CHOICE_COLUMNS <= {c["name"] for c in inspector.get_columns("choices")}
@@ -71,5 +72,36 @@ def test_0002_keeps_existing_votes_and_downgrades(url: str) -> None:
         assert not NEW_CHOICE_COLUMNS & {c["name"] for c in inspector.get_columns("choices")}
         with engine.connect() as c:
             assert c.execute(text("SELECT COUNT(*) FROM choices")).scalar() == 1
+    finally:
+        engine.dispose()
+
+
+def test_0003_makes_existing_studies_active_and_checks_the_status(url: str) -> None:
+    engine = make_engine(url)
+    try:
+        _migrate(engine, "0002")
+        with engine.begin() as c:
+            c.execute(text("INSERT INTO studies (id, name, definition, consent_version, stimuli, created_at) "
+                           "VALUES ('st', 'old', '{}', 'v1', :stimuli, '2026-01-01 00:00:00+00:00')"),
+                      {"stimuli": '[{"image": 0}, {"image": 1}, {"image": 2}]'})
+        assert upgrade_to_head(engine) == "0003"
+        with engine.connect() as c:
+            row = c.execute(text("SELECT status, progress_done, progress_total, error, inputs FROM studies")).one()
+        assert tuple(row) == ("active", 3, 3, None, None)
+        for bad in ("status = 'paused'", "progress_done = 4"):
+            with pytest.raises(IntegrityError), engine.begin() as c:
+                c.execute(text(f"UPDATE studies SET {bad}"))
+        with engine.begin() as c:
+            c.execute(text("INSERT INTO studies (id, name, definition, consent_version, stimuli, created_at, status, "
+                           "progress_done, progress_total) VALUES ('p', 'new', '{}', 'v1', '[]', "
+                           "'2026-01-02 00:00:00+00:00', 'preparing', 0, 2)"))
+        with pytest.raises(RuntimeError, match="1 studies are preparing or failed"):
+            _migrate(engine, "0002", down=True)
+        with engine.begin() as c:
+            c.execute(text("DELETE FROM studies WHERE id = 'p'"))
+        _migrate(engine, "0002", down=True)
+        assert "status" not in {c["name"] for c in inspect(engine).get_columns("studies")}
+        with engine.connect() as c:
+            assert c.execute(text("SELECT COUNT(*) FROM studies")).scalar() == 1
     finally:
         engine.dispose()

@@ -1,18 +1,21 @@
-"""The study service in-process on SQLite and PostgreSQL: enrol, answer, withdraw, integrity."""
+"""The study service in-process on SQLite and PostgreSQL: background preparation (409 until active, failure
+records nothing, a study left 'preparing' is resumed), enrol, answer, withdraw, integrity."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, select
 
+from feedback import study_prepare
 from feedback.db import open_database
 from feedback.engine import EngineSettings
 from feedback.errors import Conflict, InputError, NotFound
 from feedback.integrity import integrity_check
-from feedback.models import Choice
+from feedback.models import Choice, SourceImage, Study
 from feedback.service import FeedbackService, Principal
 from feedback.store import count_rows
 from feedback.study_service import StudyService
@@ -41,7 +44,9 @@ def studies(request: pytest.FixtureRequest, tmp_path, monkeypatch) -> Iterator[S
             c.exec_driver_sql(f"CREATE DATABASE {name}")
         url = server.rsplit("/", 1)[0] + "/" + name
     db = open_database(url)
-    yield StudyService(FeedbackService(db, str(tmp_path / "data"), EngineSettings(backbone="nlm")))
+    service = StudyService(FeedbackService(db, str(tmp_path / "data"), EngineSettings(backbone="nlm")))
+    yield service
+    service.close(timeout_s=30)
     db.engine.dispose()
     if admin is not None:
         with admin.connect() as c:
@@ -59,6 +64,7 @@ def test_enrol_answer_withdraw(studies: StudyService, tmp_path) -> None:
         "degradations": ["noise:20"], "repeat_share": 0.5, "attention_checks": 1,
         "consent_text": "ok", "consent_version": "v1"})
     sid = created["study_id"]
+    assert studies.wait_until_ready(sid, timeout_s=120)["status"] == "active"
     assert created["n_items"] == 2 + 1 + 1
     with pytest.raises(InputError, match="conditions"):
         studies.create_study({"name": "s", "images": ["x"], "conditions": ["nlm"], "consent_text": "ok",
@@ -90,3 +96,105 @@ def test_enrol_answer_withdraw(studies: StudyService, tmp_path) -> None:
     report = studies.analysis(sid)
     assert list(report["study_participants"]) == [people[1].participant_id]
     assert report["study_participants"][people[1].participant_id]["attention_checks"] == 1
+
+
+def _images(tmp_path, n: int = 2) -> list[str]:
+    paths = []
+    for i in range(n):
+        paths.append(tmp_path / f"in{i}.png")
+        paths[-1].write_bytes(png_bytes(32, seed=10 + i))
+    return [str(p) for p in paths]
+
+
+def _definition(tmp_path, **extra) -> dict:
+    return {"name": "async", "images": _images(tmp_path), "conditions": ["nlm", "median"], "attention_checks": 0,
+            "repeat_share": 0, "consent_text": "ok", "consent_version": "v1", **extra}
+
+
+def _study_rows(studies: StudyService, sid: str) -> tuple[Study, int]:
+    with studies.fb.db.sessions.begin() as s:
+        row = s.get(Study, sid)
+        sources = s.query(SourceImage).filter(SourceImage.origin == "study").count()
+        return row, sources
+
+
+def test_create_returns_at_once_and_enrolment_waits_for_the_stimuli(studies: StudyService, tmp_path) -> None:
+    definition = _definition(tmp_path)
+    # Bad input is refused before anything is recorded: definition, condition, degradation, image file.
+    for bad, message in [({"conditions": ["nlm", "nope"]}, "condition 'nope'"),
+                         ({"degradations": ["noise:x"]}, "degradation 'noise:x'"),
+                         ({"images": [str(tmp_path / "missing.png")]}, "cannot be read"),
+                         ({"candidates_per_round": 9}, "candidates_per_round")]:
+        with pytest.raises(InputError, match=message):
+            studies.create_study({**definition, **bad})
+    (tmp_path / "text.png").write_text("not an image")
+    with pytest.raises(InputError, match="text.png"):
+        studies.create_study({**definition, "images": [str(tmp_path / "text.png")]})
+    assert studies.list_studies() == []
+    with studies.fb.gate.slot():  # the engine is busy with interactive work: the study waits behind it
+        created = studies.create_study(definition)
+        sid = created["study_id"]
+        assert created["status"] == "preparing" and created["progress"] == {"done": 0, "total": 2}
+        with pytest.raises(Conflict, match=r"still being prepared \(0 of 2 stimuli\)"):
+            studies.enrol(sid, "v1")
+        assert studies.public_info(sid)["status"] == "preparing"
+        listed = studies.list_studies()
+        assert [(s["study_id"], s["status"], s["progress"]) for s in listed] == [(sid, "preparing",
+                                                                                   {"done": 0, "total": 2})]
+        assert studies.wait_until_ready(sid, timeout_s=0.3)["status"] == "preparing"
+    status = studies.wait_until_ready(sid, timeout_s=120)
+    assert status == {"study_id": sid, "name": "async", "status": "active", "progress": {"done": 2, "total": 2},
+                      "error": None}
+    row, sources = _study_rows(studies, sid)
+    assert len(row.stimuli) == 2 and sources == 2 and len(row.inputs) == 2
+    person = studies.enrol(sid, "v1")
+    assert studies.next_item(ADMIN, sid, person.participant_id)["k"] == 1
+
+
+def test_a_failure_records_the_error_and_no_stimuli(studies: StudyService, tmp_path, monkeypatch) -> None:
+    real, calls = study_prepare.run_condition, []
+
+    def failing(fb, condition, degraded, seed):
+        calls.append(condition)
+        if len(calls) == 3:  # the first condition of the second stimulus
+            raise RuntimeError("out of memory on the test device")
+        return real(fb, condition, degraded, seed)
+
+    monkeypatch.setattr(study_prepare, "run_condition", failing)
+    sid = studies.create_study(_definition(tmp_path))["study_id"]
+    status = studies.wait_until_ready(sid, timeout_s=120)
+    assert status["status"] == "failed" and status["error"] == "RuntimeError: out of memory on the test device"
+    assert status["progress"] == {"done": 1, "total": 2}
+    row, sources = _study_rows(studies, sid)
+    assert row.stimuli == [] and sources == 0  # nothing half-written
+    with pytest.raises(Conflict, match="failed") as refused:
+        studies.enrol(sid, "v1")
+    assert "memory" not in str(refused.value)  # the error text is for the admin, not for participants
+    assert studies.list_studies()[0]["error"] == status["error"]
+
+
+def test_a_study_left_preparing_by_a_killed_process_is_prepared_on_start(studies: StudyService, tmp_path,
+                                                                         monkeypatch) -> None:
+    definition = _definition(tmp_path, degradations=["noise:20"])
+    reference = studies.create_study({**definition, "name": "reference"})["study_id"]
+    assert studies.wait_until_ready(reference, timeout_s=120)["status"] == "active"
+    # The process dies right after recording the study (and after one stimulus): nothing ran in the background.
+    monkeypatch.setattr(studies.preparer, "submit", lambda study_id: None)
+    sid = studies.create_study(definition)["study_id"]
+    with studies.fb.db.sessions.begin() as s:
+        s.get(Study, sid).progress_done = 1
+    for path in definition["images"]:  # the inputs were stored at creation: the files are no longer needed
+        Path(path).unlink()
+    restarted = StudyService(studies.fb)
+    try:
+        assert restarted.resume_preparing() == [sid]
+        assert restarted.wait_until_ready(sid, timeout_s=120)["status"] == "active"
+    finally:
+        restarted.close(timeout_s=30)
+    row, _ = _study_rows(studies, sid)
+    ref, _ = _study_rows(studies, reference)
+    assert row.progress_done == row.progress_total == 2
+    # The same images as an uninterrupted preparation (every output is a function of the definition).
+    assert [{k: st[k] for k in ("clean", "degraded", "control", "outputs")} for st in row.stimuli] == [
+        {k: st[k] for k in ("clean", "degraded", "control", "outputs")} for st in ref.stimuli]
+    assert StudyService(studies.fb).resume_preparing() == []

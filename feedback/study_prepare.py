@@ -1,0 +1,262 @@
+"""A study's stimuli, computed in the background: every stimulus x condition restored once, then recorded at once.
+
+`StudyService.create_study` checks what can be checked at once (definition, conditions, degradations, every
+image read and decoded, each stored as a PNG whose id goes into `Study.inputs`), records the study as
+'preparing' and hands its id to the `StudyPreparer` of the service: one worker thread that prepares one study
+at a time. Each stimulus is computed under the engine gate (`FeedbackService.gate.slot()`), so it waits behind
+interactive rounds instead of holding the engine for a whole study, and `progress_done` counts the stimuli.
+At the end one transaction writes the source images and the stimuli and switches the study to 'active';
+on any error one transaction switches it to 'failed' with the message and writes nothing else.
+
+A study found 'preparing' when a service starts (its process was killed mid-way) is prepared again from the
+start (`StudyPreparer.resume`): its inputs are in the image store, and every output is a deterministic function
+of the definition, so the result is the one the first attempt would have recorded. Replicas sharing a
+PostgreSQL database may both resume one study; the final transaction locks the row and writes only while it
+is still 'preparing', so the study is recorded once (the other replica's work is discarded).
+
+Conditions: a backbone name ('nlm', 'sipl', ...) restores the stimulus once; 'ttpo-auto:<backbone>' restores,
+generates diffusion candidates, lets the metric selector choose and refines (one automatic TTPO round).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from sqlalchemy import select, update
+
+from feedback import store
+from feedback.errors import FeedbackError, InputError
+from feedback.models import MAX_STUDY_ERROR, Study
+from feedback.service import Busy, FeedbackService, _to_tensor, _to_uint8
+from feedback.study import (
+    ATTENTION_CONTROL_SPEC,
+    StudyDefinition,
+    is_image_id_text,
+    study_from_dict,
+)
+from feedback.uploads import decode_image_bytes
+
+TTPO_AUTO_PREFIX = "ttpo-auto:"
+log = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------------------ checks at creation
+def check_conditions(fb: FeedbackService, study: StudyDefinition) -> None:
+    """InputError naming what is allowed when a condition is not a backbone or 'ttpo-auto:<backbone>'."""
+    for condition in study.conditions:
+        backbone = condition.removeprefix(TTPO_AUTO_PREFIX)
+        try:
+            fb.worker.check_backbone(backbone)
+        except InputError as exc:
+            raise InputError(f"condition {condition!r}: {exc.message}; or 'ttpo-auto:<backbone>'") from None
+
+
+def check_degradations(fb: FeedbackService, study: StudyDefinition) -> None:
+    """InputError (with the table of allowed degradations) for a spec that does not parse."""
+    for spec in study.degradations:
+        try:
+            fb.worker.check_degradation(spec)
+        except InputError as exc:
+            raise InputError(f"study definition: degradation {spec[:60]!r}: {exc.message}") from None
+
+
+def store_inputs(fb: FeedbackService, study: StudyDefinition) -> list[str]:
+    """Read and decode every definition image (a file path or a stored image id) and store it as a PNG;
+    returns the image ids in definition order. InputError / NotFound name the image that cannot be used."""
+    ids = []
+    for entry in study.images:
+        if is_image_id_text(entry):
+            fb.images.get_array(entry)  # NotFound when not stored; decodes it once
+            ids.append(entry)
+            continue
+        try:
+            with open(entry, "rb") as handle:
+                data = handle.read(fb.limits.max_bytes + 1)
+        except OSError as exc:
+            raise InputError(f"study image {entry!r} cannot be read: {exc.strerror}") from None
+        try:
+            ids.append(fb.images.put_array(decode_image_bytes(data, fb.limits)))
+        except InputError as exc:
+            raise InputError(f"study image {entry!r}: {exc.message}") from None
+    return ids
+
+
+def resized(array: np.ndarray, size: int | None) -> np.ndarray:
+    """(H, W, 3) uint8 with its longer side scaled to `size` px (bicubic); unchanged when `size` is None."""
+    if size is None:
+        return array
+    h, w = array.shape[:2]
+    scale = size / max(h, w)
+    image = Image.fromarray(array).resize((max(1, round(w * scale)), max(1, round(h * scale))),
+                                          Image.Resampling.BICUBIC)
+    return np.asarray(image, dtype=np.uint8).copy()
+
+
+# ------------------------------------------------------------------------------ compute
+def run_condition(fb: FeedbackService, condition: str, degraded: torch.Tensor,
+                  seed: int) -> tuple[torch.Tensor, dict[str, Any]]:
+    """The condition's output for one degraded image (1, 3, H, W) in [0, 1], and what was run."""
+    # Only the backbone: the diffusion prior is loaded for 'ttpo-auto:' conditions alone.
+    from restoration.backbones import get_restorer
+
+    worker = fb.worker
+    backbone = worker.check_backbone(condition.removeprefix(TTPO_AUTO_PREFIX))
+    try:
+        restorer = get_restorer(backbone, worker.settings.device)
+    except (ValueError, FileNotFoundError) as exc:
+        raise InputError(f"condition {condition!r}: backbone {backbone!r} cannot be loaded: {exc}") from None
+    t0 = time.perf_counter()
+    restored = restorer.restore(degraded).clamp(0, 1)
+    seconds, facts = time.perf_counter() - t0, restorer.describe()
+    if not condition.startswith(TTPO_AUTO_PREFIX):
+        return restored, {"backbone": facts, "seconds": {"restore": seconds}}
+    settings = replace(worker.settings.round, seed=seed)
+    made, t_cand = worker.candidates(restored, settings)
+    images = {"restored": restored} | {f"c{i}": img for i, (img, _meta) in enumerate(made)}
+    selection, t_select = worker.select(restored, images, worker.settings.selector)
+
+    def pick(ids: list[str]) -> torch.Tensor | None:
+        return torch.cat([images[i] for i in ids]) if ids else None
+
+    preferred, rejected = ([], []) if selection.tie else (selection.preferred_ids, selection.rejected_ids)
+    refined, t_refine = worker.refine(restored, pick(preferred), pick(rejected), worker.settings.refine)
+    return refined, {"backbone": facts, "selector": selection.selector, "preferred": preferred,
+                     "rejected": rejected, "candidates": settings.to_dict(),
+                     "refine": worker.settings.refine.to_dict(),
+                     "seconds": {"restore": seconds, "candidates": t_cand, "select": t_select, "refine": t_refine}}
+
+
+def compute_stimulus(fb: FeedbackService, study: StudyDefinition, j: int, clean: np.ndarray) -> dict[str, Any]:
+    """Stimulus j (image i under spec): its degraded input, attention control and every condition's output,
+    stored as PNGs; the dict that goes into `Study.stimuli` (without `source_image_id`)."""
+    i, spec = study.stimuli[j]
+    seed = study.seed + j
+    clean_t = _to_tensor(clean)
+    degraded, record = fb.worker.degrade(clean_t, spec, seed)
+    control, _ = fb.worker.degrade(clean_t, ATTENTION_CONTROL_SPEC, seed)
+    outputs, facts = {}, {}
+    for condition in study.conditions:
+        out, facts[condition] = run_condition(fb, condition, degraded, seed)
+        outputs[condition] = fb.images.put_array(_to_uint8(out))
+    return {"image": i, "degradation": spec, "seed": seed, "record": record.to_dict() if record else None,
+            "clean": fb.images.put_array(clean), "degraded": fb.images.put_array(_to_uint8(degraded)),
+            "control": fb.images.put_array(_to_uint8(control)), "outputs": outputs, "facts": facts}
+
+
+# ------------------------------------------------------------------------------ the worker
+class StudyPreparer:
+    """One background thread that prepares the studies handed to it (`submit`), one at a time, in order."""
+
+    def __init__(self, fb: FeedbackService) -> None:
+        self.fb = fb
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+
+    def submit(self, study_id: str) -> None:
+        """Prepare the study in the background (the thread starts on first use)."""
+        with self._start_lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._loop, name="study-preparer", daemon=True)
+                self._thread.start()
+        self._queue.put(study_id)
+
+    def resume(self) -> list[str]:
+        """Submit every study left 'preparing' (by a process that was killed); returns their ids, oldest first."""
+        with self.fb.db.reads.begin() as s:
+            ids = list(s.scalars(select(Study.id).where(Study.status == "preparing").order_by(Study.created_at)))
+        for study_id in ids:
+            self.submit(study_id)
+        return ids
+
+    def close(self, timeout_s: float | None = None) -> None:
+        """Stop the thread once the study in hand is done (queued studies stay 'preparing' for the next start)."""
+        with self._start_lock:
+            thread, self._thread = self._thread, None
+        if thread is not None:
+            while not self._queue.empty():
+                try:
+                    self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            self._queue.put(None)
+            thread.join(timeout_s)
+
+    def _loop(self) -> None:
+        while (study_id := self._queue.get()) is not None:
+            try:
+                self.prepare(study_id)
+            except Exception:  # the thread must outlive any one study; prepare() records what it can
+                log.exception("preparing study %s failed unexpectedly", study_id)
+
+    @contextmanager
+    def _engine_slot(self) -> Iterator[None]:
+        """The engine gate's slot, waiting (not failing with Busy) while its queue is full."""
+        while True:
+            stack = ExitStack()
+            try:
+                stack.enter_context(self.fb.gate.slot())
+            except Busy as exc:
+                time.sleep(min(exc.retry_after, 5))
+                continue
+            with stack:
+                yield
+            return
+
+    def prepare(self, study_id: str) -> str:
+        """Compute and record the study's stimuli; returns its status afterwards ('active' or 'failed')."""
+        with self.fb.db.reads.begin() as s:
+            row = s.get(Study, study_id)
+            if row is None or row.status != "preparing":
+                return "missing" if row is None else row.status
+            definition, inputs = dict(row.definition), list(row.inputs or [])
+        try:
+            study = study_from_dict(definition)
+            if len(inputs) != len(study.images):
+                raise InputError(f"the study records {len(inputs)} input images for {len(study.images)} "
+                                 "definition images; create it again")
+            clean_images = [resized(self.fb.images.get_array(image_id), study.size) for image_id in inputs]
+            stimuli = []
+            for j, (i, _spec) in enumerate(study.stimuli):
+                with self._engine_slot():
+                    stimuli.append(compute_stimulus(self.fb, study, j, clean_images[i]))
+                with self.fb.db.sessions.begin() as s:
+                    s.execute(update(Study).where(Study.id == study_id, Study.status == "preparing")
+                              .values(progress_done=j + 1))
+            return self._record(study_id, stimuli, clean_images)
+        except Exception as exc:
+            message = exc.message if isinstance(exc, FeedbackError) else f"{type(exc).__name__}: {exc}"
+            if not isinstance(exc, FeedbackError):
+                log.exception("preparing study %s failed", study_id)
+            with self.fb.db.sessions.begin() as s:
+                s.execute(update(Study).where(Study.id == study_id, Study.status == "preparing")
+                          .values(status="failed", error=message[:MAX_STUDY_ERROR]))
+            return "failed"
+
+    def _record(self, study_id: str, stimuli: list[dict[str, Any]], clean_images: list[np.ndarray]) -> str:
+        """One transaction: source images, stimuli, status 'active' (only if still 'preparing')."""
+        with self.fb.db.sessions.begin() as s:
+            row = s.get(Study, study_id, with_for_update=True)
+            if row is None or row.status != "preparing":  # deleted, or recorded by another replica meanwhile
+                return "missing" if row is None else row.status
+            for stim in stimuli:
+                height, width = clean_images[stim["image"]].shape[:2]
+                record = stim["record"]
+                src = store.add_source_image(
+                    s, image_hash=stim["clean"], width=width, height=height, origin="study",
+                    degradation_spec=stim["degradation"] or None, degradation_seed=stim["seed"] if record else None,
+                    degradation_params=record, gt_image_hash=stim["clean"] if record else None,
+                    degraded_image_hash=stim["degraded"])
+                stim["source_image_id"] = src.id
+            row.stimuli, row.status, row.progress_done, row.error = stimuli, "active", row.progress_total, None
+            return "active"
