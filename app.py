@@ -25,7 +25,7 @@ from fastapi import FastAPI
 from feedback import admin_ui, ui
 from feedback.api import build_api
 from feedback.db import open_database
-from feedback.engine import DEFAULT_PRIOR, EngineSettings, RefineSettings, RoundSettings
+from feedback.engine import DEFAULT_PRIOR, DTYPE_OF_PRECISION, EngineSettings, RefineSettings, RoundSettings
 from feedback.export import FORMATS, VARIANTS
 from feedback.models import REASON_TAGS
 from feedback.ratelimit import RateLimit
@@ -259,6 +259,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--extra-prior", action="append", default=[], metavar="NAME=FOLDER",
                    help="another diffusion prior people may choose, by NAME (repeatable; loaded on first use)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+                   help="the diffusion prior's compute precision ('auto': bf16 where the CPU/GPU has native "
+                        "bfloat16, else fp32)")
     p.add_argument("--candidates", type=int, default=2 if fast else RoundSettings.num_candidates,
                    help="default number of candidates")
     p.add_argument("--max-candidates", type=int, default=8)
@@ -296,7 +299,11 @@ def main(argv: list[str] | None = None) -> None:
     import uvicorn
 
     a = parse_args(argv)
+    from restoration.diffusion.priors import resolve_precision
+
+    precision = resolve_precision(a.precision, a.device)
     engine = EngineSettings(backbone=a.backbone, prior=a.prior, extra_priors=tuple(a.extra_priors), device=a.device,
+                            dtype=DTYPE_OF_PRECISION[precision],
                             max_candidates=a.max_candidates,
                             round=RoundSettings(num_candidates=a.candidates, steps=a.candidate_steps),
                             refine=RefineSettings(steps=a.refine_steps))

@@ -99,6 +99,11 @@ class RefineSettings:
         return asdict(self)
 
 
+#: EngineSettings.dtype (recorded with every round) -> the diffusion prior's compute precision.
+PRECISION_OF_DTYPE = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+DTYPE_OF_PRECISION = {v: k for k, v in PRECISION_OF_DTYPE.items()}
+
+
 @dataclass(frozen=True)
 class EngineSettings:
     """Process-wide engine choices: default backbone, the priors offered, device and the defaults of each stage."""
@@ -107,12 +112,16 @@ class EngineSettings:
     prior: str = "default"  # the prior offered as DEFAULT_PRIOR: 'default' (assets/prior) or a folder
     extra_priors: tuple[tuple[str, str], ...] = ()  # (name, folder) pairs offered beside the default
     device: str = "cpu"
-    dtype: str = "float32"
+    dtype: str = "float32"  # the diffusion prior's compute dtype: float32, bfloat16 or float16 (autocast)
     max_candidates: int = 8
     selector: tuple[str, ...] = ("piqe",)
     round: RoundSettings = RoundSettings()
     refine: RefineSettings = RefineSettings()
     backbones: tuple[str, ...] = field(default_factory=tuple)  # allowed names; empty = the registry's
+
+    def __post_init__(self) -> None:
+        if self.dtype not in PRECISION_OF_DTYPE:
+            raise ValueError(f"dtype must be one of {', '.join(PRECISION_OF_DTYPE)}, got {self.dtype!r}")
 
 
 def _git_describe() -> str:
@@ -245,7 +254,8 @@ class TTPOWorker:
 
                 source = self.settings.prior if key == DEFAULT_PRIOR else dict(self.settings.extra_priors)[key]
                 try:
-                    self._priors[key] = load_prior(source, self.settings.device)
+                    self._priors[key] = load_prior(source, self.settings.device,
+                                                   PRECISION_OF_DTYPE[self.settings.dtype])
                 except PriorNotFoundError as exc:
                     if key == DEFAULT_PRIOR:  # the process's own prior: a deployment error, not the user's
                         raise

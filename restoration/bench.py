@@ -1,16 +1,16 @@
 """Benchmark one TTPO round stage by stage, and the batched candidates against a naive per-candidate loop.
 
     python -m restoration.bench --size N --candidates K [--device cpu|cuda] [--repeat R] [--backbone sipl]
-        [--prior default] [--seed S] [--threads T] [--channels-last] [--tile PX] [--steps N]
+        [--prior default] [--seed S] [--threads T] [--precision fp32|bf16|fp16] [--contiguous] [--tile PX] [--steps N]
         [--refine-steps N] [--warmup W] [--no-naive] [--label TEXT] --json
 
 Measures, on the shipped weights, the median over R runs (after W warm-up rounds) of each stage
 (restore, candidates, select, refine) and of the whole round, the peak memory, and, in the same
 process and interleaved with the rounds (so load on a shared machine hits both alike), the same
 candidates made the naive way: one candidate at a time through a standard diffusers
-DDIMInverseScheduler / DDIMScheduler loop calling the prior's UNet directly, unbatched, in float32,
-sharing nothing. The naive images must match the batched ones (`naive_max_abs_diff`), otherwise the
-speed-up would compare different work. `unet_samples` counts the images the UNet saw (a batch of 8
+DDIMInverseScheduler / DDIMScheduler loop calling a stock copy of the prior's UNet (as loaded: float32,
+contiguous memory) directly, unbatched, sharing nothing. The naive images must match the batched ones
+(`naive_max_abs_diff`, `naive_psnr_db`), otherwise the speed-up would compare different work. `unet_samples` counts the images the UNet saw (a batch of 8
 counts 8) in each path, which is where the speed-up comes from.
 
 To drive the unmodified diffusers schedulers along the engine's timesteps (the inversion ladder or
@@ -23,7 +23,9 @@ above the prior's tile size. One JSON object goes to stdout; logs go to stderr.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
+import math
 import os
 import platform
 import resource
@@ -40,7 +42,7 @@ import torch.nn.functional as F
 
 from restoration.diffusion.candidates import CandidateConfig, CandidateMeta, plan_candidates
 from restoration.diffusion.inversion import ladder_path, ladder_stride
-from restoration.diffusion.priors import DEFAULT_TILE, DiffusionPrior, PriorNotFoundError
+from restoration.diffusion.priors import DEFAULT_TILE, DiffusionPrior, PriorNotFoundError, resolve_precision
 from restoration.diffusion.refine import RefineConfig
 from restoration.diffusion.sampling import start_timestep, timestep_grid
 
@@ -63,7 +65,8 @@ class BenchConfig:
     prior: str = "default"
     seed: int = 0
     threads: int = 0
-    channels_last: bool = False
+    channels_last: bool = True  # the prior's U-Net in channels-last memory format (the engine's default)
+    precision: str = "fp32"
     tile: int = DEFAULT_TILE
     steps: int = 0
     refine_steps: int = 0
@@ -82,8 +85,16 @@ def respaced_betas(alphas_cumprod: torch.Tensor, timesteps_ascending: torch.Tens
     return 1.0 - a / prev
 
 
-def unet_eps(prior: DiffusionPrior, z_t: torch.Tensor, t: int) -> torch.Tensor:
-    """The prior's raw UNet output for one sample z_t (1, C, h, w) at integer timestep t (unbatched call)."""
+def stock_unet(prior: DiffusionPrior) -> torch.nn.Module:
+    """The prior's U-Net as diffusers loads it: same weights, float32, contiguous memory format."""
+    unet = copy.deepcopy(prior.unet).float()
+    return unet.to(memory_format=torch.contiguous_format)
+
+
+def unet_eps(prior: DiffusionPrior, z_t: torch.Tensor, t: int, unet: torch.nn.Module | None = None) -> torch.Tensor:
+    """The raw output of `unet` (default: the prior's) for one sample z_t (1, C, h, w) at integer timestep t
+    (an unbatched call, no autocast)."""
+    unet = unet if unet is not None else prior.unet
     _, c, h, w = z_t.shape
     r = prior.pixel_unshuffle
     multiple = r * 2 ** max(len(getattr(prior.unet.config, "block_out_channels", (1,))) - 1, 0)
@@ -93,9 +104,9 @@ def unet_eps(prior: DiffusionPrior, z_t: torch.Tensor, t: int) -> torch.Tensor:
         x = F.pixel_unshuffle(x, r)
     t_in = torch.tensor([t], device=z_t.device, dtype=torch.long)
     if prior.kind == "latent":
-        out = prior.unet(x, t_in, encoder_hidden_states=prior.prompt_embeds).sample
+        out = unet(x, t_in, encoder_hidden_states=prior.prompt_embeds).sample
     else:
-        out = prior.unet(x, t_in).sample
+        out = unet(x, t_in).sample
     if r > 1:
         out = F.pixel_shuffle(out, r)
     return out[:, :c, :h, :w].float()
@@ -108,8 +119,10 @@ def _respaced(prior: DiffusionPrior, timesteps_ascending: list[int]) -> dict[str
             "prediction_type": prior.prediction_type, "timestep_spacing": "leading", "steps_offset": 0}
 
 
-def naive_candidate(restored: torch.Tensor, prior: DiffusionPrior, meta: CandidateMeta) -> torch.Tensor:
-    """One candidate (1, 3, H, W) in [0, 1] from restored (1, 3, H, W): diffusers DDIM(Inverse)Scheduler loop."""
+def naive_candidate(restored: torch.Tensor, prior: DiffusionPrior, meta: CandidateMeta,
+                    unet: torch.nn.Module | None = None) -> torch.Tensor:
+    """One candidate (1, 3, H, W) in [0, 1] from restored (1, 3, H, W): diffusers DDIM(Inverse)Scheduler loop
+    calling `unet` (default: the prior's)."""
     from diffusers import DDIMInverseScheduler, DDIMScheduler
 
     T = prior.num_train_timesteps
@@ -124,7 +137,7 @@ def naive_candidate(restored: torch.Tensor, prior: DiffusionPrior, meta: Candida
         inverse = DDIMInverseScheduler(clip_sample=False, **_respaced(prior, path))
         inverse.set_timesteps(len(path))
         for j in inverse.timesteps:
-            z = inverse.step(unet_eps(prior, z, path[int(j)]), j, z).prev_sample
+            z = inverse.step(unet_eps(prior, z, path[int(j)], unet), j, z).prev_sample
     elif meta.method == "forward_noise":
         noise = torch.randn(tuple(z.shape[1:]), generator=gen)[None].to(z.device)
         z = scheduler.add_noise(z, noise, torch.tensor([len(t_of) - 1]))
@@ -132,14 +145,15 @@ def naive_candidate(restored: torch.Tensor, prior: DiffusionPrior, meta: Candida
         raise ValueError(f"naive reference has no inversion method {meta.method!r}")
     for j in scheduler.timesteps:
         noise = torch.randn(tuple(z.shape[1:]), generator=gen)[None].to(z.device) if meta.eta > 0 else None
-        z = scheduler.step(unet_eps(prior, z, t_of[int(j)]), j, z, eta=meta.eta,
+        z = scheduler.step(unet_eps(prior, z, t_of[int(j)], unet), j, z, eta=meta.eta,
                            use_clipped_model_output=True, variance_noise=noise).prev_sample
     return prior.decode(z, tuple(restored.shape[-2:]))
 
 
-def naive_candidates(restored: torch.Tensor, prior: DiffusionPrior, metas: Sequence[CandidateMeta]) -> torch.Tensor:
+def naive_candidates(restored: torch.Tensor, prior: DiffusionPrior, metas: Sequence[CandidateMeta],
+                     unet: torch.nn.Module | None = None) -> torch.Tensor:
     """(N, 3, H, W): a Python loop over candidates, each its own unbatched scheduler loop."""
-    return torch.cat([naive_candidate(restored, prior, m) for m in metas])
+    return torch.cat([naive_candidate(restored, prior, m, unet) for m in metas])
 
 
 # ---- timing ---------------------------------------------------------------------------------------
@@ -172,11 +186,11 @@ def bench_input(size: int, seed: int = 0) -> torch.Tensor:
 
 
 class UnetSamples:
-    """Counts the images a module's forward passes see (a batch of 8 counts 8), while installed."""
+    """Counts the images the modules' forward passes see (a batch of 8 counts 8), while installed."""
 
-    def __init__(self, module: torch.nn.Module):
+    def __init__(self, *modules: torch.nn.Module | None):
         self.count = 0
-        self._handle = module.register_forward_pre_hook(self._hook)
+        self._handles = [m.register_forward_pre_hook(self._hook) for m in modules if m is not None]
 
     def _hook(self, module, args) -> None:
         self.count += int(args[0].shape[0])
@@ -187,7 +201,8 @@ class UnetSamples:
         return n
 
     def remove(self) -> None:
-        self._handle.remove()
+        for handle in self._handles:
+            handle.remove()
 
 
 def run_round(engine, degraded: torch.Tensor, config: BenchConfig, counter: UnetSamples | None = None
@@ -231,14 +246,6 @@ def peak_memory_mb(device: str) -> float:
     return rss / 2**20 if platform.system() == "Darwin" else rss / 2**10  # bytes on macOS, KiB on Linux
 
 
-def _to_channels_last(engine) -> None:
-    """Channels-last weights for the prior's UNet / VAE and any backbone network (a measured suggestion)."""
-    modules = [engine.prior.unet, engine.prior.vae, getattr(engine.restorer, "net", None)]
-    for m in modules:
-        if isinstance(m, torch.nn.Module):
-            m.to(memory_format=torch.channels_last)
-
-
 def run_bench(config: BenchConfig, log: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
     """Load the backbone and prior, warm up, time R rounds and R naive candidate loops; the result dict.
 
@@ -261,12 +268,13 @@ def _run_bench(config: BenchConfig, log: Callable[[str], None]) -> dict[str, Any
     if config.steps:
         candidates = replace(candidates, steps=config.steps)
     refine = replace(RefineConfig(), steps=config.refine_steps) if config.refine_steps else RefineConfig()
-    tpo = TPOConfig(backbone=config.backbone, prior=config.prior, device=dev, candidates=candidates, refine=refine)
+    tpo = TPOConfig(backbone=config.backbone, prior=config.prior, device=dev, candidates=candidates, refine=refine,
+                    precision=config.precision)
     engine = TPOEngine(tpo, restorer=create_restorer(config.backbone, dev))
     engine.prior.tile, engine.prior.tile_overlap = config.tile, config.tile // 8
     engine.prior.check_tiling()
-    if config.channels_last:
-        _to_channels_last(engine)
+    engine.prior.set_inference_format(channels_last=config.channels_last)
+    naive_unet = stock_unet(engine.prior) if config.naive else None
     degraded = bench_input(config.size, config.seed)
     log(f"backbone {config.backbone}, prior {engine.prior.prior_id} (tile {config.tile}), {config.size} px, "
         f"{config.candidates} candidates ({candidates.method}), {torch.get_num_threads()} threads, device {dev}")
@@ -276,10 +284,10 @@ def _run_bench(config: BenchConfig, log: Callable[[str], None]) -> dict[str, Any
         _, rnd, _ = run_round(engine, degraded, config)
         if config.naive:
             with torch.inference_mode():
-                naive_candidate(rnd.start, engine.prior, metas[0])
+                naive_candidate(rnd.start, engine.prior, metas[0], naive_unet)
     if dev.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    counter = UnetSamples(engine.prior.unet)
+    counter = UnetSamples(engine.prior.unet, naive_unet)
     runs, naive_runs, rnd, naive, samples = [], [], None, None, {}
     try:
         for r in range(config.repeat):  # rounds and naive loops interleaved: drifting load hits both alike
@@ -288,7 +296,7 @@ def _run_bench(config: BenchConfig, log: Callable[[str], None]) -> dict[str, Any
             log(f"round {r}: " + ", ".join(f"{k} {v:.3f}s" for k, v in seconds.items()))
             if config.naive:
                 with torch.inference_mode():
-                    naive, s = _timed(lambda: naive_candidates(rnd.start, engine.prior, metas), dev)
+                    naive, s = _timed(lambda: naive_candidates(rnd.start, engine.prior, metas, naive_unet), dev)
                 naive_runs.append(s)
                 samples["naive_candidates"] = counter.take()
                 log(f"naive {r}: {s:.3f}s")
@@ -298,11 +306,14 @@ def _run_bench(config: BenchConfig, log: Callable[[str], None]) -> dict[str, Any
     median = {k: statistics.median(s[k] for s in runs) for k in (*STAGES, "round")}
 
     naive_s = statistics.median(naive_runs) if naive_runs else None
-    diff = None
+    diff = psnr_db = None
     if naive is not None:
         batched = torch.cat([c.image for c in rnd.candidates if not c.is_start])
         diff = float((naive.to(batched.device) - batched).abs().max())
-        log(f"candidates batched {median['candidates']:.3f}s vs naive {naive_s:.3f}s; max |diff| {diff:.2e}; "
+        mse = float(((naive.to(batched.device) - batched) ** 2).mean())
+        psnr_db = 10 * math.log10(1 / mse) if mse > 0 else float("inf")
+        log(f"candidates batched {median['candidates']:.3f}s vs naive {naive_s:.3f}s; max |diff| {diff:.2e}, "
+            f"PSNR {psnr_db:.1f} dB; "
             f"UNet samples {samples['candidates']} vs {samples['naive_candidates']}")
     return {
         "label": config.label or None,
@@ -316,10 +327,12 @@ def _run_bench(config: BenchConfig, log: Callable[[str], None]) -> dict[str, Any
         "speedup_vs_naive": naive_s / median["candidates"] if naive_s and median["candidates"] > 0 else None,
         "peak_memory_mb": peak,
         "naive_max_abs_diff": diff,
+        "naive_psnr_db": psnr_db,
         "unet_samples": samples,
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "channels_last": config.channels_last,
+        "precision": config.precision,
         "tile": config.tile,
         "backbone": engine.restorer.describe(),
         "prior": engine.prior.describe(),
@@ -344,7 +357,11 @@ def _parse(argv: list[str] | None) -> tuple[BenchConfig, bool]:
     p.add_argument("--prior", default="default", help="diffusion prior name or folder")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: every CPU this process may use)")
-    p.add_argument("--channels-last", action="store_true", help="channels-last weights (measured suggestion)")
+    p.add_argument("--precision", default="fp32", choices=("auto", "fp32", "bf16", "fp16"),
+                   help="the prior's compute precision (autocast; 'auto' as the app: bf16 where native); "
+                        "the naive loop always runs float32")
+    p.add_argument("--contiguous", action="store_true",
+                   help="keep the prior's U-Net in contiguous memory (the engine uses channels-last)")
     p.add_argument("--tile", type=int, default=DEFAULT_TILE,
                    help="the diffusion denoiser runs on tiles of this many pixels (with 1/8 overlap) above it; 0: off")
     p.add_argument("--steps", type=int, default=0, help="candidate DDIM steps (0: the engine's default)")
@@ -372,7 +389,7 @@ def _parse(argv: list[str] | None) -> tuple[BenchConfig, bool]:
         p.error("--device cuda asked for, but torch sees no CUDA device")
     return BenchConfig(size=a.size, candidates=a.candidates, device=a.device, repeat=a.repeat,
                        backbone=a.backbone, prior=a.prior, seed=a.seed, threads=a.threads,
-                       channels_last=a.channels_last, tile=a.tile, steps=a.steps, refine_steps=a.refine_steps,
+                       channels_last=not a.contiguous, precision=resolve_precision(a.precision, a.device), tile=a.tile, steps=a.steps, refine_steps=a.refine_steps,
                        warmup=a.warmup, naive=not a.no_naive, label=a.label), a.json
 
 

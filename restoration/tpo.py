@@ -30,7 +30,7 @@ from restoration.diffusion.candidates import (
     CandidateMeta,
     generate_candidates,
 )
-from restoration.diffusion.priors import DiffusionPrior, load_prior
+from restoration.diffusion.priors import DiffusionPrior, load_prior, resolve_precision
 from restoration.diffusion.refine import RefineConfig, reward_guided_denoise
 from restoration.selection import (
     DEFAULT_SELECTOR,
@@ -54,11 +54,12 @@ class TPOConfig:
     candidates: CandidateConfig = CandidateConfig()
     refine: RefineConfig = RefineConfig()
     device: str = "cpu"
+    precision: str = "fp32"  # the prior's compute precision: fp32, bf16 or fp16 (autocast)
 
     def to_dict(self) -> dict[str, Any]:
         return {"backbone": self.backbone, "prior": self.prior, "selector": list(self.selector),
                 "candidates": {**self.candidates.__dict__, "strengths": list(self.candidates.strengths)},
-                "refine": self.refine.to_dict(), "device": self.device}
+                "refine": self.refine.to_dict(), "device": self.device, "precision": self.precision}
 
 
 @dataclass
@@ -109,7 +110,7 @@ class TPOEngine:
                  prior: DiffusionPrior | None = None):
         self.config = config
         self.restorer = restorer if restorer is not None else get_restorer(config.backbone, config.device)
-        self.prior = prior if prior is not None else load_prior(config.prior, config.device)
+        self.prior = prior if prior is not None else load_prior(config.prior, config.device, config.precision)
 
     def describe(self) -> dict[str, Any]:
         return {"backbone": self.restorer.describe(), "prior": self.prior.describe(), "config": self.config.to_dict()}
@@ -195,6 +196,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=0, help="override refine steps")
     p.add_argument("--strength", type=float, default=0.0, help="override refine strength")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--precision", default="fp32", choices=("auto", "fp32", "bf16", "fp16"),
+                   help="the prior's compute precision ('auto': bf16 where the device has native bfloat16)")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--json", action="store_true", help="print the result as one JSON object on stdout")
     a = p.parse_args(argv)
@@ -239,7 +242,8 @@ def main(argv: list[str] | None = None) -> int:
             refine = replace(refine, strength=a.strength)
         config = TPOConfig(backbone=a.backbone, prior=a.prior, selector=selector,
                            candidates=replace(CandidateConfig(), num_candidates=a.candidates, seed=a.seed),
-                           refine=replace(refine, seed=a.seed), device=a.device)
+                           refine=replace(refine, seed=a.seed), device=a.device,
+                           precision=resolve_precision(a.precision, a.device))
         engine = TPOEngine(config, restorer=create_restorer(a.backbone, a.device), prior=None)
     except (ValueError, FileNotFoundError, KeyError) as exc:
         log(f"error: {exc}")

@@ -64,7 +64,8 @@ def test_command_prints_the_json_contract(tmp_path, tiny_prior):
     assert all(v > 0 for v in result["seconds"].values())
     assert result["seconds"]["round"] >= result["seconds"]["candidates"]
     assert (result["size"], result["candidates"], result["threads"]) == (32, 2, 1)
-    assert result["naive_max_abs_diff"] < 1e-4
+    assert result["naive_max_abs_diff"] < 1e-4 and result["naive_psnr_db"] > 80
+    assert (result["precision"], result["channels_last"]) == ("fp32", True)
     assert result["naive_candidates_seconds"] > 0 and result["speedup_vs_naive"] > 0
     assert result["peak_memory_mb"] > 10
     assert result["prior"]["kind"] == "pixel"

@@ -47,13 +47,14 @@ class CandidateMeta:
     eta: float
     prior_id: str
     weights_hash: str
+    precision: str = "fp32"  # the denoiser's compute precision (records from before it existed: fp32)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> CandidateMeta:
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__})
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d or k != "precision"})
 
 
 @dataclass
@@ -98,6 +99,7 @@ def plan_candidates(config: CandidateConfig, prior: DiffusionPrior) -> list[Cand
             eta=float(config.eta),
             prior_id=prior.prior_id,
             weights_hash=prior.weights_hash,
+            precision=prior.precision,
         )
         for i in range(config.num_candidates)
     ]
@@ -186,4 +188,9 @@ def regenerate(meta: CandidateMeta, restored: torch.Tensor, prior: DiffusionPrio
             f"candidate was made with prior {meta.prior_id!r} (weights {meta.weights_hash[:12]}), "
             f"but the loaded prior is {prior.prior_id!r} (weights {prior.weights_hash[:12]})"
         )
-    return sample_candidates(restored, prior, [meta], max_batch=1)
+    previous = prior.precision
+    prior.set_inference_format(precision=meta.precision)
+    try:
+        return sample_candidates(restored, prior, [meta], max_batch=1)
+    finally:
+        prior.set_inference_format(precision=previous)
