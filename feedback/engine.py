@@ -311,13 +311,23 @@ class TTPOWorker:
         """[(image (1, 3, H, W), CandidateMeta)] for the diffusion candidates (the start image excluded), seconds.
 
         `prior` names one of `prior_names()` (default: DEFAULT_PRIOR)."""
-        from restoration.tpo import TPOConfig, TPOEngine
+        made, seconds = self.candidates_many([start], [settings], prior)
+        return made[0], seconds
 
-        engine = TPOEngine(replace(TPOConfig(prior=self.check_prior(prior), device=self.settings.device),
-                                   candidates=settings.to_config()), restorer=_NoRestorer(), prior=self.prior(prior))
+    def candidates_many(self, starts: Sequence[torch.Tensor], settings: Sequence[RoundSettings],
+                        prior: str | None = None):
+        """The candidates of several start images of one size (one RoundSettings each) under one prior, their
+        denoising steps batched together -> ([[(image, CandidateMeta)] per start], seconds for all)."""
+        from restoration.diffusion.candidates import plan_candidates, sample_candidates_many
+
+        diffusion_prior = self.prior(prior)
+        configs = [s.to_config() for s in settings]
+        metas = [plan_candidates(c, diffusion_prior) for c in configs]
         t0 = time.perf_counter()
-        rnd = engine.start_round(start)
-        return [(c.image, c.meta) for c in rnd.candidates if not c.is_start], time.perf_counter() - t0
+        images = sample_candidates_many(starts, diffusion_prior, metas,
+                                        max_batch=sum(c.max_batch for c in configs))
+        made = [[(imgs[i : i + 1], m) for i, m in enumerate(ms)] for imgs, ms in zip(images, metas)]
+        return made, time.perf_counter() - t0
 
     def select(self, start: torch.Tensor, images: dict[str, torch.Tensor], metrics: Sequence[str]):
         """Automated selection over named candidates -> (Selection, seconds)."""

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from feedback import access, store
+from feedback.batching import CandidateBatcher
 from feedback.db import Database, retry_transient
 from feedback.engine import DEFAULT_PRIOR, EngineSettings, RefineSettings, RoundSettings, TTPOWorker
 from feedback.errors import Conflict, FeedbackError, InputError, NotFound
@@ -176,13 +177,14 @@ class FeedbackService:
 
     def __init__(self, db: Database, data_dir: str, engine: EngineSettings = EngineSettings(),
                  admin_token: str | None = None, limits: UploadLimits = UploadLimits(),
-                 max_waiting: int = 4) -> None:
+                 max_waiting: int = 4, batch_sessions: int = 8) -> None:
         self.db = db
         self.images = ImageStore(data_dir)
         self.salt = load_or_create_salt(data_dir)
         self.worker = TTPOWorker(engine)
         self.limits = limits
         self.gate = EngineGate(max_waiting)
+        self.batcher = CandidateBatcher(self.gate, self.worker, max_jobs=batch_sessions)
         self._admin_hash = hash_token(admin_token) if admin_token else None
 
     # ------------------------------------------------------------------------------ sessions, access
@@ -347,9 +349,8 @@ class FeedbackService:
             prior = rnd.params.get("prior", DEFAULT_PRIOR)
             start_id = rnd.restored_image_hash
         start = _to_tensor(self.images.get_array(start_id))
-        with self.gate.slot():
-            made, t_cand = self.worker.candidates(start, settings, prior)
-            prior_facts = self.worker.prior_facts(prior)
+        made, t_cand = self.batcher.candidates(start, settings, prior)  # with other sessions' waiting requests
+        prior_facts = self.worker.prior_facts(prior)  # loaded by now
         specs = [store.CandidateSpec(image_hash=start_id, method="restored", is_restored=True)]
         specs += [store.CandidateSpec(image_hash=self.images.put_array(_to_uint8(img)), method=meta.method,
                                       seed=meta.seed, strength=meta.strength) for img, meta in made]

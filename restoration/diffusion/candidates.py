@@ -148,28 +148,54 @@ def sample_candidates(
     MAX_CHUNK_PIXELS): per step one forward pass over the chunk's distinct rows, strengths as
     per-sample timesteps.
     """
-    if restored.ndim != 4 or restored.shape[0] != 1 or restored.shape[1] != 3:
-        raise ValueError(f"restored must be (1, 3, H, W), got {tuple(restored.shape)}")
-    size = tuple(restored.shape[-2:])
-    z0 = prior.encode(restored)
-    gens = [torch.Generator().manual_seed(int(m.seed)) for m in metas]
-    z_start = start_latents(z0, prior, metas, gens)
-    max_batch = max(1, min(max_batch, MAX_CHUNK_PIXELS // (z0.shape[-2] * z0.shape[-1])))
-    out: list[torch.Tensor | None] = [None] * len(metas)
+    return sample_candidates_many([restored], prior, [metas], max_batch)[0]
+
+
+@torch.no_grad()
+def sample_candidates_many(
+    starts: Sequence[torch.Tensor], prior: DiffusionPrior, metas: Sequence[Sequence[CandidateMeta]],
+    max_batch: int = 8,
+) -> list[torch.Tensor]:
+    """The candidates of several start images of one size (e.g. from concurrent sessions) in shared batches:
+    starts[b] (1, 3, H, W) -> (len(metas[b]), 3, H, W). Each image keeps its own inversion; the denoising
+    steps of all images' candidates run together, so each candidate is what `sample_candidates` makes of
+    its image alone (up to float rounding of a different batch)."""
+    if len(starts) != len(metas) or not starts:
+        raise ValueError(f"need one list of metas per start image, got {len(starts)} images, {len(metas)} lists")
+    for restored in starts:
+        if restored.ndim != 4 or restored.shape[0] != 1 or restored.shape[1] != 3:
+            raise ValueError(f"restored must be (1, 3, H, W), got {tuple(restored.shape)}")
+    if len({tuple(r.shape) for r in starts}) != 1:
+        raise ValueError(f"start images batched together must have one size, got {[tuple(r.shape) for r in starts]}")
+    size = tuple(starts[0].shape[-2:])
+    rows, gens, flat = [], [], []
+    for restored, image_metas in zip(starts, metas):
+        z0 = prior.encode(restored)
+        image_gens = [torch.Generator().manual_seed(int(m.seed)) for m in image_metas]
+        rows.append(start_latents(z0, prior, image_metas, image_gens))
+        gens += image_gens
+        flat += list(image_metas)
+    z_start = torch.cat(rows)
+    max_batch = max(1, min(max_batch, MAX_CHUNK_PIXELS // (z_start.shape[-2] * z_start.shape[-1])))
+    out: list[torch.Tensor | None] = [None] * len(flat)
     model_fn = share_identical_rows(make_model_fn(prior))
-    key = lambda i: (metas[i].steps, metas[i].eta)
-    order = sorted(range(len(metas)), key=lambda i: (*key(i), metas[i].strength))  # equal starts share chunks
+    key = lambda i: (flat[i].steps, flat[i].eta)
+    order = sorted(range(len(flat)), key=lambda i: (*key(i), flat[i].strength))  # equal starts share chunks
     for (steps, eta), group in groupby(order, key=key):
         idx = list(group)
-        for start in range(0, len(idx), max_batch):
-            chunk = idx[start : start + max_batch]
-            grid = timestep_grid([metas[i].strength for i in chunk], steps, prior.num_train_timesteps)
+        for begin in range(0, len(idx), max_batch):
+            chunk = idx[begin : begin + max_batch]
+            grid = timestep_grid([flat[i].strength for i in chunk], steps, prior.num_train_timesteps)
             z_0 = ddim_sample(model_fn, z_start[chunk], grid, prior.alphas_cumprod, eta=eta,
                               generators=[gens[i] for i in chunk])
             images = prior.decode(z_0, size)
             for j, i in enumerate(chunk):
                 out[i] = images[j : j + 1]
-    return torch.cat(out, dim=0)  # type: ignore[arg-type]
+    result, begin = [], 0
+    for image_metas in metas:
+        result.append(torch.cat(out[begin : begin + len(image_metas)], dim=0))  # type: ignore[arg-type]
+        begin += len(image_metas)
+    return result
 
 
 def generate_candidates(
