@@ -2,7 +2,10 @@
 people agree with each other and with the automated metrics.
 
 Everything works on plain `Vote` rows (one per human preference pair); `load_votes` reads them from the
-database. A vote compares two images of one round; each image belongs to a *condition*, named by
+database. A gallery vote of a study (K > 2 images, best picked, worst optionally marked) is stored as the pairs
+it implies (the best beats each other image, each other image beats the worst), so win rates, Bradley-Terry,
+alpha and metric agreement read it as pairs; test-retest and position picks of galleries use the whole
+judgment (the best image of a shown set), grouped by `Vote.choice_id`. A vote compares two images of one round; each image belongs to a *condition*, named by
 `condition_by`:
   'method'      the candidate's `method` (in a study round each shown image is one system's output,
                 e.g. 'sipl', 'ttpo-human', 'ttpo-metric'), the default;
@@ -67,6 +70,8 @@ class Vote:
     rejected_scores: Mapping[str, float | None] = field(default_factory=dict)
     study_id: str | None = None
     round_id: str = ""
+    choice_id: str = ""
+    gallery_size: int = 0  # K of a gallery study item (the pair is one of its vote's pairs); 0 otherwise
 
     @property
     def is_tie(self) -> bool:
@@ -120,8 +125,14 @@ def load_votes(s: Session, *, condition_by: str = "method", study_id: str | None
             chosen_condition=prefix + row["chosen_method"], rejected_condition=prefix + row["rejected_method"],
             chosen_position=row["chosen_position"], rejected_position=row["rejected_position"],
             label=float(row["label"]), chosen_scores=row["chosen_scores"], rejected_scores=row["rejected_scores"],
-            study_id=study, round_id=row["round_id"]))
+            study_id=study, round_id=row["round_id"], choice_id=row["choice_id"],
+            gallery_size=_gallery_size(row["params"])))
     return votes
+
+
+def _gallery_size(params: Any) -> int:
+    shown = params.get("study_item", {}).get("shown") if isinstance(params, dict) else None
+    return len(shown) if isinstance(shown, list) and len(shown) > 2 else 0
 
 
 # -------------------------------------------------------------------------------------- conditions
@@ -179,22 +190,45 @@ def outcome(vote: Vote) -> str:
     return "first" if vote.chosen_image == unit_key(vote)[0] else "second"
 
 
+def gallery_judgments(votes: Sequence[Vote]) -> list[tuple[tuple[str, ...], str, int, int]]:
+    """One (shown images sorted, best image, best's position, K) per gallery vote among `votes`: the best is
+    the image of the vote's pairs that is never the rejected one."""
+    by_choice: dict[str, list[Vote]] = defaultdict(list)
+    for vote in votes:
+        if vote.gallery_size:
+            by_choice[vote.choice_id].append(vote)
+    judgments = []
+    for pairs in by_choice.values():
+        rejected = {v.rejected_image for v in pairs}
+        best = next(v for v in pairs if v.chosen_image not in rejected)
+        images = {i for v in pairs for i in (v.chosen_image, v.rejected_image)}
+        judgments.append((tuple(sorted(images)), best.chosen_image, best.chosen_position, best.gallery_size))
+    return judgments
+
+
 def participant_quality(votes: Sequence[Vote], config: AnalysisConfig = AnalysisConfig()) -> dict[str, dict]:
     """Per participant: votes, test-retest consistency, position bias, and an inattentive flag with reasons.
 
-    consistency: over items judged more than once (a study repeats pairs with sides swapped), the share
-    of repeats whose outcome equals the first judgment (chance 0.5; a person who always picks the left
-    image scores 0 on swapped repeats). position_bias: share of decisive votes won by the image shown
-    first (lower position); 0.5 when position does not matter.
+    consistency: over items judged more than once (a study repeats pairs with sides swapped, galleries with
+    their order rotated), the share of repeats whose outcome equals the first judgment (pairs: the same image
+    won or a tie again; chance 0.5, and a person who always picks the left image scores 0 on swapped repeats;
+    galleries: the same best image picked). position_bias: share of decisive votes won by the image shown
+    first (lower position); 0.5 when position does not matter. Participants with gallery votes also get
+    position_picks: the share of their gallery picks at each position '1'..'K' (chance 1/K each); a share of
+    at least `extreme_position_bias` at one position flags them.
     """
     by_person: dict[str, list[Vote]] = defaultdict(list)
     for vote in votes:
         by_person[vote.annotator].append(vote)
     report = {}
     for person, own in sorted(by_person.items()):
-        judged: dict[tuple[str, str], list[str]] = defaultdict(list)
+        judged: dict[tuple[str, ...], list[str]] = defaultdict(list)
         for vote in own:
-            judged[unit_key(vote)].append(outcome(vote))
+            if not vote.gallery_size:
+                judged[unit_key(vote)].append(outcome(vote))
+        galleries = gallery_judgments(own)
+        for shown, best, _position, _k in galleries:
+            judged[shown].append(best)
         repeats = [(results[0], later) for results in judged.values() for later in results[1:]]
         consistency = stats.agreement_rate(repeats)
         decisive = [v for v in own if not v.is_tie and v.chosen_position != v.rejected_position]
@@ -210,6 +244,17 @@ def participant_quality(votes: Sequence[Vote], config: AnalysisConfig = Analysis
                            f"(extreme: >= {limit:.0%} or <= {1 - limit:.0%})")
         report[person] = {"votes": len(own), "repeats": len(repeats), "consistency": consistency,
                           "position_bias": bias, "flagged": bool(reasons), "reasons": reasons}
+        if galleries:
+            k = max(g[3] for g in galleries)
+            picks = defaultdict(int)
+            for _shown, _best, position, _k in galleries:
+                picks[position] += 1
+            shares = {str(p + 1): picks[p] / len(galleries) for p in range(k)}
+            top = max(shares, key=shares.get)
+            if len(galleries) >= config.min_position_votes and shares[top] >= limit:
+                reasons.append(f"picked the image at position {top} in {shares[top]:.0%} of {len(galleries)} "
+                               f"gallery votes (chance {1 / k:.0%}; extreme: >= {limit:.0%})")
+            report[person].update(position_picks=shares, flagged=bool(reasons))
     return report
 
 

@@ -23,6 +23,7 @@ from feedback.models import (
     Refinement,
     Round,
     SourceImage,
+    StudyItem,
 )
 
 if TYPE_CHECKING:
@@ -53,10 +54,14 @@ def _choice_problems(s: Session) -> list[str]:
         roles[choice_id][role] = n
     pair_counts = {c: n for c, n in s.execute(select(PreferencePair.choice_id, func.count())
                                               .group_by(PreferencePair.choice_id))}
+    # A gallery study vote with a worst mark also has "each other image beats the worst" pairs.
+    worst_marked = set(s.scalars(select(StudyItem.choice_id).where(StudyItem.worst.is_not(None))))
     for choice_id, kind in s.execute(select(Choice.id, Choice.kind)):
         n_pref, n_rej = roles[choice_id]["preferred"], roles[choice_id]["rejected"]
         n = n_pref + n_rej
         expected = {"pairwise": n_pref * n_rej, "tie": n * (n - 1) // 2}.get(kind, 0)
+        if choice_id in worst_marked:
+            expected += n_rej - 1
         if kind == "pairwise" and not (n_pref and n_rej):
             problems.append(f"pairwise choice {choice_id} lacks a preferred or rejected candidate")
         if kind == "skip" and n:

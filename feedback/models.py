@@ -50,8 +50,9 @@ ROUND_STATUSES = ("created", "candidates", "chosen", "skipped", "refined", "fail
 CHOICE_ROLES = ("preferred", "rejected")
 #: Life of a study participant: active -> completed. Withdrawal deletes the participant's rows.
 PARTICIPANT_STATUSES = ("active", "completed")
-#: Answers of a study item.
+#: Answers of a pairwise study item; a gallery item's answer (and worst mark) is a position '1'..'6'.
 STUDY_ANSWERS = ("left", "right", "tie")
+GALLERY_POSITIONS = ("1", "2", "3", "4", "5", "6")
 #: Life of a study: preparing (stimuli computed in the background) -> active, or failed (error recorded).
 STUDY_STATUSES = ("preparing", "active", "failed")
 MAX_STUDY_ERROR = 2000
@@ -376,13 +377,22 @@ class Participant(Base):
 
 
 class StudyItem(Base):
-    """Item k of a participant: one round with two candidates (position 0 left, 1 right), and the answer."""
+    """Item k of a participant: one round with two candidates (position 0 left, 1 right), and the answer.
+
+    A gallery item (K > 2 candidates) has `gallery` ([{"condition", "image_hash"}] in shown order, candidate
+    positions 0..K-1) instead of the left/right columns (NULL); its answer is the best image's position
+    '1'..'K' and `worst` the position marked worst (optional); `expected` is a position too."""
 
     __tablename__ = "study_items"
     __table_args__ = (
         UniqueConstraint("participant_id", "position"),
         CheckConstraint("position >= 0", name="position"),
-        CheckConstraint("answer IS NULL OR answer IN ('left', 'right', 'tie')", name="answer"),
+        CheckConstraint("answer IS NULL OR answer IN ('left', 'right', 'tie', '1', '2', '3', '4', '5', '6')",
+                        name="answer"),
+        CheckConstraint("worst IS NULL OR (worst IN ('1', '2', '3', '4', '5', '6') AND worst <> answer)",
+                        name="worst"),
+        CheckConstraint("gallery IS NOT NULL OR (left_image_hash IS NOT NULL AND right_image_hash IS NOT NULL)",
+                        name="shown"),
     )
 
     id: Mapped[str] = _id_column()
@@ -390,15 +400,17 @@ class StudyItem(Base):
     position: Mapped[int] = mapped_column(Integer, nullable=False)
     stimulus: Mapped[int] = mapped_column(Integer, nullable=False)
     round_id: Mapped[str] = mapped_column(ForeignKey("rounds.id"), index=True, nullable=False)
-    left_image_hash: Mapped[str] = mapped_column(String(HASH_LENGTH), nullable=False)
-    right_image_hash: Mapped[str] = mapped_column(String(HASH_LENGTH), nullable=False)
-    left_condition: Mapped[str] = mapped_column(String(64), nullable=False)
-    right_condition: Mapped[str] = mapped_column(String(64), nullable=False)
+    left_image_hash: Mapped[str | None] = mapped_column(String(HASH_LENGTH))
+    right_image_hash: Mapped[str | None] = mapped_column(String(HASH_LENGTH))
+    left_condition: Mapped[str | None] = mapped_column(String(64))
+    right_condition: Mapped[str | None] = mapped_column(String(64))
+    gallery: Mapped[list[dict[str, str]] | None] = mapped_column(JSONType)
     is_repeat: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
     repeat_of: Mapped[int | None] = mapped_column(Integer)
     is_attention_check: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
     expected: Mapped[str | None] = mapped_column(String(8))
     answer: Mapped[str | None] = mapped_column(String(8))
+    worst: Mapped[str | None] = mapped_column(String(8))
     choice_id: Mapped[str | None] = mapped_column(ForeignKey("choices.id"), index=True)
     answered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 

@@ -1,12 +1,32 @@
 """User studies: the typed study definition, and the pure plan of what each participant sees.
 
 A study compares *conditions* (restoration systems: 'nlm', 'sipl', 'ttpo-auto:sipl', ...) on *stimuli*
-(each image of the set under each degradation). A participant judges items; an item shows one stimulus
-restored by two conditions, left and right. Assignment is a Latin square: participant i sees stimulus j
-with condition pair (i + j) mod P, so every P consecutive participants cover every (stimulus, pair) cell
-exactly once. Sides are counterbalanced (half of each participant's items swapped, shuffled), a share of
-items is repeated later with sides swapped (test-retest), and attention checks show a clean image against
-a clearly degraded control (the expected answer is the clean side).
+(each image of the set under each degradation). A participant judges items.
+
+Pairwise studies (`candidates_per_round` 2): an item shows one stimulus restored by two conditions, left and
+right. Assignment is a Latin square: participant i sees stimulus j with condition pair (i + j) mod P, so every
+P consecutive participants cover every (stimulus, pair) cell exactly once. Sides are counterbalanced (half of
+each participant's items swapped, shuffled), a share of items is repeated later with sides swapped
+(test-retest), and attention checks show a clean image against a clearly degraded control (the expected
+answer is the clean side).
+
+Gallery studies (`candidates_per_round` K in 3..6, at most the number of conditions): an item shows one
+stimulus restored by K conditions in a row of positions 1..K; the participant picks the best (required) and
+may mark the worst. The same scheme, one level up:
+  - subsets: S = the K-subsets of the conditions (in definition order); participant i sees stimulus j with
+    subset (i + j) mod |S|, so every |S| consecutive participants cover every (stimulus, subset) cell once;
+  - positions: each (stimulus, subset) cell has a base order, a seeded random permutation of its subset (the
+    study seed; so orders differ from item to item), shown rotated left by r = (i // |S| + j) mod K; the K
+    participants who see a cell in K|S| consecutive participants see its K rotations, so every condition of
+    the subset takes every position exactly once (a cyclic Latin square over positions);
+  - with more items than stimuli the stimuli are reused in blocks, each block shifted by one subset and one
+    rotation (as the pairwise plan shifts by one pair);
+  - repeats show the same subset again later, rotated by a seeded 1..K-1 (never the same order);
+  - attention checks show the clean image among K-1 copies of the degraded control at a seeded random
+    position; the expected answer is that position ('1'..'K').
+Items are shuffled per participant (seeded), as in the pairwise plan. A gallery vote counts as the preference
+pairs it implies: the best beats each other shown image, and each other shown image beats the marked worst
+(`gallery_pairs`).
 
     study = load_study("studies/pilot.yaml")
     items = assign_items(study, participant_index=3, seed=study.seed)
@@ -19,6 +39,7 @@ from __future__ import annotations
 import json
 import random
 import secrets
+from collections.abc import Sequence
 from dataclasses import MISSING, asdict, dataclass, fields
 from itertools import combinations
 from pathlib import Path
@@ -34,17 +55,25 @@ ATTENTION_CLEAN, ATTENTION_CONTROL = "attention-clean", "attention-control"
 CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
 CODE_LENGTH = 10
 MAX_ITEMS = 500
+#: At most this many images in one gallery item.
+MAX_GALLERY = 6
+PAIRWISE_INSTRUCTIONS = "Two restorations of the same image are shown. Pick the one that looks better."
+GALLERY_INSTRUCTIONS = ("Several restorations of the same image are shown. Pick the one that looks best "
+                        "(keys 1-{k}); you may also mark the one that looks worst (Shift + its key).")
 
 
 @dataclass(frozen=True)
 class StudyDefinition:
-    """A pairwise user study; the fields are the keys of the YAML/JSON file.
+    """A pairwise or gallery user study; the fields are the keys of the YAML/JSON file.
 
     images: file paths (relative to the definition file) or image ids (sha256 of a stored PNG); when
     `degradations` lists specs, the images are the clean ground truth and each spec makes one stimulus
     per image; with no degradations the images are the degraded inputs themselves (no ground truth).
     conditions: at least two systems to compare (backbone names, or 'ttpo-auto:<backbone>').
     items_per_participant: main items per participant (repeats and attention checks come on top).
+    candidates_per_round: images per item: 2 (pairwise, left/right) or K in 3..min(6, number of conditions)
+    (a gallery; see the module docstring). A gallery study left with the pairwise default instructions gets
+    the gallery instructions.
     """
 
     name: str
@@ -52,7 +81,7 @@ class StudyDefinition:
     conditions: tuple[str, ...]
     consent_text: str
     consent_version: str
-    instructions: str = "Two restorations of the same image are shown. Pick the one that looks better."
+    instructions: str = PAIRWISE_INSTRUCTIONS
     degradations: tuple[str, ...] = ()
     items_per_participant: int = 0  # 0: one item per stimulus
     candidates_per_round: int = 2
@@ -75,7 +104,12 @@ class StudyDefinition:
                "consent_version must be text of 1-32 characters (e.g. 'v1')")
         _check(all(isinstance(d, str) and d.strip() for d in self.degradations),
                "degradations must be a list of degradation specs like 'noise:25' or 'blur:2+jpeg:30'")
-        _check(self.candidates_per_round == 2, "candidates_per_round must be 2 (pairwise studies only, for now)")
+        most = min(MAX_GALLERY, len(self.conditions))
+        _check(_is_int(self.candidates_per_round) and 2 <= self.candidates_per_round <= most,
+               f"candidates_per_round must be an integer in [2, {most}] (2: pairwise; more: a gallery of that many "
+               f"conditions; at most {MAX_GALLERY} and at most the number of conditions)")
+        if self.is_gallery and self.instructions == PAIRWISE_INSTRUCTIONS:
+            object.__setattr__(self, "instructions", GALLERY_INSTRUCTIONS.format(k=self.candidates_per_round))
         _check(_is_int(self.items_per_participant) and 0 <= self.items_per_participant <= MAX_ITEMS,
                f"items_per_participant must be an integer in [0, {MAX_ITEMS}] (0: one per stimulus)")
         _check(isinstance(self.repeat_share, (int, float)) and not isinstance(self.repeat_share, bool)
@@ -91,6 +125,15 @@ class StudyDefinition:
         """(image index, degradation spec) of every stimulus; spec '' when the images are already degraded."""
         specs = self.degradations or ("",)
         return [(i, spec) for i in range(len(self.images)) for spec in specs]
+
+    @property
+    def is_gallery(self) -> bool:
+        return self.candidates_per_round > 2
+
+    @property
+    def condition_subsets(self) -> list[tuple[str, ...]]:
+        """Every K-subset of the conditions (K = candidates_per_round), in definition order."""
+        return list(combinations(self.conditions, self.candidates_per_round))
 
     @property
     def condition_pairs(self) -> list[tuple[str, str]]:
@@ -232,9 +275,12 @@ def latin_square_cells(study: StudyDefinition, participant_index: int) -> list[t
     return cells
 
 
-def assign_items(study: StudyDefinition, participant_index: int, seed: int) -> list[PlannedItem]:
+def assign_items(study: StudyDefinition, participant_index: int, seed: int) -> list[PlannedItem] | list[GalleryItem]:
     """The ordered items of participant `participant_index`: Latin-square main items (sides counterbalanced
-    across participants) in a seeded shuffled order, swapped repeats placed after their first showing, and attention checks."""
+    across participants) in a seeded shuffled order, swapped repeats placed after their first showing, and attention checks.
+    For a gallery study (candidates_per_round > 2): `assign_gallery_items`."""
+    if study.is_gallery:
+        return assign_gallery_items(study, participant_index, seed)
     rng = random.Random(f"{seed}:{participant_index}")
     main = latin_square_cells(study, participant_index)
     rng.shuffle(main)
@@ -265,6 +311,110 @@ def assign_items(study: StudyDefinition, participant_index: int, seed: int) -> l
             is_repeat=is_repeat, repeat_of=first_position[entry["repeat_of_main"]] if is_repeat else None,
             is_attention_check="expected" in entry, expected=entry.get("expected")))
     return items
+
+
+# -------------------------------------------------------------------------------------------- galleries
+@dataclass(frozen=True)
+class GalleryItem:
+    """One gallery item: a stimulus shown by K conditions, `shown[p]` at position p + 1.
+
+    For a repeat, `repeat_of` is the position of the first showing (same conditions, another order); for an
+    attention check, `shown` holds ATTENTION_CLEAN once among ATTENTION_CONTROLs and `expected` is the clean
+    image's position ('1'..'K')."""
+
+    position: int
+    stimulus: int
+    shown: tuple[str, ...]
+    is_repeat: bool = False
+    repeat_of: int | None = None
+    is_attention_check: bool = False
+    expected: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "shown": list(self.shown)}
+
+
+def _rotated(order: tuple[str, ...], r: int) -> tuple[str, ...]:
+    r %= len(order)
+    return order[r:] + order[:r]
+
+
+def gallery_cells(study: StudyDefinition, participant_index: int) -> list[tuple[int, tuple[str, ...]]]:
+    """(stimulus, conditions in shown order) of a participant's main gallery items (module docstring: subset
+    (i + j + block) mod |S|, base order rotated by (i // |S| + j + block) mod K)."""
+    if not _is_int(participant_index) or participant_index < 0:
+        raise InputError(f"participant_index must be an integer >= 0, got {participant_index!r}")
+    subsets, n_stimuli = study.condition_subsets, len(study.stimuli)
+    start = (participant_index * study.n_main_items) % n_stimuli if study.items_per_participant else 0
+    cells = []
+    for t in range(study.n_main_items):
+        j = (start + t) % n_stimuli
+        block = (start + t) // n_stimuli
+        s = (participant_index + j + block) % len(subsets)
+        base = list(subsets[s])
+        random.Random(f"{study.seed}:gallery:{j}:{s}").shuffle(base)  # the cell's base order, same for everyone
+        cells.append((j, _rotated(tuple(base), participant_index // len(subsets) + j + block)))
+    return cells
+
+
+def assign_gallery_items(study: StudyDefinition, participant_index: int, seed: int) -> list[GalleryItem]:
+    """The ordered gallery items of participant `participant_index`: counterbalanced main items in a seeded
+    shuffled order, repeats (same conditions, rotated) after their first showing, and attention checks."""
+    rng = random.Random(f"{seed}:{participant_index}:gallery")
+    k = study.candidates_per_round
+    main = gallery_cells(study, participant_index)
+    rng.shuffle(main)
+    sequence: list[dict[str, Any]] = [{"stimulus": j, "shown": shown} for j, shown in main]
+    for original in sorted(rng.sample(range(len(main)), study.n_repeats), reverse=True):
+        j, shown = main[original]
+        slot = rng.randint(original + 1, len(sequence))  # strictly after its first showing
+        sequence.insert(slot, {"stimulus": j, "shown": _rotated(shown, rng.randrange(1, k)),
+                               "repeat_of_main": original})
+    for _ in range(study.attention_checks):
+        clean = rng.randrange(k)
+        shown = tuple(ATTENTION_CLEAN if p == clean else ATTENTION_CONTROL for p in range(k))
+        sequence.insert(rng.randint(1 if sequence else 0, len(sequence)), {
+            "stimulus": rng.randrange(len(study.stimuli)), "shown": shown, "expected": str(clean + 1)})
+    first_position: dict[int, int] = {}
+    main_seen = 0
+    for position, entry in enumerate(sequence):
+        if "repeat_of_main" not in entry and "expected" not in entry:
+            first_position[main_seen] = position
+            main_seen += 1
+    return [GalleryItem(position=position, stimulus=entry["stimulus"], shown=tuple(entry["shown"]),
+                        is_repeat="repeat_of_main" in entry,
+                        repeat_of=first_position[entry["repeat_of_main"]] if "repeat_of_main" in entry else None,
+                        is_attention_check="expected" in entry, expected=entry.get("expected"))
+            for position, entry in enumerate(sequence)]
+
+
+def gallery_answer(value: Any, k: int, name: str = "choice") -> str:
+    """A gallery position given as '1'..'K' (text or integer) -> its text; InputError otherwise."""
+    text = str(value).strip() if isinstance(value, (str, int)) and not isinstance(value, bool) else ""
+    if text not in {str(p) for p in range(1, k + 1)}:
+        raise InputError(f"{name} must be a gallery position 1..{k}, got {str(value)[:20]!r}")
+    return text
+
+
+def gallery_pairs(shown: Sequence[Any], best: int, worst: int | None = None) -> list[tuple[Any, Any]]:
+    """(winner, loser) pairs a gallery vote implies: the best (index into `shown`) beats each other shown
+    entry, and each entry other than the best and the worst beats the worst (when one is marked)."""
+    if not 0 <= best < len(shown) or (worst is not None and (worst == best or not 0 <= worst < len(shown))):
+        raise InputError(f"best and worst must be different positions among the {len(shown)} shown images")
+    pairs = [(shown[best], shown[p]) for p in range(len(shown)) if p != best]
+    if worst is not None:
+        pairs += [(shown[p], shown[worst]) for p in range(len(shown)) if p not in (best, worst)]
+    return pairs
+
+
+def position_balance(items: Sequence[GalleryItem]) -> dict[tuple[str, int], int]:
+    """How often each (condition, position 1..K) occurs over main gallery items (for checks and reports)."""
+    counts: dict[tuple[str, int], int] = {}
+    for item in items:
+        if not item.is_repeat and not item.is_attention_check:
+            for p, condition in enumerate(item.shown, start=1):
+                counts[condition, p] = counts.get((condition, p), 0) + 1
+    return counts
 
 
 def new_completion_code(length: int = CODE_LENGTH) -> str:

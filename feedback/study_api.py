@@ -18,12 +18,15 @@ Participant:
                                           (409 while the study is preparing or when it failed)
   GET  /api/v1/studies/{id}/participants/{pid}/next          (Bearer token) -> the first unanswered item
                                           {"k", "n", "left": {"url"}, "right": {"url"}, "instructions"}
-                                          or {"done": true, "completion_code"}
+                                          (a gallery item: "gallery": [{"url"}, ...] in positions 1..K instead
+                                          of left/right) or {"done": true, "completion_code"}
   POST /api/v1/studies/{id}/participants/{pid}/items/{k}/vote (Bearer token)
                                           {"choice": left|right|tie, "decision_ms", "zoom_count", "viewport": [w, h],
                                            "dpr"} -> {"k", "n", "created"}; idempotent per item
+                                          (a gallery item: "choice": "1".."K" the best, "worst": "1".."K" optional)
   POST /api/v1/studies/{id}/withdraw      {"completion_code"} -> rows deleted per table
-  GET  /study/{id}                        the participant page (consent, instructions, k of n, keys <- -> T)
+  GET  /study/{id}                        the participant page (consent, instructions, k of n, keys <- -> T;
+                                          galleries: 1..K best, Shift+1..K worst, Enter)
   GET  /study-admin                       the admin page: create a study, list studies, see the analysis
 """
 
@@ -60,7 +63,8 @@ class EnrolOut(BaseModel):
 
 
 class VoteIn(BaseModel):
-    choice: str = Field(description="left | right | tie")
+    choice: str = Field(description="left | right | tie; for a gallery item the best image's position '1'..'K'")
+    worst: str | None = Field(None, description="gallery items only: the position marked worst ('1'..'K'), optional")
     decision_ms: int | None = None
     zoom_count: int | None = None
     viewport: list[int] | None = Field(None, description="[width, height] in CSS pixels")
@@ -131,7 +135,11 @@ def build_study_router(service: FeedbackService, studies: StudyService | None = 
                 responses=errors(AUTH, 404, 409, 422))
     def next_item(study_id: str, participant_id: str, who: Who) -> dict[str, Any]:
         item = studies.next_item(who, study_id, participant_id)
-        if not item["done"]:
+        if item["done"]:
+            return item
+        if "gallery" in item:
+            item["gallery"] = [_image(g["image_id"]) for g in item["gallery"]]
+        else:
             item["left"], item["right"] = _image(item["left"]["image_id"]), _image(item["right"]["image_id"])
         return item
 
@@ -139,7 +147,7 @@ def build_study_router(service: FeedbackService, studies: StudyService | None = 
                  responses=errors(AUTH, 404, 409, INPUT))
     def vote(study_id: str, participant_id: str, k: int, body: VoteIn, who: Who) -> dict[str, Any]:
         return studies.vote(who, study_id, participant_id, k, body.choice, decision_ms=body.decision_ms,
-                            zoom_count=body.zoom_count, viewport=body.viewport, dpr=body.dpr)
+                            zoom_count=body.zoom_count, viewport=body.viewport, dpr=body.dpr, worst=body.worst)
 
     @router.post(f"{PREFIX}/studies/{{study_id}}/withdraw", responses=errors(404, INPUT))
     def withdraw(study_id: str, body: WithdrawIn) -> dict[str, Any]:

@@ -4,7 +4,10 @@ serve their items in order, record votes with their viewing conditions, withdraw
 Every item is recorded as a round of the participant's session with two candidates, position 0 on the
 left and 1 on the right, whose `method` is the condition shown; a vote is a `Choice` of that round (selector
 'human', or 'attention-check' for attention checks, which `feedback.analysis` therefore leaves out). So
-`feedback.analysis` and `feedback.export` read study votes unchanged. A participant only ever sees finished
+`feedback.analysis` and `feedback.export` read study votes unchanged. A gallery item (K > 2) is a round with K
+candidates at positions 0..K-1 in shown order; its vote (best position, optional worst) is a pairwise Choice
+(best preferred over the others) whose preference pairs are `feedback.study.gallery_pairs`: the best beats
+each other image and each other image beats the worst, so analysis and export read them as pairs too. A participant only ever sees finished
 PNGs by their hash (blind and fast).
 
 Creation returns at once: `create_study` checks the definition, conditions, degradations and images, records
@@ -52,11 +55,15 @@ from feedback.models import (
 )
 from feedback.pseudonym import hash_token, new_token, pseudonym
 from feedback.service import AuthError, FeedbackService, Principal
+from feedback.store import WIN_LABEL
 from feedback.study import (
     ATTENTION_CLEAN,
     ATTENTION_CONTROL,
+    GalleryItem,
     StudyDefinition,
     assign_items,
+    gallery_answer,
+    gallery_pairs,
     load_study,
     new_completion_code,
     normalise_code,
@@ -233,14 +240,23 @@ class StudyService:
     def _add_item(self, s: Session, row: Study, participant: Participant, session_id: str, item: Any) -> None:
         stim = row.stimuli[item.stimulus]
         images = {**stim["outputs"], ATTENTION_CLEAN: stim["clean"], ATTENTION_CONTROL: stim["control"]}
+        shown = item.shown if isinstance(item, GalleryItem) else (item.left, item.right)
         rnd = store.create_round(
             s, session_id=session_id, source_image_id=stim["source_image_id"], backbone_name=STUDY_BACKBONE_NAME,
             code_version=self.fb.worker.code_version, device=self.fb.worker.settings.device,
             dtype=self.fb.worker.settings.dtype, study_id=row.id,
             condition="attention-check" if item.is_attention_check else None,
             params={"study_item": item.to_dict(), "stimulus": {k: stim[k] for k in ("image", "degradation", "seed")},
-                    "facts": {c: stim["facts"].get(c) for c in (item.left, item.right)}},
+                    "facts": {c: stim["facts"].get(c) for c in dict.fromkeys(shown)}},
             seeds=[stim["seed"]])
+        if isinstance(item, GalleryItem):
+            store.add_candidates(s, rnd.id, [store.CandidateSpec(image_hash=images[c], method=c, position=p)
+                                             for p, c in enumerate(shown)])
+            s.add(StudyItem(participant_id=participant.id, position=item.position, stimulus=item.stimulus,
+                            round_id=rnd.id, gallery=[{"condition": c, "image_hash": images[c]} for c in shown],
+                            is_repeat=item.is_repeat, repeat_of=item.repeat_of,
+                            is_attention_check=item.is_attention_check, expected=item.expected))
+            return
         store.add_candidates(s, rnd.id, [
             store.CandidateSpec(image_hash=images[item.left], method=item.left, position=0),
             store.CandidateSpec(image_hash=images[item.right], method=item.right, position=1)])
@@ -269,16 +285,20 @@ class StudyService:
                 if participant.status != "completed":
                     participant.status, participant.completed_at = "completed", utcnow()
                 return {"done": True, "completion_code": participant.completion_code, "n": len(items)}
+            if todo.gallery is not None:
+                return {"done": False, "k": todo.position + 1, "n": len(items), "instructions": study.instructions,
+                        "gallery": [{"image_id": g["image_hash"]} for g in todo.gallery]}
             return {"done": False, "k": todo.position + 1, "n": len(items), "instructions": study.instructions,
                     "left": {"image_id": todo.left_image_hash}, "right": {"image_id": todo.right_image_hash}}
 
     def vote(self, who: Principal, study_id: str, participant_id: str, k: int, choice: Any,
              decision_ms: Any = None, zoom_count: Any = None, viewport: Any = None,
-             dpr: Any = None) -> dict[str, Any]:
+             dpr: Any = None, worst: Any = None) -> dict[str, Any]:
         """Record the answer to item k (1-based) with its viewing conditions; a repeat of the same answer is a
-        no-op (created False), a different answer to an answered item is a Conflict."""
-        if choice not in CHOICES:
-            raise InputError(f"choice must be one of {', '.join(CHOICES)}, got {str(choice)[:20]!r}")
+        no-op (created False), a different answer to an answered item is a Conflict.
+
+        Pairwise items: `choice` left | right | tie. Gallery items: `choice` is the best image's position 1..K
+        (text or integer) and `worst` optionally another position."""
         _int("zoom_count", zoom_count, 0, 1_000_000)
         width = height = None
         if viewport is not None:
@@ -296,25 +316,41 @@ class StudyService:
                 if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= len(items):
                     raise NotFound(f"item k must be in 1..{len(items)}, got {k!r}")
                 item = items[k - 1]
+                answer, worst_mark = _answer(item, choice, worst)
                 if item.answer is not None:
-                    if item.answer != choice:
-                        raise Conflict(f"item {k} was already answered ({item.answer}); answers cannot be changed")
+                    if (item.answer, item.worst) != (answer, worst_mark):
+                        raise Conflict(f"item {k} was already answered ({item.answer}"
+                                       f"{f', worst {item.worst}' if item.worst else ''}); answers cannot be changed")
                     return {"k": k, "n": len(items), "created": False, "choice_id": item.choice_id}
                 first_open = next(i for i in items if i.answer is None)
                 if first_open is not item:
                     raise Conflict(f"answer item {first_open.position + 1} first (items are judged in order)")
-                left, right = sorted(s.scalars(select(Candidate).where(Candidate.round_id == item.round_id)),
-                                     key=lambda c: c.position)
-                preferred, rejected = {"left": ([left.id], [right.id]), "right": ([right.id], [left.id]),
-                                       "tie": ([left.id, right.id], [])}[choice]
-                row, created = store.record_choice(
-                    s, item.round_id, preferred, rejected, "tie" if choice == "tie" else "pairwise",
-                    decision_ms=decision_ms, selector="attention-check" if item.is_attention_check else "human",
-                    idempotency_key=f"study-item:{item.id}")
+                shown = sorted(s.scalars(select(Candidate).where(Candidate.round_id == item.round_id)),
+                               key=lambda c: c.position)
+                selector = "attention-check" if item.is_attention_check else "human"
+                if item.gallery is None:
+                    left, right = shown
+                    preferred, rejected = {"left": ([left.id], [right.id]), "right": ([right.id], [left.id]),
+                                           "tie": ([left.id, right.id], [])}[answer]
+                    row, created = store.record_choice(
+                        s, item.round_id, preferred, rejected, "tie" if answer == "tie" else "pairwise",
+                        decision_ms=decision_ms, selector=selector, idempotency_key=f"study-item:{item.id}")
+                else:
+                    best = int(answer) - 1
+                    row, created = store.record_choice(
+                        s, item.round_id, [shown[best].id], [c.id for c in shown if c is not shown[best]],
+                        "pairwise", decision_ms=decision_ms, selector=selector,
+                        idempotency_key=f"study-item:{item.id}")
+                    if created:  # best x others came with the choice; the others beat the worst
+                        row.pairs += [PreferencePair(chosen_candidate_id=a.id, rejected_candidate_id=b.id,
+                                                     label=WIN_LABEL)
+                                      for a, b in gallery_pairs(shown, best, None if worst_mark is None
+                                                                else int(worst_mark) - 1)
+                                      if a is not shown[best]]
                 row.zoom_count, row.viewport_w, row.viewport_h = zoom_count, width, height
                 row.device_pixel_ratio = None if dpr is None else float(dpr)
                 row.consent_version = participant.consent_version
-                item.answer, item.choice_id, item.answered_at = choice, row.id, utcnow()
+                item.answer, item.worst, item.choice_id, item.answered_at = answer, worst_mark, row.id, utcnow()
                 s.flush()
                 return {"k": k, "n": len(items), "created": created, "choice_id": row.id}
         # One answer per item (a repeat is a no-op), so a transient database error is safely retried.
@@ -358,6 +394,22 @@ class StudyService:
         with self.fb.db.sessions.begin() as s:
             self._study(s, study_id)
             return [row for row in store.export_pairs(s) if row["study_id"] == study_id]
+
+
+def _answer(item: StudyItem, choice: Any, worst: Any) -> tuple[str, str | None]:
+    """(answer, worst) of a vote on `item`, checked against its kind; InputError says what is allowed."""
+    if item.gallery is None:
+        if not isinstance(choice, str) or choice not in CHOICES:
+            raise InputError(f"choice must be one of {', '.join(CHOICES)}, got {str(choice)[:20]!r}")
+        if worst is not None:
+            raise InputError("worst applies to gallery items only; this item shows two images (left, right)")
+        return choice, None
+    k = len(item.gallery)
+    answer = gallery_answer(choice, k)
+    worst_mark = None if worst is None else gallery_answer(worst, k, "worst")
+    if worst_mark == answer:
+        raise InputError("the image marked worst must not be the one picked as best")
+    return answer, worst_mark
 
 
 def delete_participant(s: Session, participant: Participant) -> dict[str, int]:

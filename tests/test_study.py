@@ -14,10 +14,13 @@ from feedback.study import (
     CODE_ALPHABET,
     StudyDefinition,
     assign_items,
+    gallery_answer,
+    gallery_pairs,
     latin_square_cells,
     load_study,
     new_completion_code,
     normalise_code,
+    position_balance,
     side_balance,
     study_from_dict,
 )
@@ -135,3 +138,76 @@ def test_completion_codes_are_random_and_normalised() -> None:
     for bad in ["", "O0O0O0", 123]:
         with pytest.raises(InputError):
             normalise_code(bad)
+
+
+# -------------------------------------------------------------------------------------------- galleries
+GALLERY = {**BASE, "conditions": ["nlm", "bicubic", "sipl", "median"], "candidates_per_round": 3,
+           "degradations": ["noise:25"], "images": ["a.png", "b.png", "c.png", "d.png", "e.png"]}
+
+
+def test_gallery_size_is_checked_and_k2_stays_pairwise() -> None:
+    for k in (1, 5, 7, True, 2.5):
+        with pytest.raises(InputError, match=r"candidates_per_round must be an integer in \[2, 4\]"):
+            study_from_dict({**GALLERY, "candidates_per_round": k})
+    with pytest.raises(InputError, match=r"\[2, 3\]"):
+        make(candidates_per_round=4)  # three conditions
+    study = study_from_dict(GALLERY)
+    assert study.is_gallery and len(study.condition_subsets) == 4 and "best" in study.instructions
+    assert study_from_dict({**GALLERY, "instructions": "Mine."}).instructions == "Mine."
+    assert not make().is_gallery and make().instructions.startswith("Two restorations")
+    assert all(isinstance(i, type(assign_items(make(), 0, 0)[0])) for i in assign_items(make(), 1, 0))
+
+
+def test_gallery_latin_square_balances_subsets_and_positions() -> None:
+    study = study_from_dict({**GALLERY, "repeat_share": 0, "attention_checks": 0})
+    subsets, k = study.condition_subsets, study.candidates_per_round
+    cells, places = Counter(), Counter()
+    for i in range(k * len(subsets)):  # K|S| consecutive participants
+        items = assign_items(study, i, seed=1)
+        assert sorted(item.stimulus for item in items) == list(range(5))  # every stimulus once
+        for item in items:
+            subset = tuple(c for c in study.conditions if c in item.shown)
+            cells[item.stimulus, subset] += 1
+            for p, condition in enumerate(item.shown):
+                places[item.stimulus, subset, condition, p] += 1
+        assert sum(position_balance(items).values()) == 5 * k
+    # every (stimulus, subset) cell k times, and within it every condition at every position exactly once
+    assert set(cells.values()) == {k} and len(cells) == 5 * len(subsets)
+    assert set(places.values()) == {1} and len(places) == 5 * len(subsets) * k * k
+    # the base order is a seeded permutation, not the definition order everywhere
+    assert len({assign_items(study, i, seed=1)[0].shown for i in range(8)}) > 1
+
+
+def test_gallery_repeats_and_attention_checks() -> None:
+    study = study_from_dict({**GALLERY, "repeat_share": 0.4, "attention_checks": 2})
+    seen_expected = set()
+    for i in range(12):
+        items = assign_items(study, i, seed=3)
+        assert len(items) == study.n_items == 5 + 2 + 2
+        assert [item.position for item in items] == list(range(len(items)))
+        for item in items:
+            assert len(item.shown) == 3
+            if item.is_repeat:
+                first = items[item.repeat_of]
+                assert first.position < item.position and first.stimulus == item.stimulus
+                assert sorted(first.shown) == sorted(item.shown) and first.shown != item.shown
+            elif item.is_attention_check:
+                assert item.shown.count(ATTENTION_CLEAN) == 1 and item.shown.count(ATTENTION_CONTROL) == 2
+                assert item.shown[int(item.expected) - 1] == ATTENTION_CLEAN
+                seen_expected.add(item.expected)
+            else:
+                assert len(set(item.shown)) == 3 and set(item.shown) <= set(study.conditions)
+    assert seen_expected == {"1", "2", "3"}
+    assert assign_items(study, 4, seed=3) == assign_items(study, 4, seed=3)  # deterministic
+
+
+def test_gallery_pairs_and_answers() -> None:
+    shown = ["a", "b", "c", "d"]
+    assert gallery_pairs(shown, 2) == [("c", "a"), ("c", "b"), ("c", "d")]
+    assert gallery_pairs(shown, 2, worst=0) == [("c", "a"), ("c", "b"), ("c", "d"), ("b", "a"), ("d", "a")]
+    with pytest.raises(InputError, match="different positions"):
+        gallery_pairs(shown, 1, worst=1)
+    assert gallery_answer(3, 4) == gallery_answer(" 3", 4) == "3"
+    for bad in ("0", "5", "left", None, True, 2.0):
+        with pytest.raises(InputError, match="gallery position 1..4"):
+            gallery_answer(bad, 4)

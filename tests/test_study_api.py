@@ -274,3 +274,102 @@ def test_a_study_killed_while_preparing_is_prepared_after_a_restart(tmp_path) ->
         assert now["status"] == "active" and now["progress"] == {"done": 4, "total": 4}, now
         pid, headers, body = _enrol(client, sid)
         assert body["n_items"] == 4 and _next(client, sid, pid, headers)["k"] == 1
+
+
+# ------------------------------------------------------------------------------------------- a gallery study
+GALLERY_PLANTED = ["nlm", "median", "wiener", "bicubic"]  # best first
+GALLERY_RANK = {"attention-clean": -1, **{c: i for i, c in enumerate(GALLERY_PLANTED)}, "attention-control": 99}
+N_GALLERY_ATTENTIVE = 8
+
+
+def _run_gallery_participant(client, server, study_id, careless=False):
+    """Picks the best by the planted order and marks the worst; a careless one always picks position 1."""
+    pid, headers, _ = _enrol(client, study_id)
+    methods = _methods(server)
+    while not (item := _next(client, study_id, pid, headers))["done"]:
+        assert "left" not in item and len(item["gallery"]) == 3
+        ranks = [GALLERY_RANK[methods[g["image_id"]]] for g in item["gallery"]]
+        best, worst = ranks.index(min(ranks)) + 1, ranks.index(max(ranks)) + 1
+        body = {"choice": "1"} if careless else {"choice": str(best), "worst": None if min(ranks) < 0 else str(worst)}
+        r = client.post(f"{API}/studies/{study_id}/participants/{pid}/items/{item['k']}/vote", headers=headers,
+                        json={**body, "decision_ms": 900, "viewport": [1280, 800], "dpr": 1.0})
+        assert r.status_code == 200, r.text
+    return pid, headers, item["completion_code"]
+
+
+@pytest.fixture(scope="module")
+def gallery(client, server, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("gallery")
+    paths = []
+    for i in range(4):
+        (folder / f"g{i}.png").write_bytes(png_bytes(40, seed=30 + i))
+        paths.append(str(folder / f"g{i}.png"))
+    definition = {"name": "gallery of three", "images": paths, "conditions": ["bicubic", "wiener", "nlm", "median"],
+                  "candidates_per_round": 3, "degradations": ["noise:20"], "items_per_participant": 8,
+                  "repeat_share": 0.25, "attention_checks": 1, "consent_text": "ok", "consent_version": "v2",
+                  "seed": 7}
+    created = create_study(client, definition)
+    assert created["n_items"] == 8 + 2 + 1
+    sid = created["study_id"]
+    attentive = [_run_gallery_participant(client, server, sid) for _ in range(N_GALLERY_ATTENTIVE)]
+    careless = _run_gallery_participant(client, server, sid, careless=True)
+    return sid, attentive, careless
+
+
+def test_gallery_votes_are_checked(client, gallery) -> None:
+    sid = gallery[0]
+    pid, headers, _ = _enrol(client, sid)
+    item = _next(client, sid, pid, headers)
+    assert [g["url"] for g in item["gallery"]] == [f"{API}/images/{g['image_id']}" for g in item["gallery"]]
+    url = f"{API}/studies/{sid}/participants/{pid}/items/1/vote"
+    for body, message in [({"choice": "left"}, "gallery position 1..3"), ({"choice": "4"}, "1..3"),
+                          ({"choice": "2", "worst": "2"}, "worst must not be"), ({"choice": "2", "worst": "9"}, "worst")]:
+        r = client.post(url, headers=headers, json=body)
+        assert r.status_code == 400 and message in r.json()["error"], r.text
+    assert client.post(url, headers=headers, json={"choice": "2", "worst": "3"}).json()["created"] is True
+    assert client.post(url, headers=headers, json={"choice": "2", "worst": "3"}).json()["created"] is False
+    assert client.post(url, headers=headers, json={"choice": "2"}).status_code == 409  # no changing the worst
+
+
+def test_gallery_analysis_recovers_the_planted_order(client, server, gallery, tmp_path) -> None:
+    sid, attentive, careless = gallery
+    report = client.get(f"{API}/studies/{sid}/analysis?n_resamples=50", headers=ADMIN).json()
+    conditions = report["conditions"]
+    assert sorted(conditions, key=lambda c: -conditions[c]["bt_score"]) == GALLERY_PLANTED
+    assert sorted(conditions, key=lambda c: -conditions[c]["win_rate"]) == GALLERY_PLANTED
+    people = report["study_participants"]
+    quality = {pid: report["participants"][info["pseudonym"]] for pid, info in people.items()}
+    assert {pid for pid, q in quality.items() if q["flagged"]} == {careless[0]}
+    assert "position 1 in 100%" in " ".join(quality[careless[0]]["reasons"])
+    for pid, _h, _code in attentive:
+        assert people[pid]["attention_passed"] == people[pid]["attention_checks"] == 1
+        assert quality[pid]["consistency"] == 1.0 and quality[pid]["repeats"] == 2  # the same best picked again
+        assert set(quality[pid]["position_picks"]) == {"1", "2", "3"}
+    assert report["krippendorff_alpha"] > 0.5
+    # The dataset: each attentive gallery vote is 3 pairs (best > 2 others, middle > worst), the careless 2.
+    database = open_database(f"sqlite:///{server.db_path}", migrate=False)
+    try:
+        with database.sessions.begin() as s:
+            result = export_dataset(s, ImageStore(server.data_dir), tmp_path / "gallery", format="jsonl",
+                                    human_only=True, study_id=sid)
+    finally:
+        database.engine.dispose()
+    rows = [json.loads(line) for line in result.data_file.read_text().splitlines()]
+    assert len(rows) == report["n_votes"] and {r["label"] for r in rows} == {1.0}
+
+    def choices_of(pids):
+        with sqlite3.connect(server.db_path) as db:
+            return {c for pid in pids for (c,) in db.execute(
+                "SELECT choice_id FROM study_items WHERE participant_id = ? AND is_attention_check = 0", (pid,))}
+
+    careless_choices = choices_of([careless[0]])
+    simulated = choices_of([p for p, _h, _c in attentive]) | careless_choices
+    assert sum(r["choice_id"] in simulated for r in rows) == N_GALLERY_ATTENTIVE * 10 * 3 + 10 * 2
+    for r in rows:
+        if r["choice_id"] in simulated - careless_choices:
+            assert GALLERY_RANK[r["chosen_method"]] < GALLERY_RANK[r["rejected_method"]], r
+    with sqlite3.connect(server.db_path) as db:
+        answers = db.execute("SELECT answer, worst, gallery FROM study_items WHERE participant_id = ? "
+                             "AND is_attention_check = 0", (attentive[0][0],)).fetchall()
+    assert all(a in {"1", "2", "3"} and w in {"1", "2", "3"} and w != a and len(json.loads(g)) == 3
+               for a, w, g in answers)

@@ -71,3 +71,46 @@ def test_participant_reaches_the_completion_code(browser, tmp_path):
         with sqlite3.connect(server.db_path) as db:
             assert db.execute("SELECT COUNT(*) FROM choices").fetchone()[0] == 0
             assert db.execute("SELECT COUNT(*) FROM participants").fetchone()[0] == 0
+
+
+def test_participant_walks_a_gallery_study(browser, tmp_path):
+    """Three images per item: keys 1..3 pick the best, Shift+number marks the worst, Enter submits; or buttons."""
+    images = []
+    for i in range(2):
+        images.append(tmp_path / f"img{i}.png")
+        images[-1].write_bytes(png_bytes(40, seed=i))
+    definition = {"name": "Gallery study", "images": [str(p) for p in images],
+                  "conditions": ["nlm", "bicubic", "median"], "candidates_per_round": 3,
+                  "degradations": ["noise:20"], "repeat_share": 0, "attention_checks": 1,
+                  "consent_text": "We store your choices under a pseudonym.", "consent_version": "v1"}
+    with running_app(tmp_path / "data") as server:
+        with httpx.Client(base_url=server.url, timeout=300) as client:
+            sid = create_study(client, definition)["study_id"]
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        page.goto(f"{server.url}/study/{sid}")
+        page.locator("#consent-box").check()
+        page.locator("#consent-button").click()
+        _wait_progress(page, "1 of 3")
+        page.wait_for_function("document.querySelectorAll('#gallery img').length === 3 && "
+                               "[...document.querySelectorAll('#gallery img')].every(i => i.naturalWidth > 0)",
+                               timeout=STEP_TIMEOUT_MS)
+        assert page.locator("#pair-item").is_hidden() and page.locator("#submit-gallery").is_disabled()
+        page.keyboard.press("2")
+        page.keyboard.press("Shift+Digit3")
+        assert page.locator("#g2.best").count() == 1 and page.locator("#g3.worst").count() == 1
+        page.keyboard.press("Enter")
+        _wait_progress(page, "2 of 3")
+        page.locator("#best-1").click()
+        page.locator("#submit-gallery").click()
+        _wait_progress(page, "3 of 3")
+        page.keyboard.press("3")
+        page.keyboard.press("Enter")
+        page.wait_for_function("document.querySelector('#code').innerText.length === 10", timeout=STEP_TIMEOUT_MS)
+        code = page.locator("#code").inner_text()
+        with sqlite3.connect(server.db_path) as db:
+            answers = db.execute(
+                "SELECT answer, worst FROM study_items i JOIN participants p ON i.participant_id = p.id "
+                "WHERE p.completion_code = ? ORDER BY i.position", (code,)).fetchall()
+            pairs = db.execute("SELECT COUNT(*) FROM preference_pairs").fetchone()[0]
+        assert answers == [("2", "3"), ("1", None), ("3", None)]
+        assert pairs == 3 + 2 + 2  # best > 2 others (+ the other > the worst on item 1)

@@ -84,7 +84,7 @@ def test_0003_makes_existing_studies_active_and_checks_the_status(url: str) -> N
             c.execute(text("INSERT INTO studies (id, name, definition, consent_version, stimuli, created_at) "
                            "VALUES ('st', 'old', '{}', 'v1', :stimuli, '2026-01-01 00:00:00+00:00')"),
                       {"stimuli": '[{"image": 0}, {"image": 1}, {"image": 2}]'})
-        assert upgrade_to_head(engine) == "0003"
+        _migrate(engine, "0003")
         with engine.connect() as c:
             row = c.execute(text("SELECT status, progress_done, progress_total, error, inputs FROM studies")).one()
         assert tuple(row) == ("active", 3, 3, None, None)
@@ -103,5 +103,17 @@ def test_0003_makes_existing_studies_active_and_checks_the_status(url: str) -> N
         assert "status" not in {c["name"] for c in inspect(engine).get_columns("studies")}
         with engine.connect() as c:
             assert c.execute(text("SELECT COUNT(*) FROM studies")).scalar() == 1
+    finally:
+        engine.dispose()
+
+
+def test_0004_allows_gallery_items_and_refuses_to_drop_them(url: str) -> None:
+    engine = make_engine(url)
+    try:
+        assert upgrade_to_head(engine) == "0004"
+        columns = {c["name"]: c for c in inspect(engine).get_columns("study_items")}
+        assert {"gallery", "worst"} <= set(columns) and columns["left_image_hash"]["nullable"]
+        checks = {c["name"] for c in inspect(engine).get_check_constraints("study_items")}
+        assert {"ck_study_items_answer", "ck_study_items_worst", "ck_study_items_shown"} <= checks
     finally:
         engine.dispose()

@@ -198,3 +198,22 @@ def test_a_study_left_preparing_by_a_killed_process_is_prepared_on_start(studies
     assert [{k: st[k] for k in ("clean", "degraded", "control", "outputs")} for st in row.stimuli] == [
         {k: st[k] for k in ("clean", "degraded", "control", "outputs")} for st in ref.stimuli]
     assert StudyService(studies.fb).resume_preparing() == []
+
+
+def test_gallery_study_on_both_databases(studies: StudyService, tmp_path) -> None:
+    definition = _definition(tmp_path, conditions=["nlm", "median", "bicubic"], candidates_per_round=3,
+                             attention_checks=1, repeat_share=0.5)
+    sid = studies.create_study(definition)["study_id"]
+    assert studies.wait_until_ready(sid, timeout_s=120)["status"] == "active"
+    person = studies.enrol(sid, "v1")
+    assert person.n_items == 2 + 1 + 1
+    with pytest.raises(InputError, match="worst applies to gallery items only|gallery position"):
+        studies.vote(ADMIN, sid, person.participant_id, 1, "left")
+    while not (item := studies.next_item(ADMIN, sid, person.participant_id))["done"]:
+        assert len(item["gallery"]) == 3
+        studies.vote(ADMIN, sid, person.participant_id, item["k"], 1, worst="3")
+    with studies.fb.db.sessions.begin() as s:
+        assert integrity_check(s, studies.fb.images) == []
+        assert count_rows(s)["preference_pairs"] == 4 * 3 and count_rows(s)["candidates"] == 4 * 3
+    deleted = studies.withdraw(sid, item["completion_code"])
+    assert deleted["preference_pairs"] == 12 and deleted["study_items"] == 4
