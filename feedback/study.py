@@ -1,7 +1,14 @@
 """User studies: the typed study definition, and the pure plan of what each participant sees.
 
 A study compares *conditions* (restoration systems: 'nlm', 'sipl', 'ttpo-auto:sipl', ...) on *stimuli*
-(each image of the set under each degradation). A participant judges items.
+(each image of the set under each degradation). A participant judges items. Condition names follow
+CONDITION_SYNTAX (`parse_condition`):
+  '<backbone>'                                      the backbone's restoration alone;
+  'ttpo-auto:<backbone>[;prior=<name>][;selector=<metric>+<metric>...]'
+                                                    one automatic TTPO round: restore, diffusion candidates under
+                                                    the prior, the metric selector picks, reward-guided refinement.
+Parameters come after the backbone, each as ';key=value', in any order, each at most once; left out, the prior is
+the process's 'default' and the selector its default metrics.
 
 Pairwise studies (`candidates_per_round` 2): an item shows one stimulus restored by two conditions, left and
 right. Assignment is a Latin square: participant i sees stimulus j with condition pair (i + j) mod P, so every
@@ -58,6 +65,9 @@ MAX_ITEMS = 500
 #: At most this many images in one gallery item.
 MAX_GALLERY = 6
 PAIRWISE_INSTRUCTIONS = "Two restorations of the same image are shown. Pick the one that looks better."
+TTPO_AUTO = "ttpo-auto"
+CONDITION_SYNTAX = "'<backbone>' or 'ttpo-auto:<backbone>[;prior=<name>][;selector=<metric>+<metric>...]'"
+MAX_CONDITION_CHARS = 64  # the width of the condition/method columns of the record
 GALLERY_INSTRUCTIONS = ("Several restorations of the same image are shown. Pick the one that looks best "
                         "(keys 1-{k}); you may also mark the one that looks worst (Shift + its key).")
 
@@ -69,7 +79,10 @@ class StudyDefinition:
     images: file paths (relative to the definition file) or image ids (sha256 of a stored PNG); when
     `degradations` lists specs, the images are the clean ground truth and each spec makes one stimulus
     per image; with no degradations the images are the degraded inputs themselves (no ground truth).
-    conditions: at least two systems to compare (backbone names, or 'ttpo-auto:<backbone>').
+    conditions: at least two systems to compare, each named as in CONDITION_SYNTAX (at most 64 characters):
+    a backbone ('nlm', 'sipl'), or an automatic TTPO round 'ttpo-auto:<backbone>' with optional parameters
+    ';prior=<name>' (a prior the server offers, default 'default') and ';selector=<metric>+...' (offline
+    no-reference metrics, default the server's), e.g. 'ttpo-auto:sipl;prior=default;selector=piqe+entropy'.
     items_per_participant: main items per participant (repeats and attention checks come on top).
     candidates_per_round: images per item: 2 (pairwise, left/right) or K in 3..min(6, number of conditions)
     (a gallery; see the module docstring). A gallery study left with the pairwise default instructions gets
@@ -94,8 +107,10 @@ class StudyDefinition:
         _check(isinstance(self.name, str) and 0 < len(self.name.strip()) <= 200, "name must be text (1-200 chars)")
         _check(len(self.images) >= 1 and all(isinstance(i, str) and i for i in self.images),
                "images must be a non-empty list of file paths or image ids")
-        _check(len(self.conditions) >= 2 and all(isinstance(c, str) and 0 < len(c) <= 64 for c in self.conditions),
-               "conditions must list at least two condition names (at most 64 characters each)")
+        _check(len(self.conditions) >= 2 and all(isinstance(c, str) and c for c in self.conditions),
+               f"conditions must list at least two condition names ({CONDITION_SYNTAX})")
+        for condition in self.conditions:
+            parse_condition(condition)  # InputError naming the syntax
         _check(len(set(self.conditions)) == len(self.conditions), "conditions must not repeat a name")
         _check(not set(self.conditions) & {ATTENTION_CLEAN, ATTENTION_CONTROL},
                f"condition names {ATTENTION_CLEAN!r} and {ATTENTION_CONTROL!r} are reserved for attention checks")
@@ -155,6 +170,66 @@ class StudyDefinition:
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+
+# -------------------------------------------------------------------------------------------- conditions
+@dataclass(frozen=True)
+class Condition:
+    """A parsed condition name (CONDITION_SYNTAX): kind 'backbone' or 'ttpo-auto'; `prior` and
+    `selector` None where the name leaves them to the process defaults (names are checked by the worker)."""
+
+    name: str
+    kind: str
+    backbone: str
+    prior: str | None = None
+    selector: tuple[str, ...] | None = None
+
+    @property
+    def is_ttpo(self) -> bool:
+        return self.kind == TTPO_AUTO
+
+
+_CONDITION_KEYS = {TTPO_AUTO: ("prior", "selector")}
+
+
+def parse_condition(name: str) -> Condition:
+    """'ttpo-auto:sipl;prior=default;selector=piqe+entropy' -> Condition; InputError naming the syntax."""
+    def fail(why: str) -> InputError:
+        return InputError(f"condition {name[:80]!r}: {why}; conditions are {CONDITION_SYNTAX}")
+
+    if not isinstance(name, str) or not name.strip():
+        raise InputError(f"a condition must be a non-empty name; conditions are {CONDITION_SYNTAX}")
+    if len(name) > MAX_CONDITION_CHARS:
+        raise fail(f"{len(name)} characters, at most {MAX_CONDITION_CHARS}")
+    if name != name.strip() or any(c.isspace() for c in name):
+        raise fail("no spaces allowed")
+    kind, colon, rest = name.partition(":")
+    if not colon:
+        if ";" in name or "=" in name:
+            raise fail(f"parameters (';prior=...', ';selector=...') apply to {', '.join(_CONDITION_KEYS)} conditions only")
+        return Condition(name, "backbone", name)
+    if kind not in _CONDITION_KEYS:
+        raise fail(f"unknown kind {kind[:20]!r} before ':' (allowed: {', '.join(_CONDITION_KEYS)})")
+    backbone, *params = rest.split(";")
+    if not backbone or "=" in backbone:
+        raise fail(f"name the backbone right after '{kind}:'")
+    values: dict[str, str] = {}
+    for param in params:
+        key, eq, value = param.partition("=")
+        if key not in _CONDITION_KEYS[kind]:
+            raise fail(f"unknown parameter {key[:20]!r} (allowed for {kind}: {', '.join(_CONDITION_KEYS[kind])})")
+        if not eq or not value:
+            raise fail(f"parameter {key!r} needs a value ('{key}=...')")
+        if key in values:
+            raise fail(f"parameter {key!r} is given twice")
+        values[key] = value
+    selector = None
+    if "selector" in values:
+        selector = tuple(values["selector"].split("+"))
+        if not all(selector):
+            raise fail("selector metrics are joined by '+', e.g. 'selector=piqe+entropy'")
+    return Condition(name, kind, backbone, values.get("prior"), selector)
 
 
 def _is_int(value: Any) -> bool:

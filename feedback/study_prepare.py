@@ -14,8 +14,10 @@ of the definition, so the result is the one the first attempt would have recorde
 PostgreSQL database may both resume one study; the final transaction locks the row and writes only while it
 is still 'preparing', so the study is recorded once (the other replica's work is discarded).
 
-Conditions: a backbone name ('nlm', 'sipl', ...) restores the stimulus once; 'ttpo-auto:<backbone>' restores,
-generates diffusion candidates, lets the metric selector choose and refines (one automatic TTPO round).
+Conditions (`feedback.study.parse_condition`): a backbone name ('nlm', 'sipl', ...) restores the stimulus once;
+'ttpo-auto:<backbone>[;prior=<name>][;selector=<metrics>]' restores, generates diffusion candidates under the
+prior, lets the metric selector choose and refines under the same prior (one automatic TTPO round); its facts
+record the prior's id and weights hash and the selector.
 """
 
 from __future__ import annotations
@@ -40,25 +42,40 @@ from feedback.models import MAX_STUDY_ERROR, Study
 from feedback.service import Busy, FeedbackService, _to_tensor, _to_uint8
 from feedback.study import (
     ATTENTION_CONTROL_SPEC,
+    CONDITION_SYNTAX,
+    Condition,
     StudyDefinition,
     is_image_id_text,
+    parse_condition,
     study_from_dict,
 )
 from feedback.uploads import decode_image_bytes
 
-TTPO_AUTO_PREFIX = "ttpo-auto:"
 log = logging.getLogger(__name__)
 
 
 # ------------------------------------------------------------------------------ checks at creation
-def check_conditions(fb: FeedbackService, study: StudyDefinition) -> None:
-    """InputError naming what is allowed when a condition is not a backbone or 'ttpo-auto:<backbone>'."""
-    for condition in study.conditions:
-        backbone = condition.removeprefix(TTPO_AUTO_PREFIX)
+def check_conditions(fb: FeedbackService, study: StudyDefinition) -> list[Condition]:
+    """The study's conditions with backbone, prior and selector checked against what this server offers (the
+    prior and selector filled in with the defaults where left out); InputError naming what is allowed, also
+    when two names are the same system ('ttpo-auto:nlm' and 'ttpo-auto:nlm;prior=default')."""
+    checked: dict[tuple[Any, ...], str] = {}
+    conditions = []
+    for name in study.conditions:
+        c = parse_condition(name)
         try:
-            fb.worker.check_backbone(backbone)
+            backbone = fb.worker.check_backbone(c.backbone)
+            prior = fb.worker.check_prior(c.prior) if c.is_ttpo else None
+            selector = fb.worker.check_metrics(c.selector) if c.is_ttpo else None
         except InputError as exc:
-            raise InputError(f"condition {condition!r}: {exc.message}; or 'ttpo-auto:<backbone>'") from None
+            raise InputError(f"condition {name!r}: {exc.message}; conditions are {CONDITION_SYNTAX}") from None
+        c = Condition(name, c.kind, backbone, prior, selector)
+        key = (c.kind, backbone, prior, None if selector is None else tuple(sorted(selector)))
+        if key in checked:
+            raise InputError(f"conditions {checked[key]!r} and {name!r} are the same system; compare different ones")
+        checked[key] = name
+        conditions.append(c)
+    return conditions
 
 
 def check_degradations(fb: FeedbackService, study: StudyDefinition) -> None:
@@ -106,11 +123,12 @@ def resized(array: np.ndarray, size: int | None) -> np.ndarray:
 def run_condition(fb: FeedbackService, condition: str, degraded: torch.Tensor,
                   seed: int) -> tuple[torch.Tensor, dict[str, Any]]:
     """The condition's output for one degraded image (1, 3, H, W) in [0, 1], and what was run."""
-    # Only the backbone: the diffusion prior is loaded for 'ttpo-auto:' conditions alone.
+    # Only the backbone: the diffusion prior is loaded for TTPO conditions alone.
     from restoration.backbones import get_restorer
 
     worker = fb.worker
-    backbone = worker.check_backbone(condition.removeprefix(TTPO_AUTO_PREFIX))
+    c = parse_condition(condition)
+    backbone = worker.check_backbone(c.backbone)
     try:
         restorer = get_restorer(backbone, worker.settings.device)
     except (ValueError, FileNotFoundError) as exc:
@@ -118,19 +136,23 @@ def run_condition(fb: FeedbackService, condition: str, degraded: torch.Tensor,
     t0 = time.perf_counter()
     restored = restorer.restore(degraded).clamp(0, 1)
     seconds, facts = time.perf_counter() - t0, restorer.describe()
-    if not condition.startswith(TTPO_AUTO_PREFIX):
+    if not c.is_ttpo:
         return restored, {"backbone": facts, "seconds": {"restore": seconds}}
+    prior, metrics = worker.check_prior(c.prior), worker.check_metrics(c.selector)
     settings = replace(worker.settings.round, seed=seed)
-    made, t_cand = worker.candidates(restored, settings)
+    made, t_cand = worker.candidates(restored, settings, prior)
     images = {"restored": restored} | {f"c{i}": img for i, (img, _meta) in enumerate(made)}
-    selection, t_select = worker.select(restored, images, worker.settings.selector)
+    selection, t_select = worker.select(restored, images, metrics)
 
     def pick(ids: list[str]) -> torch.Tensor | None:
         return torch.cat([images[i] for i in ids]) if ids else None
 
-    preferred, rejected = ([], []) if selection.tie else (selection.preferred_ids, selection.rejected_ids)
-    refined, t_refine = worker.refine(restored, pick(preferred), pick(rejected), worker.settings.refine)
-    return refined, {"backbone": facts, "selector": selection.selector, "preferred": preferred,
+    preferred, rejected = ([], []) if selection.tie else (list(selection.preferred_ids), list(selection.rejected_ids))
+    refined, t_refine = worker.refine(restored, pick(preferred), pick(rejected), worker.settings.refine, prior)
+    prior_facts = worker.prior_facts(prior)
+    return refined, {"backbone": facts, "prior": {"name": prior, "prior_id": prior_facts["prior_id"],
+                                                  "weights_hash": prior_facts["weights_hash"]},
+                     "selector": selection.selector, "metrics": list(metrics), "preferred": preferred,
                      "rejected": rejected, "candidates": settings.to_dict(),
                      "refine": worker.settings.refine.to_dict(),
                      "seconds": {"restore": seconds, "candidates": t_cand, "select": t_select, "refine": t_refine}}

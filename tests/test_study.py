@@ -12,6 +12,7 @@ from feedback.study import (
     ATTENTION_CLEAN,
     ATTENTION_CONTROL,
     CODE_ALPHABET,
+    Condition,
     StudyDefinition,
     assign_items,
     gallery_answer,
@@ -20,6 +21,7 @@ from feedback.study import (
     load_study,
     new_completion_code,
     normalise_code,
+    parse_condition,
     position_balance,
     side_balance,
     study_from_dict,
@@ -211,3 +213,30 @@ def test_gallery_pairs_and_answers() -> None:
     for bad in ("0", "5", "left", None, True, 2.0):
         with pytest.raises(InputError, match="gallery position 1..4"):
             gallery_answer(bad, 4)
+
+
+def test_condition_names_parse_with_prior_and_selector() -> None:
+    assert parse_condition("sipl") == Condition("sipl", "backbone", "sipl")
+    auto = parse_condition("ttpo-auto:sipl;selector=piqe+entropy;prior=default")
+    assert (auto.kind, auto.backbone, auto.prior, auto.selector) == ("ttpo-auto", "sipl", "default",
+                                                                      ("piqe", "entropy"))
+    assert parse_condition("ttpo-auto:nlm") == Condition("ttpo-auto:nlm", "ttpo-auto", "nlm")
+    assert make(conditions=["nlm", "ttpo-auto:nlm;prior=other"]).conditions[1] == "ttpo-auto:nlm;prior=other"
+
+
+@pytest.mark.parametrize("name, words", [
+    ("ttpo-auto:nlm;prior=a;prior=b", ["'prior' is given twice"]),
+    ("ttpo-auto:nlm;colour=red", ["unknown parameter 'colour'", "prior, selector"]),
+    ("ttpo-auto:nlm;prior", ["needs a value"]),
+    ("ttpo-auto:nlm;selector=piqe++entropy", ["joined by '+'"]),
+    ("ttpo-auto:;prior=default", ["name the backbone"]),
+    ("ttpo-magic:nlm", ["unknown kind 'ttpo-magic'"]),
+    ("nlm;prior=default", ["apply to ttpo-auto"]),
+    ("ttpo-auto:nlm; prior=default", ["no spaces"]),
+    ("ttpo-auto:sipl_ablation;prior=default;selector=piqe+entropy+brisque+niqe", ["at most 64"]),
+])
+def test_bad_condition_names_show_the_syntax(name, words) -> None:
+    with pytest.raises(InputError) as err:
+        make(conditions=["nlm", name])
+    for word in [*words, "ttpo-auto:<backbone>[;prior=<name>]"]:
+        assert word in str(err.value)
