@@ -161,15 +161,15 @@ def annotate_tab(service: FeedbackService) -> None:
 
 def admin_tab(studies: StudyService) -> None:
     """Studies, their analysis and the preference dataset export; every handler checks the admin token."""
-    bind = lambda fn: ui.bind(studies, fn)  # noqa: E731
+    bind = lambda fn: ui.bind(studies, fn)  # noqa: E731 - `studies` must not be rebound below
     gr.Markdown("## Admin\nStudies, their analysis and the preference dataset. Every action checks the admin "
                 "token on the server (`--admin-token` / `$TTPO_ADMIN_TOKEN`).")
     with gr.Row():
         token = gr.Textbox(type="password", label="Admin token", elem_id="admin_token", scale=4)
         list_btn = gr.Button("List studies", variant="primary", elem_id="admin_list", scale=1)
     admin_status = gr.Markdown("Enter the admin token and press *List studies*.", elem_id="admin_status")
-    studies = gr.Dataframe(headers=admin_ui.STUDY_COLUMNS, label="Studies", interactive=False,
-                           elem_id="admin_studies")
+    study_table = gr.Dataframe(headers=admin_ui.STUDY_COLUMNS, label="Studies", interactive=False,
+                               elem_id="admin_studies")
 
     with gr.Accordion("Analysis of a study", open=True):
         with gr.Row():
@@ -209,7 +209,7 @@ def admin_tab(studies: StudyService) -> None:
             upload = gr.File(file_types=[".json", ".yaml", ".yml"], type="filepath", label="or upload a file")
         create_btn = gr.Button("Create study", elem_id="admin_create")
 
-    listed = [studies, study, scope]
+    listed = [study_table, study, scope]
     list_btn.click(bind(admin_ui.list_studies), [token], [*listed, admin_status], api_name="admin_list_studies",
                    concurrency_limit=None)
     token.submit(bind(admin_ui.list_studies), [token], [*listed, admin_status], api_name="admin_list_studies_enter",
