@@ -269,6 +269,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--refine-steps", type=int, default=2 if fast else RefineSettings.steps)
     p.add_argument("--max-side", type=int, default=1024, help="largest accepted image side (px)")
     p.add_argument("--queue-size", type=int, default=4, help="engine requests allowed to wait (more: 503)")
+    p.add_argument("--batch-sessions", type=int, default=8,
+                   help="most sessions whose waiting candidate requests run as one batch (1: no batching)")
     p.add_argument("--rate-limit", type=float, default=RateLimit.per_minute,
                    help="engine requests (round, auto, refine) per minute per session over the REST API (0: off)")
     p.add_argument("--rate-burst", type=int, default=RateLimit.burst,
@@ -279,6 +281,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("need 1 <= --candidates <= --max-candidates <= 64")
     if a.candidate_steps < 1 or a.refine_steps < 1 or a.queue_size < 0 or not 16 <= a.max_side <= 8192:
         p.error("steps must be >= 1, --queue-size >= 0, --max-side in 16..8192")
+    if not 1 <= a.batch_sessions <= 64:
+        p.error("--batch-sessions must be in 1..64")
     if not 0 <= a.rate_limit <= 1e6 or not 1 <= a.rate_burst <= 10_000:
         p.error("need 0 <= --rate-limit <= 1e6 (0: off) and 1 <= --rate-burst <= 10000")
     a.extra_priors = []
@@ -310,7 +314,7 @@ def main(argv: list[str] | None = None) -> None:
     db = open_database(a.db, a.data_dir)  # applies Alembic migrations
     service = FeedbackService(db, a.data_dir, engine, admin_token=a.admin_token,
                               limits=UploadLimits(max_side=a.max_side, max_pixels=a.max_side * a.max_side),
-                              max_waiting=a.queue_size)
+                              max_waiting=a.queue_size, batch_sessions=a.batch_sessions)
     if not a.no_warmup:
         threading.Thread(target=service.worker.warm_up, name="warm-up", daemon=True).start()
     app = build_app(service, queue_size=max(1, 4 * a.queue_size),
