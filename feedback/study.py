@@ -6,7 +6,9 @@ CONDITION_SYNTAX (`parse_condition`):
   '<backbone>'                                      the backbone's restoration alone;
   'ttpo-auto:<backbone>[;prior=<name>][;selector=<metric>+<metric>...]'
                                                     one automatic TTPO round: restore, diffusion candidates under
-                                                    the prior, the metric selector picks, reward-guided refinement.
+                                                    the prior, the metric selector picks, reward-guided refinement;
+  'ttpo-human:<backbone>[;prior=<name>]'            the same round with the choice made by the people of a guide
+                                                    study (`guide_study`; `feedback.study_guide`).
 Parameters come after the backbone, each as ';key=value', in any order, each at most once; left out, the prior is
 the process's 'default' and the selector its default metrics.
 
@@ -65,8 +67,11 @@ MAX_ITEMS = 500
 #: At most this many images in one gallery item.
 MAX_GALLERY = 6
 PAIRWISE_INSTRUCTIONS = "Two restorations of the same image are shown. Pick the one that looks better."
-TTPO_AUTO = "ttpo-auto"
-CONDITION_SYNTAX = "'<backbone>' or 'ttpo-auto:<backbone>[;prior=<name>][;selector=<metric>+<metric>...]'"
+TTPO_AUTO, TTPO_HUMAN = "ttpo-auto", "ttpo-human"
+STUDY_KINDS = ("compare", "guide")
+MAX_GUIDE_VOTES = 10_000
+CONDITION_SYNTAX = ("'<backbone>', 'ttpo-auto:<backbone>[;prior=<name>][;selector=<metric>+<metric>...]' or "
+                    "'ttpo-human:<backbone>[;prior=<name>]'")
 MAX_CONDITION_CHARS = 64  # the width of the condition/method columns of the record
 GALLERY_INSTRUCTIONS = ("Several restorations of the same image are shown. Pick the one that looks best "
                         "(keys 1-{k}); you may also mark the one that looks worst (Shift + its key).")
@@ -87,6 +92,17 @@ class StudyDefinition:
     candidates_per_round: images per item: 2 (pairwise, left/right) or K in 3..min(6, number of conditions)
     (a gallery; see the module docstring). A gallery study left with the pairwise default instructions gets
     the gallery instructions.
+    kind: 'compare' (the default: items compare the conditions) or 'guide': a guide study collects choices among
+    a stimulus's TTPO candidates for 'ttpo-human:' conditions of other studies. Its one condition
+    'ttpo-human:<backbone>[;prior=<name>]' names the backbone that restores and the prior that makes the
+    candidates; its items are galleries (candidates_per_round K in 3..6) of the restored image and K-1 diffusion
+    candidates (seeds and strengths recorded), shown as conditions 'restored', 'c0'..'c<K-2>', with the same
+    Latin square over positions, repeats, attention checks and completion codes as compare galleries.
+    guide_study: the id of an active guide study; required by (and only with) 'ttpo-human:' conditions, which
+    must name its backbone and prior. It must have this study's images, degradations, seed and size, and at
+    least `min_guide_votes` (default 1) counted votes per stimulus (`feedback.study_guide`). In a study with a
+    guide, every TTPO condition uses the guide's candidate settings, so 'ttpo-auto:<backbone>' and
+    'ttpo-human:<backbone>' differ only in who chose.
     """
 
     name: str
@@ -102,15 +118,37 @@ class StudyDefinition:
     attention_checks: int = 1
     seed: int = 0
     size: int | None = None  # resize images to this side (px) before degrading; None keeps them
+    kind: str = "compare"
+    guide_study: str | None = None
+    min_guide_votes: int = 1
 
     def __post_init__(self) -> None:
         _check(isinstance(self.name, str) and 0 < len(self.name.strip()) <= 200, "name must be text (1-200 chars)")
         _check(len(self.images) >= 1 and all(isinstance(i, str) and i for i in self.images),
                "images must be a non-empty list of file paths or image ids")
-        _check(len(self.conditions) >= 2 and all(isinstance(c, str) and c for c in self.conditions),
-               f"conditions must list at least two condition names ({CONDITION_SYNTAX})")
-        for condition in self.conditions:
-            parse_condition(condition)  # InputError naming the syntax
+        _check(self.kind in STUDY_KINDS, f"kind must be one of {', '.join(STUDY_KINDS)}, got {str(self.kind)[:20]!r}")
+        _check(all(isinstance(c, str) and c for c in self.conditions), f"conditions must be names ({CONDITION_SYNTAX})")
+        parsed = [parse_condition(condition) for condition in self.conditions]  # InputError naming the syntax
+        human = [c.name for c in parsed if c.kind == TTPO_HUMAN]
+        if self.kind == "guide":
+            _check(len(parsed) == 1 and parsed[0].kind == TTPO_HUMAN,
+                   "a guide study has exactly one condition, 'ttpo-human:<backbone>[;prior=<name>]' (the system whose "
+                   f"candidates people choose among), got {list(self.conditions)}")
+            _check(self.guide_study is None, "a guide study takes no guide_study")
+            _check(_is_int(self.candidates_per_round) and 3 <= self.candidates_per_round <= MAX_GALLERY,
+                   f"a guide study shows galleries: candidates_per_round must be an integer in [3, {MAX_GALLERY}] "
+                   "(the restored image and K-1 diffusion candidates)")
+        else:
+            _check(len(self.conditions) >= 2, f"conditions must list at least two condition names ({CONDITION_SYNTAX})")
+            _check(self.guide_study is None or (isinstance(self.guide_study, str) and 0 < len(self.guide_study) <= 64),
+                   "guide_study must be the id of a guide study")
+            _check(not human or self.guide_study is not None,
+                   f"condition(s) {', '.join(map(repr, human))} need guide_study: the id of a guide study (kind: "
+                   "guide) whose participants chose among the candidates")
+            _check(human or self.guide_study is None,
+                   "guide_study is used by 'ttpo-human:<backbone>' conditions only; add one or leave guide_study out")
+        _check(_is_int(self.min_guide_votes) and 1 <= self.min_guide_votes <= MAX_GUIDE_VOTES,
+               f"min_guide_votes must be an integer in [1, {MAX_GUIDE_VOTES}]")
         _check(len(set(self.conditions)) == len(self.conditions), "conditions must not repeat a name")
         _check(not set(self.conditions) & {ATTENTION_CLEAN, ATTENTION_CONTROL},
                f"condition names {ATTENTION_CLEAN!r} and {ATTENTION_CONTROL!r} are reserved for attention checks")
@@ -119,7 +157,7 @@ class StudyDefinition:
                "consent_version must be text of 1-32 characters (e.g. 'v1')")
         _check(all(isinstance(d, str) and d.strip() for d in self.degradations),
                "degradations must be a list of degradation specs like 'noise:25' or 'blur:2+jpeg:30'")
-        most = min(MAX_GALLERY, len(self.conditions))
+        most = min(MAX_GALLERY, len(self.plan_conditions))
         _check(_is_int(self.candidates_per_round) and 2 <= self.candidates_per_round <= most,
                f"candidates_per_round must be an integer in [2, {most}] (2: pairwise; more: a gallery of that many "
                f"conditions; at most {MAX_GALLERY} and at most the number of conditions)")
@@ -146,14 +184,21 @@ class StudyDefinition:
         return self.candidates_per_round > 2
 
     @property
+    def plan_conditions(self) -> tuple[str, ...]:
+        """What items show: the conditions, or for a guide study its candidates 'restored', 'c0'..'c<K-2>'."""
+        if self.kind == "guide":
+            return guide_labels(self.candidates_per_round)
+        return self.conditions
+
+    @property
     def condition_subsets(self) -> list[tuple[str, ...]]:
-        """Every K-subset of the conditions (K = candidates_per_round), in definition order."""
-        return list(combinations(self.conditions, self.candidates_per_round))
+        """Every K-subset of the shown conditions (K = candidates_per_round), in definition order."""
+        return list(combinations(self.plan_conditions, self.candidates_per_round))
 
     @property
     def condition_pairs(self) -> list[tuple[str, str]]:
-        """Every unordered pair of conditions, in definition order."""
-        return list(combinations(self.conditions, 2))
+        """Every unordered pair of shown conditions, in definition order."""
+        return list(combinations(self.plan_conditions, 2))
 
     @property
     def n_main_items(self) -> int:
@@ -176,7 +221,7 @@ class StudyDefinition:
 # -------------------------------------------------------------------------------------------- conditions
 @dataclass(frozen=True)
 class Condition:
-    """A parsed condition name (CONDITION_SYNTAX): kind 'backbone' or 'ttpo-auto'; `prior` and
+    """A parsed condition name (CONDITION_SYNTAX): kind 'backbone', 'ttpo-auto' or 'ttpo-human'; `prior` and
     `selector` None where the name leaves them to the process defaults (names are checked by the worker)."""
 
     name: str
@@ -187,10 +232,10 @@ class Condition:
 
     @property
     def is_ttpo(self) -> bool:
-        return self.kind == TTPO_AUTO
+        return self.kind in (TTPO_AUTO, TTPO_HUMAN)
 
 
-_CONDITION_KEYS = {TTPO_AUTO: ("prior", "selector")}
+_CONDITION_KEYS = {TTPO_AUTO: ("prior", "selector"), TTPO_HUMAN: ("prior",)}
 
 
 def parse_condition(name: str) -> Condition:
@@ -207,7 +252,8 @@ def parse_condition(name: str) -> Condition:
     kind, colon, rest = name.partition(":")
     if not colon:
         if ";" in name or "=" in name:
-            raise fail(f"parameters (';prior=...', ';selector=...') apply to {', '.join(_CONDITION_KEYS)} conditions only")
+            raise fail(f"parameters (';prior=...', ';selector=...') apply to {', '.join(_CONDITION_KEYS)} "
+                       "conditions only")
         return Condition(name, "backbone", name)
     if kind not in _CONDITION_KEYS:
         raise fail(f"unknown kind {kind[:20]!r} before ':' (allowed: {', '.join(_CONDITION_KEYS)})")
@@ -230,6 +276,11 @@ def parse_condition(name: str) -> Condition:
         if not all(selector):
             raise fail("selector metrics are joined by '+', e.g. 'selector=piqe+entropy'")
     return Condition(name, kind, backbone, values.get("prior"), selector)
+
+
+def guide_labels(k: int) -> tuple[str, ...]:
+    """The candidate labels of a guide gallery of K: the restored image and K-1 diffusion candidates."""
+    return ("restored", *(f"c{i}" for i in range(k - 1)))
 
 
 def _is_int(value: Any) -> bool:

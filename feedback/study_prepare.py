@@ -17,7 +17,10 @@ is still 'preparing', so the study is recorded once (the other replica's work is
 Conditions (`feedback.study.parse_condition`): a backbone name ('nlm', 'sipl', ...) restores the stimulus once;
 'ttpo-auto:<backbone>[;prior=<name>][;selector=<metrics>]' restores, generates diffusion candidates under the
 prior, lets the metric selector choose and refines under the same prior (one automatic TTPO round); its facts
-record the prior's id and weights hash and the selector.
+record the prior's id and weights hash and the selector. 'ttpo-human:<backbone>[;prior=<name>]' makes the same
+candidates as the study's guide study showed (checked image by image) and refines with its people's choice
+(`feedback.study_guide`); its facts record the guide, the vote counts and the preferred/rejected candidates.
+A guide study's stimulus (`compute_guide_stimulus`) is the restored image and K-1 diffusion candidates.
 """
 
 from __future__ import annotations
@@ -37,18 +40,22 @@ from PIL import Image
 from sqlalchemy import select, update
 
 from feedback import store
+from feedback.engine import RoundSettings
 from feedback.errors import FeedbackError, InputError
 from feedback.models import MAX_STUDY_ERROR, Study
 from feedback.service import Busy, FeedbackService, _to_tensor, _to_uint8
 from feedback.study import (
     ATTENTION_CONTROL_SPEC,
     CONDITION_SYNTAX,
+    TTPO_HUMAN,
     Condition,
     StudyDefinition,
+    guide_labels,
     is_image_id_text,
     parse_condition,
     study_from_dict,
 )
+from feedback.study_guide import Guide, load_guide
 from feedback.uploads import decode_image_bytes
 
 log = logging.getLogger(__name__)
@@ -76,6 +83,23 @@ def check_conditions(fb: FeedbackService, study: StudyDefinition) -> list[Condit
         checked[key] = name
         conditions.append(c)
     return conditions
+
+
+def check_guide(fb: FeedbackService, study: StudyDefinition, inputs: list[str]) -> Guide | None:
+    """The study's guide study with its votes (None without one); InputError when it cannot guide this study:
+    `feedback.study_guide.load_guide`'s checks, and every 'ttpo-human:' condition must name the guide's backbone
+    and prior (so the guide's candidates are the ones the condition makes)."""
+    if study.guide_study is None:
+        return None
+    with fb.db.reads.begin() as s:
+        guide = load_guide(s, study, inputs)
+    theirs = check_conditions(fb, guide.definition)[0]
+    for c in check_conditions(fb, study):
+        if c.kind == TTPO_HUMAN and (c.backbone, c.prior) != (theirs.backbone, theirs.prior):
+            raise InputError(f"condition {c.name!r}: guide_study {guide.study_id} showed the candidates of backbone "
+                             f"{theirs.backbone!r} under prior {theirs.prior!r} ({theirs.name!r}); name the same "
+                             "backbone and prior")
+    return guide
 
 
 def check_degradations(fb: FeedbackService, study: StudyDefinition) -> None:
@@ -120,59 +144,127 @@ def resized(array: np.ndarray, size: int | None) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------ compute
-def run_condition(fb: FeedbackService, condition: str, degraded: torch.Tensor,
-                  seed: int) -> tuple[torch.Tensor, dict[str, Any]]:
-    """The condition's output for one degraded image (1, 3, H, W) in [0, 1], and what was run."""
+def _restore(fb: FeedbackService, c: Condition, degraded: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any], float]:
+    """(restored (1, 3, H, W) in [0, 1], backbone facts, seconds) of the condition's backbone."""
     # Only the backbone: the diffusion prior is loaded for TTPO conditions alone.
     from restoration.backbones import get_restorer
 
-    worker = fb.worker
-    c = parse_condition(condition)
-    backbone = worker.check_backbone(c.backbone)
+    backbone = fb.worker.check_backbone(c.backbone)
     try:
-        restorer = get_restorer(backbone, worker.settings.device)
+        restorer = get_restorer(backbone, fb.worker.settings.device)
     except (ValueError, FileNotFoundError) as exc:
-        raise InputError(f"condition {condition!r}: backbone {backbone!r} cannot be loaded: {exc}") from None
+        raise InputError(f"condition {c.name!r}: backbone {backbone!r} cannot be loaded: {exc}") from None
     t0 = time.perf_counter()
     restored = restorer.restore(degraded).clamp(0, 1)
-    seconds, facts = time.perf_counter() - t0, restorer.describe()
+    return restored, restorer.describe(), time.perf_counter() - t0
+
+
+def _prior_facts(fb: FeedbackService, prior: str) -> dict[str, Any]:
+    facts = fb.worker.prior_facts(prior)
+    return {"name": prior, "prior_id": facts["prior_id"], "weights_hash": facts["weights_hash"]}
+
+
+def run_condition(fb: FeedbackService, condition: str, degraded: torch.Tensor, seed: int,
+                  guide: dict[str, Any] | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
+    """The condition's output for one degraded image (1, 3, H, W) in [0, 1], and what was run.
+
+    `guide`: in a study with a guide study, {'study_id', 'stimulus': the guide's stimulus, 'stimulus_index',
+    'choice': its GuideChoice}; TTPO conditions then make the guide's candidates (its recorded settings), and 'ttpo-human:'
+    refines with the guide's choice."""
+    worker = fb.worker
+    c = parse_condition(condition)
+    restored, facts, seconds = _restore(fb, c, degraded)
     if not c.is_ttpo:
         return restored, {"backbone": facts, "seconds": {"restore": seconds}}
-    prior, metrics = worker.check_prior(c.prior), worker.check_metrics(c.selector)
-    settings = replace(worker.settings.round, seed=seed)
+    prior = worker.check_prior(c.prior)
+    if c.kind == TTPO_HUMAN and guide is None:
+        raise InputError(f"condition {condition!r} needs guide_study: the id of a guide study")
+    settings = (RoundSettings.from_dict(guide["stimulus"]["guide"]["candidates"]) if guide is not None
+                else replace(worker.settings.round, seed=seed))
     made, t_cand = worker.candidates(restored, settings, prior)
     images = {"restored": restored} | {f"c{i}": img for i, (img, _meta) in enumerate(made)}
-    selection, t_select = worker.select(restored, images, metrics)
+    record: dict[str, Any] = {"backbone": facts, "prior": _prior_facts(fb, prior)}
+    if c.kind == TTPO_HUMAN:
+        _check_same_candidates(fb, condition, images, guide)
+        choice, t_select = guide["choice"], 0.0
+        preferred, rejected = list(choice.preferred), list(choice.rejected)
+        record |= {"selector": "human", "guide_study": guide["study_id"], "guide_votes": choice.to_dict()}
+    else:
+        metrics = worker.check_metrics(c.selector)
+        selection, t_select = worker.select(restored, images, metrics)
+        preferred, rejected = (([], []) if selection.tie
+                               else (list(selection.preferred_ids), list(selection.rejected_ids)))
+        record |= {"selector": selection.selector, "metrics": list(metrics)}
 
     def pick(ids: list[str]) -> torch.Tensor | None:
         return torch.cat([images[i] for i in ids]) if ids else None
 
-    preferred, rejected = ([], []) if selection.tie else (list(selection.preferred_ids), list(selection.rejected_ids))
     refined, t_refine = worker.refine(restored, pick(preferred), pick(rejected), worker.settings.refine, prior)
-    prior_facts = worker.prior_facts(prior)
-    return refined, {"backbone": facts, "prior": {"name": prior, "prior_id": prior_facts["prior_id"],
-                                                  "weights_hash": prior_facts["weights_hash"]},
-                     "selector": selection.selector, "metrics": list(metrics), "preferred": preferred,
-                     "rejected": rejected, "candidates": settings.to_dict(),
-                     "refine": worker.settings.refine.to_dict(),
-                     "seconds": {"restore": seconds, "candidates": t_cand, "select": t_select, "refine": t_refine}}
+    return refined, record | {
+        "preferred": preferred, "rejected": rejected, "candidates": settings.to_dict(),
+        "refine": worker.settings.refine.to_dict(),
+        "seconds": {"restore": seconds, "candidates": t_cand, "select": t_select, "refine": t_refine}}
 
 
-def compute_stimulus(fb: FeedbackService, study: StudyDefinition, j: int, clean: np.ndarray) -> dict[str, Any]:
-    """Stimulus j (image i under spec): its degraded input, attention control and every condition's output,
-    stored as PNGs; the dict that goes into `Study.stimuli` (without `source_image_id`)."""
+def _check_same_candidates(fb: FeedbackService, condition: str, images: dict[str, torch.Tensor],
+                           guide: dict[str, Any]) -> None:
+    """InputError unless every image made now is pixel for pixel the one the guide study showed."""
+    shown = guide["stimulus"]["outputs"]
+    differ = [label for label, image in images.items()
+              if label not in shown or not np.array_equal(_to_uint8(image), fb.images.get_array(shown[label]))]
+    if differ or len(shown) != len(images):
+        raise InputError(f"condition {condition!r}: the candidates made now for stimulus {guide['stimulus_index']} "
+                         f"differ from the ones guide_study {guide['study_id']} showed "
+                         f"({', '.join(differ) or 'count'}); the backbone, prior or code changed since it was "
+                         "prepared: run a new guide study")
+
+
+def compute_guide_stimulus(fb: FeedbackService, study: StudyDefinition, j: int, seed: int,
+                           degraded: torch.Tensor) -> tuple[dict[str, str], dict[str, Any], dict[str, Any]]:
+    """A guide study's stimulus j: (outputs label -> image id, facts per label: seed, strength, ..., how the
+    candidates were made: condition, backbone, prior, candidate settings)."""
+    worker = fb.worker
+    c = parse_condition(study.conditions[0])
+    prior = worker.check_prior(c.prior)
+    restored, backbone, t_restore = _restore(fb, c, degraded)
+    settings = replace(worker.settings.round, num_candidates=study.candidates_per_round - 1, seed=seed).checked()
+    made, t_cand = worker.candidates(restored, settings, prior)
+    labels = guide_labels(study.candidates_per_round)
+    outputs = {labels[0]: fb.images.put_array(_to_uint8(restored))}
+    facts: dict[str, Any] = {labels[0]: {"is_restored": True, "seed": None, "strength": None}}
+    for label, (image, meta) in zip(labels[1:], made, strict=True):
+        outputs[label] = fb.images.put_array(_to_uint8(image))
+        facts[label] = {"is_restored": False, **meta.to_dict()}
+    made_by = {"condition": c.name, "backbone": backbone, "prior": _prior_facts(fb, prior),
+               "candidates": settings.to_dict(), "seconds": {"restore": t_restore, "candidates": t_cand}}
+    return outputs, facts, made_by
+
+
+def compute_stimulus(fb: FeedbackService, study: StudyDefinition, j: int, clean: np.ndarray,
+                     guide: Guide | None = None) -> dict[str, Any]:
+    """Stimulus j (image i under spec): its degraded input, attention control and every condition's output
+    (for a guide study: its candidates), stored as PNGs; the dict that goes into `Study.stimuli` (without
+    `source_image_id`)."""
     i, spec = study.stimuli[j]
     seed = study.seed + j
     clean_t = _to_tensor(clean)
     degraded, record = fb.worker.degrade(clean_t, spec, seed)
     control, _ = fb.worker.degrade(clean_t, ATTENTION_CONTROL_SPEC, seed)
+    stimulus: dict[str, Any] = {
+        "image": i, "degradation": spec, "seed": seed, "record": record.to_dict() if record else None,
+        "clean": fb.images.put_array(clean), "degraded": fb.images.put_array(_to_uint8(degraded)),
+        "control": fb.images.put_array(_to_uint8(control))}
+    if study.kind == "guide":
+        outputs, facts, stimulus["guide"] = compute_guide_stimulus(fb, study, j, seed, degraded)
+        return stimulus | {"outputs": outputs, "facts": facts}
+    on_guide = None if guide is None else {"study_id": guide.study_id, "stimulus": guide.stimuli[j],
+                                           "choice": guide.choices[j], "stimulus_index": j}
     outputs, facts = {}, {}
     for condition in study.conditions:
-        out, facts[condition] = run_condition(fb, condition, degraded, seed)
+        out, facts[condition] = (run_condition(fb, condition, degraded, seed) if on_guide is None
+                                 else run_condition(fb, condition, degraded, seed, guide=on_guide))
         outputs[condition] = fb.images.put_array(_to_uint8(out))
-    return {"image": i, "degradation": spec, "seed": seed, "record": record.to_dict() if record else None,
-            "clean": fb.images.put_array(clean), "degraded": fb.images.put_array(_to_uint8(degraded)),
-            "control": fb.images.put_array(_to_uint8(control)), "outputs": outputs, "facts": facts}
+    return stimulus | {"outputs": outputs, "facts": facts}
 
 
 # ------------------------------------------------------------------------------ the worker
@@ -247,11 +339,12 @@ class StudyPreparer:
             if len(inputs) != len(study.images):
                 raise InputError(f"the study records {len(inputs)} input images for {len(study.images)} "
                                  "definition images; create it again")
+            guide = check_guide(self.fb, study, inputs)  # its votes as they are now; the facts record them
             clean_images = [resized(self.fb.images.get_array(image_id), study.size) for image_id in inputs]
             stimuli = []
             for j, (i, _spec) in enumerate(study.stimuli):
                 with self._engine_slot():
-                    stimuli.append(compute_stimulus(self.fb, study, j, clean_images[i]))
+                    stimuli.append(compute_stimulus(self.fb, study, j, clean_images[i], guide))
                 with self.fb.db.sessions.begin() as s:
                     s.execute(update(Study).where(Study.id == study_id, Study.status == "preparing")
                               .values(progress_done=j + 1))

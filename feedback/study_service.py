@@ -8,7 +8,10 @@ left and 1 on the right, whose `method` is the condition shown; a vote is a `Cho
 candidates at positions 0..K-1 in shown order; its vote (best position, optional worst) is a pairwise Choice
 (best preferred over the others) whose preference pairs are `feedback.study.gallery_pairs`: the best beats
 each other image and each other image beats the worst, so analysis and export read them as pairs too. A participant only ever sees finished
-PNGs by their hash (blind and fast).
+PNGs by their hash (blind and fast). A guide study's gallery shows a stimulus's TTPO candidates: their methods
+are 'restored', 'c0', ... and they carry their seed, strength and is_restored, the round its prior id and weights
+hash, so its votes are exported as preference pairs between candidates with their lineage
+(`feedback.study_guide`).
 
 Creation returns at once: `create_study` checks the definition, conditions, degradations and images, records
 the study as 'preparing' and hands it to the service's `StudyPreparer` (`feedback.study_prepare`), which
@@ -73,6 +76,7 @@ from feedback.study_prepare import (
     StudyPreparer,
     check_conditions,
     check_degradations,
+    check_guide,
     store_inputs,
 )
 
@@ -122,6 +126,7 @@ class StudyService:
         check_conditions(self.fb, study)
         check_degradations(self.fb, study)
         inputs = store_inputs(self.fb, study)
+        check_guide(self.fb, study, inputs)  # checked again (and its votes read) when the study is prepared
         with self.fb.db.sessions.begin() as s:
             row = Study(name=study.name, definition=study.to_dict(), consent_version=study.consent_version,
                         stimuli=[], status="preparing", progress_done=0, progress_total=len(study.stimuli),
@@ -241,16 +246,21 @@ class StudyService:
         stim = row.stimuli[item.stimulus]
         images = {**stim["outputs"], ATTENTION_CLEAN: stim["clean"], ATTENTION_CONTROL: stim["control"]}
         shown = item.shown if isinstance(item, GalleryItem) else (item.left, item.right)
+        made_by = stim.get("guide") or {}  # a guide study's stimulus: how its candidates were made
         rnd = store.create_round(
             s, session_id=session_id, source_image_id=stim["source_image_id"], backbone_name=STUDY_BACKBONE_NAME,
             code_version=self.fb.worker.code_version, device=self.fb.worker.settings.device,
             dtype=self.fb.worker.settings.dtype, study_id=row.id,
             condition="attention-check" if item.is_attention_check else None,
+            prior_id=made_by.get("prior", {}).get("prior_id"),
+            prior_weights_hash=made_by.get("prior", {}).get("weights_hash"),
             params={"study_item": item.to_dict(), "stimulus": {k: stim[k] for k in ("image", "degradation", "seed")},
-                    "facts": {c: stim["facts"].get(c) for c in dict.fromkeys(shown)}},
+                    "facts": {c: stim["facts"].get(c) for c in dict.fromkeys(shown)},
+                    **({"guide": {k: made_by[k] for k in ("condition", "candidates")}} if made_by else {})},
             seeds=[stim["seed"]])
         if isinstance(item, GalleryItem):
-            store.add_candidates(s, rnd.id, [store.CandidateSpec(image_hash=images[c], method=c, position=p)
+            store.add_candidates(s, rnd.id, [store.CandidateSpec(image_hash=images[c], method=c, position=p,
+                                                                 **(_candidate_lineage(stim, c) if made_by else {}))
                                              for p, c in enumerate(shown)])
             s.add(StudyItem(participant_id=participant.id, position=item.position, stimulus=item.stimulus,
                             round_id=rnd.id, gallery=[{"condition": c, "image_hash": images[c]} for c in shown],
@@ -394,6 +404,14 @@ class StudyService:
         with self.fb.db.sessions.begin() as s:
             self._study(s, study_id)
             return [row for row in store.export_pairs(s) if row["study_id"] == study_id]
+
+
+def _candidate_lineage(stim: dict[str, Any], label: str) -> dict[str, Any]:
+    """Seed, strength and is_restored of a guide study's candidate (none for attention-check images)."""
+    fact = stim["facts"].get(label)
+    if fact is None:
+        return {}
+    return {"seed": fact.get("seed"), "strength": fact.get("strength"), "is_restored": bool(fact.get("is_restored"))}
 
 
 def _answer(item: StudyItem, choice: Any, worst: Any) -> tuple[str, str | None]:

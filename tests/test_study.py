@@ -240,3 +240,38 @@ def test_bad_condition_names_show_the_syntax(name, words) -> None:
         make(conditions=["nlm", name])
     for word in [*words, "ttpo-auto:<backbone>[;prior=<name>]"]:
         assert word in str(err.value)
+
+
+def test_guide_study_definitions() -> None:
+    guide = make(kind="guide", conditions=["ttpo-human:nlm;prior=other"], candidates_per_round=4)
+    assert guide.plan_conditions == ("restored", "c0", "c1", "c2") and len(guide.condition_subsets) == 1
+    items = assign_items(guide, 0, guide.seed)
+    assert all(sorted(i.shown) == ["c0", "c1", "c2", "restored"] for i in items if not i.is_attention_check)
+    for changes, words in [
+        ({"kind": "guide", "candidates_per_round": 3}, ["exactly one condition", "ttpo-human:<backbone>"]),
+        ({"kind": "guide", "conditions": ["ttpo-human:nlm"]}, ["[3, 6]"]),
+        ({"kind": "guide", "conditions": ["ttpo-human:nlm"], "candidates_per_round": 3, "guide_study": "x"},
+         ["takes no guide_study"]),
+        ({"kind": "survey"}, ["kind must be one of compare, guide"]),
+        ({"conditions": ["nlm", "ttpo-human:nlm"]}, ["need guide_study"]),
+        ({"guide_study": "abc"}, ["used by 'ttpo-human:<backbone>' conditions only"]),
+        ({"conditions": ["nlm", "ttpo-human:nlm;selector=piqe"], "guide_study": "abc"}, ["unknown parameter"]),
+        ({"conditions": ["nlm", "ttpo-human:nlm"], "guide_study": "abc", "min_guide_votes": 0}, ["min_guide_votes"]),
+    ]:
+        with pytest.raises(InputError) as err:
+            make(**changes)
+        assert all(w in str(err.value) for w in words), (changes, str(err.value))
+
+
+@pytest.mark.parametrize("best, worst, expected", [
+    ({"c1": 3, "c0": 1}, {"restored": 2, "c0": 1}, (["c1"], ["restored"])),  # most worst marks
+    ({"c1": 2, "c0": 2}, {}, (["c0", "c1"], ["restored"])),  # tie for best: both preferred; least picked rejected
+    ({"c1": 2}, {}, (["c1"], ["restored", "c0"])),  # no worst marks: the least picked, tied
+    ({"c1": 2, "restored": 1}, {"c1": 5, "c0": 1}, (["c1"], ["c0"])),  # a preferred one is never rejected
+    ({"c1": 1, "c0": 1, "restored": 1}, {"c0": 2}, ([], [])),  # all tied: no preference
+    ({}, {}, ([], [])),  # no votes
+])
+def test_guide_choice_ties(best, worst, expected) -> None:
+    from feedback.study_guide import guide_choice
+
+    assert guide_choice(["restored", "c0", "c1"], best, worst) == expected
