@@ -147,3 +147,19 @@ def test_shipped_weights_denoise():
     noisy, _ = degrade(clean, "noise:25", seed=0)
     restored = create_restorer("sipl").restore(noisy)
     assert psnr(restored, clean) > psnr(noisy, clean) + 3.0
+
+
+def test_reexposed_crops_keep_their_look_as_the_target():
+    """darken_some / fade_some change a share of the clean crops, which then are the targets as well."""
+    from restoration.train import darken_some, fade_some
+
+    clean = torch.rand(200, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(fade_some(clean, random.Random(0), 0.0), clean)
+    faded = fade_some(clean, random.Random(0), 0.5)
+    changed = [i for i in range(200) if not torch.equal(faded[i], clean[i])]
+    assert 70 < len(changed) < 130  # about half
+    for i in changed:  # brighter on average, less contrast, still in [0, 1]
+        assert faded[i].std() < 0.9 * clean[i].std() and faded[i].min() >= clean[i].min() - 1e-6
+    assert faded.max() <= 1 and faded.min() >= 0
+    dark = darken_some(clean, random.Random(1), 1.0)
+    assert (dark <= clean + 1e-7).all() and dark.mean() < 0.7 * clean.mean()
