@@ -8,6 +8,7 @@ import torch
 
 from restoration.bench import bench_input
 from restoration.diffusion.candidates import CandidateConfig, generate_candidates
+from restoration.diffusion.guidance import GuidanceConfig
 from restoration.diffusion.priors import DEFAULT_PRIOR_DIR, load_prior
 from restoration.diffusion.refine import RefineConfig, reward_guided_denoise
 from restoration.metrics import psnr
@@ -53,7 +54,8 @@ def test_tiled_candidates_and_refinement_agree_with_untiled():
 
     def run(p):
         cands = torch.cat([c.image for c in generate_candidates(x, p, cfg)])
-        refined = reward_guided_denoise(x, cands[:1], cands[1:], p, RefineConfig(steps=2))
+        refined = reward_guided_denoise(x, cands[:1], cands[1:], p, RefineConfig(  # the settings measured below
+            steps=2, strength=0.2, guidance=GuidanceConfig(scale=0.01, fidelity_weight=0.3)))
         return cands, refined
 
     whole, whole_refined = run(_with_tiles(shipped, 0, 0))
