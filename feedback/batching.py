@@ -80,7 +80,7 @@ class CandidateBatcher:
         try:
             made, seconds = self.worker.candidates_many([j.start for j in batch], [j.settings for j in batch],
                                                         batch[0].prior)
-        except BaseException as exc:  # every job of the batch gets the error, the caller re-raises it
+        except BaseException as exc:  # noqa: BLE001 - every job of the batch gets the error; each caller re-raises it
             for j in batch:
                 j.error = exc
                 j.done.set()

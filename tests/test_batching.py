@@ -79,9 +79,8 @@ def test_an_error_reaches_every_request_of_the_batch_and_nothing_is_left_waiting
 
 def test_a_request_refused_by_the_gate_leaves_the_waiting_list(tmp_path, prior):
     service = tiny_service(tmp_path, prior, max_waiting=0)
-    with service.gate.slot():  # the engine is busy and nobody may wait
-        with pytest.raises(Busy, match="the restoration engine is busy"):
-            service.batcher.candidates(_start(0), RoundSettings(num_candidates=2, steps=2))
+    with service.gate.slot(), pytest.raises(Busy, match="the restoration engine is busy"):  # busy, nobody may wait
+        service.batcher.candidates(_start(0), RoundSettings(num_candidates=2, steps=2))
     assert not service.batcher._waiting
 
 

@@ -64,7 +64,7 @@ class DiffusionPrior:
     tile / tile_overlap: in image pixels; sides above `tile` are denoised tile by tile (0: never).
     precision: the U-Net's compute precision ("fp32", or "bf16" / "fp16" autocast; see PRECISIONS).
     channels_last: the U-Net's inputs (and, through `set_inference_format`, its weights) in NHWC, which
-    oneDNN / cuDNN convolutions run faster (1.5x measured for the shipped prior on the CPU); same math.
+    oneDNN / cuDNN convolutions may run faster (1.1x measured for the shipped prior on one CPU thread); same math.
     """
 
     kind: str
