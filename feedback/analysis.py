@@ -5,8 +5,8 @@ Everything works on plain `Vote` rows (one per human preference pair); `load_vot
 database. A gallery vote of a study (K > 2 images, best picked, worst optionally marked) is stored as the pairs
 it implies (the best beats each other image, each other image beats the worst), so win rates, Bradley-Terry,
 alpha and metric agreement read it as pairs; test-retest and position picks of galleries use the whole
-judgment (the best image of a shown set), grouped by `Vote.choice_id`. A vote compares two images of one round; each image belongs to a *condition*, named by
-`condition_by`:
+judgment (the best image of a shown set), grouped by `Vote.choice_id`. A vote compares two images of one
+round; each image belongs to a *condition*, named by `condition_by`:
   'method'      the candidate's `method` (in a study round each shown image is one system's output,
                 e.g. 'sipl', 'ttpo-human', 'ttpo-metric'), the default;
   'arm+method'  '<arm>/<method>', arm = the round's condition, else its session's, else its backbone.

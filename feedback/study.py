@@ -217,7 +217,6 @@ class StudyDefinition:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
 
-
 # -------------------------------------------------------------------------------------------- conditions
 @dataclass(frozen=True)
 class Condition:
@@ -381,20 +380,35 @@ class PlannedItem:
         return asdict(self)
 
 
+def _main_slots(study: StudyDefinition, participant_index: int) -> list[tuple[int, int]]:
+    """(stimulus j, block) of each main item of a participant, in plan order: with more items than stimuli the
+    stimuli are reused in blocks (each block shifts the Latin square by one cell)."""
+    if not _is_int(participant_index) or participant_index < 0:
+        raise InputError(f"participant_index must be an integer >= 0, got {participant_index!r}")
+    n_stimuli = len(study.stimuli)
+    start = (participant_index * study.n_main_items) % n_stimuli if study.items_per_participant else 0
+    return [((start + t) % n_stimuli, (start + t) // n_stimuli) for t in range(study.n_main_items)]
+
+
+def _first_showings(sequence: list[dict[str, Any]]) -> dict[int, int]:
+    """Main item index -> its final position in `sequence` (to link repeats to their first showing); repeats
+    carry 'repeat_of_main', attention checks 'expected'."""
+    first: dict[int, int] = {}
+    for position, entry in enumerate(sequence):
+        if "repeat_of_main" not in entry and "expected" not in entry:
+            first[len(first)] = position
+    return first
+
+
 def latin_square_cells(study: StudyDefinition, participant_index: int) -> list[tuple[int, tuple[str, str]]]:
     """(stimulus, condition pair as shown left, right) of a participant's main items: stimulus j gets pair
     (i + j) mod P, with sides swapped when (i // P + j) is odd, so 2P consecutive participants show every
     (stimulus, pair) cell once in each left/right order.
 
     With more items than stimuli, the stimuli are reused in blocks, each block shifted by one pair."""
-    if not _is_int(participant_index) or participant_index < 0:
-        raise InputError(f"participant_index must be an integer >= 0, got {participant_index!r}")
-    pairs, n_stimuli = study.condition_pairs, len(study.stimuli)
-    start = (participant_index * study.n_main_items) % n_stimuli if study.items_per_participant else 0
+    pairs = study.condition_pairs
     cells = []
-    for t in range(study.n_main_items):
-        j = (start + t) % n_stimuli
-        block = (start + t) // n_stimuli
+    for j, block in _main_slots(study, participant_index):
         a, b = pairs[(participant_index + j + block) % len(pairs)]
         swap = (participant_index // len(pairs) + j + block) % 2 == 1
         cells.append((j, (b, a) if swap else (a, b)))
@@ -403,8 +417,8 @@ def latin_square_cells(study: StudyDefinition, participant_index: int) -> list[t
 
 def assign_items(study: StudyDefinition, participant_index: int, seed: int) -> list[PlannedItem] | list[GalleryItem]:
     """The ordered items of participant `participant_index`: Latin-square main items (sides counterbalanced
-    across participants) in a seeded shuffled order, swapped repeats placed after their first showing, and attention checks.
-    For a gallery study (candidates_per_round > 2): `assign_gallery_items`."""
+    across participants) in a seeded shuffled order, swapped repeats placed after their first showing, and attention
+    checks. For a gallery study (candidates_per_round > 2): `assign_gallery_items`."""
     if study.is_gallery:
         return assign_gallery_items(study, participant_index, seed)
     rng = random.Random(f"{seed}:{participant_index}")
@@ -422,13 +436,7 @@ def assign_items(study: StudyDefinition, participant_index: int, seed: int) -> l
             "left": ATTENTION_CLEAN if clean_left else ATTENTION_CONTROL,
             "right": ATTENTION_CONTROL if clean_left else ATTENTION_CLEAN,
             "expected": "left" if clean_left else "right"})
-    # Main item index -> final position, to link repeats to their first showing.
-    first_position: dict[int, int] = {}
-    main_seen = 0
-    for position, entry in enumerate(sequence):
-        if "repeat_of_main" not in entry and "expected" not in entry:
-            first_position[main_seen] = position
-            main_seen += 1
+    first_position = _first_showings(sequence)
     items = []
     for position, entry in enumerate(sequence):
         is_repeat = "repeat_of_main" in entry
@@ -468,14 +476,9 @@ def _rotated(order: tuple[str, ...], r: int) -> tuple[str, ...]:
 def gallery_cells(study: StudyDefinition, participant_index: int) -> list[tuple[int, tuple[str, ...]]]:
     """(stimulus, conditions in shown order) of a participant's main gallery items (module docstring: subset
     (i + j + block) mod |S|, base order rotated by (i // |S| + j + block) mod K)."""
-    if not _is_int(participant_index) or participant_index < 0:
-        raise InputError(f"participant_index must be an integer >= 0, got {participant_index!r}")
-    subsets, n_stimuli = study.condition_subsets, len(study.stimuli)
-    start = (participant_index * study.n_main_items) % n_stimuli if study.items_per_participant else 0
+    subsets = study.condition_subsets
     cells = []
-    for t in range(study.n_main_items):
-        j = (start + t) % n_stimuli
-        block = (start + t) // n_stimuli
+    for j, block in _main_slots(study, participant_index):
         s = (participant_index + j + block) % len(subsets)
         base = list(subsets[s])
         random.Random(f"{study.seed}:gallery:{j}:{s}").shuffle(base)  # the cell's base order, same for everyone
@@ -501,12 +504,7 @@ def assign_gallery_items(study: StudyDefinition, participant_index: int, seed: i
         shown = tuple(ATTENTION_CLEAN if p == clean else ATTENTION_CONTROL for p in range(k))
         sequence.insert(rng.randint(1 if sequence else 0, len(sequence)), {
             "stimulus": rng.randrange(len(study.stimuli)), "shown": shown, "expected": str(clean + 1)})
-    first_position: dict[int, int] = {}
-    main_seen = 0
-    for position, entry in enumerate(sequence):
-        if "repeat_of_main" not in entry and "expected" not in entry:
-            first_position[main_seen] = position
-            main_seen += 1
+    first_position = _first_showings(sequence)
     return [GalleryItem(position=position, stimulus=entry["stimulus"], shown=tuple(entry["shown"]),
                         is_repeat="repeat_of_main" in entry,
                         repeat_of=first_position[entry["repeat_of_main"]] if "repeat_of_main" in entry else None,

@@ -169,8 +169,8 @@ def run_condition(fb: FeedbackService, condition: str, degraded: torch.Tensor, s
     """The condition's output for one degraded image (1, 3, H, W) in [0, 1], and what was run.
 
     `guide`: in a study with a guide study, {'study_id', 'stimulus': the guide's stimulus, 'stimulus_index',
-    'choice': its GuideChoice}; TTPO conditions then make the guide's candidates (its recorded settings), and 'ttpo-human:'
-    refines with the guide's choice."""
+    'choice': its GuideChoice}; TTPO conditions then make the guide's candidates (its recorded settings), and
+    'ttpo-human:' refines with the guide's choice."""
     worker = fb.worker
     c = parse_condition(condition)
     restored, facts, seconds = _restore(fb, c, degraded)
@@ -219,9 +219,9 @@ def _check_same_candidates(fb: FeedbackService, condition: str, images: dict[str
                          "prepared: run a new guide study")
 
 
-def compute_guide_stimulus(fb: FeedbackService, study: StudyDefinition, j: int, seed: int,
-                           degraded: torch.Tensor) -> tuple[dict[str, str], dict[str, Any], dict[str, Any]]:
-    """A guide study's stimulus j: (outputs label -> image id, facts per label: seed, strength, ..., how the
+def compute_guide_stimulus(fb: FeedbackService, study: StudyDefinition, seed: int, degraded: torch.Tensor
+                           ) -> tuple[dict[str, str], dict[str, Any], dict[str, Any]]:
+    """A guide study's stimulus: (outputs label -> image id, facts per label: seed, strength, ..., how the
     candidates were made: condition, backbone, prior, candidate settings)."""
     worker = fb.worker
     c = parse_condition(study.conditions[0])
@@ -255,14 +255,13 @@ def compute_stimulus(fb: FeedbackService, study: StudyDefinition, j: int, clean:
         "clean": fb.images.put_array(clean), "degraded": fb.images.put_array(_to_uint8(degraded)),
         "control": fb.images.put_array(_to_uint8(control))}
     if study.kind == "guide":
-        outputs, facts, stimulus["guide"] = compute_guide_stimulus(fb, study, j, seed, degraded)
+        outputs, facts, stimulus["guide"] = compute_guide_stimulus(fb, study, seed, degraded)
         return stimulus | {"outputs": outputs, "facts": facts}
     on_guide = None if guide is None else {"study_id": guide.study_id, "stimulus": guide.stimuli[j],
                                            "choice": guide.choices[j], "stimulus_index": j}
     outputs, facts = {}, {}
     for condition in study.conditions:
-        out, facts[condition] = (run_condition(fb, condition, degraded, seed) if on_guide is None
-                                 else run_condition(fb, condition, degraded, seed, guide=on_guide))
+        out, facts[condition] = run_condition(fb, condition, degraded, seed, guide=on_guide)
         outputs[condition] = fb.images.put_array(_to_uint8(out))
     return stimulus | {"outputs": outputs, "facts": facts}
 

@@ -10,8 +10,9 @@ process and interleaved with the rounds (so load on a shared machine hits both a
 candidates made the naive way: one candidate at a time through a standard diffusers
 DDIMInverseScheduler / DDIMScheduler loop calling a stock copy of the prior's UNet (as loaded: float32,
 contiguous memory) directly, unbatched, sharing nothing. The naive images must match the batched ones
-(`naive_max_abs_diff`, `naive_psnr_db`), otherwise the speed-up would compare different work. `unet_samples` counts the images the UNet saw (a batch of 8
-counts 8) in each path, which is where the speed-up comes from.
+(`naive_max_abs_diff`, `naive_psnr_db`), otherwise the speed-up would compare different work.
+`unet_samples` counts the images the UNet saw (a batch of 8 counts 8) in each path, which is where the
+speed-up comes from.
 
 To drive the unmodified diffusers schedulers along the engine's timesteps (the inversion ladder or
 grid, then strength * T down to the clean image, which no `set_timesteps` spacing reproduces), each
@@ -389,7 +390,8 @@ def _parse(argv: list[str] | None) -> tuple[BenchConfig, bool]:
         p.error("--device cuda asked for, but torch sees no CUDA device")
     return BenchConfig(size=a.size, candidates=a.candidates, device=a.device, repeat=a.repeat,
                        backbone=a.backbone, prior=a.prior, seed=a.seed, threads=a.threads,
-                       channels_last=not a.contiguous, precision=resolve_precision(a.precision, a.device), tile=a.tile, steps=a.steps, refine_steps=a.refine_steps,
+                       channels_last=not a.contiguous, precision=resolve_precision(a.precision, a.device),
+                       tile=a.tile, steps=a.steps, refine_steps=a.refine_steps,
                        warmup=a.warmup, naive=not a.no_naive, label=a.label), a.json
 
 

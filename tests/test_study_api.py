@@ -161,16 +161,22 @@ def test_analysis_recovers_the_planted_order_and_flags_the_careless(client, serv
     assert conditions_recorded >= 17 * (N_ATTENTIVE + 1)
     lines = client.get(f"{API}/studies/{sid}/export", headers=ADMIN).text.splitlines()
     assert len(lines) >= 17 * (N_ATTENTIVE + 1)
-    database = open_database(f"sqlite:///{server.db_path}", migrate=False)
-    try:  # the dataset export reads study votes unchanged; attention checks are not human preferences
-        with database.sessions.begin() as s:
-            result = export_dataset(s, ImageStore(server.data_dir), tmp_path / "dataset", format="jsonl",
-                                    human_only=True, study_id=sid)
-    finally:
-        database.engine.dispose()
-    rows = [json.loads(line) for line in result.data_file.read_text().splitlines()]
+    # the dataset export reads study votes unchanged; attention checks are not human preferences
+    rows = _human_export_rows(server, sid, tmp_path / "dataset")
     assert len(rows) == report["n_votes"] and len(rows) < len(lines)
     assert {r["chosen_method"] for r in rows} == set(PLANTED)
+
+
+def _human_export_rows(server, study_id, out_dir):
+    """The study's rows of the JSONL preference dataset (human choices only), read back."""
+    database = open_database(f"sqlite:///{server.db_path}", migrate=False)
+    try:
+        with database.sessions.begin() as s:
+            result = export_dataset(s, ImageStore(server.data_dir), out_dir, format="jsonl", human_only=True,
+                                    study_id=study_id)
+    finally:
+        database.engine.dispose()
+    return [json.loads(line) for line in result.data_file.read_text().splitlines()]
 
 
 def _counts(db_path, participant_id=None):
@@ -347,14 +353,7 @@ def test_gallery_analysis_recovers_the_planted_order(client, server, gallery, tm
         assert set(quality[pid]["position_picks"]) == {"1", "2", "3"}
     assert report["krippendorff_alpha"] > 0.5
     # The dataset: each attentive gallery vote is 3 pairs (best > 2 others, middle > worst), the careless 2.
-    database = open_database(f"sqlite:///{server.db_path}", migrate=False)
-    try:
-        with database.sessions.begin() as s:
-            result = export_dataset(s, ImageStore(server.data_dir), tmp_path / "gallery", format="jsonl",
-                                    human_only=True, study_id=sid)
-    finally:
-        database.engine.dispose()
-    rows = [json.loads(line) for line in result.data_file.read_text().splitlines()]
+    rows = _human_export_rows(server, sid, tmp_path / "gallery")
     assert len(rows) == report["n_votes"] and {r["label"] for r in rows} == {1.0}
 
     def choices_of(pids):

@@ -154,11 +154,11 @@ def test_create_returns_at_once_and_enrolment_waits_for_the_stimuli(studies: Stu
 def test_a_failure_records_the_error_and_no_stimuli(studies: StudyService, tmp_path, monkeypatch) -> None:
     real, calls = study_prepare.run_condition, []
 
-    def failing(fb, condition, degraded, seed):
+    def failing(fb, condition, degraded, seed, guide=None):
         calls.append(condition)
         if len(calls) == 3:  # the first condition of the second stimulus
             raise RuntimeError("out of memory on the test device")
-        return real(fb, condition, degraded, seed)
+        return real(fb, condition, degraded, seed, guide)
 
     monkeypatch.setattr(study_prepare, "run_condition", failing)
     sid = studies.create_study(_definition(tmp_path))["study_id"]
