@@ -117,7 +117,8 @@ def sqlite_url(data_dir: Path) -> str:
 
 
 def crash_drill(data_dir: Path, min_votes: int, resend_acknowledged: int = 0) -> dict[str, Any]:
-    """SIGKILL the app (SQLite in `data_dir`) while 4 clients stream votes, once `min_votes` new votes are in;
+    """SIGKILL the app (SQLite in `data_dir`) while 4 clients stream votes, once at least `min_votes` new votes
+    are acknowledged (stored votes, less the one each client may still await the answer to);
     restart it on the same files, check the record, and resend every unanswered vote (plus the first
     `resend_acknowledged` acknowledged ones) with its own key. Returns what was acknowledged, found and recovered.
     """
@@ -135,8 +136,8 @@ def crash_drill(data_dir: Path, min_votes: int, resend_acknowledged: int = 0) ->
             t0 = time.monotonic()
             while time.monotonic() - t0 < 60:  # kill with the clients still sending
                 time.sleep(0.1)
-                with engine.connect() as conn:
-                    if conn.execute(text("SELECT count(*) FROM choices")).scalar() - before >= min_votes:
+                with engine.connect() as conn:  # stored but not yet answered: at most one per client
+                    if conn.execute(text("SELECT count(*) FROM choices")).scalar() - before >= min_votes + cfg.clients:
                         break
         finally:
             engine.dispose()
