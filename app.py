@@ -49,6 +49,13 @@ def build_demo(service: FeedbackService, studies: StudyService | None = None) ->
     return demo
 
 
+def candidate_concurrency(service: FeedbackService) -> int:
+    """How many page users' candidate requests may wait at the engine at once: enough to fill a batch, and no
+    more than the engine gate lets wait beside the one engine event the page runs, so page users never get
+    the gate's 'busy' answer from each other."""
+    return max(1, min(service.batcher.max_jobs, service.gate.max_waiting))
+
+
 def annotate_tab(service: FeedbackService) -> None:
     """Restore -> candidates -> mark tiles -> refine, with the settings panel and the session's history."""
     eng = service.worker.settings
@@ -129,6 +136,9 @@ def annotate_tab(service: FeedbackService) -> None:
 
     # ---- wiring: engine events share one concurrency slot; light events run freely ----
     engine = dict(concurrency_id="engine", concurrency_limit=1)
+    # candidate events of several users may wait at the engine together, so that the batcher runs them as one
+    # batch; the engine gate still computes one thing at a time (and the engine slot above may hold one more)
+    candidates = dict(concurrency_id="candidates", concurrency_limit=candidate_concurrency(service))
     start.click(bind(ui.sign_in), [name, state], [state, status], api_name="sign_in")
     name.submit(bind(ui.sign_in), [name, state], [state, status], api_name="sign_in_enter")
     sample.change(ui.load_sample, [sample], [image], api_name="load_sample")
@@ -137,7 +147,7 @@ def annotate_tab(service: FeedbackService) -> None:
                       api_name="restore", **engine)
     round_out = [state, gallery, preferred, rejected, status, history]
     generate_btn.click(bind(ui.generate), [state, n_candidates, seed, strengths, blind, prior], round_out,
-                       api_name="generate", **engine)
+                       api_name="generate", **candidates)
     marks = [state, preferred, rejected, blind]
     gallery.select(bind(ui.click_tile), marks, [preferred, rejected, gallery], api_name="click_tile",
                    concurrency_limit=None)
@@ -154,7 +164,7 @@ def annotate_tab(service: FeedbackService) -> None:
     refine_btn.click(bind(ui.refine), [state, refine_strength, refine_steps, guidance],
                      [state, compare, download, status, history], api_name="refine", **engine)
     next_btn.click(bind(ui.next_round), [state, n_candidates, seed, strengths, blind, prior], round_out,
-                   api_name="next_round", **engine)
+                   api_name="next_round", **candidates)
     inspect.click(bind(ui.inspect_detail), [state, crop_x, crop_y, crop_size], [crops], api_name="inspect",
                   concurrency_limit=None)
 
