@@ -82,7 +82,7 @@ def annotate_tab(service: FeedbackService) -> None:
                                    label="Candidate strengths (inversion depth, (0, 1])")
             seed = gr.Number(-1, precision=0, label="Seed (-1: random, recorded)")
         with gr.Row():
-            guidance = gr.Slider(0.0, 0.5, value=eng.refine.guidance_scale, step=0.01, label="Guidance scale")
+            guidance = gr.Slider(0.0, 0.5, value=eng.refine.guidance_scale, step=0.005, label="Guidance scale")
             refine_strength = gr.Slider(0.05, 1.0, value=eng.refine.strength, step=0.05, label="Refine strength")
             refine_steps = gr.Slider(1, 50, value=eng.refine.steps, step=1, label="Refine steps")
             metrics = gr.Dropdown(list(OFFLINE_METRICS), value=list(eng.selector), multiselect=True,

@@ -521,8 +521,9 @@ _SAMPLERS: dict[str, Callable[[random.Random], tuple[float, ...]]] = {
 # effects (haze, then rain/snow in front of it), then the camera's low exposure, then sensor noise.
 # Low light is not in the blind mixture: a blind model cannot tell a dark photo with sensor noise from a low-light
 # exposure with noise. Measured: a first mixture with noiseless low light taught the model to brighten dark photos
-# (-10 dB on clean dark crops); with low light always under noise, noisy dark photos were brightened instead
-# (noise:25 on the dark validation photo: 14.4 dB vs 26-30 dB). The training loop now also darkens some clean crops
+# (-10 dB on clean dark crops); with low light always under noise, the level of noisy photos shifted instead
+# (noise:25 on the validation photo Wood: 14.4 dB vs 26-30 dB; Wood was then misread as dark, it is bright and
+# misty, see `restoration.train.fade_some`). The training loop darkens some clean crops
 # (`restoration.train.darken_some`), so noise on a dark scene keeps it dark. Haze appears mostly under rain.
 _COMPOSITES: tuple[tuple[str, ...], ...] = (
     ("haze", "rain"),

@@ -44,7 +44,7 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 250
     dark_share: float = 0.15
-    fade_share: float = 0.0
+    fade_share: float = 0.3  # the shipped weights: 0.3 from the first step (assets/MODEL_CARD.md)
     model: SIPLConfig = field(default_factory=SIPLConfig)
 
 
