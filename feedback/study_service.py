@@ -8,10 +8,10 @@ left and 1 on the right, whose `method` is the condition shown; a vote is a `Cho
 candidates at positions 0..K-1 in shown order; its vote (best position, optional worst) is a pairwise Choice
 (best preferred over the others) whose preference pairs are `feedback.study.gallery_pairs`: the best beats
 each other image and each other image beats the worst, so analysis and export read them as pairs too. A
-participant only ever sees finished PNGs by their hash (blind and fast). A guide study's gallery shows a stimulus's TTPO candidates: their methods
-are 'restored', 'c0', ... and they carry their seed, strength and is_restored, the round its prior id and weights
-hash, so its votes are exported as preference pairs between candidates with their lineage
-(`feedback.study_guide`).
+participant only ever sees finished PNGs by their hash (blind and fast). A guide study's gallery shows a
+stimulus's TTPO candidates: their methods are 'restored', 'c0', ... and they carry their seed, strength and
+is_restored, the round its prior id and weights hash, so its votes are exported as preference pairs between
+candidates with their lineage (`feedback.study_guide`).
 
 Creation returns at once: `create_study` checks the definition, conditions, degradations and images, records
 the study as 'preparing' and hands it to the service's `StudyPreparer` (`feedback.study_prepare`), which

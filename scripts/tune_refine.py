@@ -14,7 +14,6 @@ import argparse
 import itertools
 import json
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -62,8 +61,7 @@ def main() -> int:
         piqe_restored = float(score_images(restored, ("piqe",))["piqe"][0])
         best = min(c.scores["piqe"] for c in rnd.candidates)
         for strength, scale, fid in grid:
-            cfg = replace(RefineConfig(), strength=strength, seed=i,
-                          guidance=GuidanceConfig(scale=scale, fidelity_weight=fid))
+            cfg = RefineConfig(strength=strength, seed=i, guidance=GuidanceConfig(scale=scale, fidelity_weight=fid))
             refined = engine.refine(rnd, sel, cfg).clamp(0, 1)
             row = {"photo": path.stem, "piqe_restored": piqe_restored, "piqe_best_candidate": best,
                    "piqe_refined": float(score_images(refined, ("piqe",))["piqe"][0]),

@@ -53,7 +53,7 @@ def test_two_page_users_candidates_run_as_one_batch(served, tmp_path):
             time.sleep(0.05)
         waiting = len(service.batcher._waiting)
     for job in jobs:
-        state_gallery = job.result(timeout=120)
-        assert len(state_gallery[0]) == 3  # the gallery: 2 candidates and the restored image
+        outputs = job.result(timeout=120)  # the round's outputs less the state: the gallery first
+        assert len(outputs[0]) == 3  # 2 candidates and the restored image
     assert waiting == 2, "the page ran the second user's candidate request only after the first"
     assert service.batcher.batches[len(before):] == [2]
