@@ -1,7 +1,7 @@
 """Evaluate a restoration backbone on a folder of clean images: degrade, restore, score.
 
     python -m restoration.evaluate --backbone sipl --degradation noise:25 --images DIR --size 128 \
-        --seed 0 --json [--rounds R] [--device cpu] [--limit K]
+        --seed 0 --json [--rounds R] [--ensemble N] [--device cpu] [--limit K]
 
 Each image is resized so its short side is --size (bicubic, antialiased), center-cropped to a square,
 degraded with the spec and seed (seed + image index), restored, and scored with PSNR/SSIM on RGB in
@@ -51,6 +51,7 @@ class EvalConfig:
     rounds: int | None = None
     device: str = "cpu"
     limit: int | None = None
+    ensemble: int | None = None
 
 
 def _score(restored: torch.Tensor, clean: torch.Tensor) -> dict[str, float]:
@@ -92,6 +93,11 @@ def build_restorer(config: EvalConfig) -> Restorer:
         if known and not is_sipl_backbone(config.backbone):  # unknown names get the registry's error
             raise ValueError(f"--rounds applies only to SIPL backbones, not {config.backbone!r}")
         options["rounds"] = config.rounds
+    if config.ensemble is not None:
+        known = name in available_backbones() or Path(config.backbone).expanduser().is_file()
+        if known and not is_sipl_backbone(config.backbone):
+            raise ValueError(f"--ensemble applies only to SIPL backbones, not {config.backbone!r}")
+        options["ensemble"] = config.ensemble
     if name in CLASSICAL_METHODS:
         options["degradation"] = config.degradation
     return create_restorer(config.backbone, device=config.device, **options)
@@ -143,11 +149,14 @@ def parse_args(argv: list[str] | None = None) -> tuple[EvalConfig, bool]:
     p.add_argument("--size", type=int, default=128, help="square crop side in px (default 128)")
     p.add_argument("--seed", type=int, default=0, help="degradation seed of the first image (default 0)")
     p.add_argument("--rounds", type=int, default=None, help="SIPL self-refinement rounds (SIPL only)")
+    p.add_argument("--ensemble", type=int, default=None,
+                   help="SIPL geometric self-ensemble: 1, 2, 4 or 8 flipped/rotated copies averaged (default 1)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--limit", type=int, default=None, help="evaluate at most this many images")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     a = p.parse_args(argv)
-    config = EvalConfig(a.backbone, a.degradation, a.images, a.size, a.seed, a.rounds, a.device, a.limit)
+    config = EvalConfig(a.backbone, a.degradation, a.images, a.size, a.seed, a.rounds, a.device, a.limit,
+                        a.ensemble)
     return config, a.json
 
 

@@ -109,3 +109,19 @@ def test_clear_errors(tmp_path, capsys):
     assert "--rounds applies only to SIPL" in capsys.readouterr().err
     assert main(["--backbone", "nlm", "--degradation", "nosie:25", "--images", str(tmp_path / "imgs")]) == 2
     assert "did you mean 'noise'" in capsys.readouterr().err
+
+
+def test_ensemble_option(tmp_path, capsys):
+    from restoration.backbones.sipl import save_weights
+    from tests.test_sipl import tiny_net
+
+    save_weights(tiny_net(), tmp_path / "tiny.safetensors")
+    _write_images(tmp_path / "imgs")
+    args = ["--degradation", "noise:25", "--images", str(tmp_path / "imgs"), "--size", "32", "--limit", "1", "--json"]
+    assert main(["--backbone", str(tmp_path / "tiny.safetensors"), "--ensemble", "2", *args]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["restorer"]["ensemble"] == 2
+    assert main(["--backbone", "nlm", "--ensemble", "2", *args]) == 2
+    assert "--ensemble applies only to SIPL" in capsys.readouterr().err
+    assert main(["--backbone", str(tmp_path / "tiny.safetensors"), "--ensemble", "3", *args]) == 2
+    assert "ensemble must be one of 1, 2, 4, 8" in capsys.readouterr().err

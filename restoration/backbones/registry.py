@@ -34,7 +34,7 @@ CLASSICAL_METHODS = {
 DEFAULT_BACKBONE = "sipl"
 
 #: Keyword options each kind of backbone accepts (None-valued options are ignored).
-SIPL_OPTIONS = ("rounds", "tile")
+SIPL_OPTIONS = ("rounds", "tile", "ensemble")
 CLASSICAL_OPTIONS = ("degradation", "default_blur_sigma", "default_sr_scale")
 CHECKPOINT_OPTIONS = ("tile", "overlap")
 #: Suffixes that make a name read as a file path even when the file is missing.
@@ -95,7 +95,7 @@ def _unknown_name_error(name: str) -> ValueError:
 def create_restorer(name_or_path: str = DEFAULT_BACKBONE, device: str = "cpu", **options: Any) -> Restorer:
     """Build a restorer from a registry name or a checkpoint path (a new instance on every call).
 
-    Options: SIPL `rounds`, `tile`; classical `degradation` (spec hint), `default_blur_sigma`,
+    Options: SIPL `rounds`, `tile`, `ensemble`; classical `degradation` (spec hint), `default_blur_sigma`,
     `default_sr_scale`; checkpoints `tile`, `overlap`. None-valued options are ignored.
     """
     if not isinstance(name_or_path, (str, Path)):

@@ -14,6 +14,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from restoration.backbones.base import Restorer
+from restoration.backbones.ensemble import check_ensemble, self_ensemble
 from restoration.backbones.hashing import weights_sha256
 from restoration.backbones.sipl_net import SIPLConfig, SIPLNet, self_refine
 from restoration.backbones.tiling import tiled_apply
@@ -61,11 +62,13 @@ def load_network(path: str | Path, device: str | torch.device = "cpu") -> SIPLNe
 
 
 class SIPLRestorer(Restorer):
-    """PromptIR + SIPL Proxy Fusion; `rounds` self-refinement rounds (0 = single pass)."""
+    """PromptIR + SIPL Proxy Fusion; `rounds` self-refinement rounds (0 = single pass); `ensemble` geometric
+    copies averaged (1, 2, 4 or 8; each costs one more restoration, see `ensemble.self_ensemble`)."""
 
     def __init__(self, net: SIPLNet, name: str = "sipl", weights_hash: str | None = None,
                  rounds: int | None = None, tile: int | None = None, overlap: int = DEFAULT_OVERLAP,
-                 facts: dict[str, Any] | None = None):
+                 facts: dict[str, Any] | None = None, ensemble: int | None = None):
+        self.ensemble = check_ensemble(1 if ensemble is None else ensemble)
         rounds = DEFAULT_ROUNDS if rounds is None else rounds
         if not isinstance(rounds, int) or not 0 <= rounds <= 4:
             raise ValueError(f"rounds must be an integer in 0..4, got {rounds!r}")
@@ -81,17 +84,18 @@ class SIPLRestorer(Restorer):
 
     @classmethod
     def from_file(cls, path: str | Path, device: str = "cpu", rounds: int | None = None,
-                  tile: int | None = None, name: str | None = None) -> "SIPLRestorer":
+                  tile: int | None = None, name: str | None = None,
+                  ensemble: int | None = None) -> SIPLRestorer:
         facts = json.loads(read_metadata(path).get("facts", "{}")) if Path(path).is_file() else {}
         net = load_network(path, device)
         return cls(net, name=name or Path(path).stem, weights_hash=weights_sha256(path), rounds=rounds,
-                   tile=tile, facts=facts)
+                   tile=tile, facts=facts, ensemble=ensemble)
 
     @property
     def device(self) -> torch.device:
         return next(self.net.parameters()).device
 
-    def to(self, device: str | torch.device) -> "SIPLRestorer":
+    def to(self, device: str | torch.device) -> SIPLRestorer:
         self.net.to(device)
         return self
 
@@ -100,8 +104,8 @@ class SIPLRestorer(Restorer):
             raise ValueError(f"expected a (B, 3, H, W) image tensor, got shape {tuple(x.shape)}")
         x = x.to(self.device, torch.float32)
         with torch.no_grad():  # not inference_mode: callers may use the result in autograd (guidance)
-            y = tiled_apply(lambda t: self_refine(self.net, t, rounds), x, self.tile, self.overlap,
-                            multiple=SIPLNet.multiple)
+            y = self_ensemble(lambda v: tiled_apply(lambda t: self_refine(self.net, t, rounds), v, self.tile,
+                                                    self.overlap, multiple=SIPLNet.multiple), x, self.ensemble)
         return y.clamp(0, 1)
 
     def restore(self, x: torch.Tensor) -> torch.Tensor:
@@ -109,10 +113,10 @@ class SIPLRestorer(Restorer):
         return self._run(x, self.rounds)
 
     def restore_single_pass(self, x: torch.Tensor) -> torch.Tensor:
-        """The plain first pass (dictionary only), i.e. self-refinement turned off."""
+        """The plain first pass (dictionary only), i.e. self-refinement turned off (same ensemble)."""
         return self._run(x, 0)
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "weights_hash": self.weights_hash, "rounds": self.rounds,
-                "proxy_fusion": self.net.proxy_fusion is not None, "tile": self.tile,
+                "ensemble": self.ensemble, "proxy_fusion": self.net.proxy_fusion is not None, "tile": self.tile,
                 "config": self.net.config.to_dict(), "training": self.facts}

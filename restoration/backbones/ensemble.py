@@ -1,0 +1,50 @@
+"""Geometric self-ensemble: restore flipped and rotated copies of the input and average them back.
+
+The eight symmetries of the square (four rotations, each with and without a horizontal flip) are exact
+for a convolutional network's input and output, but a trained network is not exactly equivariant to
+them, so averaging its outputs over several of them cancels part of its error. `n` copies cost `n`
+passes. The order below takes the cheapest-to-add symmetries first, so `n = 2` is identity + flip.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+#: Accepted numbers of copies.
+ENSEMBLE_SIZES = (1, 2, 4, 8)
+#: (rotation quarter-turns, horizontal flip) of each copy, in the order they are added.
+_SYMMETRIES = ((0, False), (0, True), (1, False), (1, True), (2, False), (2, True), (3, False), (3, True))
+
+
+def check_ensemble(n: int) -> int:
+    if not isinstance(n, int) or isinstance(n, bool) or n not in ENSEMBLE_SIZES:
+        raise ValueError(f"ensemble must be one of {', '.join(map(str, ENSEMBLE_SIZES))}, got {n!r}")
+    return n
+
+
+def _forward(x: torch.Tensor, turns: int, flip: bool) -> torch.Tensor:
+    if flip:
+        x = x.flip(-1)
+    return torch.rot90(x, turns, (-2, -1)) if turns else x
+
+
+def _inverse(y: torch.Tensor, turns: int, flip: bool) -> torch.Tensor:
+    if turns:
+        y = torch.rot90(y, -turns, (-2, -1))
+    return y.flip(-1) if flip else y
+
+
+def self_ensemble(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, n: int) -> torch.Tensor:
+    """Mean of `inverse(fn(forward(x)))` over the first `n` symmetries; `n = 1` is just `fn(x)`.
+
+    (B, C, H, W) -> fn's output shape; `fn` must map an image to an image of the same orientation
+    (any size factor), as restoration networks do.
+    """
+    check_ensemble(n)
+    total = None
+    for turns, flip in _SYMMETRIES[:n]:
+        y = _inverse(fn(_forward(x, turns, flip)), turns, flip)
+        total = y if total is None else total + y
+    return total / n
