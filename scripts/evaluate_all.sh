@@ -15,6 +15,8 @@ ev() { # backbone spec images tag [extra]
 }
 # choosing the default number of self-refinement rounds: held-out validation photos only
 for r in 0 1 2; do ev sipl noise:25 "$photos/val" "val_sipl_noise25_rounds$r" --rounds $r; done
+# what the geometric self-ensemble buys (an option, not the default: n copies cost n restorations)
+for n in 2 8; do ev sipl noise:25 "$photos/val" "val_sipl_noise25_ensemble$n" --ensemble $n; done
 # independent evaluation photos
 for spec in noise:25 noise:15+blur:1.5 rain+haze; do
   tag=$(echo "$spec" | tr ':+.' '__p')
@@ -22,6 +24,7 @@ for spec in noise:25 noise:15+blur:1.5 rain+haze; do
   ev sipl_ablation "$spec" "$photos/eval" "eval_ablation_$tag"
   ev classical "$spec" "$photos/eval" "eval_classical_$tag"
 done
+ev sipl noise:25 "$photos/eval" eval_sipl_noise_25_ensemble8 --ensemble 8
 ev nlm noise:25 "$photos/eval" eval_nlm_noise_25
 ev nlm noise:15+blur:1.5 "$photos/eval" eval_nlm_noise_15pblur_1p5
 ev wiener noise:15+blur:1.5 "$photos/eval" eval_wiener_noise_15pblur_1p5
