@@ -1,9 +1,10 @@
 """Geometric self-ensemble: restore flipped and rotated copies of the input and average them back.
 
-The eight symmetries of the square (four rotations, each with and without a horizontal flip) are exact
-for a convolutional network's input and output, but a trained network is not exactly equivariant to
-them, so averaging its outputs over several of them cancels part of its error. `n` copies cost `n`
-passes. The order below takes the cheapest-to-add symmetries first, so `n = 2` is identity + flip.
+The eight symmetries of the square (four quarter-turn rotations, each with and without a horizontal flip)
+lose nothing and are undone exactly on the output. A trained network is not exactly equivariant to them,
+so its errors on the copies differ, and averaging the copies cancels part of them. `n` copies cost `n`
+restorations. Copies are added in a fixed order: `n = 2` is identity + flip, `n = 4` adds the quarter turn
+and its flip, `n = 8` all of them.
 """
 
 from __future__ import annotations
