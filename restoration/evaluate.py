@@ -86,18 +86,12 @@ def evaluate_image(restorer: Restorer, clean: torch.Tensor, spec: str, seed: int
 
 def build_restorer(config: EvalConfig) -> Restorer:
     """The backbone under test; classical baselines get the degradation spec as their hint."""
-    options: dict[str, Any] = {}
     name = config.backbone.strip().lower()
-    if config.rounds is not None:
-        known = name in available_backbones() or Path(config.backbone).expanduser().is_file()
-        if known and not is_sipl_backbone(config.backbone):  # unknown names get the registry's error
-            raise ValueError(f"--rounds applies only to SIPL backbones, not {config.backbone!r}")
-        options["rounds"] = config.rounds
-    if config.ensemble is not None:
-        known = name in available_backbones() or Path(config.backbone).expanduser().is_file()
-        if known and not is_sipl_backbone(config.backbone):
-            raise ValueError(f"--ensemble applies only to SIPL backbones, not {config.backbone!r}")
-        options["ensemble"] = config.ensemble
+    sipl_only = {k: v for k, v in (("rounds", config.rounds), ("ensemble", config.ensemble)) if v is not None}
+    known = name in available_backbones() or Path(config.backbone).expanduser().is_file()
+    if sipl_only and known and not is_sipl_backbone(config.backbone):  # unknown names get the registry's error
+        raise ValueError(f"--{next(iter(sipl_only))} applies only to SIPL backbones, not {config.backbone!r}")
+    options: dict[str, Any] = dict(sipl_only)
     if name in CLASSICAL_METHODS:
         options["degradation"] = config.degradation
     return create_restorer(config.backbone, device=config.device, **options)

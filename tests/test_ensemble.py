@@ -52,6 +52,6 @@ def test_sipl_restorer_ensemble():
         SIPLRestorer(tiny_net(), ensemble=3)
 
 
-def test_registry_passes_the_option_and_rejects_it_for_classical():
+def test_registry_rejects_the_option_for_classical_backbones():
     with pytest.raises(ValueError, match="do not take option"):
         create_restorer("nlm", ensemble=2)
