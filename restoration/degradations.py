@@ -524,10 +524,12 @@ _SAMPLERS: dict[str, Callable[[random.Random], tuple[float, ...]]] = {
 # (-10 dB on clean dark crops); with low light always under noise, the level of noisy photos shifted instead
 # (noise:25 on the validation photo Wood: 14.4 dB vs 26-30 dB; Wood was then misread as dark, it is bright and
 # misty, see `restoration.train.fade_some`). The training loop darkens some clean crops
-# (`restoration.train.darken_some`), so noise on a dark scene keeps it dark. Haze appears mostly under rain.
+# (`restoration.train.darken_some`), so noise on a dark scene keeps it dark. Haze appears mostly with rain, on either
+# side of it (distant rain seen through haze: `rain+haze`).
 _COMPOSITES: tuple[tuple[str, ...], ...] = (
     ("haze", "rain"),
     ("haze", "rain"),
+    ("rain", "haze"),
     ("haze", "rain", "noise"),
     ("rain", "noise"),
     ("haze", "snow"),
@@ -535,6 +537,10 @@ _COMPOSITES: tuple[tuple[str, ...], ...] = (
 )
 #: Degradations the blind training mixture never draws (they stay available in specs and evaluation).
 NOT_IN_MIXTURE = frozenset({"lowlight"})
+
+# Noise with blur in either order: blur then noise is a camera (optics, then the sensor); noise then blur is a
+# noisy photo resized or smoothed afterwards, whose residual noise is low-frequency and correlated.
+_NOISE_COMBOS: tuple[tuple[str, ...], ...] = (("blur", "noise"), ("noise", "blur"), ("noise", "jpeg"))
 
 _SINGLES: tuple[str, ...] = ("blur", "blur", "motion", "sr", "jpeg", "jpeg", "rain", "haze")
 
@@ -548,7 +554,7 @@ def random_spec(rng: random.Random) -> str:
     if u < 0.45:
         names: tuple[str, ...] = ("noise",)
     elif u < 0.60:
-        names = ("blur", "noise") if rng.random() < 0.5 else ("noise", "jpeg")
+        names = rng.choice(_NOISE_COMBOS)
     elif u < 0.85:
         names = (rng.choice(_SINGLES),)
     else:

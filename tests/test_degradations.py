@@ -321,7 +321,7 @@ def test_random_spec_parses_and_matches_mixture():
         if names == ["noise"]:
             counts["pure_noise"] += 1
             assert 5 <= steps[0].args[0] <= 55
-        elif names in (["blur", "noise"], ["noise", "jpeg"]):
+        elif names in (["blur", "noise"], ["noise", "blur"], ["noise", "jpeg"]):
             counts["noise_combo"] += 1
         for s in steps:
             if s.name == "lowlight":
