@@ -272,6 +272,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
                    help="the diffusion prior's compute precision ('auto': bf16 where the CPU/GPU has native "
                         "bfloat16, else fp32)")
+    p.add_argument("--compile", default="none", metavar="MODE",
+                   help="torch.compile the diffusion prior's U-Net: none, default, reduce-overhead (CUDA graphs on a "
+                        "GPU) or max-autotune; each new image size compiles once")
     p.add_argument("--candidates", type=int, default=2 if fast else RoundSettings.num_candidates,
                    help="default number of candidates")
     p.add_argument("--max-candidates", type=int, default=8)
@@ -313,11 +316,15 @@ def main(argv: list[str] | None = None) -> None:
     import uvicorn
 
     a = parse_args(argv)
-    from restoration.diffusion.priors import resolve_precision
+    from restoration.diffusion.priors import check_compile_mode, resolve_precision
 
     precision = resolve_precision(a.precision, a.device)
+    try:
+        check_compile_mode(a.compile)
+    except ValueError as exc:
+        raise SystemExit(f"app.py: error: --compile: {exc}") from None
     engine = EngineSettings(backbone=a.backbone, prior=a.prior, extra_priors=tuple(a.extra_priors), device=a.device,
-                            dtype=DTYPE_OF_PRECISION[precision],
+                            dtype=DTYPE_OF_PRECISION[precision], compile_mode=a.compile,
                             max_candidates=a.max_candidates,
                             round=RoundSettings(num_candidates=a.candidates, steps=a.candidate_steps),
                             refine=RefineSettings(steps=a.refine_steps))

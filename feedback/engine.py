@@ -113,6 +113,7 @@ class EngineSettings:
     extra_priors: tuple[tuple[str, str], ...] = ()  # (name, folder) pairs offered beside the default
     device: str = "cpu"
     dtype: str = "float32"  # the diffusion prior's compute dtype: float32, bfloat16 or float16 (autocast)
+    compile_mode: str = "none"  # torch.compile mode of the prior's U-Net (restoration.diffusion.priors.COMPILE_MODES)
     max_candidates: int = 8
     selector: tuple[str, ...] = ("piqe",)
     round: RoundSettings = RoundSettings()
@@ -255,7 +256,8 @@ class TTPOWorker:
                 source = self.settings.prior if key == DEFAULT_PRIOR else dict(self.settings.extra_priors)[key]
                 try:
                     self._priors[key] = load_prior(source, self.settings.device,
-                                                   PRECISION_OF_DTYPE[self.settings.dtype])
+                                                   PRECISION_OF_DTYPE[self.settings.dtype],
+                                                   compile_mode=self.settings.compile_mode)
                 except PriorNotFoundError as exc:
                     if key == DEFAULT_PRIOR:  # the process's own prior: a deployment error, not the user's
                         raise

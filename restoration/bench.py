@@ -1,8 +1,8 @@
 """Benchmark one TTPO round stage by stage, and the batched candidates against a naive per-candidate loop.
 
     python -m restoration.bench --size N --candidates K [--device cpu|cuda] [--repeat R] [--backbone sipl]
-        [--prior default] [--seed S] [--threads T] [--precision fp32|bf16|fp16] [--contiguous] [--tile PX] [--steps N]
-        [--refine-steps N] [--warmup W] [--no-naive] [--label TEXT] --json
+        [--prior default] [--seed S] [--threads T] [--precision fp32|bf16|fp16] [--compile MODE] [--contiguous]
+        [--tile PX] [--steps N] [--refine-steps N] [--warmup W] [--no-naive] [--label TEXT] --json
 
 Measures, on the shipped weights, the median over R runs (after W warm-up rounds) of each stage
 (restore, candidates, select, refine) and of the whole round, the peak memory, and, in the same
@@ -43,7 +43,13 @@ import torch.nn.functional as F
 
 from restoration.diffusion.candidates import CandidateConfig, CandidateMeta, plan_candidates
 from restoration.diffusion.inversion import ladder_path, ladder_stride
-from restoration.diffusion.priors import DEFAULT_TILE, DiffusionPrior, PriorNotFoundError, resolve_precision
+from restoration.diffusion.priors import (
+    COMPILE_MODES,
+    DEFAULT_TILE,
+    DiffusionPrior,
+    PriorNotFoundError,
+    resolve_precision,
+)
 from restoration.diffusion.refine import RefineConfig
 from restoration.diffusion.sampling import start_timestep, timestep_grid
 
@@ -68,6 +74,7 @@ class BenchConfig:
     threads: int = 0
     channels_last: bool = True  # the prior's U-Net in channels-last memory format (the engine's default)
     precision: str = "fp32"
+    compile_mode: str = "none"  # torch.compile mode of the prior's U-Net (the naive loop stays eager)
     tile: int = DEFAULT_TILE
     steps: int = 0
     refine_steps: int = 0
@@ -274,7 +281,7 @@ def _run_bench(config: BenchConfig, log: Callable[[str], None]) -> dict[str, Any
     engine = TPOEngine(tpo, restorer=create_restorer(config.backbone, dev))
     engine.prior.tile, engine.prior.tile_overlap = config.tile, config.tile // 8
     engine.prior.check_tiling()
-    engine.prior.set_inference_format(channels_last=config.channels_last)
+    engine.prior.set_inference_format(channels_last=config.channels_last, compile_mode=config.compile_mode)
     naive_unet = stock_unet(engine.prior) if config.naive else None
     degraded = bench_input(config.size, config.seed)
     log(f"backbone {config.backbone}, prior {engine.prior.prior_id} (tile {config.tile}), {config.size} px, "
@@ -334,6 +341,7 @@ def _run_bench(config: BenchConfig, log: Callable[[str], None]) -> dict[str, Any
         "torch": torch.__version__,
         "channels_last": config.channels_last,
         "precision": config.precision,
+        "compile": config.compile_mode,
         "tile": config.tile,
         "backbone": engine.restorer.describe(),
         "prior": engine.prior.describe(),
@@ -361,6 +369,9 @@ def _parse(argv: list[str] | None) -> tuple[BenchConfig, bool]:
     p.add_argument("--precision", default="fp32", choices=("auto", "fp32", "bf16", "fp16"),
                    help="the prior's compute precision (autocast; 'auto' as the app: bf16 where native); "
                         "the naive loop always runs float32")
+    p.add_argument("--compile", default="none", choices=COMPILE_MODES,
+                   help="torch.compile the prior's U-Net (the warm-up rounds pay the compilation; the naive loop "
+                        "stays eager)")
     p.add_argument("--contiguous", action="store_true",
                    help="keep the prior's U-Net in contiguous memory (the engine uses channels-last)")
     p.add_argument("--tile", type=int, default=DEFAULT_TILE,
@@ -391,7 +402,7 @@ def _parse(argv: list[str] | None) -> tuple[BenchConfig, bool]:
     return BenchConfig(size=a.size, candidates=a.candidates, device=a.device, repeat=a.repeat,
                        backbone=a.backbone, prior=a.prior, seed=a.seed, threads=a.threads,
                        channels_last=not a.contiguous, precision=resolve_precision(a.precision, a.device),
-                       tile=a.tile, steps=a.steps, refine_steps=a.refine_steps,
+                       compile_mode=a.compile, tile=a.tile, steps=a.steps, refine_steps=a.refine_steps,
                        warmup=a.warmup, naive=not a.no_naive, label=a.label), a.json
 
 

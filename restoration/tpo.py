@@ -30,7 +30,12 @@ from restoration.diffusion.candidates import (
     CandidateMeta,
     generate_candidates,
 )
-from restoration.diffusion.priors import DiffusionPrior, load_prior, resolve_precision
+from restoration.diffusion.priors import (
+    COMPILE_MODES,
+    DiffusionPrior,
+    load_prior,
+    resolve_precision,
+)
 from restoration.diffusion.refine import RefineConfig, reward_guided_denoise
 from restoration.selection import (
     DEFAULT_SELECTOR,
@@ -198,6 +203,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu")
     p.add_argument("--precision", default="fp32", choices=("auto", "fp32", "bf16", "fp16"),
                    help="the prior's compute precision ('auto': bf16 where the device has native bfloat16)")
+    p.add_argument("--compile", default="none", choices=COMPILE_MODES,
+                   help="torch.compile the prior's U-Net (each new image size compiles once)")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--json", action="store_true", help="print the result as one JSON object on stdout")
     a = p.parse_args(argv)
@@ -245,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
                            refine=replace(refine, seed=a.seed), device=a.device,
                            precision=resolve_precision(a.precision, a.device))
         engine = TPOEngine(config, restorer=create_restorer(a.backbone, a.device), prior=None)
+        engine.prior.set_inference_format(compile_mode=a.compile)
     except (ValueError, FileNotFoundError, KeyError) as exc:
         log(f"error: {exc}")
         return 2

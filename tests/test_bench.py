@@ -65,7 +65,7 @@ def test_command_prints_the_json_contract(tmp_path, tiny_prior):
     assert result["seconds"]["round"] >= result["seconds"]["candidates"]
     assert (result["size"], result["candidates"], result["threads"]) == (32, 2, 1)
     assert result["naive_max_abs_diff"] < 1e-4 and result["naive_psnr_db"] > 80
-    assert (result["precision"], result["channels_last"]) == ("fp32", True)
+    assert (result["precision"], result["channels_last"], result["compile"]) == ("fp32", True, "none")
     assert result["naive_candidates_seconds"] > 0 and result["speedup_vs_naive"] > 0
     assert result["peak_memory_mb"] > 10
     assert result["prior"]["kind"] == "pixel"
@@ -94,6 +94,9 @@ def test_command_errors_clearly(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["--size", "8", "--json"])
     assert exc.value.code == 2 and "--size must be in 16..4096" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["--compile", "fast", "--json"])
+    assert exc.value.code == 2 and "invalid choice: 'fast'" in capsys.readouterr().err
 
 
 def test_bench_table_rewrites_only_its_section(tmp_path):

@@ -77,3 +77,42 @@ def test_records_without_precision_read_as_float32(tiny_prior, restored):
     meta = generate_candidates(restored, tiny_prior, CandidateConfig(num_candidates=1, steps=2))[0].meta
     old = {k: v for k, v in meta.to_dict().items() if k != "precision"}
     assert CandidateMeta.from_dict(old) == meta
+
+
+
+def test_compile_mode_is_checked_and_gives_the_same_candidates(tiny_prior, restored, monkeypatch):
+    """The wiring: the prior runs torch.compile's module with the asked mode. Inductor's C++ compilation takes
+    minutes on 2 cores, so the test compiles with dynamo's "eager" backend; `restoration.bench --compile`
+    measures the real one."""
+    with pytest.raises(ValueError, match="compile must be one of none, default, reduce-overhead, max-autotune"):
+        tiny_prior.set_inference_format(compile_mode="fast")
+    assert tiny_prior.compile_mode == "none"
+    cfg = CandidateConfig(num_candidates=2, steps=2, seed=3)
+    eager = torch.cat([c.image for c in generate_candidates(restored, tiny_prior, cfg)])
+    real_compile, modes, traced = torch.compile, [], []
+
+    def compile_eagerly(module, mode=None):
+        modes.append(mode)
+
+        def backend(graph_module, example_inputs):
+            traced.append(len(example_inputs))
+            return graph_module.forward
+
+        return real_compile(module, backend=backend)
+
+    monkeypatch.setattr(torch, "compile", compile_eagerly)
+    tiny_prior.set_inference_format(compile_mode="reduce-overhead")
+    compiled = torch.cat([c.image for c in generate_candidates(restored, tiny_prior, cfg)])
+    assert modes == ["reduce-overhead"] and traced, "the U-Net ran through torch.compile"
+    assert tiny_prior.compile_mode == "reduce-overhead"
+    assert (eager - compiled).abs().max() < 1e-5
+    tiny_prior.set_inference_format(compile_mode="none")
+    assert tiny_prior._compiled is None
+
+
+def test_app_refuses_an_unknown_compile_mode_before_it_starts(tmp_path):
+    from app import main
+
+    with pytest.raises(SystemExit, match="--compile: compile must be one of none, default"):
+        main(["--compile", "fast", "--data-dir", str(tmp_path / "data")])
+    assert not (tmp_path / "data").exists()  # stopped before any database or folder was made
