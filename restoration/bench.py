@@ -33,6 +33,7 @@ import resource
 import statistics
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -41,7 +42,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from restoration.diffusion.candidates import CandidateConfig, CandidateMeta, plan_candidates
+from restoration.diffusion.candidates import (
+    CandidateConfig,
+    CandidateMeta,
+    plan_candidates,
+)
 from restoration.diffusion.inversion import ladder_path, ladder_stride
 from restoration.diffusion.priors import (
     COMPILE_MODES,
@@ -194,19 +199,19 @@ def bench_input(size: int, seed: int = 0) -> torch.Tensor:
 
 
 class UnetSamples:
-    """Counts the images the modules' forward passes see (a batch of 8 counts 8), while installed."""
+    """Counts the images the modules' forward passes see (a batch of 8 counts 8), by input shape, while installed."""
 
     def __init__(self, *modules: torch.nn.Module | None):
-        self.count = 0
+        self.shapes: Counter[tuple[int, ...]] = Counter()
         self._handles = [m.register_forward_pre_hook(self._hook) for m in modules if m is not None]
 
     def _hook(self, module, args) -> None:
-        self.count += int(args[0].shape[0])
+        self.shapes[tuple(args[0].shape[1:])] += int(args[0].shape[0])
 
-    def take(self) -> int:
-        """The count since the last take, and reset."""
-        n, self.count = self.count, 0
-        return n
+    def take(self) -> Counter[tuple[int, ...]]:
+        """Images per input shape (C, h, w) since the last take, and reset."""
+        taken, self.shapes = self.shapes, Counter()
+        return taken
 
     def remove(self) -> None:
         for handle in self._handles:
@@ -214,12 +219,12 @@ class UnetSamples:
 
 
 def run_round(engine, degraded: torch.Tensor, config: BenchConfig, counter: UnetSamples | None = None
-              ) -> tuple[dict[str, float], Any, dict[str, int]]:
+              ) -> tuple[dict[str, float], Any, dict[str, Counter[tuple[int, ...]]]]:
     """One timed round (restore -> candidates -> select -> refine): seconds per stage, the Round, and the
-    UNet samples per diffusion stage when a counter is given."""
+    UNet samples per diffusion stage and input shape when a counter is given."""
     dev = config.device
-    samples: dict[str, int] = {}
-    take = counter.take if counter is not None else (lambda: 0)
+    samples: dict[str, Counter[tuple[int, ...]]] = {}
+    take = counter.take if counter is not None else Counter
     t0 = time.perf_counter()
     with torch.inference_mode():
         (restored, _), s_restore = _timed(lambda: engine.restore(degraded.to(dev)), dev)
@@ -237,6 +242,48 @@ def run_round(engine, degraded: torch.Tensor, config: BenchConfig, counter: Unet
     seconds = {"restore": s_restore, "candidates": s_cand, "select": s_select, "refine": s_refine,
                "round": time.perf_counter() - t0}
     return seconds, rnd, samples
+
+
+# ---- achieved compute ------------------------------------------------------------------------------
+
+#: Dense peak TFLOP/s by GPU model (NVIDIA data sheets, without sparsity): bf16/fp16 tensor cores, and float32
+#: convolutions, which cuDNN runs as TF32 on tensor cores while torch.backends.cudnn.allow_tf32 is on (the default).
+GPU_PEAK_TFLOPS: dict[str, dict[str, float]] = {
+    "H200": {"bf16": 989.4, "fp16": 989.4, "tf32": 494.7, "fp32": 66.9},
+    "H100 PCIe": {"bf16": 756.5, "fp16": 756.5, "tf32": 378.0, "fp32": 51.2},
+    "H100 NVL": {"bf16": 835.5, "fp16": 835.5, "tf32": 417.5, "fp32": 60.0},
+    "H100": {"bf16": 989.4, "fp16": 989.4, "tf32": 494.7, "fp32": 66.9},  # SXM5
+    "A100": {"bf16": 312.0, "fp16": 312.0, "tf32": 156.0, "fp32": 19.5},
+}
+
+
+def peak_tflops(device_name: str, precision: str) -> float | None:
+    """The device's dense peak for the U-Net's compute precision, None when not in GPU_PEAK_TFLOPS (CPUs)."""
+    for model, peaks in GPU_PEAK_TFLOPS.items():  # most specific names first
+        if model in device_name:
+            if precision == "fp32" and torch.backends.cudnn.allow_tf32:
+                return peaks["tf32"]
+            return peaks[precision]
+    return None
+
+
+def unet_flops(prior: DiffusionPrior, shape: tuple[int, ...]) -> int:
+    """Floating-point operations (2 per multiply-add, convolutions and matrix products; what
+    torch.utils.flop_counter counts) of one forward pass of the prior's U-Net on one input of `shape` (C, h, w)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.zeros((1, *shape), device=prior.device)
+    t = torch.full((1,), prior.num_train_timesteps // 2, device=prior.device, dtype=torch.long)
+    kwargs = {"encoder_hidden_states": prior.prompt_embeds[:1]} if prior.kind == "latent" else {}
+    with torch.inference_mode(), FlopCounterMode(display=False) as flops:
+        prior.unet(x, t, **kwargs)
+    return int(flops.get_total_flops())
+
+
+def achieved_tflops(prior: DiffusionPrior, shapes: Counter[tuple[int, ...]], seconds: float) -> tuple[float, float]:
+    """(TFLOP of the U-Net passes counted in `shapes`, TFLOP/s over `seconds`)."""
+    total = sum(unet_flops(prior, shape) * n for shape, n in shapes.items()) / 1e12
+    return total, total / seconds if seconds > 0 else 0.0
 
 
 def available_cpus() -> int:
@@ -296,17 +343,17 @@ def _run_bench(config: BenchConfig, log: Callable[[str], None]) -> dict[str, Any
     if dev.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     counter = UnetSamples(engine.prior.unet, naive_unet)
-    runs, naive_runs, rnd, naive, samples = [], [], None, None, {}
+    runs, naive_runs, rnd, naive, shapes = [], [], None, None, {}
     try:
         for r in range(config.repeat):  # rounds and naive loops interleaved: drifting load hits both alike
-            seconds, rnd, samples = run_round(engine, degraded, config, counter)
+            seconds, rnd, shapes = run_round(engine, degraded, config, counter)
             runs.append(seconds)
             log(f"round {r}: " + ", ".join(f"{k} {v:.3f}s" for k, v in seconds.items()))
             if config.naive:
                 with torch.inference_mode():
                     naive, s = _timed(lambda: naive_candidates(rnd.start, engine.prior, metas, naive_unet), dev)
                 naive_runs.append(s)
-                samples["naive_candidates"] = counter.take()
+                shapes["naive_candidates"] = counter.take()
                 log(f"naive {r}: {s:.3f}s")
     finally:
         counter.remove()
@@ -314,6 +361,12 @@ def _run_bench(config: BenchConfig, log: Callable[[str], None]) -> dict[str, Any
     median = {k: statistics.median(s[k] for s in runs) for k in (*STAGES, "round")}
 
     naive_s = statistics.median(naive_runs) if naive_runs else None
+    samples = {stage: sum(counted.values()) for stage, counted in shapes.items()}
+    device_name = torch.cuda.get_device_name(dev) if dev.startswith("cuda") else f"cpu ({platform.machine()})"
+    peak_tf = peak_tflops(device_name, config.precision)
+    tflop, tflops = achieved_tflops(engine.prior, shapes["candidates"], median["candidates"])
+    log(f"candidates: {tflop:.3f} TFLOP of U-Net passes, {tflops:.3f} TFLOP/s"
+        + (f" ({100 * tflops / peak_tf:.1f} % of the {peak_tf:g} TFLOP/s peak)" if peak_tf else ""))
     diff = psnr_db = None
     if naive is not None:
         batched = torch.cat([c.image for c in rnd.candidates if not c.is_start])
@@ -325,7 +378,7 @@ def _run_bench(config: BenchConfig, log: Callable[[str], None]) -> dict[str, Any
             f"UNet samples {samples['candidates']} vs {samples['naive_candidates']}")
     return {
         "label": config.label or None,
-        "device": torch.cuda.get_device_name() if dev.startswith("cuda") else f"cpu ({platform.machine()})",
+        "device": device_name,
         "size": config.size,
         "candidates": config.candidates,
         "repeat": config.repeat,
@@ -337,6 +390,10 @@ def _run_bench(config: BenchConfig, log: Callable[[str], None]) -> dict[str, Any
         "naive_max_abs_diff": diff,
         "naive_psnr_db": psnr_db,
         "unet_samples": samples,
+        "unet_tflop": {"candidates": tflop},
+        "unet_tflops": {"candidates": tflops},
+        "peak_tflops": peak_tf,
+        "peak_fraction": tflops / peak_tf if peak_tf else None,
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "channels_last": config.channels_last,

@@ -22,7 +22,8 @@ STAGES = ("restore", "candidates", "select", "refine", "round")
 REQUIRED = ("device", "size", "candidates", "seconds", "naive_candidates_seconds", "speedup_vs_naive",
             "peak_memory_mb", "naive_max_abs_diff", "threads", "torch")
 HEADER = ("run", "device", "size", "K", "threads", "backbone", *(f"{s} s" for s in STAGES), "naive cand. s",
-          "speed-up", "naive max diff", "peak MB", "torch", "inversion", "UNet samples (batched / naive)")
+          "speed-up", "naive max diff", "peak MB", "torch", "inversion", "UNet samples (batched / naive)", "compute",
+          "cand. U-Net TFLOP/s (of peak)")
 
 
 def load_result(path: Path) -> dict[str, Any]:
@@ -50,6 +51,11 @@ def table_row(result: dict[str, Any], name: str) -> list[str]:
     method = (result.get("candidate_config") or {}).get("method", "?")
     samples = result.get("unet_samples") or {}
     counts = f"{samples['candidates']} / {samples.get('naive_candidates', 'n/a')}" if "candidates" in samples else "n/a"
+    compute = result.get("precision", "fp32") + ("" if result.get("compile", "none") == "none" else
+                                                 f" + compile {result['compile']}")
+    tflops = (result.get("unet_tflops") or {}).get("candidates")
+    fraction = result.get("peak_fraction")
+    achieved = "n/a" if tflops is None else f"{tflops:.3g}" + (f" ({100 * fraction:.1f} %)" if fraction else "")
     return [
         _cell(label), _cell(result["device"]), str(result["size"]), str(result["candidates"]),
         str(result["threads"]), _cell(backbone),
@@ -57,7 +63,7 @@ def table_row(result: dict[str, Any], name: str) -> list[str]:
         f"{naive:.3f}" if naive is not None else "n/a",
         f"{speedup:.2f}x" if speedup is not None else "n/a",
         f"{diff:.1e}" if diff is not None else "n/a", f"{result['peak_memory_mb']:.0f}", _cell(result["torch"]),
-        _cell(method), counts,
+        _cell(method), counts, compute, achieved,
     ]
 
 

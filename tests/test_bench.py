@@ -10,9 +10,27 @@ from pathlib import Path
 import pytest
 import torch
 
-from restoration.bench import BenchConfig, bench_input, main, naive_candidates, respaced_betas, run_bench
-from restoration.diffusion.candidates import CandidateConfig, plan_candidates, sample_candidates
-from restoration.diffusion.priors import PixelPriorConfig, build_pixel_unet, pixel_prior_from_unet, save_pixel_prior
+from restoration.bench import (
+    BenchConfig,
+    bench_input,
+    main,
+    naive_candidates,
+    peak_tflops,
+    respaced_betas,
+    run_bench,
+    unet_flops,
+)
+from restoration.diffusion.candidates import (
+    CandidateConfig,
+    plan_candidates,
+    sample_candidates,
+)
+from restoration.diffusion.priors import (
+    PixelPriorConfig,
+    build_pixel_unet,
+    pixel_prior_from_unet,
+    save_pixel_prior,
+)
 
 TINY = PixelPriorConfig(block_out_channels=(16, 32), norm_num_groups=8, pixel_unshuffle=2)
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,6 +89,11 @@ def test_command_prints_the_json_contract(tmp_path, tiny_prior):
     assert result["prior"]["kind"] == "pixel"
     # 2 candidates (strengths 0.1, 0.2): ladder to 0.2 once (4) + 2 x 4 steps; naive 2 + 4 rungs + 2 x 4
     assert result["unet_samples"] == {"candidates": 12, "refine": 16, "naive_candidates": 14}
+    # the candidates' U-Net passes: 12 images of the tiny U-Net's FLOPs at 32 px, over the stage's median time
+    assert result["unet_tflop"]["candidates"] == pytest.approx(12 * unet_flops(tiny_prior, (12, 16, 16)) / 1e12)
+    assert result["unet_tflops"]["candidates"] == pytest.approx(
+        result["unet_tflop"]["candidates"] / result["seconds"]["candidates"])
+    assert result["peak_tflops"] is None and result["peak_fraction"] is None  # no known peak for a CPU
 
 
 def test_large_image_options_tile_and_skip_the_naive_loop(tmp_path, tiny_prior):
@@ -84,6 +107,17 @@ def test_large_image_options_tile_and_skip_the_naive_loop(tmp_path, tiny_prior):
     # candidates: ladder to 0.2 (4 rungs) + 2 steps x 2 rows; refine: 2 + 2 steps of one row
     assert result["unet_samples"] == {"candidates": 9 * (4 + 4), "refine": 9 * 4}
     assert result["candidate_config"]["steps"] == 2 and result["refine_config"]["steps"] == 2
+
+
+def test_flops_and_device_peaks(tiny_prior):
+    small, large = unet_flops(tiny_prior, (12, 16, 16)), unet_flops(tiny_prior, (12, 32, 32))
+    assert 4 * small <= large < 5 * small  # convolutions linear in pixels, the little self-attention quadratic
+    conv_in = tiny_prior.unet.conv_in  # a lower bound from the first layer alone: 2 * MACs
+    assert small > 2 * conv_in.in_channels * conv_in.out_channels * 9 * 16 * 16
+    assert peak_tflops("NVIDIA H100 80GB HBM3", "bf16") == 989.4
+    assert peak_tflops("NVIDIA H100 PCIe", "fp16") == 756.5
+    assert peak_tflops("NVIDIA H200", "fp32") == (494.7 if torch.backends.cudnn.allow_tf32 else 66.9)
+    assert peak_tflops("cpu (x86_64)", "bf16") is None
 
 
 def test_command_errors_clearly(tmp_path, capsys):
@@ -105,10 +139,12 @@ def test_bench_table_rewrites_only_its_section(tmp_path):
               "naive_candidates_seconds": 3.0, "speedup_vs_naive": 3.0, "peak_memory_mb": 900.0,
               "naive_max_abs_diff": 1e-6, "torch": "2.x", "label": "a | b", "backbone": {"name": "nlm"},
               "candidate_config": {"method": "ddim_ladder_inversion"},
-              "unet_samples": {"candidates": 36, "refine": 16, "naive_candidates": 72}}
+              "unet_samples": {"candidates": 36, "refine": 16, "naive_candidates": 72},
+              "precision": "bf16", "compile": "default", "unet_tflops": {"candidates": 312.0}, "peak_fraction": 0.3154}
     (tmp_path / "r.json").write_text(json.dumps(result))
-    large = {**result, "label": "big", "naive_candidates_seconds": None, "speedup_vs_naive": None,
-             "naive_max_abs_diff": None, "unet_samples": {"candidates": 36, "refine": 16}}
+    large = {k: v for k, v in result.items() if k not in ("precision", "compile", "unet_tflops", "peak_fraction")}
+    large.update(label="big", naive_candidates_seconds=None, speedup_vs_naive=None, naive_max_abs_diff=None,
+                 unet_samples={"candidates": 36, "refine": 16})
     (tmp_path / "large.json").write_text(json.dumps(large))
     (tmp_path / "bad.json").write_text(json.dumps({"size": 64}))
     doc = tmp_path / "B.md"
@@ -121,7 +157,8 @@ def test_bench_table_rewrites_only_its_section(tmp_path):
     text = doc.read_text()
     assert text.startswith("intro\n") and text.endswith("outro\n") and "old" not in text
     assert "| a \\| b | cpu (x86_64) | 64 | 8 | 2 | nlm | 0.100 | 1.000 |" in text and "3.00x" in text
-    assert "| ddim_ladder_inversion | 36 / 72 |" in text
-    assert "| 1.800 | n/a | n/a | n/a | 900 | 2.x | ddim_ladder_inversion | 36 / n/a |" in text  # no naive loop
+    assert "| ddim_ladder_inversion | 36 / 72 | bf16 + compile default | 312 (31.5 %) |" in text
+    # no naive loop; a result from before the compute columns reads as float32, eager, no TFLOP/s
+    assert "| 1.800 | n/a | n/a | n/a | 900 | 2.x | ddim_ladder_inversion | 36 / n/a | fp32 | n/a |" in text
     bad = subprocess.run([*script, str(tmp_path / "bad.json")], capture_output=True, text=True, check=False)
     assert bad.returncode == 2 and "missing" in bad.stderr and "naive_max_abs_diff" in bad.stderr

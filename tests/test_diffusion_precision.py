@@ -5,7 +5,12 @@ import pytest
 import torch
 
 from feedback.engine import EngineSettings
-from restoration.diffusion.candidates import CandidateConfig, CandidateMeta, generate_candidates, regenerate
+from restoration.diffusion.candidates import (
+    CandidateConfig,
+    CandidateMeta,
+    generate_candidates,
+    regenerate,
+)
 from restoration.diffusion.priors import (
     PixelPriorConfig,
     build_pixel_unet,
