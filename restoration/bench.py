@@ -335,16 +335,18 @@ def _run_bench(config: BenchConfig, log: Callable[[str], None]) -> dict[str, Any
         f"{config.candidates} candidates ({candidates.method}), {torch.get_num_threads()} threads, device {dev}")
 
     metas = plan_candidates(candidates, engine.prior)
-    for _ in range(config.warmup):  # allocator, kernels, lazy imports, metric setup; the naive loop's shapes
-        _, rnd, _ = run_round(engine, degraded, config)
-        if config.naive:
-            with torch.inference_mode():
-                naive_candidate(rnd.start, engine.prior, metas[0], naive_unet)
-    if dev.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
+    # hooks first: a compiled U-Net (--compile) then compiles with them in the warm-up, not in a timed round
     counter = UnetSamples(engine.prior.unet, naive_unet)
     runs, naive_runs, rnd, naive, shapes = [], [], None, None, {}
     try:
+        for _ in range(config.warmup):  # allocator, kernels, lazy imports, metric setup; the naive loop's shapes
+            _, rnd, _ = run_round(engine, degraded, config)
+            if config.naive:
+                with torch.inference_mode():
+                    naive_candidate(rnd.start, engine.prior, metas[0], naive_unet)
+        if dev.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+        counter.take()  # the warm-up's passes are not counted
         for r in range(config.repeat):  # rounds and naive loops interleaved: drifting load hits both alike
             seconds, rnd, shapes = run_round(engine, degraded, config, counter)
             runs.append(seconds)

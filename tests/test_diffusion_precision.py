@@ -84,7 +84,6 @@ def test_records_without_precision_read_as_float32(tiny_prior, restored):
     assert CandidateMeta.from_dict(old) == meta
 
 
-
 def test_compile_mode_is_checked_and_gives_the_same_candidates(tiny_prior, restored, monkeypatch):
     """The wiring: the prior runs torch.compile's module with the asked mode. Inductor's C++ compilation takes
     minutes on 2 cores, so the test compiles with dynamo's "eager" backend; `restoration.bench --compile`
