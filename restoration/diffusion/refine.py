@@ -25,7 +25,7 @@ class RefineConfig:
     GuidanceConfig. guided=False gives the unguided baseline with everything else equal.
     """
 
-    strength: float = 0.1  # with GuidanceConfig's scale / fidelity: tuned by scripts/tune_refine.py
+    strength: float = 0.05  # with GuidanceConfig's scale / fidelity: tuned by scripts/tune_refine.py
     steps: int = 8
     method: str = "ddim_inversion"
     eta: float = 0.0
