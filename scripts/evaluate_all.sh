@@ -30,4 +30,11 @@ ev nlm noise:15+blur:1.5 "$photos/eval" eval_nlm_noise_15pblur_1p5
 ev wiener noise:15+blur:1.5 "$photos/eval" eval_wiener_noise_15pblur_1p5
 ev dehaze rain+haze "$photos/eval" eval_dehaze_rainphaze
 ev median rain+haze "$photos/eval" eval_median_rainphaze
+# each single degradation on its own: what the blind networks do with it, beside the classical method told the spec
+mkdir -p "$out/singles"
+for spec in noise:15 noise:50 blur:1.5 motion:15 sr:2 sr:4 jpeg:30 rain haze snow; do
+  tag=$(echo "$spec" | tr ':+.' '__p')
+  for b in sipl sipl_ablation classical; do ev "$b" "$spec" "$photos/eval" "singles/${tag}_$b"; done
+done
+$py scripts/summarize_results.py "$out"/singles/*.json > "$out/singles/SUMMARY.md"
 $py scripts/summarize_results.py "$out"/*.json > "$out/SUMMARY.md"; cat "$out/SUMMARY.md"
