@@ -7,7 +7,9 @@ Each step: random crops, a blind on-the-fly degradation mixture (`degradations.r
 SIPL step (arXiv 2505.24207): privileged features P = Encoder(Net(gt)) under no_grad (dictionary-only
 reconstruction of the ground truth); loss = L1(Net(x, P), gt) + aux * L1(Net(x), gt). The auxiliary
 dictionary-only term (our addition, weight `--aux`) trains the first inference pass, whose output becomes
-the pseudo-privileged input at test time. Checkpoints resume (`--resume`); `--export` writes safetensors.
+the pseudo-privileged input at test time. Checkpoints resume (`--resume`); `--init WEIGHTS` starts from a
+weights file (the shipped ones, say) with a fresh optimizer and schedule, for fine-tuning; `--compile` runs the
+training step through torch.compile.
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from restoration.backbones.sipl import save_weights
+from restoration.backbones.sipl import load_network, save_weights
 from restoration.backbones.sipl_net import SIPLConfig, SIPLNet
 from restoration.data import CropConfig, CropSampler
 from restoration.degradations import degrade, random_spec
@@ -45,6 +47,7 @@ class TrainConfig:
     checkpoint_every: int = 250
     dark_share: float = 0.15
     fade_share: float = 0.3  # the shipped weights: 0.3 from the first step (assets/MODEL_CARD.md)
+    init: str = ""  # a weights file to fine-tune from (fresh optimizer and schedule); "" = from scratch
     model: SIPLConfig = field(default_factory=SIPLConfig)
 
 
@@ -103,8 +106,20 @@ def training_loss(net: SIPLNet, degraded: torch.Tensor, clean: torch.Tensor, aux
     return loss
 
 
+def initial_weights(path: str | Path, model: SIPLConfig) -> dict[str, torch.Tensor]:
+    """The state dict of a weights file to fine-tune from; its config must be the one being trained."""
+    net = load_network(path)
+    if net.config != model:
+        theirs, ours = net.config.to_dict(), model.to_dict()
+        diff = {k: (theirs[k], ours[k]) for k in ours if theirs[k] != ours[k]}
+        raise ValueError(f"--init {path} has a different model config (file, requested): {diff}")
+    return net.state_dict()
+
+
 def train(cfg: TrainConfig, sampler: CropSampler, out: Path, resume: bool, device: torch.device,
-          log=print) -> SIPLNet:
+          log=print, compile_step: bool = False) -> SIPLNet:
+    """Train into `out` (checkpoint.pt, weights.safetensors): resumed from its checkpoint when `resume` and one
+    exists, else from `cfg.init` when given, else from scratch."""
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     net = SIPLNet(cfg.model).to(device)
@@ -123,7 +138,11 @@ def train(cfg: TrainConfig, sampler: CropSampler, out: Path, resume: bool, devic
         rng.setstate(_tuple_state(state["rng"]))
         torch.set_rng_state(state["torch_rng"])
         log(f"resumed from {ckpt_path} at step {step}")
+    elif cfg.init:
+        net.load_state_dict(initial_weights(cfg.init, cfg.model))
+        log(f"fine-tuning from {cfg.init}")
     net.train()
+    loss_fn = torch.compile(training_loss) if compile_step else training_loss
     bar = tqdm(total=cfg.steps, initial=step, file=sys.stderr, dynamic_ncols=True, desc="train")
     running, t0 = None, time.time()
     while step < cfg.steps:
@@ -132,7 +151,7 @@ def train(cfg: TrainConfig, sampler: CropSampler, out: Path, resume: bool, devic
         clean = darken_some(sampler.sample(cfg.batch, rng), rng, cfg.dark_share)
         clean = fade_some(clean, rng, cfg.fade_share).to(device)
         degraded, _ = degrade_batch(clean, rng)
-        loss = training_loss(net, degraded, clean, cfg.aux)
+        loss = loss_fn(net, degraded, clean, cfg.aux)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
@@ -154,7 +173,7 @@ def train(cfg: TrainConfig, sampler: CropSampler, out: Path, resume: bool, devic
 
 def _training_facts(cfg: TrainConfig, step: int, elapsed: float, history: list) -> dict:
     return {"steps": step, "seconds": round(elapsed, 1), "batch": cfg.batch, "crop": cfg.crop, "lr": cfg.lr,
-            "aux": cfg.aux, "seed": cfg.seed, "dark_share": cfg.dark_share, "fade_share": cfg.fade_share,
+            "aux": cfg.aux, "seed": cfg.seed, "init": cfg.init, "dark_share": cfg.dark_share, "fade_share": cfg.fade_share,
             "final_loss": history[-1][1] if history else None}
 
 
@@ -183,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, type=Path, help="run folder: checkpoint.pt, weights.safetensors")
     p.add_argument("--ablation", action="store_true", help="train without Proxy Fusion (plain small PromptIR)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--compile", action="store_true", help="torch.compile the training step (compiles once)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     p.add_argument("--model-json", default="", help="SIPLConfig overrides as JSON")
@@ -195,6 +215,11 @@ def main(argv: list[str] | None = None) -> int:
     cfg = TrainConfig(**{k: getattr(a, k) for k in TrainConfig.__dataclass_fields__ if k != "model"}, model=model)
     if cfg.steps <= 0 or cfg.batch <= 0 or cfg.crop < 16 or cfg.crop % 8:
         p.error("--steps and --batch must be positive; --crop a multiple of 8, at least 16")
+    if cfg.init:
+        try:
+            initial_weights(cfg.init, cfg.model)
+        except (OSError, ValueError) as e:
+            p.error(str(e))
     if a.threads:
         torch.set_num_threads(a.threads)
     device = torch.device("cuda" if a.device == "auto" and torch.cuda.is_available() else
@@ -203,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     sampler = CropSampler.from_sources(a.images, a.skimage, CropConfig(crop=cfg.crop), exclude)
     print(f"{len(sampler.images)} training images (all scales); device {device}; config {asdict(cfg)}",
           file=sys.stderr)
-    train(cfg, sampler, a.out, a.resume, device, log=lambda m: print(m, file=sys.stderr))
+    train(cfg, sampler, a.out, a.resume, device, log=lambda m: print(m, file=sys.stderr), compile_step=a.compile)
     return 0
 
 
