@@ -286,6 +286,18 @@ def achieved_tflops(prior: DiffusionPrior, shapes: Counter[tuple[int, ...]], sec
     return total, total / seconds if seconds > 0 else 0.0
 
 
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (e.g. "AMD EPYC"), or "" where there is none."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
 def available_cpus() -> int:
     """CPUs this process may run on (its affinity mask, which taskset / cgroups narrow), else os.cpu_count()."""
     if hasattr(os, "sched_getaffinity"):
@@ -364,7 +376,9 @@ def _run_bench(config: BenchConfig, log: Callable[[str], None]) -> dict[str, Any
 
     naive_s = statistics.median(naive_runs) if naive_runs else None
     samples = {stage: sum(counted.values()) for stage, counted in shapes.items()}
-    device_name = torch.cuda.get_device_name(dev) if dev.startswith("cuda") else f"cpu ({platform.machine()})"
+    model = cpu_model()
+    device_name = (torch.cuda.get_device_name(dev) if dev.startswith("cuda")
+                   else f"cpu ({platform.machine()}{', ' + model if model else ''})")
     peak_tf = peak_tflops(device_name, config.precision)
     tflop, tflops = achieved_tflops(engine.prior, shapes["candidates"], median["candidates"])
     log(f"candidates: {tflop:.3f} TFLOP of U-Net passes, {tflops:.3f} TFLOP/s"

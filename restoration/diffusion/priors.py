@@ -258,8 +258,9 @@ def resolve_precision(precision: str, device: str | torch.device = "cpu") -> str
     """'auto' -> 'bf16' where the device computes bfloat16 natively (a CUDA GPU that supports it, a CPU
     with AVX512-BF16 or AMX), else 'fp32'; any other value is checked and returned.
 
-    On this project's CPU bf16 autocast made the shipped prior's U-Net about 2x faster, and its candidates
-    differ from float32 ones by about 57 dB PSNR (docs/BENCHMARKS.md)."""
+    On a CPU with AVX512-BF16 bf16 autocast made the shipped prior's U-Net about 2x faster (candidates about 57 dB
+    PSNR from float32 ones); on one without (AVX2 only, AMD EPYC) it made the candidates 5.9x slower
+    (docs/BENCHMARKS.md), so 'auto' asks for the native instructions, not for bf16 support in torch."""
     if precision != "auto":
         return check_precision(precision)
     device = torch.device(device)
