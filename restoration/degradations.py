@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import difflib
 import io
+import itertools
 import math
 import operator
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field
 
 import numpy as np
 import torch
@@ -545,17 +546,57 @@ _NOISE_COMBOS: tuple[tuple[str, ...], ...] = (("blur", "noise"), ("noise", "blur
 _SINGLES: tuple[str, ...] = ("blur", "blur", "motion", "sr", "jpeg", "jpeg", "rain", "haze")
 
 
-def random_spec(rng: random.Random) -> str:
-    """A spec with concrete arguments from the blind all-in-one training mixture: 5% clean (identity),
+@dataclass(frozen=True)
+class MixtureShares:
+    """The blind training mixture's shares, in order: clean (identity), noise alone, noise with blur or jpeg
+    (`_NOISE_COMBOS`), one other degradation (`_SINGLES`), a composite (`_COMPOSITES`). They must sum to 1."""
+
+    clean: float = 0.05
+    noise: float = 0.40
+    noise_combo: float = 0.15
+    single: float = 0.25
+    composite: float = 0.15
+
+    def __post_init__(self) -> None:
+        values = astuple(self)
+        if any(not math.isfinite(v) or v < 0 for v in values) or abs(sum(values) - 1.0) > 1e-6:
+            raise ValueError(f"mixture shares must be >= 0 and sum to 1 (clean, noise, noise_combo, single, "
+                             f"composite); got {', '.join(f'{v:g}' for v in values)}")
+
+    @classmethod
+    def parse(cls, text: str) -> MixtureShares:
+        """`"0.05,0.4,0.15,0.25,0.15"` -> shares (the order of the fields)."""
+        parts = [p.strip() for p in text.split(",")]
+        if len(parts) != 5:
+            raise ValueError(f"mixture shares: expected 5 comma-separated numbers (clean, noise, noise_combo, "
+                             f"single, composite), got {text!r}")
+        try:
+            return cls(*(float(p) for p in parts))
+        except ValueError as e:
+            if "sum to 1" in str(e):
+                raise
+            raise ValueError(f"mixture shares: not numbers: {text!r}") from None
+
+    def format(self) -> str:
+        return ",".join(f"{v:g}" for v in astuple(self))
+
+
+#: The mixture the shipped weights were trained on.
+DEFAULT_MIXTURE = MixtureShares()
+
+
+def random_spec(rng: random.Random, shares: MixtureShares = DEFAULT_MIXTURE) -> str:
+    """A spec with concrete arguments from the blind all-in-one training mixture; by default 5% clean (identity),
     40% noise (sigma 5-55), 15% noise with blur or jpeg, 25% one other degradation, 15% a composite."""
     u = rng.random()
-    if u < 0.05:
+    edges = list(itertools.accumulate(astuple(shares)))
+    if u < edges[0]:
         return "none"
-    if u < 0.45:
+    if u < edges[1]:
         names: tuple[str, ...] = ("noise",)
-    elif u < 0.60:
+    elif u < edges[2]:
         names = rng.choice(_NOISE_COMBOS)
-    elif u < 0.85:
+    elif u < edges[3]:
         names = (rng.choice(_SINGLES),)
     else:
         names = rng.choice(_COMPOSITES)

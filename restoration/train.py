@@ -9,7 +9,7 @@ reconstruction of the ground truth); loss = L1(Net(x, P), gt) + aux * L1(Net(x),
 dictionary-only term (our addition, weight `--aux`) trains the first inference pass, whose output becomes
 the pseudo-privileged input at test time. Checkpoints resume (`--resume`); `--init WEIGHTS` starts from a
 weights file (the shipped ones, say) with a fresh optimizer and schedule, for fine-tuning; `--compile` runs the
-training step through torch.compile.
+training step through torch.compile; `--mixture` re-weights the blind mixture (`degradations.MixtureShares`).
 """
 from __future__ import annotations
 
@@ -29,7 +29,12 @@ from tqdm import tqdm
 from restoration.backbones.sipl import load_network, save_weights
 from restoration.backbones.sipl_net import SIPLConfig, SIPLNet
 from restoration.data import CropConfig, CropSampler
-from restoration.degradations import degrade, random_spec
+from restoration.degradations import (
+    DEFAULT_MIXTURE,
+    MixtureShares,
+    degrade,
+    random_spec,
+)
 
 
 @dataclass
@@ -48,6 +53,7 @@ class TrainConfig:
     dark_share: float = 0.15
     fade_share: float = 0.3  # the shipped weights: 0.3 from the first step (assets/MODEL_CARD.md)
     init: str = ""  # a weights file to fine-tune from (fresh optimizer and schedule); "" = from scratch
+    mixture: MixtureShares = field(default_factory=MixtureShares)  # the blind degradation mixture's shares
     model: SIPLConfig = field(default_factory=SIPLConfig)
 
 
@@ -82,11 +88,12 @@ def fade_some(clean: torch.Tensor, rng: random.Random, share: float) -> torch.Te
     return out
 
 
-def degrade_batch(clean: torch.Tensor, rng: random.Random) -> tuple[torch.Tensor, list[str]]:
+def degrade_batch(clean: torch.Tensor, rng: random.Random,
+                  shares: MixtureShares = DEFAULT_MIXTURE) -> tuple[torch.Tensor, list[str]]:
     """Each crop gets its own random spec and seed (all-in-one, blind to the degradation type)."""
     out, specs = [], []
     for i in range(clean.shape[0]):
-        spec = random_spec(rng)
+        spec = random_spec(rng, shares)
         y, _ = degrade(clean[i:i + 1], spec, rng.randrange(2**31))
         out.append(y)
         specs.append(spec)
@@ -150,7 +157,7 @@ def train(cfg: TrainConfig, sampler: CropSampler, out: Path, resume: bool, devic
             group["lr"] = learning_rate(step, cfg)
         clean = darken_some(sampler.sample(cfg.batch, rng), rng, cfg.dark_share)
         clean = fade_some(clean, rng, cfg.fade_share).to(device)
-        degraded, _ = degrade_batch(clean, rng)
+        degraded, _ = degrade_batch(clean, rng, cfg.mixture)
         loss = loss_fn(net, degraded, clean, cfg.aux)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -174,7 +181,7 @@ def train(cfg: TrainConfig, sampler: CropSampler, out: Path, resume: bool, devic
 def _training_facts(cfg: TrainConfig, step: int, elapsed: float, history: list) -> dict:
     return {"steps": step, "seconds": round(elapsed, 1), "batch": cfg.batch, "crop": cfg.crop, "lr": cfg.lr,
             "aux": cfg.aux, "seed": cfg.seed, "init": cfg.init, "dark_share": cfg.dark_share, "fade_share": cfg.fade_share,
-            "final_loss": history[-1][1] if history else None}
+            "mixture": cfg.mixture.format(), "final_loss": history[-1][1] if history else None}
 
 
 def _tuple_state(obj):
@@ -206,13 +213,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     p.add_argument("--model-json", default="", help="SIPLConfig overrides as JSON")
-    for name, f in TrainConfig.__dataclass_fields__.items():
-        if name != "model":
-            p.add_argument("--" + name.replace("_", "-"), type=type(f.default), default=f.default)
+    p.add_argument("--mixture", default=DEFAULT_MIXTURE.format(),
+                   help="the blind mixture's shares: clean,noise,noise_combo,single,composite, summing to 1 "
+                        "(default %(default)s)")
+    scalars = [name for name in TrainConfig.__dataclass_fields__ if name not in ("model", "mixture")]
+    for name in scalars:
+        f = TrainConfig.__dataclass_fields__[name]
+        p.add_argument("--" + name.replace("_", "-"), type=type(f.default), default=f.default)
     a = p.parse_args(argv)
     model = SIPLConfig.from_dict({**SIPLConfig().to_dict(), **json.loads(a.model_json or "{}"),
                                   "proxy_fusion": not a.ablation})
-    cfg = TrainConfig(**{k: getattr(a, k) for k in TrainConfig.__dataclass_fields__ if k != "model"}, model=model)
+    try:
+        mixture = MixtureShares.parse(a.mixture)
+    except ValueError as e:
+        p.error(f"--mixture: {e}")
+    cfg = TrainConfig(**{k: getattr(a, k) for k in scalars}, mixture=mixture, model=model)
     if cfg.steps <= 0 or cfg.batch <= 0 or cfg.crop < 16 or cfg.crop % 8:
         p.error("--steps and --batch must be positive; --crop a multiple of 8, at least 16")
     if cfg.init:

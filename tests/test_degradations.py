@@ -9,10 +9,11 @@ import torch
 import torch.nn.functional as F
 
 from restoration.degradations import (
-    NOT_IN_MIXTURE,
     DEGRADATIONS,
+    NOT_IN_MIXTURE,
     DegradationRecord,
     DegradationStep,
+    MixtureShares,
     add_gaussian_noise,
     add_haze,
     bicubic_downsample,
@@ -338,3 +339,16 @@ def test_random_spec_parses_and_matches_mixture():
     for spec in specs[:40]:
         y, _ = degrade(x, spec, seed=1)
         assert y.shape == x.shape
+
+
+def test_mixture_shares_reweight_the_mixture_and_refuse_bad_shares():
+    rng = random.Random(0)
+    clean_heavy = MixtureShares(clean=0.5, noise=0.5, noise_combo=0.0, single=0.0, composite=0.0)
+    specs = [random_spec(rng, clean_heavy) for _ in range(1000)]
+    assert {parse_spec(s)[0].name for s in specs if s != "none"} == {"noise"}
+    assert 0.45 < specs.count("none") / len(specs) < 0.55
+    assert MixtureShares.parse(MixtureShares().format()) == MixtureShares()
+    for bad, match in (("0.5,0.5", "expected 5"), ("a,b,c,d,e", "not numbers"), ("0.5,0.5,0.5,0,0", "sum to 1"),
+                       ("-0.1,0.5,0.3,0.2,0.1", ">= 0"), ("nan,0.5,0.3,0.1,0.1", ">= 0")):
+        with pytest.raises(ValueError, match=match):
+            MixtureShares.parse(bad)

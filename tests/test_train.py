@@ -10,6 +10,7 @@ from PIL import Image
 from restoration.backbones.sipl import load_network, read_metadata, save_weights
 from restoration.backbones.sipl_net import SIPLConfig, SIPLNet
 from restoration.data import CropConfig, CropSampler
+from restoration.degradations import MixtureShares
 from restoration.train import TrainConfig, initial_weights, main, train
 
 TINY = SIPLConfig(dim=8, num_blocks=(1, 1, 1, 1), heads=(1, 2, 2, 4), prompt_len=2, prompt_size=4,
@@ -83,3 +84,15 @@ def test_fine_tune_records_its_start(tmp_path):
     train(cfg, sampler(), tmp_path / "run", resume=False, device=torch.device("cpu"), log=quiet)
     facts = json.loads(read_metadata(tmp_path / "run" / "weights.safetensors")["facts"])
     assert facts["init"] == str(tmp_path / "start.safetensors") and facts["steps"] == 1
+
+
+def test_mixture_is_recorded_and_a_bad_one_refused_before_training(tmp_path, capsys):
+    shares = MixtureShares(clean=0.2, noise=0.3, noise_combo=0.15, single=0.25, composite=0.1)
+    cfg = TrainConfig(steps=1, batch=2, crop=32, warmup=1, model=TINY, mixture=shares)
+    train(cfg, sampler(), tmp_path / "run", resume=False, device=torch.device("cpu"), log=quiet)
+    facts = json.loads(read_metadata(tmp_path / "run" / "weights.safetensors")["facts"])
+    assert MixtureShares.parse(facts["mixture"]) == shares
+    with pytest.raises(SystemExit) as e:
+        main(["--images", str(tmp_path), "--out", str(tmp_path / "bad"), "--steps", "1", "--mixture", "1,1,1,1,1"])
+    assert e.value.code == 2 and "--mixture: mixture shares must be >= 0 and sum to 1" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
