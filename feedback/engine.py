@@ -145,6 +145,9 @@ class TTPOWorker:
     """Holds the prior and the code version; each method runs one engine stage and returns seconds with it."""
 
     def __init__(self, settings: EngineSettings = EngineSettings()) -> None:
+        from restoration.runtime import tune_allocator
+
+        tune_allocator()  # large activations stay in the heap (restoration/runtime.py: about 1.6x per restore)
         self.settings = settings
         self._priors: dict[str, Any] = {}  # name -> DiffusionPrior, filled on first use
         self._lock = threading.Lock()

@@ -57,6 +57,7 @@ from restoration.diffusion.priors import (
 )
 from restoration.diffusion.refine import RefineConfig
 from restoration.diffusion.sampling import start_timestep, timestep_grid
+from restoration.runtime import allocator_settings, tune_allocator
 
 STAGES = ("restore", "candidates", "select", "refine")
 #: the sample the benchmark input is cut from (a synthetic image when it is missing).
@@ -411,6 +412,7 @@ def _run_bench(config: BenchConfig, log: Callable[[str], None]) -> dict[str, Any
         "peak_tflops": peak_tf,
         "peak_fraction": tflops / peak_tf if peak_tf else None,
         "threads": torch.get_num_threads(),
+        "allocator": allocator_settings(),  # glibc malloc thresholds (restoration/runtime.py), None = defaults
         "torch": torch.__version__,
         "channels_last": config.channels_last,
         "precision": config.precision,
@@ -481,6 +483,7 @@ def _parse(argv: list[str] | None) -> tuple[BenchConfig, bool]:
 
 def main(argv: list[str] | None = None) -> int:
     config, as_json = _parse(argv)
+    tune_allocator()
 
     def log(message: str) -> None:
         print(message, file=sys.stderr)

@@ -35,6 +35,7 @@ from restoration.backbones.registry import CLASSICAL_METHODS
 from restoration.degradations import degrade, parse_spec
 from restoration.io import list_images, load_image, resize_short_side_center_crop
 from restoration.metrics import psnr, ssim
+from restoration.runtime import tune_allocator
 
 log = logging.getLogger("restoration.evaluate")
 
@@ -157,6 +158,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[EvalConfig, bool]:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     config, as_json = parse_args(argv)
+    tune_allocator()
     try:
         report = run_evaluation(config)
     except (ValueError, FileNotFoundError) as e:

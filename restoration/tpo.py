@@ -37,6 +37,7 @@ from restoration.diffusion.priors import (
     resolve_precision,
 )
 from restoration.diffusion.refine import RefineConfig, reward_guided_denoise
+from restoration.runtime import tune_allocator
 from restoration.selection import (
     DEFAULT_SELECTOR,
     Selection,
@@ -223,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     from restoration.metrics import psnr
 
     a = _parse(argv)
+    tune_allocator()
     log = lambda m: print(m, file=sys.stderr)  # noqa: E731
     try:
         image = load_image(a.input)

@@ -35,6 +35,7 @@ from restoration.degradations import (
     degrade,
     random_spec,
 )
+from restoration.runtime import tune_allocator
 
 
 @dataclass
@@ -237,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
             p.error(str(e))
     if a.threads:
         torch.set_num_threads(a.threads)
+    tune_allocator()
     device = torch.device("cuda" if a.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if a.device == "auto" else a.device))
     exclude = tuple(s for s in a.exclude.split(",") if s)

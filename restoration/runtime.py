@@ -1,0 +1,62 @@
+"""Process-wide CPU settings for the compute entry points (the commands and the app call `tune_allocator`).
+
+glibc's malloc serves large blocks (above a threshold that starts at 128 KiB and adapts as blocks are freed) with
+fresh `mmap` pages and returns them to the kernel on `free`, so every forward pass of a network pays for page faults
+and zeroing on its activations. On a virtual machine that is most of the cost: the SIPL restore of a 256 px image
+took 3.06 s with the threshold fixed at 128 KiB, 0.88-1.25 s with glibc's adaptive default (it depends on what ran
+before) and 0.60 s with the threshold at 64 MiB or more (`python scripts/bench_allocator.py`). Keeping blocks up to
+`mmap_threshold_mb` in the heap, and up to `trim_threshold_mb` of free heap in the process, removes that cost for
+the price of some resident memory that is not handed back at once.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import os
+import platform
+
+log = logging.getLogger(__name__)
+
+#: mallopt parameters (malloc.h)
+M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
+
+#: Set TTPO_MALLOC_TUNING=0 to keep glibc's defaults.
+ENV_SWITCH = "TTPO_MALLOC_TUNING"
+
+_applied: tuple[int, int] | None = None
+
+
+def tune_allocator(mmap_threshold_mb: int = 128, trim_threshold_mb: int = 256) -> bool:
+    """Raise glibc's mmap and trim thresholds for this process; True when applied (Linux with glibc, not
+    switched off by TTPO_MALLOC_TUNING=0). Idempotent; other platforms and C libraries are left alone."""
+    global _applied
+    if not 0 < mmap_threshold_mb <= trim_threshold_mb:
+        raise ValueError(f"need 0 < mmap_threshold_mb <= trim_threshold_mb, got {mmap_threshold_mb}, "
+                         f"{trim_threshold_mb}")
+    if os.environ.get(ENV_SWITCH, "1").strip().lower() in ("0", "off", "false", "no"):
+        return False
+    if _applied == (mmap_threshold_mb, trim_threshold_mb):
+        return True
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    ok = mallopt(M_MMAP_THRESHOLD, mmap_threshold_mb << 20) == 1
+    ok = mallopt(M_TRIM_THRESHOLD, trim_threshold_mb << 20) == 1 and ok
+    if ok:
+        _applied = (mmap_threshold_mb, trim_threshold_mb)
+        log.debug("malloc: mmap threshold %d MiB, trim threshold %d MiB", mmap_threshold_mb, trim_threshold_mb)
+    return ok
+
+
+def allocator_settings() -> dict[str, int] | None:
+    """The thresholds `tune_allocator` set in this process (MiB), or None: recorded by the benchmark."""
+    if _applied is None:
+        return None
+    return {"mmap_threshold_mb": _applied[0], "trim_threshold_mb": _applied[1]}
