@@ -147,7 +147,7 @@ class TTPOWorker:
     def __init__(self, settings: EngineSettings = EngineSettings()) -> None:
         from restoration.runtime import tune_allocator
 
-        tune_allocator()  # large activations stay in the heap (restoration/runtime.py: about 1.6x per restore)
+        tune_allocator()  # large activations stay in the heap (restoration/runtime.py: 1.6-1.8x per restore)
         self.settings = settings
         self._priors: dict[str, Any] = {}  # name -> DiffusionPrior, filled on first use
         self._lock = threading.Lock()

@@ -3,8 +3,8 @@
 glibc's malloc serves large blocks (above a threshold that starts at 128 KiB and adapts as blocks are freed) with
 fresh `mmap` pages and returns them to the kernel on `free`, so every forward pass of a network pays for page faults
 and zeroing on its activations. On a virtual machine that is most of the cost: the SIPL restore of a 256 px image
-took 3.06 s with the threshold fixed at 128 KiB, 0.88-1.25 s with glibc's adaptive default (it depends on what ran
-before) and 0.60 s with the threshold at 64 MiB or more (`python scripts/bench_allocator.py`). Keeping blocks up to
+took 2.85-3.31 s with the threshold pinned at 128 KiB, 0.92-1.10 s with glibc's adaptive default (it depends on what
+ran before) and 0.60-0.68 s tuned (`python scripts/bench_allocator.py`; 64 MiB was already enough). Keeping blocks up to
 `mmap_threshold_mb` in the heap, and up to `trim_threshold_mb` of free heap in the process, removes that cost for
 the price of some resident memory that is not handed back at once.
 """
