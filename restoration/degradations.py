@@ -571,11 +571,10 @@ class MixtureShares:
             raise ValueError(f"mixture shares: expected 5 comma-separated numbers (clean, noise, noise_combo, "
                              f"single, composite), got {text!r}")
         try:
-            return cls(*(float(p) for p in parts))
-        except ValueError as e:
-            if "sum to 1" in str(e):
-                raise
+            values = [float(p) for p in parts]
+        except ValueError:
             raise ValueError(f"mixture shares: not numbers: {text!r}") from None
+        return cls(*values)
 
     def format(self) -> str:
         return ",".join(f"{v:g}" for v in astuple(self))

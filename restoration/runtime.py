@@ -39,20 +39,25 @@ def tune_allocator(mmap_threshold_mb: int = 128, trim_threshold_mb: int = 256) -
         return False
     if _applied == (mmap_threshold_mb, trim_threshold_mb):
         return True
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-    ok = mallopt(M_MMAP_THRESHOLD, mmap_threshold_mb << 20) == 1
-    ok = mallopt(M_TRIM_THRESHOLD, trim_threshold_mb << 20) == 1 and ok
+    ok = set_malloc_thresholds(mmap_threshold_mb << 20, trim_threshold_mb << 20)
     if ok:
         _applied = (mmap_threshold_mb, trim_threshold_mb)
         log.debug("malloc: mmap threshold %d MiB, trim threshold %d MiB", mmap_threshold_mb, trim_threshold_mb)
     return ok
+
+
+def set_malloc_thresholds(mmap_bytes: int, trim_bytes: int) -> bool:
+    """glibc `mallopt` of both thresholds, in bytes; True when both were accepted, False off glibc. Fixed values also
+    switch off glibc's adaptive mmap threshold. `tune_allocator` is the entry point; this is the mechanism."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    ok = mallopt(M_MMAP_THRESHOLD, mmap_bytes) == 1
+    return mallopt(M_TRIM_THRESHOLD, trim_bytes) == 1 and ok
 
 
 def allocator_settings() -> dict[str, int] | None:

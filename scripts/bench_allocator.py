@@ -17,16 +17,13 @@ import subprocess
 import sys
 
 CHILD = r"""
-import ctypes, json, os, statistics, sys, time
-import torch
+import json, statistics, sys, time
 from restoration.backbones import create_restorer
 from restoration.bench import bench_input
-from restoration.runtime import M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, tune_allocator
+from restoration.runtime import set_malloc_thresholds, tune_allocator
 mode, size, repeat, backbone = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 if mode == "fixed-128k":
-    libc = ctypes.CDLL("libc.so.6")
-    libc.mallopt(M_MMAP_THRESHOLD, 128 << 10)
-    libc.mallopt(M_TRIM_THRESHOLD, 128 << 10)
+    assert set_malloc_thresholds(128 << 10, 128 << 10), "mallopt refused (not glibc)"
 elif mode == "tuned":
     assert tune_allocator(), "tune_allocator did not apply (not glibc, or TTPO_MALLOC_TUNING=0)"
 x = bench_input(size, 0)

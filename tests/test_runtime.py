@@ -29,3 +29,15 @@ def test_applies_on_glibc_and_is_recorded(monkeypatch):
     assert runtime.allocator_settings() == {"mmap_threshold_mb": 64, "trim_threshold_mb": 128}
     assert runtime.tune_allocator() is True
     assert runtime.allocator_settings() == {"mmap_threshold_mb": 128, "trim_threshold_mb": 256}
+
+
+@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
+def test_set_malloc_thresholds_is_the_mechanism(monkeypatch):
+    calls = []
+    real = runtime.set_malloc_thresholds
+    monkeypatch.setattr(runtime, "set_malloc_thresholds", lambda m, t: calls.append((m, t)) or real(m, t))
+    monkeypatch.delenv(runtime.ENV_SWITCH, raising=False)
+    monkeypatch.setattr(runtime, "_applied", None)
+    assert runtime.tune_allocator(32, 64) is True
+    assert calls == [(32 << 20, 64 << 20)]
+    assert runtime.tune_allocator() is True  # back to the defaults the commands use
