@@ -10,6 +10,9 @@ dictionary-only term (our addition, weight `--aux`) trains the first inference p
 the pseudo-privileged input at test time. Checkpoints resume (`--resume`); `--init WEIGHTS` starts from a
 weights file (the shipped ones, say) with a fresh optimizer and schedule, for fine-tuning; `--compile` runs the
 training step through torch.compile; `--mixture` re-weights the blind mixture (`degradations.MixtureShares`).
+For a GPU: `--workers N` makes the degraded batches in N background processes (`BatchStream`), so the GPU does
+not wait on the per-crop degradations; `--time-budget S` ends the run after S seconds of training, its learning
+rate schedule following whichever of `--steps` and the budget is nearer its end (a lent machine's fixed time).
 """
 from __future__ import annotations
 
@@ -53,16 +56,21 @@ class TrainConfig:
     checkpoint_every: int = 250
     dark_share: float = 0.15
     fade_share: float = 0.3  # the shipped weights: 0.3 from the first step (assets/MODEL_CARD.md)
+    time_budget: float = 0.0  # seconds of training (0 = none): the run ends at `steps` or here, whichever is first
+    workers: int = 0  # background processes making the degraded batches (0 = in the training loop itself)
     init: str = ""  # a weights file to fine-tune from (fresh optimizer and schedule); "" = from scratch
     mixture: MixtureShares = field(default_factory=MixtureShares)  # the blind degradation mixture's shares
     model: SIPLConfig = field(default_factory=SIPLConfig)
 
 
-def learning_rate(step: int, cfg: TrainConfig) -> float:
-    """Linear warm-up then cosine decay to `min_lr`."""
+def learning_rate(step: int, cfg: TrainConfig, elapsed: float = 0.0) -> float:
+    """Linear warm-up then cosine decay to `min_lr`; with a time budget the decay follows whichever of the
+    steps and the budget (`elapsed` seconds of training so far) is further along."""
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
     progress = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
+    if cfg.time_budget > 0:
+        progress = max(progress, min(1.0, elapsed / cfg.time_budget))
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * progress))
 
 
@@ -99,6 +107,28 @@ def degrade_batch(clean: torch.Tensor, rng: random.Random,
         out.append(y)
         specs.append(spec)
     return torch.cat(out), specs
+
+
+def make_batch(sampler: CropSampler, rng: random.Random, cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """One training batch on the CPU: (clean, degraded), each (batch, 3, crop, crop) in [0, 1]."""
+    clean = fade_some(darken_some(sampler.sample(cfg.batch, rng), rng, cfg.dark_share), rng, cfg.fade_share)
+    degraded, _ = degrade_batch(clean, rng, cfg.mixture)
+    return clean, degraded
+
+
+class BatchStream(torch.utils.data.IterableDataset):
+    """Endless `make_batch` batches for a DataLoader's worker processes; worker w draws from its own
+    `random.Random(f"{seed}:{w}")`, so a run is reproducible for a given number of workers (a resumed run
+    passes a seed that includes its step, so it does not replay the crops it has seen)."""
+
+    def __init__(self, sampler: CropSampler, cfg: TrainConfig, seed: str):
+        self.sampler, self.cfg, self.seed = sampler, cfg, seed
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        rng = random.Random(f"{self.seed}:{info.id if info else 0}")
+        while True:
+            yield make_batch(self.sampler, rng, self.cfg)
 
 
 def training_loss(net: SIPLNet, degraded: torch.Tensor, clean: torch.Tensor, aux: float) -> torch.Tensor:
@@ -151,14 +181,19 @@ def train(cfg: TrainConfig, sampler: CropSampler, out: Path, resume: bool, devic
         log(f"fine-tuning from {cfg.init}")
     net.train()
     loss_fn = torch.compile(training_loss) if compile_step else training_loss
+    batches = None
+    if cfg.workers > 0:
+        stream = BatchStream(sampler, cfg, seed=f"{cfg.seed}:{step}")
+        batches = iter(torch.utils.data.DataLoader(stream, batch_size=None, num_workers=cfg.workers,
+                                                   pin_memory=device.type == "cuda", prefetch_factor=4))
     bar = tqdm(total=cfg.steps, initial=step, file=sys.stderr, dynamic_ncols=True, desc="train")
     running, t0 = None, time.time()
-    while step < cfg.steps:
+    out_of_time = False
+    while step < cfg.steps and not out_of_time:
         for group in opt.param_groups:
-            group["lr"] = learning_rate(step, cfg)
-        clean = darken_some(sampler.sample(cfg.batch, rng), rng, cfg.dark_share)
-        clean = fade_some(clean, rng, cfg.fade_share).to(device)
-        degraded, _ = degrade_batch(clean, rng, cfg.mixture)
+            group["lr"] = learning_rate(step, cfg, elapsed + time.time() - t0)
+        batch = make_batch(sampler, rng, cfg) if batches is None else next(batches)
+        clean, degraded = (t.to(device, non_blocking=True) for t in batch)
         loss = loss_fn(net, degraded, clean, cfg.aux)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -170,19 +205,23 @@ def train(cfg: TrainConfig, sampler: CropSampler, out: Path, resume: bool, devic
         bar.set_postfix(loss=f"{running:.4f}", lr=f"{group['lr']:.2e}")
         if step % 50 == 0:
             history.append((step, running))
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+        out_of_time = cfg.time_budget > 0 and elapsed + time.time() - t0 >= cfg.time_budget
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps or out_of_time:
             now = time.time()
             elapsed, t0 = elapsed + now - t0, now
             _save_checkpoint(ckpt_path, net, opt, step, history, elapsed, rng, cfg)
             save_weights(net, out / "weights.safetensors", _training_facts(cfg, step, elapsed, history))
     bar.close()
+    if out_of_time:
+        log(f"time budget of {cfg.time_budget:g} s reached at step {step} of {cfg.steps}")
     return net
 
 
 def _training_facts(cfg: TrainConfig, step: int, elapsed: float, history: list) -> dict:
     return {"steps": step, "seconds": round(elapsed, 1), "batch": cfg.batch, "crop": cfg.crop, "lr": cfg.lr,
             "aux": cfg.aux, "seed": cfg.seed, "init": cfg.init, "dark_share": cfg.dark_share, "fade_share": cfg.fade_share,
-            "mixture": cfg.mixture.format(), "final_loss": history[-1][1] if history else None}
+            "mixture": cfg.mixture.format(), "time_budget": cfg.time_budget, "workers": cfg.workers,
+            "final_loss": history[-1][1] if history else None}
 
 
 def _tuple_state(obj):
@@ -231,6 +270,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = TrainConfig(**{k: getattr(a, k) for k in scalars}, mixture=mixture, model=model)
     if cfg.steps <= 0 or cfg.batch <= 0 or cfg.crop < 16 or cfg.crop % 8:
         p.error("--steps and --batch must be positive; --crop a multiple of 8, at least 16")
+    if cfg.workers < 0 or not math.isfinite(cfg.time_budget) or cfg.time_budget < 0:
+        p.error("--workers and --time-budget must be >= 0 (0: none)")
     if cfg.init:
         try:
             initial_weights(cfg.init, cfg.model)
@@ -241,6 +282,9 @@ def main(argv: list[str] | None = None) -> int:
     tune_allocator()
     device = torch.device("cuda" if a.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if a.device == "auto" else a.device))
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed crop size: let cuDNN pick its fastest convolutions
+        torch.set_float32_matmul_precision("high")  # TF32 matmuls
     exclude = tuple(s for s in a.exclude.split(",") if s)
     sampler = CropSampler.from_sources(a.images, a.skimage, CropConfig(crop=cfg.crop), exclude)
     print(f"{len(sampler.images)} training images (all scales); device {device}; config {asdict(cfg)}",

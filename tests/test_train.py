@@ -11,7 +11,14 @@ from restoration.backbones.sipl import load_network, read_metadata, save_weights
 from restoration.backbones.sipl_net import SIPLConfig, SIPLNet
 from restoration.data import CropConfig, CropSampler
 from restoration.degradations import MixtureShares
-from restoration.train import TrainConfig, initial_weights, main, train
+from restoration.train import (
+    BatchStream,
+    TrainConfig,
+    initial_weights,
+    learning_rate,
+    main,
+    train,
+)
 
 TINY = SIPLConfig(dim=8, num_blocks=(1, 1, 1, 1), heads=(1, 2, 2, 4), prompt_len=2, prompt_size=4,
                   dictionary_tokens=4)
@@ -95,4 +102,43 @@ def test_mixture_is_recorded_and_a_bad_one_refused_before_training(tmp_path, cap
     with pytest.raises(SystemExit) as e:
         main(["--images", str(tmp_path), "--out", str(tmp_path / "bad"), "--steps", "1", "--mixture", "1,1,1,1,1"])
     assert e.value.code == 2 and "--mixture: mixture shares must be >= 0 and sum to 1" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+
+
+def test_time_budget_ends_the_run_and_drives_the_schedule(tmp_path):
+    cfg = TrainConfig(steps=10_000, batch=2, crop=32, warmup=1, lr=1e-3, min_lr=1e-5, model=TINY,
+                      time_budget=0.5, checkpoint_every=10_000)
+    assert learning_rate(5, cfg, elapsed=0.0) > 0.99e-3  # early in both the steps and the budget
+    assert learning_rate(5, cfg, elapsed=0.25) == pytest.approx(learning_rate(5_000, TrainConfig(
+        steps=10_000, warmup=1, lr=1e-3, min_lr=1e-5)), rel=1e-3)  # half the budget: half-way down the cosine
+    assert learning_rate(5, cfg, elapsed=1.0) == pytest.approx(1e-5)  # budget spent: the floor
+    messages: list[str] = []
+    train(cfg, sampler(), tmp_path / "run", resume=False, device=torch.device("cpu"), log=messages.append)
+    facts = json.loads(read_metadata(tmp_path / "run" / "weights.safetensors")["facts"])
+    assert 0 < facts["steps"] < 10_000 and facts["seconds"] >= 0.5 and facts["time_budget"] == 0.5
+    assert messages and messages[-1].startswith("time budget of 0.5 s reached at step")
+
+
+def test_background_workers_make_the_batches(tmp_path):
+    cfg = TrainConfig(steps=3, batch=2, crop=32, warmup=1, model=TINY, workers=2)
+    net = train(cfg, sampler(), tmp_path / "run", resume=False, device=torch.device("cpu"), log=quiet)
+    facts = json.loads(read_metadata(tmp_path / "run" / "weights.safetensors")["facts"])
+    assert facts["steps"] == 3 and facts["workers"] == 2
+    inline = train(TrainConfig(steps=3, batch=2, crop=32, warmup=1, model=TINY), sampler(), tmp_path / "inline",
+                   resume=False, device=torch.device("cpu"), log=quiet)
+    assert any(not torch.equal(a, b) for a, b in zip(net.state_dict().values(), inline.state_dict().values()))
+    # each worker draws from its own seeded stream: two workers give two different, reproducible streams
+    stream = iter(BatchStream(sampler(), cfg, seed="0:0"))
+    again = iter(BatchStream(sampler(), cfg, seed="0:0"))
+    for _ in range(2):
+        (clean, degraded), (clean2, degraded2) = next(stream), next(again)
+        assert clean.shape == degraded.shape == (2, 3, 32, 32)
+        assert torch.equal(clean, clean2) and torch.equal(degraded, degraded2)
+
+
+def test_cli_refuses_a_negative_budget_or_worker_count(tmp_path, capsys):
+    for flag, value in (("--time-budget", "-1"), ("--workers", "-2"), ("--time-budget", "nan")):
+        with pytest.raises(SystemExit) as e:
+            main(["--images", str(tmp_path), "--out", str(tmp_path / "bad"), "--steps", "1", flag, value])
+        assert e.value.code == 2 and "--workers and --time-budget must be >= 0" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
