@@ -26,6 +26,7 @@ from feedback.errors import InputError
 from restoration.diffusion.candidates import CandidateConfig
 from restoration.diffusion.guidance import GuidanceConfig
 from restoration.diffusion.refine import RefineConfig
+from restoration.runtime import synchronize
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MAX_SPEC_CHARS = 200  # a degradation spec: about 20 steps, more than any experiment uses
@@ -331,6 +332,7 @@ class TTPOWorker:
         t0 = time.perf_counter()
         images = sample_candidates_many(starts, diffusion_prior, metas,
                                         max_batch=sum(c.max_batch for c in configs))
+        synchronize(diffusion_prior.device)
         made = [[(imgs[i : i + 1], m) for i, m in enumerate(ms)] for imgs, ms in zip(images, metas)]
         return made, time.perf_counter() - t0
 
@@ -354,6 +356,7 @@ class TTPOWorker:
         diffusion_prior = self.prior(prior)
         t0 = time.perf_counter()
         refined = reward_guided_denoise(start, preferred, rejected, diffusion_prior, settings.to_config())
+        synchronize(refined.device)
         return refined.clamp(0, 1), time.perf_counter() - t0
 
 

@@ -57,7 +57,7 @@ from restoration.diffusion.priors import (
 )
 from restoration.diffusion.refine import RefineConfig
 from restoration.diffusion.sampling import start_timestep, timestep_grid
-from restoration.runtime import allocator_settings, tune_allocator
+from restoration.runtime import allocator_settings, synchronize, tune_allocator
 
 STAGES = ("restore", "candidates", "select", "refine")
 #: the sample the benchmark input is cut from (a synthetic image when it is missing).
@@ -173,16 +173,11 @@ def naive_candidates(restored: torch.Tensor, prior: DiffusionPrior, metas: Seque
 # ---- timing ---------------------------------------------------------------------------------------
 
 
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
 def _timed(fn: Callable[[], Any], device: str) -> tuple[Any, float]:
-    _sync(device)
+    synchronize(device)
     t0 = time.perf_counter()
     out = fn()
-    _sync(device)
+    synchronize(device)
     return out, time.perf_counter() - t0
 
 
@@ -239,7 +234,7 @@ def run_round(engine, degraded: torch.Tensor, config: BenchConfig, counter: Unet
     take()
     _, s_refine = _timed(lambda: engine.refine(rnd, sel), dev)
     samples["refine"] = take()
-    _sync(dev)
+    synchronize(dev)
     seconds = {"restore": s_restore, "candidates": s_cand, "select": s_select, "refine": s_refine,
                "round": time.perf_counter() - t0}
     return seconds, rnd, samples
@@ -309,7 +304,7 @@ def available_cpus() -> int:
 def peak_memory_mb(device: str) -> float:
     """GPU: torch.cuda.max_memory_allocated; CPU: the process's peak resident set size (ru_maxrss)."""
     if device.startswith("cuda"):
-        return torch.cuda.max_memory_allocated() / 2**20
+        return torch.cuda.max_memory_allocated(device) / 2**20
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / 2**20 if platform.system() == "Darwin" else rss / 2**10  # bytes on macOS, KiB on Linux
 
@@ -358,7 +353,7 @@ def _run_bench(config: BenchConfig, log: Callable[[str], None]) -> dict[str, Any
                 with torch.inference_mode():
                     naive_candidate(rnd.start, engine.prior, metas[0], naive_unet)
         if dev.startswith("cuda"):
-            torch.cuda.reset_peak_memory_stats()
+            torch.cuda.reset_peak_memory_stats(dev)
         counter.take()  # the warm-up's passes are not counted
         for r in range(config.repeat):  # rounds and naive loops interleaved: drifting load hits both alike
             seconds, rnd, shapes = run_round(engine, degraded, config, counter)

@@ -35,7 +35,7 @@ from restoration.backbones.registry import CLASSICAL_METHODS
 from restoration.degradations import degrade, parse_spec
 from restoration.io import list_images, load_image, resize_short_side_center_crop
 from restoration.metrics import psnr, ssim
-from restoration.runtime import tune_allocator
+from restoration.runtime import synchronize, tune_allocator
 
 log = logging.getLogger("restoration.evaluate")
 
@@ -59,22 +59,16 @@ def _score(restored: torch.Tensor, clean: torch.Tensor) -> dict[str, float]:
     return {"psnr": float(psnr(restored, clean)[0]), "ssim": float(ssim(restored, clean)[0])}
 
 
-def _synchronize(device: torch.device) -> None:
-    # CUDA kernels run asynchronously; wait so the timing covers the restoration itself.
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def evaluate_image(restorer: Restorer, clean: torch.Tensor, spec: str, seed: int) -> dict[str, Any]:
     """Degrade (1, 3, N, N) `clean` with (spec, seed), restore it, and return the scores and timing."""
     degraded, record = degrade(clean, spec, seed)
     row: dict[str, Any] = {"seed": record.seed}
     inp = _score(degraded, clean)
     row.update({"input_psnr": inp["psnr"], "input_ssim": inp["ssim"]})
-    _synchronize(degraded.device)
+    synchronize(degraded.device)
     start = time.perf_counter()
     restored = restorer.restore(degraded)
-    _synchronize(degraded.device)
+    synchronize(degraded.device)
     seconds = time.perf_counter() - start
     row.update(_score(restored, clean))
     single_pass = getattr(restorer, "restore_single_pass", None)
@@ -109,6 +103,12 @@ def run_evaluation(config: EvalConfig) -> dict[str, Any]:
     if config.limit is not None:
         files = files[: config.limit]
     restorer = build_restorer(config)
+    if torch.device(config.device).type == "cuda":
+        # one untimed restoration first: CUDA context, cuDNN / cuBLAS handles and lazily loaded kernels would
+        # otherwise land in the first image's seconds (and dominate the mean)
+        warm = resize_short_side_center_crop(load_image(files[0]), config.size).to(config.device)
+        restorer.restore(degrade(warm, config.degradation, config.seed)[0])
+        synchronize(warm.device)
     rows = []
     for i, path in enumerate(files):
         clean = resize_short_side_center_crop(load_image(path), config.size).to(config.device)

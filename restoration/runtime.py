@@ -1,4 +1,5 @@
-"""Process-wide CPU settings for the compute entry points (the commands and the app call `tune_allocator`).
+"""Process-wide settings for the compute entry points (the commands and the app call `tune_allocator`), and
+`synchronize`, which every timer around GPU work uses.
 
 glibc's malloc serves large blocks (above a threshold that starts at 128 KiB and adapts as blocks are freed) with
 fresh `mmap` pages and returns them to the kernel on `free`, so every forward pass of a network pays for page faults
@@ -65,3 +66,13 @@ def allocator_settings() -> dict[str, int] | None:
     if _applied is None:
         return None
     return {"mmap_threshold_mb": _applied[0], "trim_threshold_mb": _applied[1]}
+
+
+def synchronize(device) -> None:
+    """Wait for the work queued on `device` (a torch.device or its name) when it is a CUDA GPU, whose kernels run
+    asynchronously, so that a timer around it covers that work; nothing on other devices."""
+    import torch  # here, so that the allocator settings above stay importable without torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

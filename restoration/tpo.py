@@ -37,7 +37,7 @@ from restoration.diffusion.priors import (
     resolve_precision,
 )
 from restoration.diffusion.refine import RefineConfig, reward_guided_denoise
-from restoration.runtime import tune_allocator
+from restoration.runtime import synchronize, tune_allocator
 from restoration.selection import (
     DEFAULT_SELECTOR,
     Selection,
@@ -125,6 +125,7 @@ class TPOEngine:
         """(1, 3, H, W) in [0, 1] -> restored (1, 3, H, W), seconds."""
         t0 = time.perf_counter()
         restored = self.restorer.restore(degraded)
+        synchronize(restored.device)
         return restored, time.perf_counter() - t0
 
     def start_round(self, start: torch.Tensor, parent_id: str | None = None, index: int = 0,
@@ -137,6 +138,7 @@ class TPOEngine:
             cfg = replace(cfg, num_candidates=int(num_candidates))
         t0 = time.perf_counter()
         made = generate_candidates(start, self.prior, cfg)
+        synchronize(made[0].image.device)
         seconds = {"candidates": time.perf_counter() - t0}
         cands = [RoundCandidate(RESTORED_ID, start, None)]
         cands += [RoundCandidate(f"c{i}", c.image, c.meta) for i, c in enumerate(made)]
@@ -161,6 +163,7 @@ class TPOEngine:
         preferred = rnd.images(selection.preferred_ids)
         rejected = rnd.images(selection.rejected_ids)
         refined = reward_guided_denoise(rnd.start, preferred, rejected, self.prior, config or self.config.refine)
+        synchronize(refined.device)
         rnd.selection, rnd.refined = selection, refined
         rnd.seconds["refine"] = time.perf_counter() - t0
         return refined
