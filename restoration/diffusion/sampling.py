@@ -115,7 +115,8 @@ def ddim_sample(
 ) -> torch.Tensor:
     """Denoise z_t (B, C, h, w), which sits at timesteps[:, 0], along the (B, S) grid to a clean z0.
 
-    eta > 0 adds fresh noise each step from the per-sample `generators` (required then).
+    eta > 0 adds fresh noise each step from the per-sample `generators` (required then), except the last, whose
+    sigma is 0 (a_prev = 1): the result is the same as drawing and adding 0 x noise, at less cost.
     """
     if eta > 0 and generators is None:
         raise ValueError("eta > 0 needs one torch.Generator per sample for reproducible noise")
@@ -124,6 +125,7 @@ def ddim_sample(
         t = timesteps[:, k].to(z.device)
         x0, eps = model_fn(z, t)
         a_t, a_prev = alphas_at(alphas_cumprod, timesteps, k), alphas_at(alphas_cumprod, timesteps, k + 1)
-        noise = per_sample_noise(z.shape, generators, z.device) if eta > 0 else None
+        last = k == timesteps.shape[1] - 1  # lands on the clean image: sigma = 0, so no noise is drawn
+        noise = per_sample_noise(z.shape, generators, z.device) if eta > 0 and not last else None
         z = ddim_step(x0, eps, a_t, a_prev, eta, noise)
     return z
