@@ -26,7 +26,7 @@ from feedback.errors import InputError
 from restoration.diffusion.candidates import CandidateConfig
 from restoration.diffusion.guidance import GuidanceConfig
 from restoration.diffusion.refine import RefineConfig
-from restoration.runtime import synchronize
+from restoration.runtime import synchronize, tune_allocator
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MAX_SPEC_CHARS = 200  # a degradation spec: about 20 steps, more than any experiment uses
@@ -146,8 +146,6 @@ class TTPOWorker:
     """Holds the prior and the code version; each method runs one engine stage and returns seconds with it."""
 
     def __init__(self, settings: EngineSettings = EngineSettings()) -> None:
-        from restoration.runtime import tune_allocator
-
         tune_allocator()  # large activations stay in the heap (restoration/runtime.py: 1.6-1.8x per restore)
         self.settings = settings
         self._priors: dict[str, Any] = {}  # name -> DiffusionPrior, filled on first use

@@ -107,8 +107,7 @@ def run_evaluation(config: EvalConfig) -> dict[str, Any]:
         # one untimed restoration first: CUDA context, cuDNN / cuBLAS handles and lazily loaded kernels would
         # otherwise land in the first image's seconds (and dominate the mean)
         warm = resize_short_side_center_crop(load_image(files[0]), config.size).to(config.device)
-        restorer.restore(degrade(warm, config.degradation, config.seed)[0])
-        synchronize(warm.device)
+        evaluate_image(restorer, warm, config.degradation, config.seed)
     rows = []
     for i, path in enumerate(files):
         clean = resize_short_side_center_crop(load_image(path), config.size).to(config.device)
