@@ -63,6 +63,10 @@ class TrainConfig:
     model: SIPLConfig = field(default_factory=SIPLConfig)
 
 
+#: How often (steps) the progress bar reads the running loss: each read waits for a GPU to finish its queue.
+LOSS_READ_EVERY = 10
+
+
 def learning_rate(step: int, cfg: TrainConfig, elapsed: float = 0.0) -> float:
     """Linear warm-up then cosine decay to `min_lr`; with a time budget the decay follows whichever of the
     steps and the budget (`elapsed` seconds of training so far) is further along."""
@@ -161,7 +165,8 @@ def train(cfg: TrainConfig, sampler: CropSampler, out: Path, resume: bool, devic
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     net = SIPLNet(cfg.model).to(device)
-    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99),
+                            fused=device.type == "cuda")  # one kernel for all parameters on a GPU
     rng = random.Random(cfg.seed)
     step, history, elapsed = 0, [], 0.0
     ckpt_path = out / "checkpoint.pt"
@@ -172,6 +177,8 @@ def train(cfg: TrainConfig, sampler: CropSampler, out: Path, resume: bool, devic
             raise ValueError(f"{ckpt_path} was trained with a different model config: {state['model_config']}")
         net.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
+        for group in opt.param_groups:  # the state dict carries the saving machine's choice; use this one's
+            group["fused"] = device.type == "cuda"
         step, history, elapsed = state["step"], state["history"], state["elapsed"]
         rng.setstate(_tuple_state(state["rng"]))
         torch.set_rng_state(state["torch_rng"])
@@ -200,11 +207,14 @@ def train(cfg: TrainConfig, sampler: CropSampler, out: Path, resume: bool, devic
         torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
         opt.step()
         step += 1
-        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+        # the running loss stays on the device; the host reads it every `LOSS_READ_EVERY` steps, not each step
+        running = loss.detach().float() if running is None else 0.98 * running + 0.02 * loss.detach().float()
         bar.update(1)
-        bar.set_postfix(loss=f"{running:.4f}", lr=f"{group['lr']:.2e}")
-        if step % 50 == 0:
-            history.append((step, running))
+        if step % LOSS_READ_EVERY == 0 or step % 50 == 0:
+            shown = running.item()
+            bar.set_postfix(loss=f"{shown:.4f}", lr=f"{group['lr']:.2e}")
+            if step % 50 == 0:
+                history.append((step, shown))
         out_of_time = cfg.time_budget > 0 and elapsed + time.time() - t0 >= cfg.time_budget
         if step % cfg.checkpoint_every == 0 or step == cfg.steps or out_of_time:
             now = time.time()

@@ -25,7 +25,13 @@ from restoration.diffusion.priors import (
     build_pixel_unet,
     pixel_prior_from_unet,
 )
-from restoration.diffusion.sampling import ddim_sample, make_model_fn, share_identical_rows, timestep_grid
+from restoration.diffusion.sampling import (
+    ddim_sample,
+    identical_row_groups,
+    make_model_fn,
+    share_identical_rows,
+    timestep_grid,
+)
 
 TINY = PixelPriorConfig(block_out_channels=(16, 32), norm_num_groups=8, pixel_unshuffle=2)
 
@@ -144,6 +150,21 @@ def test_share_identical_rows_evaluates_each_distinct_row_once():
     assert torch.equal(x0, ref_x0) and torch.equal(eps, ref_eps)
     share_identical_rows(model_fn)(z, torch.tensor([1, 2, 3]))
     assert calls[-1] == 3
+
+
+def test_identical_row_groups_compare_whole_rows_not_only_the_probes():
+    z = torch.rand(5, 3, 8, 8)
+    z[1] = z[0]
+    z[2] = z[0]
+    flat_at = torch.linspace(0, 191, 64).long()  # the 64 probed elements of each row's 192
+    z[2].view(-1)[next(i for i in range(192) if i not in flat_at.tolist())] += 1.0  # row 2 differs off the probes
+    assert torch.equal(z[2].flatten()[flat_at], z[0].flatten()[flat_at]) and not torch.equal(z[2], z[0])
+    z[4] = z[3]
+    t = torch.tensor([9, 9, 9, 4, 5])  # row 4 repeats row 3 at another timestep
+    assert identical_row_groups(z, t) == [[0, 1], [2], [3], [4]]
+    assert identical_row_groups(z, torch.tensor([9, 9, 9, 4, 4])) == [[0, 1], [2], [3, 4]]
+    nan = torch.full((2, 3, 8, 8), float("nan"))
+    assert identical_row_groups(nan, torch.tensor([1, 1])) == [[0], [1]]  # as torch.equal: NaN is never equal
 
 
 def test_candidate_count_and_seed_determinism(prior, restored):

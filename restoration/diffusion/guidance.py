@@ -134,31 +134,34 @@ def make_guided_model_fn(
     has_pref = preferred is not None and preferred.shape[0] > 0
 
     def guided(z_t: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        w_pref, w_fid, full = (v.to(z_t.device) for v in ttpo_schedule(t, T))
+        w_pref_host, w_fid_host, full = ttpo_schedule(t.cpu(), T)  # t is on the host in the samplers: no sync
+        use_pref = has_pref and bool((w_pref_host > 0).any())
+        use_fid = config.fidelity_weight > 0 and bool((w_fid_host > 0).any())
+        w_pref, w_fid, full = (v.to(z_t.device, non_blocking=True) for v in (w_pref_host, w_fid_host, full))
         if config.backprop:
             with torch.enable_grad():
                 z_in = z_t.detach().requires_grad_(True)
                 x0, eps = model_fn(z_in, t)
-                g_pref, g_fid = _grads(x0, z_in, w_pref, w_fid, full)
-            a = alphas_cumprod[t.to(alphas_cumprod.device)].view(-1, 1, 1, 1)
+                g_pref, g_fid = _grads(x0, z_in, use_pref, use_fid, w_fid, full)
+            a = alphas_cumprod[t.to(alphas_cumprod.device, non_blocking=True)].view(-1, 1, 1, 1)
             g_fid = g_fid * a.sqrt()  # dL/dz_t ~ dL/dx0 / sqrt(a): back to x0 units, so weights mean the same
             x0, eps = x0.detach(), eps.detach()
         else:
             x0, eps = model_fn(z_t, t)
             with torch.enable_grad():
                 x0_in = x0.detach().requires_grad_(True)
-                g_pref, g_fid = _grads(x0_in, x0_in, w_pref, w_fid, full)
+                g_pref, g_fid = _grads(x0_in, x0_in, use_pref, use_fid, w_fid, full)
         step = config.scale * w_pref.view(-1, 1, 1, 1) * _rms_normalise(g_pref)
         step = step + config.fidelity_weight * g_fid
         return x0 - step, eps
 
-    def _grads(x0, wrt, w_pref, w_fid, full):
+    def _grads(x0, wrt, use_pref, use_fid, w_fid, full):
         zero = torch.zeros_like(wrt)
         g_pref, g_fid = zero, zero
-        if has_pref and bool((w_pref > 0).any()):
+        if use_pref:
             loss = preference_loss(x0, preferred, rejected, config.cutoff)
             (g_pref,) = torch.autograd.grad(loss.sum(), wrt, retain_graph=True)
-        if config.fidelity_weight > 0 and bool((w_fid > 0).any()):
+        if use_fid:
             loss = (w_fid * fidelity_loss(x0, reference, config.cutoff, full)).sum()
             (g_fid,) = torch.autograd.grad(loss, wrt)
         return g_pref.detach(), g_fid.detach()

@@ -59,8 +59,7 @@ def ddim_invert(eps_fn: EpsFn, z0: torch.Tensor, timesteps: torch.Tensor, alphas
     """
     z = z0
     for k in reversed(range(timesteps.shape[1])):
-        t_next = timesteps[:, k].to(z.device)
-        eps = eps_fn(z, t_next)
+        eps = eps_fn(z, timesteps[:, k])  # t_next, on the host
         z = inversion_step(z, eps, alphas_at(alphas_cumprod, timesteps, k + 1), alphas_at(alphas_cumprod, timesteps, k))
     return z
 
@@ -85,7 +84,7 @@ def ddim_ladder_invert(
     while wanted and rung < wanted[-1]:
         nxt = rung + stride
         ts = [t for t in wanted if t < nxt] + ([nxt] if wanted[-1] >= nxt else [])
-        t = torch.tensor(ts, device=z.device)
+        t = torch.tensor(ts)  # on the host: eps_fn copies it over without waiting
         eps = eps_fn(z.expand(len(ts), -1, -1, -1), t)
         a_next = torch.stack([_alpha(alphas_cumprod, s) for s in ts]).view(-1, 1, 1, 1)
         stepped = inversion_step(z, eps, _alpha(alphas_cumprod, rung), a_next)

@@ -168,7 +168,7 @@ class DiffusionPrior:
     def eps(self, z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Predicted noise for a batch: z_t (B, C, h, w), t (B,) integer timesteps in [0, T); tiled above `tile`."""
         b, _, h, w = z_t.shape
-        t = t.to(self.device).long().reshape(-1)
+        t = t.to(self.device, non_blocking=True).long().reshape(-1)
         if t.numel() not in (1, b):
             raise ValueError(f"t has {t.numel()} timesteps; expected 1 or {b} to match the batch of z_t")
         t = t.expand(b)

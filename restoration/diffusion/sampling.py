@@ -41,7 +41,7 @@ def alphas_at(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor, k: int) -> 
     """alpha_bar at column k of a (B, S) grid as (B, 1, 1, 1); column S means the clean image (1)."""
     if k >= timesteps.shape[1]:
         return torch.ones(timesteps.shape[0], 1, 1, 1, device=alphas_cumprod.device)
-    return alphas_cumprod[timesteps[:, k].to(alphas_cumprod.device)].view(-1, 1, 1, 1)
+    return alphas_cumprod[timesteps[:, k].to(alphas_cumprod.device, non_blocking=True)].view(-1, 1, 1, 1)
 
 
 def make_model_fn(prior: DiffusionPrior) -> ModelFn:
@@ -49,7 +49,7 @@ def make_model_fn(prior: DiffusionPrior) -> ModelFn:
 
     def model_fn(z_t: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         eps = prior.eps(z_t, t)
-        a = prior.alphas_cumprod[t.to(prior.device)].view(-1, 1, 1, 1)
+        a = prior.alphas_cumprod[t.to(prior.device, non_blocking=True)].view(-1, 1, 1, 1)
         x0 = (z_t - (1 - a).sqrt() * eps) / a.sqrt()
         if prior.clip_x0:
             x0 = x0.clamp(-1.0, 1.0)
@@ -64,32 +64,66 @@ def share_identical_rows(model_fn: ModelFn) -> ModelFn:
 
     Candidates of one strength leave the shared inversion with the same z_t, so their first
     denoising step is the same computation; later steps differ (fresh noise per seed) and pass through.
+    The test costs the host at most two reads of the device per call (`identical_row_groups`).
     """
 
     def shared(z_t: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         t = t.reshape(-1).expand(z_t.shape[0])
-        unique: list[int] = []  # the first row of each distinct (t, z_t)
-        where: list[int] = []  # row i's position in `unique`
-        for i in range(z_t.shape[0]):
-            k = next((k for k, j in enumerate(unique) if t[j] == t[i] and torch.equal(z_t[j], z_t[i])), None)
-            if k is None:
-                k = len(unique)
-                unique.append(i)
-            where.append(k)
-        if len(unique) == len(where):
+        groups = identical_row_groups(z_t, t)
+        if len(groups) == z_t.shape[0]:
             return model_fn(z_t, t)
-        x0, eps = model_fn(z_t[unique], t[unique])
+        where = [0] * z_t.shape[0]  # row i's position among the distinct rows
+        for k, rows in enumerate(groups):
+            for i in rows:
+                where[i] = k
+        first = [rows[0] for rows in groups]
+        x0, eps = model_fn(z_t[first], t[first])
         index = torch.tensor(where, device=x0.device)
         return x0[index], eps[index]
 
     return shared
 
 
+def identical_row_groups(z: torch.Tensor, t: torch.Tensor, probes: int = 64) -> list[list[int]]:
+    """Rows of z (B, ...) with equal t (B,) and bit-equal z, as groups of row indices in order of first row.
+
+    Rows are first keyed by t and `probes` evenly spaced elements, read to the host in one go; only rows whose
+    keys match are then compared whole, all pairs in one more read. So a batch of distinct rows costs one read
+    of the device, not one `torch.equal` (a GPU sync each) per pair of rows.
+    """
+    flat = z.reshape(z.shape[0], -1)
+    at = torch.linspace(0, flat.shape[1] - 1, min(probes, flat.shape[1]), device=flat.device).long()
+    keys: dict[tuple, list[int]] = {}
+    for i, (step, probe) in enumerate(zip(t.tolist(), flat[:, at].tolist())):
+        keys.setdefault((step, *probe), []).append(i)  # NaN probes never compare equal: such rows stay apart
+    candidates = [rows for rows in keys.values() if len(rows) > 1]
+    if not candidates:
+        return list(keys.values())
+    heads = [rows[0] for rows in candidates for _ in rows[1:]]
+    others = [i for rows in candidates for i in rows[1:]]
+    whole = (flat[heads] == flat[others]).all(1).tolist()
+    if all(whole):
+        return sorted(keys.values())
+    groups: list[list[int]] = []  # some probes matched by chance: compare those rows exactly, pair by pair
+    for rows in keys.values():
+        for i in rows:
+            home = next((g for g in groups if g[0] in rows and torch.equal(flat[g[0]], flat[i])), None)
+            if home is None:
+                groups.append([i])
+            else:
+                home.append(i)
+    return sorted(groups)
+
+
 def per_sample_noise(shape: Sequence[int], generators: Sequence[torch.Generator], device) -> torch.Tensor:
-    """Gaussian noise of `shape` (B, ...), row i drawn on the CPU from generators[i] (device-independent)."""
+    """Gaussian noise of `shape` (B, ...), row i drawn on the CPU from generators[i] (device-independent); copied
+    to a GPU from pinned memory without waiting for it."""
     if len(generators) != shape[0]:
         raise ValueError(f"need one generator per sample: {len(generators)} for batch {shape[0]}")
-    return torch.stack([torch.randn(tuple(shape[1:]), generator=g) for g in generators]).to(device)
+    noise = torch.stack([torch.randn(tuple(shape[1:]), generator=g) for g in generators])
+    if torch.device(device).type == "cuda":
+        return noise.pin_memory().to(device, non_blocking=True)
+    return noise.to(device)
 
 
 def ddim_step(
@@ -122,8 +156,7 @@ def ddim_sample(
         raise ValueError("eta > 0 needs one torch.Generator per sample for reproducible noise")
     z = z_t
     for k in range(timesteps.shape[1]):
-        t = timesteps[:, k].to(z.device)
-        x0, eps = model_fn(z, t)
+        x0, eps = model_fn(z, timesteps[:, k])  # t stays where the grid is (the host): wrappers read it freely
         a_t, a_prev = alphas_at(alphas_cumprod, timesteps, k), alphas_at(alphas_cumprod, timesteps, k + 1)
         last = k == timesteps.shape[1] - 1  # lands on the clean image: sigma = 0, so no noise is drawn
         noise = per_sample_noise(z.shape, generators, z.device) if eta > 0 and not last else None
