@@ -12,7 +12,8 @@ DDIMInverseScheduler / DDIMScheduler loop calling a stock copy of the prior's UN
 contiguous memory) directly, unbatched, sharing nothing. The naive images must match the batched ones
 (`naive_max_abs_diff`, `naive_psnr_db`), otherwise the speed-up would compare different work.
 `unet_samples` counts the images the UNet saw (a batch of 8 counts 8) in each path, which is where the
-speed-up comes from.
+speed-up comes from. On CUDA, `cuda_syncs` counts per stage how often one more, untimed round made the host wait
+on the GPU (`count_cuda_syncs`).
 
 To drive the unmodified diffusers schedulers along the engine's timesteps (the inversion ladder or
 grid, then strength * T down to the clean image, which no `set_timesteps` spacing reproduces), each
@@ -33,6 +34,7 @@ import resource
 import statistics
 import sys
 import time
+import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -240,6 +242,38 @@ def run_round(engine, degraded: torch.Tensor, config: BenchConfig, counter: Unet
     return seconds, rnd, samples
 
 
+def count_cuda_syncs(engine, degraded: torch.Tensor, config: BenchConfig) -> dict[str, int] | None:
+    """The host waits on the GPU per stage of one more, untimed round, counted by torch's sync debug mode
+    (`torch.cuda.set_sync_debug_mode`: a warning per synchronising call, e.g. `.item()`, `.tolist()`, a blocking
+    copy); None off CUDA. The stage timers' own synchronize calls are outside what is counted."""
+    if not config.device.startswith("cuda"):
+        return None
+    counts: dict[str, int] = {}
+    previous = torch.cuda.get_sync_debug_mode()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            def counted(stage: str, fn: Callable[[], Any]) -> Any:
+                before = len(caught)
+                out = fn()
+                counts[stage] = sum("synchroniz" in str(w.message) for w in caught[before:])
+                return out
+
+            with torch.inference_mode():
+                restored, _ = counted("restore", lambda: engine.restore(degraded.to(config.device)))
+            restored = restored.clone()
+            rnd = counted("candidates", lambda: engine.start_round(restored, seed=config.seed,
+                                                                   num_candidates=config.candidates))
+            with torch.no_grad():
+                sel = counted("select", lambda: engine.select(rnd))
+            counted("refine", lambda: engine.refine(rnd, sel))
+        finally:
+            torch.cuda.set_sync_debug_mode(previous)
+    synchronize(config.device)
+    return counts
+
+
 # ---- achieved compute ------------------------------------------------------------------------------
 
 #: Dense peak TFLOP/s by GPU model (NVIDIA data sheets, without sparsity): bf16/fp16 tensor cores, and float32
@@ -367,7 +401,10 @@ def _run_bench(config: BenchConfig, log: Callable[[str], None]) -> dict[str, Any
                 log(f"naive {r}: {s:.3f}s")
     finally:
         counter.remove()
-    peak = peak_memory_mb(dev)
+    peak = peak_memory_mb(dev)  # before the sync census, which is one more round
+    syncs = count_cuda_syncs(engine, degraded, config)
+    if syncs is not None:
+        log("host waits on the GPU per stage: " + ", ".join(f"{k} {v}" for k, v in syncs.items()))
     median = {k: statistics.median(s[k] for s in runs) for k in (*STAGES, "round")}
 
     naive_s = statistics.median(naive_runs) if naive_runs else None
@@ -406,6 +443,7 @@ def _run_bench(config: BenchConfig, log: Callable[[str], None]) -> dict[str, Any
         "unet_tflops": {"candidates": tflops},
         "peak_tflops": peak_tf,
         "peak_fraction": tflops / peak_tf if peak_tf else None,
+        "cuda_syncs": syncs,  # per stage of one untimed round (count_cuda_syncs); None off CUDA
         "threads": torch.get_num_threads(),
         "allocator": allocator_settings(),  # glibc malloc thresholds (restoration/runtime.py), None = defaults
         "torch": torch.__version__,

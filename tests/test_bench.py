@@ -5,11 +5,14 @@ import json
 import os
 import subprocess
 import sys
+import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
+from restoration import bench
 from restoration.bench import (
     BenchConfig,
     bench_input,
@@ -94,6 +97,7 @@ def test_command_prints_the_json_contract(tmp_path, tiny_prior):
     assert result["unet_tflops"]["candidates"] == pytest.approx(
         result["unet_tflop"]["candidates"] / result["seconds"]["candidates"])
     assert result["peak_tflops"] is None and result["peak_fraction"] is None  # no known peak for a CPU
+    assert result["cuda_syncs"] is None  # the sync census runs on CUDA only
 
 
 def test_large_image_options_tile_and_skip_the_naive_loop(tmp_path, tiny_prior):
@@ -162,3 +166,44 @@ def test_bench_table_rewrites_only_its_section(tmp_path):
     assert "| 1.800 | n/a | n/a | n/a | 900 | 2.x | ddim_ladder_inversion | 36 / n/a | fp32 | n/a |" in text
     bad = subprocess.run([*script, str(tmp_path / "bad.json")], capture_output=True, text=True, check=False)
     assert bad.returncode == 2 and "missing" in bad.stderr and "naive_max_abs_diff" in bad.stderr
+
+
+def test_sync_census_counts_each_stage_and_restores_the_mode(monkeypatch):
+    """count_cuda_syncs' bookkeeping, on a stand-in engine whose stages warn as torch's sync debug mode does."""
+    modes = ["default"]
+    monkeypatch.setattr(torch.cuda, "get_sync_debug_mode", lambda: modes[-1])
+    monkeypatch.setattr(torch.cuda, "set_sync_debug_mode", modes.append)
+    monkeypatch.setattr(bench, "synchronize", lambda device: None)
+
+    def syncs(n, out=None):
+        for _ in range(n):
+            warnings.warn("called a synchronizing CUDA operation")
+        warnings.warn("an unrelated warning")
+        return out
+
+    class Engine:
+        def restore(self, x):
+            return syncs(0, (x, None))
+
+        def start_round(self, restored, seed, num_candidates):
+            return syncs(2, "round")
+
+        def select(self, rnd):
+            return syncs(3, "selection")
+
+        def refine(self, rnd, sel):
+            assert (rnd, sel) == ("round", "selection")
+            return syncs(1)
+
+    class Image:  # stays where it is: this machine may have no GPU to move a tensor to
+        def to(self, device):
+            return self
+
+        def clone(self):
+            return self
+
+    config = bench.BenchConfig(device="cpu")
+    assert bench.count_cuda_syncs(Engine(), Image(), config) is None
+    counts = bench.count_cuda_syncs(Engine(), Image(), replace(config, device="cuda:0"))
+    assert counts == {"restore": 0, "candidates": 2, "select": 3, "refine": 1}
+    assert modes == ["default", "warn", "default"]
