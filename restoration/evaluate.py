@@ -93,7 +93,22 @@ def build_restorer(config: EvalConfig) -> Restorer:
 
 
 def run_evaluation(config: EvalConfig) -> dict[str, Any]:
-    """Evaluate `config.backbone` on every image of `config.images`; returns the JSON-ready report."""
+    """Evaluate `config.backbone` on every image of `config.images`; returns the JSON-ready report.
+
+    On CUDA the convolutions and matmuls run in full float32 (TF32 off, cuDNN's default is on), so that a GPU
+    gives the CPU's figures; the previous settings come back afterwards.
+    """
+    if torch.device(config.device).type != "cuda":
+        return _run_evaluation(config)
+    previous = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        return _run_evaluation(config)
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = previous
+
+
+def _run_evaluation(config: EvalConfig) -> dict[str, Any]:
     if config.size < 16:
         raise ValueError(f"--size must be at least 16 px (SSIM uses an 11 px window), got {config.size}")
     if config.limit is not None and config.limit < 1:

@@ -125,3 +125,22 @@ def test_ensemble_option(tmp_path, capsys):
     assert "--ensemble applies only to SIPL" in capsys.readouterr().err
     assert main(["--backbone", str(tmp_path / "tiny.safetensors"), "--ensemble", "3", *args]) == 2
     assert "ensemble must be one of 1, 2, 4, 8" in capsys.readouterr().err
+
+
+def test_cuda_evaluation_runs_in_full_float32_and_restores_the_settings(monkeypatch):
+    import torch
+
+    from restoration import evaluate
+
+    seen = []
+    monkeypatch.setattr(evaluate, "_run_evaluation", lambda config: seen.append(
+        (config.device, torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)) or {})
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True  # as training on a GPU leaves them
+    try:
+        for device in ("cuda:0", "cpu"):
+            evaluate.run_evaluation(evaluate.EvalConfig("sipl", "noise:25", Path("."), 32, 0, device=device))
+        assert seen == [("cuda:0", False, False), ("cpu", True, True)]
+        assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
