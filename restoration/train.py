@@ -17,6 +17,7 @@ rate schedule following whichever of `--steps` and the budget is nearer its end 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import random
@@ -30,7 +31,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from restoration.backbones.sipl import load_network, save_weights
-from restoration.backbones.sipl_net import SIPLConfig, SIPLNet
+from restoration.backbones.sipl_net import SIPLConfig, SIPLNet, widen
 from restoration.data import CropConfig, CropSampler
 from restoration.degradations import (
     DEFAULT_MIXTURE,
@@ -59,6 +60,8 @@ class TrainConfig:
     time_budget: float = 0.0  # seconds of training (0 = none): the run ends at `steps` or here, whichever is first
     workers: int = 0  # background processes making the degraded batches (0 = in the training loop itself)
     init: str = ""  # a weights file to fine-tune from (fresh optimizer and schedule); "" = from scratch
+    fresh_lr_scale: float = 10.0  # learning-rate factor of the modules the init file lacks (`sipl_net.widen`)
+    ema: float = 0.0  # decay of an exponential moving average of the weights, which is what is saved (0 = off)
     mixture: MixtureShares = field(default_factory=MixtureShares)  # the blind degradation mixture's shares
     model: SIPLConfig = field(default_factory=SIPLConfig)
 
@@ -135,6 +138,16 @@ class BatchStream(torch.utils.data.IterableDataset):
             yield make_batch(self.sampler, rng, self.cfg)
 
 
+def update_ema(ema: SIPLNet, net: SIPLNet, decay: float, step: int) -> None:
+    """Polyak averaging of the weights: ema <- d * ema + (1 - d) * net, d = min(decay, (1 + step) / (10 + step))
+    (the warm-up keeps the first steps from being averaged with the starting point for long). Small batches on a
+    CPU make each step's weights noisy; their average is what the run saves (`TrainConfig.ema`)."""
+    d = min(decay, (1 + step) / (10 + step))
+    with torch.no_grad():
+        for e, p in zip(ema.parameters(), net.parameters()):
+            e.lerp_(p, 1 - d)
+
+
 def training_loss(net: SIPLNet, degraded: torch.Tensor, clean: torch.Tensor, aux: float) -> torch.Tensor:
     """L1 restoration loss; with Proxy Fusion, on the privileged pass plus `aux` x the dictionary-only pass."""
     enc = net.encode(degraded)
@@ -148,14 +161,16 @@ def training_loss(net: SIPLNet, degraded: torch.Tensor, clean: torch.Tensor, aux
     return loss
 
 
-def initial_weights(path: str | Path, model: SIPLConfig) -> dict[str, torch.Tensor]:
-    """The state dict of a weights file to fine-tune from; its config must be the one being trained."""
+def initial_weights(path: str | Path, model: SIPLConfig) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """The state dict of a weights file to fine-tune from, and the names of the parameters it lacks. Its config
+    must be the one being trained, or one that `model` only widens (a deconvolution bank or a gain head added,
+    zero-initialised, `sipl_net.widen`)."""
     net = load_network(path)
-    if net.config != model:
-        theirs, ours = net.config.to_dict(), model.to_dict()
-        diff = {k: (theirs[k], ours[k]) for k in ours if theirs[k] != ours[k]}
-        raise ValueError(f"--init {path} has a different model config (file, requested): {diff}")
-    return net.state_dict()
+    try:
+        wide, fresh = widen(net, model)
+    except ValueError as e:
+        raise ValueError(f"--init {path} has a different model config: {e}") from None
+    return wide.state_dict(), fresh
 
 
 def train(cfg: TrainConfig, sampler: CropSampler, out: Path, resume: bool, device: torch.device,
@@ -165,17 +180,33 @@ def train(cfg: TrainConfig, sampler: CropSampler, out: Path, resume: bool, devic
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     net = SIPLNet(cfg.model).to(device)
-    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99),
+    ckpt_path = out / "checkpoint.pt"
+    resuming = resume and ckpt_path.exists()
+    fresh: list[str] = []
+    if cfg.init:  # a resumed fine-tune needs the same parameter groups, so `fresh` is found either way
+        state, fresh = initial_weights(cfg.init, cfg.model)
+        if not resuming:
+            net.load_state_dict(state)
+            log(f"fine-tuning from {cfg.init}" + (f" ({len(fresh)} fresh tensors at {cfg.fresh_lr_scale:g} x lr)"
+                                                   if fresh else ""))
+    ema = copy.deepcopy(net).eval().requires_grad_(False) if cfg.ema > 0 else None
+    params = dict(net.named_parameters())
+    groups = [{"params": [p for k, p in params.items() if k not in fresh], "lr_scale": 1.0}]
+    if fresh:
+        groups.append({"params": [params[k] for k in fresh], "lr_scale": cfg.fresh_lr_scale})
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99),
                             fused=device.type == "cuda")  # one kernel for all parameters on a GPU
     rng = random.Random(cfg.seed)
     step, history, elapsed = 0, [], 0.0
-    ckpt_path = out / "checkpoint.pt"
-    if resume and ckpt_path.exists():
+    if resuming:
         state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        if state["model_config"] != cfg.model.to_dict() | {"num_blocks": list(cfg.model.num_blocks),
-                                                             "heads": list(cfg.model.heads)}:
+        if _config_record(state["model_config"]) != _config_record(cfg.model.to_dict()):
             raise ValueError(f"{ckpt_path} was trained with a different model config: {state['model_config']}")
         net.load_state_dict(state["model"])
+        if ema is not None:
+            if "ema" not in state:
+                raise ValueError(f"{ckpt_path} has no weight average to resume with --ema {cfg.ema:g}")
+            ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["optimizer"])
         for group in opt.param_groups:  # the state dict carries the saving machine's choice; use this one's
             group["fused"] = device.type == "cuda"
@@ -183,9 +214,6 @@ def train(cfg: TrainConfig, sampler: CropSampler, out: Path, resume: bool, devic
         rng.setstate(_tuple_state(state["rng"]))
         torch.set_rng_state(state["torch_rng"])
         log(f"resumed from {ckpt_path} at step {step}")
-    elif cfg.init:
-        net.load_state_dict(initial_weights(cfg.init, cfg.model))
-        log(f"fine-tuning from {cfg.init}")
     net.train()
     loss_fn = torch.compile(training_loss) if compile_step else training_loss
     batches = None
@@ -197,8 +225,9 @@ def train(cfg: TrainConfig, sampler: CropSampler, out: Path, resume: bool, devic
     running, t0 = None, time.time()
     out_of_time = False
     while step < cfg.steps and not out_of_time:
+        lr = learning_rate(step, cfg, elapsed + time.time() - t0)
         for group in opt.param_groups:
-            group["lr"] = learning_rate(step, cfg, elapsed + time.time() - t0)
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         batch = make_batch(sampler, rng, cfg) if batches is None else next(batches)
         clean, degraded = (t.to(device, non_blocking=True) for t in batch)
         loss = loss_fn(net, degraded, clean, cfg.aux)
@@ -206,44 +235,54 @@ def train(cfg: TrainConfig, sampler: CropSampler, out: Path, resume: bool, devic
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
         opt.step()
+        if ema is not None:
+            update_ema(ema, net, cfg.ema, step)
         step += 1
         # the running loss stays on the device; the host reads it every `LOSS_READ_EVERY` steps, not each step
         running = loss.detach().float() if running is None else 0.98 * running + 0.02 * loss.detach().float()
         bar.update(1)
         if step % LOSS_READ_EVERY == 0 or step % 50 == 0:
             shown = running.item()
-            bar.set_postfix(loss=f"{shown:.4f}", lr=f"{group['lr']:.2e}")
+            bar.set_postfix(loss=f"{shown:.4f}", lr=f"{lr:.2e}")
             if step % 50 == 0:
                 history.append((step, shown))
         out_of_time = cfg.time_budget > 0 and elapsed + time.time() - t0 >= cfg.time_budget
         if step % cfg.checkpoint_every == 0 or step == cfg.steps or out_of_time:
             now = time.time()
             elapsed, t0 = elapsed + now - t0, now
-            _save_checkpoint(ckpt_path, net, opt, step, history, elapsed, rng, cfg)
-            save_weights(net, out / "weights.safetensors", _training_facts(cfg, step, elapsed, history))
+            _save_checkpoint(ckpt_path, net, opt, step, history, elapsed, rng, cfg, ema)
+            save_weights(net if ema is None else ema, out / "weights.safetensors",
+                         _training_facts(cfg, step, elapsed, history))
     bar.close()
     if out_of_time:
         log(f"time budget of {cfg.time_budget:g} s reached at step {step} of {cfg.steps}")
-    return net
+    return net if ema is None else ema
 
 
 def _training_facts(cfg: TrainConfig, step: int, elapsed: float, history: list) -> dict:
     return {"steps": step, "seconds": round(elapsed, 1), "batch": cfg.batch, "crop": cfg.crop, "lr": cfg.lr,
-            "aux": cfg.aux, "seed": cfg.seed, "init": cfg.init, "dark_share": cfg.dark_share, "fade_share": cfg.fade_share,
+            "aux": cfg.aux, "seed": cfg.seed, "init": cfg.init, "fresh_lr_scale": cfg.fresh_lr_scale, "ema": cfg.ema, "dark_share": cfg.dark_share, "fade_share": cfg.fade_share,
             "mixture": cfg.mixture.format(), "time_budget": cfg.time_budget, "workers": cfg.workers,
             "final_loss": history[-1][1] if history else None}
+
+
+def _config_record(config: dict) -> dict:
+    """A model config as a checkpoint stores it: sequences as lists, and the fields added since older
+    checkpoints were written filled in with their defaults (so those still resume)."""
+    full = SIPLConfig().to_dict() | config
+    return {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in full.items()}
 
 
 def _tuple_state(obj):
     return tuple(_tuple_state(o) for o in obj) if isinstance(obj, list) else obj
 
 
-def _save_checkpoint(path: Path, net, opt, step, history, elapsed, rng, cfg: TrainConfig) -> None:
+def _save_checkpoint(path: Path, net, opt, step, history, elapsed, rng, cfg: TrainConfig, ema=None) -> None:
     tmp = path.with_suffix(".tmp")
-    model_config = cfg.model.to_dict() | {"num_blocks": list(cfg.model.num_blocks), "heads": list(cfg.model.heads)}
+    model_config = _config_record(cfg.model.to_dict())
     torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(), "step": step, "history": history,
                 "elapsed": elapsed, "rng": _list_state(rng.getstate()), "torch_rng": torch.get_rng_state(),
-                "model_config": model_config}, tmp)
+                "model_config": model_config, **({} if ema is None else {"ema": ema.state_dict()})}, tmp)
     tmp.replace(path)
 
 
@@ -282,6 +321,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--steps and --batch must be positive; --crop a multiple of 8, at least 16")
     if cfg.workers < 0 or not math.isfinite(cfg.time_budget) or cfg.time_budget < 0:
         p.error("--workers and --time-budget must be >= 0 (0: none)")
+    if not 0 <= cfg.ema < 1 or not cfg.fresh_lr_scale > 0:
+        p.error("--ema must be in [0, 1) (0: off) and --fresh-lr-scale > 0")
     if cfg.init:
         try:
             initial_weights(cfg.init, cfg.model)

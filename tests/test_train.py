@@ -142,3 +142,52 @@ def test_cli_refuses_a_negative_budget_or_worker_count(tmp_path, capsys):
             main(["--images", str(tmp_path), "--out", str(tmp_path / "bad"), "--steps", "1", flag, value])
         assert e.value.code == 2 and "--workers and --time-budget must be >= 0" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+
+
+def test_init_from_a_narrower_file_trains_the_fresh_modules_faster_and_resumes(tmp_path):
+    start = saved_net(tmp_path / "start.safetensors", seed=4)
+    wide = SIPLConfig(**{**TINY.to_dict(), "deconv_bank": (1.0, 2.0), "affine_output": True})
+    state, fresh = initial_weights(tmp_path / "start.safetensors", wide)
+    assert {k.split(".")[0] for k in fresh} == {"bank_embed", "blend_head", "gain_head"}
+    assert all(not state[k].any() for k in fresh)  # zero: the widened network starts as the file's
+    base = dict(batch=2, crop=32, warmup=1, lr=1e-3, min_lr=1e-3, grad_clip=1e9, weight_decay=0.0, model=wide,
+                init=str(tmp_path / "start.safetensors"), fresh_lr_scale=10.0, checkpoint_every=1)
+    messages: list[str] = []
+    net = train(TrainConfig(steps=1, **base), sampler(), tmp_path / "run", resume=False,
+                device=torch.device("cpu"), log=messages.append)
+    assert messages == [f"fine-tuning from {tmp_path / 'start.safetensors'} (5 fresh tensors at 10 x lr)"]
+    after = net.state_dict()
+    old_step = max((after[k] - v).abs().max().item() for k, v in start.state_dict().items())
+    fresh_step = max(after[k].abs().max().item() for k in fresh)
+    # Adam's first step moves each weight by about lr: 1e-3 for the file's weights, 1e-2 for the fresh ones
+    assert old_step == pytest.approx(1e-3, rel=0.05) and fresh_step == pytest.approx(1e-2, rel=0.05)
+    messages.clear()
+    resumed = train(TrainConfig(steps=2, **base), sampler(), tmp_path / "run", resume=True,
+                    device=torch.device("cpu"), log=messages.append)
+    assert messages == [f"resumed from {tmp_path / 'run' / 'checkpoint.pt'} at step 1"]
+    assert load_network(tmp_path / "run" / "weights.safetensors").config == resumed.config == wide
+
+
+def test_weight_average_is_what_the_run_saves_and_resumes(tmp_path):
+    base = dict(batch=2, crop=32, warmup=1, lr=1e-2, min_lr=1e-2, model=TINY, checkpoint_every=1)
+    raw = train(TrainConfig(steps=3, **base), sampler(), tmp_path / "raw", resume=False,
+                device=torch.device("cpu"), log=quiet)
+    averaged = train(TrainConfig(steps=3, ema=0.9, **base), sampler(), tmp_path / "ema", resume=False,
+                     device=torch.device("cpu"), log=quiet)
+    torch.manual_seed(0)  # the seeded start both runs share (train seeds torch before building the network)
+    start = SIPLNet(TINY)
+    k = "patch_embed.weight"
+    moved_raw = (raw.state_dict()[k] - start.state_dict()[k]).abs().mean()
+    moved_avg = (averaged.state_dict()[k] - start.state_dict()[k]).abs().mean()
+    assert 0 < moved_avg < moved_raw  # the average lags behind the last step's weights
+    saved = load_network(tmp_path / "ema" / "weights.safetensors")
+    torch.testing.assert_close(saved.state_dict()[k], averaged.state_dict()[k], atol=1e-3, rtol=0)
+    assert json.loads(read_metadata(tmp_path / "ema" / "weights.safetensors")["facts"])["ema"] == 0.9
+    resumed = train(TrainConfig(steps=4, ema=0.9, **base), sampler(), tmp_path / "ema", resume=True,
+                    device=torch.device("cpu"), log=quiet)
+    assert not torch.equal(resumed.state_dict()[k], averaged.state_dict()[k])
+    with pytest.raises(ValueError, match="no weight average to resume"):
+        train(TrainConfig(steps=4, ema=0.9, **base), sampler(), tmp_path / "raw", resume=True,
+              device=torch.device("cpu"), log=quiet)
+    with pytest.raises(SystemExit):
+        main(["--images", str(tmp_path), "--out", str(tmp_path / "bad"), "--steps", "1", "--ema", "1"])
