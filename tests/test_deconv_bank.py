@@ -84,3 +84,34 @@ def test_a_widened_network_computes_what_it_did_then_learns_more():
         widen(wide, SIPLConfig(**{**wide_cfg.to_dict(), "deconv_bank": (1.0,)}))
     with pytest.raises(ValueError, match="affine_output"):
         widen(wide, SIPLConfig(**{**wide_cfg.to_dict(), "affine_output": False}))
+
+
+def _probe_script():
+    import importlib.util
+    from pathlib import Path
+    spec = importlib.util.spec_from_file_location("probe_bank_blend",
+                                                  Path(__file__).parents[1] / "scripts" / "probe_bank_blend.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_blend_probe_reads_one_weight_per_filter_and_refuses_a_network_without_a_bank(tmp_path, capsys):
+    from PIL import Image
+
+    from restoration.backbones.sipl import save_weights
+    probe = _probe_script()
+    torch.manual_seed(0)
+    net = SIPLNet(SIPLConfig(**{**TINY.to_dict(), "deconv_bank": BANK})).eval()
+    with torch.no_grad():
+        net.blend_head.bias.copy_(torch.tensor([0.1] * 3 + [0.2] * 3 + [0.3] * 3))
+    assert probe.blend_means(net, smooth_image(32)) == pytest.approx([0.1, 0.2, 0.3], abs=1e-6)
+    image = tmp_path / "photo.png"
+    Image.fromarray((smooth_image(40)[0].permute(1, 2, 0) * 255).byte().numpy()).save(image)
+    save_weights(net, tmp_path / "bank.safetensors", half=False)
+    assert probe.main([str(tmp_path / "bank.safetensors"), str(image), "--size", "32", "--specs", "clean,blur:1.5"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3 and lines[1].split()[0] == "clean" and len(lines[2].split()) == 4
+    save_weights(SIPLNet(TINY), tmp_path / "plain.safetensors")
+    assert probe.main([str(tmp_path / "plain.safetensors"), str(image), "--size", "32"]) == 2
+    assert "no deconvolution bank" in capsys.readouterr().err
