@@ -1,7 +1,7 @@
 """Evaluate a restoration backbone on a folder of clean images: degrade, restore, score.
 
     python -m restoration.evaluate --backbone sipl --degradation noise:25 --images DIR --size 128 \
-        --seed 0 --json [--rounds R] [--ensemble N] [--device cpu] [--limit K]
+        --seed 0 --json [--rounds R] [--ensemble N] [--no-post-deconvolution] [--device cpu] [--limit K]
 
 Each image is resized so its short side is --size (bicubic, antialiased), center-cropped to a square,
 degraded with the spec and seed (seed + image index), restored, and scored with PSNR/SSIM on RGB in
@@ -13,6 +13,8 @@ degraded with the spec and seed (seed + image index), restored, and scored with 
      "mean": {same numeric keys}}
 
 `*_single_pass` (SIPL self-refinement turned off) appear only for backbones with `restore_single_pass`.
+The shipped SIPL networks end with their blind post-deconvolution step (`restorer.post_deconvolution` names its
+file), in the refined and in the single pass alike; --no-post-deconvolution measures them without it.
 Logs go to stderr.
 """
 
@@ -53,6 +55,7 @@ class EvalConfig:
     device: str = "cpu"
     limit: int | None = None
     ensemble: int | None = None
+    post_deconvolution: bool = True
 
 
 def _score(restored: torch.Tensor, clean: torch.Tensor) -> dict[str, float]:
@@ -82,10 +85,13 @@ def evaluate_image(restorer: Restorer, clean: torch.Tensor, spec: str, seed: int
 def build_restorer(config: EvalConfig) -> Restorer:
     """The backbone under test; classical baselines get the degradation spec as their hint."""
     name = config.backbone.strip().lower()
-    sipl_only = {k: v for k, v in (("rounds", config.rounds), ("ensemble", config.ensemble)) if v is not None}
+    sipl_only = {k: v for k, v in (("rounds", config.rounds), ("ensemble", config.ensemble),
+                                   ("post_deconvolution", None if config.post_deconvolution else False))
+                 if v is not None}
     known = name in available_backbones() or Path(config.backbone).expanduser().is_file()
     if sipl_only and known and not is_sipl_backbone(config.backbone):  # unknown names get the registry's error
-        raise ValueError(f"--{next(iter(sipl_only))} applies only to SIPL backbones, not {config.backbone!r}")
+        flag = {"post_deconvolution": "no-post-deconvolution"}.get(next(iter(sipl_only)), next(iter(sipl_only)))
+        raise ValueError(f"--{flag} applies only to SIPL backbones, not {config.backbone!r}")
     options: dict[str, Any] = dict(sipl_only)
     if name in CLASSICAL_METHODS:
         options["degradation"] = config.degradation
@@ -160,12 +166,14 @@ def parse_args(argv: list[str] | None = None) -> tuple[EvalConfig, bool]:
     p.add_argument("--rounds", type=int, default=None, help="SIPL self-refinement rounds (SIPL only)")
     p.add_argument("--ensemble", type=int, default=None,
                    help="SIPL geometric self-ensemble: 1, 2, 4 or 8 flipped/rotated copies averaged (default 1)")
+    p.add_argument("--no-post-deconvolution", action="store_true",
+                   help="shipped SIPL networks: leave out the blind post-deconvolution step")
     p.add_argument("--device", default="cpu")
     p.add_argument("--limit", type=int, default=None, help="evaluate at most this many images")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     a = p.parse_args(argv)
     config = EvalConfig(a.backbone, a.degradation, a.images, a.size, a.seed, a.rounds, a.device, a.limit,
-                        a.ensemble)
+                        a.ensemble, not a.no_post_deconvolution)
     return config, a.json
 
 

@@ -43,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.weights} has no deconvolution bank (SIPLConfig.deconv_bank is empty)", file=sys.stderr)
         return 2
     clean = resize_short_side_center_crop(load_image(args.image), args.size)
-    clean = clean[..., : clean.shape[-2] // net.multiple * net.multiple, : clean.shape[-1] // net.multiple * net.multiple]
+    m = net.multiple
+    clean = clean[..., : clean.shape[-2] // m * m, : clean.shape[-1] // m * m]
     print("spec".ljust(20) + "".join(f"{s:>8g}px" for s in net.bank))
     for spec in args.specs.split(","):
         x = clean if spec == "clean" else degrade(clean, spec, 0)[0]

@@ -20,6 +20,10 @@ SIPL_WEIGHTS = {
     "sipl": ASSETS_DIR / "sipl.safetensors",
     "sipl_ablation": ASSETS_DIR / "sipl_ablation.safetensors",
 }
+#: The blind post-deconvolution step trained for each shipped network (`post_deconvolution.py`): on by default
+#: for the registry names; `post_deconvolution=False` turns it off, a path replaces it. A SIPL file given by path
+#: gets none unless a path is given (the step is trained for one network's outputs).
+SIPL_POST_DECONVOLUTION = {name: ASSETS_DIR / f"{name}_post_deconvolution.safetensors" for name in SIPL_WEIGHTS}
 #: Registry names of the weight-free baselines -> `ClassicalRestorer` method.
 CLASSICAL_METHODS = {
     "classical": "auto",
@@ -34,7 +38,7 @@ CLASSICAL_METHODS = {
 DEFAULT_BACKBONE = "sipl"
 
 #: Keyword options each kind of backbone accepts (None-valued options are ignored).
-SIPL_OPTIONS = ("rounds", "tile", "ensemble")
+SIPL_OPTIONS = ("rounds", "tile", "ensemble", "post_deconvolution")
 CLASSICAL_OPTIONS = ("degradation", "default_blur_sigma", "default_sr_scale")
 CHECKPOINT_OPTIONS = ("tile", "overlap")
 #: Suffixes that make a name read as a file path even when the file is missing.
@@ -79,7 +83,13 @@ def _check_options(kind: str, options: dict[str, Any], allowed: tuple[str, ...])
 def _load_sipl(path: Path, device: str, options: dict[str, Any]) -> Restorer:
     from restoration.backbones.sipl import SIPLRestorer  # lazy: the network module is large
 
-    return SIPLRestorer.from_file(path, device=device, **_check_options("SIPL", options, SIPL_OPTIONS))
+    options = _check_options("SIPL", options, SIPL_OPTIONS)
+    post = options.get("post_deconvolution")
+    if post is False:
+        options.pop("post_deconvolution")
+    elif post is not None and (post is True or not isinstance(post, (str, Path))):
+        raise TypeError(f"post_deconvolution must be a file path or False (none), got {post!r}")
+    return SIPLRestorer.from_file(path, device=device, **options)
 
 
 def _unknown_name_error(name: str) -> ValueError:
@@ -95,8 +105,9 @@ def _unknown_name_error(name: str) -> ValueError:
 def create_restorer(name_or_path: str = DEFAULT_BACKBONE, device: str = "cpu", **options: Any) -> Restorer:
     """Build a restorer from a registry name or a checkpoint path (a new instance on every call).
 
-    Options: SIPL `rounds`, `tile`, `ensemble`; classical `degradation` (spec hint), `default_blur_sigma`,
-    `default_sr_scale`; checkpoints `tile`, `overlap`. None-valued options are ignored.
+    Options: SIPL `rounds`, `tile`, `ensemble`, `post_deconvolution` (a file path, or False for none; the shipped
+    names default to their own file); classical `degradation` (spec hint), `default_blur_sigma`, `default_sr_scale`;
+    checkpoints `tile`, `overlap`. None-valued options are ignored.
     """
     if not isinstance(name_or_path, (str, Path)):
         raise TypeError(f"backbone must be a name or a path, got {type(name_or_path).__name__}")
@@ -106,6 +117,9 @@ def create_restorer(name_or_path: str = DEFAULT_BACKBONE, device: str = "cpu", *
         path = SIPL_WEIGHTS[key]
         if not path.is_file():
             raise FileNotFoundError(f"shipped weights for backbone {key!r} are missing: expected {path}")
+        options = dict(options)
+        if options.get("post_deconvolution") is None and SIPL_POST_DECONVOLUTION[key].is_file():
+            options["post_deconvolution"] = SIPL_POST_DECONVOLUTION[key]
         restorer = _load_sipl(path, device, options)
         restorer.name = key
         return restorer

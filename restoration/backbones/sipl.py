@@ -16,6 +16,7 @@ from safetensors.torch import load_file, save_file
 from restoration.backbones.base import Restorer
 from restoration.backbones.ensemble import check_ensemble, self_ensemble
 from restoration.backbones.hashing import weights_sha256
+from restoration.backbones.post_deconvolution import PostDeconvolver, load_post_deconvolver
 from restoration.backbones.sipl_net import SIPLConfig, SIPLNet, self_refine
 from restoration.backbones.tiling import tiled_apply
 
@@ -63,11 +64,14 @@ def load_network(path: str | Path, device: str | torch.device = "cpu") -> SIPLNe
 
 class SIPLRestorer(Restorer):
     """PromptIR + SIPL Proxy Fusion; `rounds` self-refinement rounds (0 = single pass); `ensemble` geometric
-    copies averaged (1, 2, 4 or 8; each costs one more restoration, see `ensemble.self_ensemble`)."""
+    copies averaged (1, 2, 4 or 8; each costs one more restoration, see `ensemble.self_ensemble`); `post` the
+    blind post-deconvolution step (`post_deconvolution.PostDeconvolver`, trained for this network) applied to
+    the whole restored image, after the refined pass and after the single pass alike, or None."""
 
     def __init__(self, net: SIPLNet, name: str = "sipl", weights_hash: str | None = None,
                  rounds: int | None = None, tile: int | None = None, overlap: int = DEFAULT_OVERLAP,
-                 facts: dict[str, Any] | None = None, ensemble: int | None = None):
+                 facts: dict[str, Any] | None = None, ensemble: int | None = None,
+                 post: PostDeconvolver | None = None, post_name: str | None = None):
         self.ensemble = check_ensemble(1 if ensemble is None else ensemble)
         rounds = DEFAULT_ROUNDS if rounds is None else rounds
         if not isinstance(rounds, int) or not 0 <= rounds <= 4:
@@ -81,15 +85,20 @@ class SIPLRestorer(Restorer):
         self.rounds = rounds if net.proxy_fusion is not None else 0
         self.tile, self.overlap = tile, overlap
         self.facts = facts or {}
+        self.post = None if post is None else post.eval().to(self.device)
+        self.post_name = post_name if post is not None else None
 
     @classmethod
     def from_file(cls, path: str | Path, device: str = "cpu", rounds: int | None = None,
                   tile: int | None = None, name: str | None = None,
-                  ensemble: int | None = None) -> SIPLRestorer:
+                  ensemble: int | None = None, post_deconvolution: str | Path | None = None) -> SIPLRestorer:
+        """`post_deconvolution`: the path of a post-deconvolution file trained for this network, or None."""
         facts = json.loads(read_metadata(path).get("facts", "{}")) if Path(path).is_file() else {}
         net = load_network(path, device)
+        post = None if post_deconvolution is None else load_post_deconvolver(post_deconvolution)
         return cls(net, name=name or Path(path).stem, weights_hash=weights_sha256(path), rounds=rounds,
-                   tile=tile, facts=facts, ensemble=ensemble)
+                   tile=tile, facts=facts, ensemble=ensemble, post=post,
+                   post_name=None if post_deconvolution is None else Path(post_deconvolution).name)
 
     @property
     def device(self) -> torch.device:
@@ -97,6 +106,8 @@ class SIPLRestorer(Restorer):
 
     def to(self, device: str | torch.device) -> SIPLRestorer:
         self.net.to(device)
+        if self.post is not None:
+            self.post.to(device)
         return self
 
     def _run(self, x: torch.Tensor, rounds: int) -> torch.Tensor:
@@ -106,7 +117,10 @@ class SIPLRestorer(Restorer):
         with torch.no_grad():  # not inference_mode: callers may use the result in autograd (guidance)
             y = self_ensemble(lambda v: tiled_apply(lambda t: self_refine(self.net, t, rounds), v, self.tile,
                                                     self.overlap, multiple=SIPLNet.multiple), x, self.ensemble)
-        return y.clamp(0, 1)
+            y = y.clamp(0, 1)
+            if self.post is not None and min(x.shape[-2:]) >= 16:  # smaller images: too few frequencies to judge
+                y = self.post(x, y)
+        return y
 
     def restore(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) in [0, 1] -> restored, with `self.rounds` self-refinement rounds."""
@@ -119,4 +133,5 @@ class SIPLRestorer(Restorer):
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "weights_hash": self.weights_hash, "rounds": self.rounds,
                 "ensemble": self.ensemble, "proxy_fusion": self.net.proxy_fusion is not None, "tile": self.tile,
-                "config": self.net.config.to_dict(), "training": self.facts}
+                "config": self.net.config.to_dict(), "training": self.facts,
+                "post_deconvolution": self.post_name}
