@@ -137,6 +137,8 @@ def test_training_command_writes_a_file_the_restorer_loads(tmp_path, capsys):
 def test_registry_wiring(tmp_path):
     shipped = create_restorer("sipl")
     assert shipped.describe()["post_deconvolution"] == "sipl_post_deconvolution.safetensors"
+    assert len(shipped.describe()["post_deconvolution_hash"]) == 64  # lineage records which step ran
+    assert create_restorer("sipl", post_deconvolution=False).describe()["post_deconvolution_hash"] is None
     assert create_restorer("sipl_ablation").post is not None
     assert create_restorer("sipl", post_deconvolution=False).post is None
     save_weights(tiny_net(), tmp_path / "tiny.safetensors")

@@ -71,7 +71,7 @@ class SIPLRestorer(Restorer):
     def __init__(self, net: SIPLNet, name: str = "sipl", weights_hash: str | None = None,
                  rounds: int | None = None, tile: int | None = None, overlap: int = DEFAULT_OVERLAP,
                  facts: dict[str, Any] | None = None, ensemble: int | None = None,
-                 post: PostDeconvolver | None = None, post_name: str | None = None):
+                 post: PostDeconvolver | None = None, post_name: str | None = None, post_hash: str | None = None):
         self.ensemble = check_ensemble(1 if ensemble is None else ensemble)
         rounds = DEFAULT_ROUNDS if rounds is None else rounds
         if not isinstance(rounds, int) or not 0 <= rounds <= 4:
@@ -87,6 +87,7 @@ class SIPLRestorer(Restorer):
         self.facts = facts or {}
         self.post = None if post is None else post.eval().to(self.device)
         self.post_name = post_name if post is not None else None
+        self.post_hash = post_hash if post is not None else None
 
     @classmethod
     def from_file(cls, path: str | Path, device: str = "cpu", rounds: int | None = None,
@@ -95,10 +96,12 @@ class SIPLRestorer(Restorer):
         """`post_deconvolution`: the path of a post-deconvolution file trained for this network, or None."""
         facts = json.loads(read_metadata(path).get("facts", "{}")) if Path(path).is_file() else {}
         net = load_network(path, device)
-        post = None if post_deconvolution is None else load_post_deconvolver(post_deconvolution)
+        post = post_name = post_hash = None
+        if post_deconvolution is not None:
+            post = load_post_deconvolver(post_deconvolution)
+            post_name, post_hash = Path(post_deconvolution).name, weights_sha256(post_deconvolution)
         return cls(net, name=name or Path(path).stem, weights_hash=weights_sha256(path), rounds=rounds,
-                   tile=tile, facts=facts, ensemble=ensemble, post=post,
-                   post_name=None if post_deconvolution is None else Path(post_deconvolution).name)
+                   tile=tile, facts=facts, ensemble=ensemble, post=post, post_name=post_name, post_hash=post_hash)
 
     @property
     def device(self) -> torch.device:
@@ -134,4 +137,4 @@ class SIPLRestorer(Restorer):
         return {"name": self.name, "weights_hash": self.weights_hash, "rounds": self.rounds,
                 "ensemble": self.ensemble, "proxy_fusion": self.net.proxy_fusion is not None, "tile": self.tile,
                 "config": self.net.config.to_dict(), "training": self.facts,
-                "post_deconvolution": self.post_name}
+                "post_deconvolution": self.post_name, "post_deconvolution_hash": self.post_hash}
