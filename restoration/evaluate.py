@@ -85,14 +85,13 @@ def evaluate_image(restorer: Restorer, clean: torch.Tensor, spec: str, seed: int
 def build_restorer(config: EvalConfig) -> Restorer:
     """The backbone under test; classical baselines get the degradation spec as their hint."""
     name = config.backbone.strip().lower()
-    sipl_only = {k: v for k, v in (("rounds", config.rounds), ("ensemble", config.ensemble),
-                                   ("post_deconvolution", None if config.post_deconvolution else False))
-                 if v is not None}
+    flags = {"--rounds": ("rounds", config.rounds), "--ensemble": ("ensemble", config.ensemble),
+             "--no-post-deconvolution": ("post_deconvolution", None if config.post_deconvolution else False)}
+    sipl_only = {flag: option for flag, option in flags.items() if option[1] is not None}
     known = name in available_backbones() or Path(config.backbone).expanduser().is_file()
     if sipl_only and known and not is_sipl_backbone(config.backbone):  # unknown names get the registry's error
-        flag = {"post_deconvolution": "no-post-deconvolution"}.get(next(iter(sipl_only)), next(iter(sipl_only)))
-        raise ValueError(f"--{flag} applies only to SIPL backbones, not {config.backbone!r}")
-    options: dict[str, Any] = dict(sipl_only)
+        raise ValueError(f"{next(iter(sipl_only))} applies only to SIPL backbones, not {config.backbone!r}")
+    options: dict[str, Any] = dict(sipl_only.values())
     if name in CLASSICAL_METHODS:
         options["degradation"] = config.degradation
     return create_restorer(config.backbone, device=config.device, **options)

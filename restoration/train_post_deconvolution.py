@@ -17,7 +17,7 @@ import json
 import logging
 import random
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     facts = {"backbone": args.backbone, "images": args.images, "skimage": args.skimage, "exclude": args.exclude,
-             **{k: v for k, v in vars(cfg).items()}, **report}
+             **asdict(cfg), **report}
     tmp = out.with_name(out.name + ".part")
     save_post_deconvolver(model, tmp, facts)
     tmp.replace(out)

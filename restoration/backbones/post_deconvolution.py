@@ -20,6 +20,10 @@ import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
 from restoration.backbones.deconv_bank import deconvolve_bank
+from restoration.metrics import psnr
+
+#: Images smaller than this (either side) have too few frequencies to judge; the step leaves them alone.
+MIN_SIZE = 16
 
 
 @dataclass(frozen=True)
@@ -69,25 +73,24 @@ def radial_log_power(x: torch.Tensor, bands: int, low: float, high: float) -> to
 
 def spectrum_features(degraded: torch.Tensor, restored: torch.Tensor, config: PostDeconvolutionConfig) -> torch.Tensor:
     """(B, 2 * bands): the radial log power of the degraded input and of the restored image."""
-    if min(degraded.shape[-2:]) < 16:
-        raise ValueError(f"post-deconvolution needs images of at least 16 x 16 px, got {tuple(degraded.shape[-2:])}")
+    if min(degraded.shape[-2:]) < MIN_SIZE:
+        raise ValueError(f"post-deconvolution needs images of at least {MIN_SIZE} x {MIN_SIZE} px, "
+                         f"got {tuple(degraded.shape[-2:])}")
     return torch.cat([radial_log_power(v, config.bands, config.low, config.high) for v in (degraded, restored)], 1)
 
 
 def psnr_gains(restored: torch.Tensor, clean: torch.Tensor, config: PostDeconvolutionConfig) -> torch.Tensor:
     """(B, len(sigmas)): the PSNR change (dB) each filter of the grid makes to `restored` against `clean`:
     the training target."""
-    def mse(v: torch.Tensor) -> torch.Tensor:
-        return (v - clean).pow(2).mean(dim=(-3, -2, -1)).clamp(min=1e-10)
-
     bank = deconvolve_bank(restored, config.sigmas, config.balance).clamp(0, 1)  # (B, n, 3, H, W)
-    base = mse(restored)
-    return torch.stack([10 * torch.log10(base / mse(bank[:, i])) for i in range(bank.shape[1])], 1)
+    base = psnr(restored, clean)
+    return torch.stack([psnr(bank[:, i], clean) - base for i in range(bank.shape[1])], 1)
 
 
 class PostDeconvolver(nn.Module):
     """Predicts each filter's PSNR gain from `spectrum_features`; `forward(degraded, restored)` applies the best
-    one per image where its predicted gain exceeds `config.margin`, and returns the rest unchanged."""
+    one per image where its predicted gain exceeds `config.margin`, and returns the rest (and images under
+    `MIN_SIZE`) unchanged."""
 
     def __init__(self, config: PostDeconvolutionConfig = PostDeconvolutionConfig()):
         super().__init__()
@@ -109,6 +112,8 @@ class PostDeconvolver(nn.Module):
                 for g, i in zip(best.tolist(), index.tolist())]
 
     def forward(self, degraded: torch.Tensor, restored: torch.Tensor) -> torch.Tensor:
+        if min(degraded.shape[-2:]) < MIN_SIZE:
+            return restored
         out = []
         for i, sigma in enumerate(self.choose(degraded, restored)):
             y = restored[i:i + 1]

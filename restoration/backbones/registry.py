@@ -87,7 +87,7 @@ def _load_sipl(path: Path, device: str, options: dict[str, Any]) -> Restorer:
     post = options.get("post_deconvolution")
     if post is False:
         options.pop("post_deconvolution")
-    elif post is not None and (post is True or not isinstance(post, (str, Path))):
+    elif post is not None and not isinstance(post, (str, Path)):
         raise TypeError(f"post_deconvolution must be a file path or False (none), got {post!r}")
     return SIPLRestorer.from_file(path, device=device, **options)
 

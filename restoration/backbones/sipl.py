@@ -121,7 +121,7 @@ class SIPLRestorer(Restorer):
             y = self_ensemble(lambda v: tiled_apply(lambda t: self_refine(self.net, t, rounds), v, self.tile,
                                                     self.overlap, multiple=SIPLNet.multiple), x, self.ensemble)
             y = y.clamp(0, 1)
-            if self.post is not None and min(x.shape[-2:]) >= 16:  # smaller images: too few frequencies to judge
+            if self.post is not None:
                 y = self.post(x, y)
         return y
 
