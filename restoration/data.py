@@ -42,8 +42,12 @@ def skimage_photos(names: tuple[str, ...] = SKIMAGE_PHOTOS) -> list[tuple[str, t
 
 @dataclass(frozen=True)
 class CropConfig:
+    """Crop size (px), the short sides the photos are held at, and whether crops are also rotated by multiples
+    of 90 degrees (off for steps that read an upright scene, such as haze growing toward the horizon)."""
+
     crop: int = 64
     short_sides: tuple[int, ...] = (256, 384, 512, 768)
+    rotate: bool = True
 
 
 class CropSampler:
@@ -88,6 +92,7 @@ class CropSampler:
             x = img[:, top:top + c, left:left + c]
             if rng.random() < 0.5:
                 x = x.flip(-1)
-            x = torch.rot90(x, rng.randrange(4), dims=(-2, -1))
+            if self.config.rotate:
+                x = torch.rot90(x, rng.randrange(4), dims=(-2, -1))
             crops.append(x)
         return torch.stack(crops).float() / 255.0

@@ -584,6 +584,13 @@ class MixtureShares:
 DEFAULT_MIXTURE = MixtureShares()
 
 
+def random_step(name: str, rng: random.Random) -> DegradationStep:
+    """One `name` step with arguments drawn from the training mixture's ranges (not for 'none')."""
+    if name not in _SAMPLERS:
+        raise ValueError(f"no training range for {name!r}; allowed: {', '.join(_SAMPLERS)}")
+    return DegradationStep(name, _SAMPLERS[name](rng))
+
+
 def random_spec(rng: random.Random, shares: MixtureShares = DEFAULT_MIXTURE) -> str:
     """A spec with concrete arguments from the blind all-in-one training mixture; by default 5% clean (identity),
     40% noise (sigma 5-55), 15% noise with blur or jpeg, 25% one other degradation, 15% a composite."""
@@ -599,4 +606,4 @@ def random_spec(rng: random.Random, shares: MixtureShares = DEFAULT_MIXTURE) -> 
         names = (rng.choice(_SINGLES),)
     else:
         names = rng.choice(_COMPOSITES)
-    return format_spec([DegradationStep(n, _SAMPLERS[n](rng)) for n in names])
+    return format_spec([random_step(n, rng) for n in names])

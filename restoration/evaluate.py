@@ -1,7 +1,8 @@
 """Evaluate a restoration backbone on a folder of clean images: degrade, restore, score.
 
     python -m restoration.evaluate --backbone sipl --degradation noise:25 --images DIR --size 128 \
-        --seed 0 --json [--rounds R] [--ensemble N] [--no-post-deconvolution] [--device cpu] [--limit K]
+        --seed 0 --json [--rounds R] [--ensemble N] [--no-post-deconvolution] [--no-post-dehaze | --post-dehaze F]
+        [--device cpu] [--limit K]
 
 Each image is resized so its short side is --size (bicubic, antialiased), center-cropped to a square,
 degraded with the spec and seed (seed + image index), restored, and scored with PSNR/SSIM on RGB in
@@ -13,8 +14,9 @@ degraded with the spec and seed (seed + image index), restored, and scored with 
      "mean": {same numeric keys}}
 
 `*_single_pass` (SIPL self-refinement turned off) appear only for backbones with `restore_single_pass`.
-The shipped SIPL networks end with their blind post-deconvolution step (`restorer.post_deconvolution` names its
-file), in the refined and in the single pass alike; --no-post-deconvolution measures them without it.
+The shipped SIPL networks end with their blind post steps (post-deconvolution, then post-dehazing; `restorer` names
+their files), in the refined and in the single pass alike; --no-post-deconvolution and --no-post-dehaze measure
+them without, --post-dehaze FILE with another post-dehazing file.
 Logs go to stderr.
 """
 
@@ -56,6 +58,7 @@ class EvalConfig:
     limit: int | None = None
     ensemble: int | None = None
     post_deconvolution: bool = True
+    post_dehaze: bool | Path = True  # True: the shipped step (if any), False: none, a path: that file
 
 
 def _score(restored: torch.Tensor, clean: torch.Tensor) -> dict[str, float]:
@@ -86,7 +89,9 @@ def build_restorer(config: EvalConfig) -> Restorer:
     """The backbone under test; classical baselines get the degradation spec as their hint."""
     name = config.backbone.strip().lower()
     flags = {"--rounds": ("rounds", config.rounds), "--ensemble": ("ensemble", config.ensemble),
-             "--no-post-deconvolution": ("post_deconvolution", None if config.post_deconvolution else False)}
+             "--no-post-deconvolution": ("post_deconvolution", None if config.post_deconvolution else False),
+             "--no-post-dehaze / --post-dehaze": ("post_dehaze", None if config.post_dehaze is True else
+                                                  config.post_dehaze)}
     sipl_only = {flag: option for flag, option in flags.items() if option[1] is not None}
     known = name in available_backbones() or Path(config.backbone).expanduser().is_file()
     if sipl_only and known and not is_sipl_backbone(config.backbone):  # unknown names get the registry's error
@@ -167,12 +172,18 @@ def parse_args(argv: list[str] | None = None) -> tuple[EvalConfig, bool]:
                    help="SIPL geometric self-ensemble: 1, 2, 4 or 8 flipped/rotated copies averaged (default 1)")
     p.add_argument("--no-post-deconvolution", action="store_true",
                    help="shipped SIPL networks: leave out the blind post-deconvolution step")
+    dehaze = p.add_mutually_exclusive_group()
+    dehaze.add_argument("--no-post-dehaze", action="store_true",
+                        help="shipped SIPL networks: leave out the blind post-dehazing step")
+    dehaze.add_argument("--post-dehaze", type=Path, default=None, metavar="FILE",
+                        help="SIPL: run this post-dehazing file (train_post_dehaze) instead of the shipped one")
     p.add_argument("--device", default="cpu")
     p.add_argument("--limit", type=int, default=None, help="evaluate at most this many images")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     a = p.parse_args(argv)
     config = EvalConfig(a.backbone, a.degradation, a.images, a.size, a.seed, a.rounds, a.device, a.limit,
-                        a.ensemble, not a.no_post_deconvolution)
+                        a.ensemble, not a.no_post_deconvolution,
+                        False if a.no_post_dehaze else (a.post_dehaze if a.post_dehaze is not None else True))
     return config, a.json
 
 

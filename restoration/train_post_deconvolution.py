@@ -19,6 +19,7 @@ import random
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +28,7 @@ from restoration.backbones import create_restorer, is_sipl_backbone
 from restoration.backbones.base import Restorer
 from restoration.backbones.post_deconvolution import (PostDeconvolutionConfig, PostDeconvolver, psnr_gains,
                                                        save_post_deconvolver, spectrum_features)
+from restoration.backbones.post_step import GainStep
 from restoration.data import CropConfig, CropSampler
 from restoration.degradations import MixtureShares, degrade, random_spec
 from restoration.runtime import tune_allocator
@@ -79,7 +81,7 @@ def make_samples(restorer: Restorer, sampler: CropSampler, cfg: PostTrainConfig,
     return torch.cat(features), torch.cat(gains)
 
 
-def realised_gain(model: PostDeconvolver, features: torch.Tensor, gains: torch.Tensor) -> float:
+def realised_gain(model: GainStep, features: torch.Tensor, gains: torch.Tensor) -> float:
     """The mean PSNR change (dB) the model's choices make on examples with known `gains` (no filter: 0)."""
     with torch.no_grad():
         predicted = model.predict_gains(features)
@@ -88,9 +90,9 @@ def realised_gain(model: PostDeconvolver, features: torch.Tensor, gains: torch.T
     return float(torch.where(best > model.config.margin, chosen, torch.zeros_like(chosen)).mean())
 
 
-def fit(features: torch.Tensor, gains: torch.Tensor, cfg: PostTrainConfig, post: PostDeconvolutionConfig
-        ) -> tuple[PostDeconvolver, dict]:
-    """Fit the predictor on 80 % of the examples; the report scores it on the held-out 20 %."""
+def fit(features: torch.Tensor, gains: torch.Tensor, cfg: PostTrainConfig, post: Any,
+        step: type[GainStep] = PostDeconvolver) -> tuple[GainStep, dict]:
+    """Fit the predictor of a `step(post)` on 80 % of the examples; the report scores it on the held-out 20 %."""
     if len(features) < 10:
         raise ValueError(f"need at least 10 examples to fit and hold out, got {len(features)}")
     g = torch.Generator().manual_seed(cfg.seed)
@@ -98,7 +100,7 @@ def fit(features: torch.Tensor, gains: torch.Tensor, cfg: PostTrainConfig, post:
     cut = int(0.8 * len(features))
     train, held = order[:cut], order[cut:]
     torch.manual_seed(cfg.seed)
-    model = PostDeconvolver(post)
+    model = step(post)
     model.feature_mean.copy_(features[train].mean(0))
     model.feature_std.copy_(features[train].std(0).clamp(min=1e-6))
     target = gains.clamp(-5, 5)

@@ -141,8 +141,15 @@ def bicubic_back_projection(
     return est
 
 
-def _min_filter(x: torch.Tensor, size: int) -> torch.Tensor:
+def min_filter(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Minimum over size x size windows (odd size), same shape."""
     return -F.max_pool2d(-x, size, stride=1, padding=size // 2)
+
+
+def dark_channel_patch(h: int, w: int) -> int:
+    """The dark channel's odd window for an h x w image: 15 px at >= 240 px, less for smaller images, at least 3."""
+    patch = max(3, min(15, min(h, w) // 16))
+    return patch + 1 - patch % 2
 
 
 def _box(x: torch.Tensor, r: int) -> torch.Tensor:
@@ -170,18 +177,17 @@ def dark_channel_dehaze(
     patch: odd min-filter size in px (default scales with the image, 15 at >= 240 px);
     omega keeps a little haze for depth cues; t0 bounds the transmission from below.
     """
-    _, _, h, w = x.shape
     if patch is None:
-        patch = max(3, min(15, min(h, w) // 16))
+        patch = dark_channel_patch(*x.shape[-2:])
     patch = patch + 1 - patch % 2
-    dark = _min_filter(x.amin(dim=1, keepdim=True), patch)
+    dark = min_filter(x.amin(dim=1, keepdim=True), patch)
     # Atmospheric light: mean colour of the 0.1% haziest (brightest dark-channel) pixels.
     flat_dark = dark.flatten(1)
     n_top = max(1, flat_dark.shape[1] // 1000)
     idx = flat_dark.topk(n_top, dim=1).indices
     colours = x.flatten(2).gather(2, idx[:, None, :].expand(-1, x.shape[1], -1))
     airlight = colours.mean(2).clamp_min(0.05)[:, :, None, None]
-    transmission = 1 - omega * _min_filter((x / airlight).amin(dim=1, keepdim=True), patch)
+    transmission = 1 - omega * min_filter((x / airlight).amin(dim=1, keepdim=True), patch)
     gray = x.mean(dim=1, keepdim=True)
     transmission = guided_filter(gray, transmission, radius=max(2, 3 * patch), eps=1e-3)
     return ((x - airlight) / transmission.clamp_min(t0) + airlight).clamp(0, 1)
@@ -297,7 +303,7 @@ def _auto_operation(img: torch.Tensor) -> Operation:
         return Operation("nlm", {"sigma": sigma})
     if float(img.mean()) < 0.2:
         return Operation("brighten", {})
-    dark = _min_filter(img.amin(dim=1, keepdim=True), 5)
+    dark = min_filter(img.amin(dim=1, keepdim=True), 5)
     if float(dark.mean()) > 0.35:
         return Operation("dehaze", {})
     return Operation("nlm", {"sigma": sigma})

@@ -11,19 +11,14 @@ Trained on restored training crops against their clean originals (`python -m res
 """
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-import torch.nn as nn
-from safetensors.torch import load_file, save_file
 
 from restoration.backbones.deconv_bank import deconvolve_bank
+from restoration.backbones.post_step import MIN_SIZE, GainStep, load_gain_step, save_gain_step
 from restoration.metrics import psnr
-
-#: Images smaller than this (either side) have too few frequencies to judge; the step leaves them alone.
-MIN_SIZE = 16
 
 
 @dataclass(frozen=True)
@@ -87,56 +82,31 @@ def psnr_gains(restored: torch.Tensor, clean: torch.Tensor, config: PostDeconvol
     return torch.stack([psnr(bank[:, i], clean) - base for i in range(bank.shape[1])], 1)
 
 
-class PostDeconvolver(nn.Module):
+class PostDeconvolver(GainStep):
     """Predicts each filter's PSNR gain from `spectrum_features`; `forward(degraded, restored)` applies the best
     one per image where its predicted gain exceeds `config.margin`, and returns the rest (and images under
     `MIN_SIZE`) unchanged."""
 
-    def __init__(self, config: PostDeconvolutionConfig = PostDeconvolutionConfig()):
-        super().__init__()
-        self.config = config
-        n = 2 * config.bands
-        self.register_buffer("feature_mean", torch.zeros(n))
-        self.register_buffer("feature_std", torch.ones(n))
-        self.predictor = nn.Sequential(nn.Linear(n, config.hidden), nn.ReLU(), nn.Linear(config.hidden, config.hidden),
-                                       nn.ReLU(), nn.Linear(config.hidden, len(config.sigmas)))
+    arch = "post_deconvolution"
+    trainer = "python -m restoration.train_post_deconvolution"
 
-    def predict_gains(self, features: torch.Tensor) -> torch.Tensor:
-        return self.predictor((features - self.feature_mean) / self.feature_std)
+    def __init__(self, config: PostDeconvolutionConfig = PostDeconvolutionConfig()):
+        super().__init__(config, 2 * config.bands, len(config.sigmas))
+
+    def features(self, degraded: torch.Tensor, restored: torch.Tensor) -> torch.Tensor:
+        return spectrum_features(degraded, restored, self.config)
+
+    def apply_option(self, restored: torch.Tensor, index: int) -> torch.Tensor:
+        return deconvolve_bank(restored, (self.config.sigmas[index],), self.config.balance)[:, 0].clamp(0, 1)
 
     def choose(self, degraded: torch.Tensor, restored: torch.Tensor) -> list[float | None]:
         """Per image, the blur width (px) to deconvolve by, or None for none."""
-        gains = self.predict_gains(spectrum_features(degraded, restored, self.config))
-        best, index = gains.max(dim=1)
-        return [self.config.sigmas[i] if g > self.config.margin else None
-                for g, i in zip(best.tolist(), index.tolist())]
-
-    def forward(self, degraded: torch.Tensor, restored: torch.Tensor) -> torch.Tensor:
-        if min(degraded.shape[-2:]) < MIN_SIZE:
-            return restored
-        out = []
-        for i, sigma in enumerate(self.choose(degraded, restored)):
-            y = restored[i:i + 1]
-            out.append(y if sigma is None else deconvolve_bank(y, (sigma,), self.config.balance)[:, 0].clamp(0, 1))
-        return torch.cat(out)
+        return [None if i is None else self.config.sigmas[i] for i in self.choose_options(degraded, restored)]
 
 
 def save_post_deconvolver(model: PostDeconvolver, path: str | Path, facts: dict | None = None) -> None:
-    state = {k: v.detach().float().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(path), metadata={"arch": "post_deconvolution", "config": json.dumps(model.config.to_dict()),
-                                          "facts": json.dumps(facts or {})})
+    save_gain_step(model, path, facts)
 
 
 def load_post_deconvolver(path: str | Path) -> PostDeconvolver:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"post-deconvolution weights not found: {path} "
-                                "(train them with `python -m restoration.train_post_deconvolution`)")
-    from safetensors import safe_open
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata() or {}
-    if meta.get("arch") != "post_deconvolution":
-        raise ValueError(f"{path} is not a post-deconvolution file (arch={meta.get('arch')!r})")
-    model = PostDeconvolver(PostDeconvolutionConfig.from_dict(json.loads(meta["config"])))
-    model.load_state_dict(load_file(str(path)))
-    return model.eval()
+    return load_gain_step(path, PostDeconvolver, PostDeconvolutionConfig)

@@ -24,6 +24,11 @@ SIPL_WEIGHTS = {
 #: for the registry names; `post_deconvolution=False` turns it off, a path replaces it. A SIPL file given by path
 #: gets none unless a path is given (the step is trained for one network's outputs).
 SIPL_POST_DECONVOLUTION = {name: ASSETS_DIR / f"{name}_post_deconvolution.safetensors" for name in SIPL_WEIGHTS}
+#: The blind post-dehazing step (`post_dehaze.py`) of each shipped network, run after its post-deconvolution step;
+#: the same rules (`post_dehaze=False` turns it off, a path replaces it; on by default where the file ships).
+SIPL_POST_DEHAZE = {name: ASSETS_DIR / f"{name}_post_dehaze.safetensors" for name in SIPL_WEIGHTS}
+#: The post steps' option names -> their shipped files.
+SIPL_POST_STEPS = {"post_deconvolution": SIPL_POST_DECONVOLUTION, "post_dehaze": SIPL_POST_DEHAZE}
 #: Registry names of the weight-free baselines -> `ClassicalRestorer` method.
 CLASSICAL_METHODS = {
     "classical": "auto",
@@ -38,7 +43,7 @@ CLASSICAL_METHODS = {
 DEFAULT_BACKBONE = "sipl"
 
 #: Keyword options each kind of backbone accepts (None-valued options are ignored).
-SIPL_OPTIONS = ("rounds", "tile", "ensemble", "post_deconvolution")
+SIPL_OPTIONS = ("rounds", "tile", "ensemble", *SIPL_POST_STEPS)
 CLASSICAL_OPTIONS = ("degradation", "default_blur_sigma", "default_sr_scale")
 CHECKPOINT_OPTIONS = ("tile", "overlap")
 #: Suffixes that make a name read as a file path even when the file is missing.
@@ -84,11 +89,12 @@ def _load_sipl(path: Path, device: str, options: dict[str, Any]) -> Restorer:
     from restoration.backbones.sipl import SIPLRestorer  # lazy: the network module is large
 
     options = _check_options("SIPL", options, SIPL_OPTIONS)
-    post = options.get("post_deconvolution")
-    if post is False:
-        options.pop("post_deconvolution")
-    elif post is not None and not isinstance(post, (str, Path)):
-        raise TypeError(f"post_deconvolution must be a file path or False (none), got {post!r}")
+    for option in SIPL_POST_STEPS:
+        post = options.get(option)
+        if post is False:
+            options.pop(option)
+        elif post is not None and not isinstance(post, (str, Path)):
+            raise TypeError(f"{option} must be a file path or False (none), got {post!r}")
     return SIPLRestorer.from_file(path, device=device, **options)
 
 
@@ -105,8 +111,8 @@ def _unknown_name_error(name: str) -> ValueError:
 def create_restorer(name_or_path: str = DEFAULT_BACKBONE, device: str = "cpu", **options: Any) -> Restorer:
     """Build a restorer from a registry name or a checkpoint path (a new instance on every call).
 
-    Options: SIPL `rounds`, `tile`, `ensemble`, `post_deconvolution` (a file path, or False for none; the shipped
-    names default to their own file); classical `degradation` (spec hint), `default_blur_sigma`, `default_sr_scale`;
+    Options: SIPL `rounds`, `tile`, `ensemble`, `post_deconvolution` and `post_dehaze` (each a file path, or False
+    for none; the shipped names default to their own files); classical `degradation` (spec hint), `default_blur_sigma`, `default_sr_scale`;
     checkpoints `tile`, `overlap`. None-valued options are ignored.
     """
     if not isinstance(name_or_path, (str, Path)):
@@ -118,8 +124,9 @@ def create_restorer(name_or_path: str = DEFAULT_BACKBONE, device: str = "cpu", *
         if not path.is_file():
             raise FileNotFoundError(f"shipped weights for backbone {key!r} are missing: expected {path}")
         options = dict(options)
-        if options.get("post_deconvolution") is None and SIPL_POST_DECONVOLUTION[key].is_file():
-            options["post_deconvolution"] = SIPL_POST_DECONVOLUTION[key]
+        for option, files in SIPL_POST_STEPS.items():
+            if options.get(option) is None and files[key].is_file():
+                options[option] = files[key]
         restorer = _load_sipl(path, device, options)
         restorer.name = key
         return restorer

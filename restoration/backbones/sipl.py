@@ -17,6 +17,7 @@ from restoration.backbones.base import Restorer
 from restoration.backbones.ensemble import check_ensemble, self_ensemble
 from restoration.backbones.hashing import weights_sha256
 from restoration.backbones.post_deconvolution import PostDeconvolver, load_post_deconvolver
+from restoration.backbones.post_dehaze import PostDehazer, load_post_dehazer
 from restoration.backbones.sipl_net import SIPLConfig, SIPLNet, self_refine
 from restoration.backbones.tiling import tiled_apply
 
@@ -66,12 +67,16 @@ class SIPLRestorer(Restorer):
     """PromptIR + SIPL Proxy Fusion; `rounds` self-refinement rounds (0 = single pass); `ensemble` geometric
     copies averaged (1, 2, 4 or 8; each costs one more restoration, see `ensemble.self_ensemble`); `post` the
     blind post-deconvolution step (`post_deconvolution.PostDeconvolver`, trained for this network) applied to
-    the whole restored image, after the refined pass and after the single pass alike, or None."""
+    the whole restored image, after the refined pass and after the single pass alike, or None; `post_dehaze` the
+    blind post-dehazing step (`post_dehaze.PostDehazer`) applied after it, or None. `*_name` and `*_hash` name their
+    files in `describe()`."""
 
     def __init__(self, net: SIPLNet, name: str = "sipl", weights_hash: str | None = None,
                  rounds: int | None = None, tile: int | None = None, overlap: int = DEFAULT_OVERLAP,
                  facts: dict[str, Any] | None = None, ensemble: int | None = None,
-                 post: PostDeconvolver | None = None, post_name: str | None = None, post_hash: str | None = None):
+                 post: PostDeconvolver | None = None, post_name: str | None = None, post_hash: str | None = None,
+                 post_dehaze: PostDehazer | None = None, post_dehaze_name: str | None = None,
+                 post_dehaze_hash: str | None = None):
         self.ensemble = check_ensemble(1 if ensemble is None else ensemble)
         rounds = DEFAULT_ROUNDS if rounds is None else rounds
         if not isinstance(rounds, int) or not 0 <= rounds <= 4:
@@ -88,20 +93,29 @@ class SIPLRestorer(Restorer):
         self.post = None if post is None else post.eval().to(self.device)
         self.post_name = post_name if post is not None else None
         self.post_hash = post_hash if post is not None else None
+        self.post_dehaze = None if post_dehaze is None else post_dehaze.eval().to(self.device)
+        self.post_dehaze_name = post_dehaze_name if post_dehaze is not None else None
+        self.post_dehaze_hash = post_dehaze_hash if post_dehaze is not None else None
 
     @classmethod
     def from_file(cls, path: str | Path, device: str = "cpu", rounds: int | None = None,
                   tile: int | None = None, name: str | None = None,
-                  ensemble: int | None = None, post_deconvolution: str | Path | None = None) -> SIPLRestorer:
-        """`post_deconvolution`: the path of a post-deconvolution file trained for this network, or None."""
+                  ensemble: int | None = None, post_deconvolution: str | Path | None = None,
+                  post_dehaze: str | Path | None = None) -> SIPLRestorer:
+        """`post_deconvolution`, `post_dehaze`: the paths of post-step files trained for this network, or None."""
         facts = json.loads(read_metadata(path).get("facts", "{}")) if Path(path).is_file() else {}
         net = load_network(path, device)
         post = post_name = post_hash = None
         if post_deconvolution is not None:
             post = load_post_deconvolver(post_deconvolution)
             post_name, post_hash = Path(post_deconvolution).name, weights_sha256(post_deconvolution)
+        dehaze = dehaze_name = dehaze_hash = None
+        if post_dehaze is not None:
+            dehaze = load_post_dehazer(post_dehaze)
+            dehaze_name, dehaze_hash = Path(post_dehaze).name, weights_sha256(post_dehaze)
         return cls(net, name=name or Path(path).stem, weights_hash=weights_sha256(path), rounds=rounds,
-                   tile=tile, facts=facts, ensemble=ensemble, post=post, post_name=post_name, post_hash=post_hash)
+                   tile=tile, facts=facts, ensemble=ensemble, post=post, post_name=post_name, post_hash=post_hash,
+                   post_dehaze=dehaze, post_dehaze_name=dehaze_name, post_dehaze_hash=dehaze_hash)
 
     @property
     def device(self) -> torch.device:
@@ -109,8 +123,9 @@ class SIPLRestorer(Restorer):
 
     def to(self, device: str | torch.device) -> SIPLRestorer:
         self.net.to(device)
-        if self.post is not None:
-            self.post.to(device)
+        for step in (self.post, self.post_dehaze):
+            if step is not None:
+                step.to(device)
         return self
 
     def _run(self, x: torch.Tensor, rounds: int) -> torch.Tensor:
@@ -121,8 +136,9 @@ class SIPLRestorer(Restorer):
             y = self_ensemble(lambda v: tiled_apply(lambda t: self_refine(self.net, t, rounds), v, self.tile,
                                                     self.overlap, multiple=SIPLNet.multiple), x, self.ensemble)
             y = y.clamp(0, 1)
-            if self.post is not None:
-                y = self.post(x, y)
+            for step in (self.post, self.post_dehaze):
+                if step is not None:
+                    y = step(x, y)
         return y
 
     def restore(self, x: torch.Tensor) -> torch.Tensor:
@@ -137,4 +153,5 @@ class SIPLRestorer(Restorer):
         return {"name": self.name, "weights_hash": self.weights_hash, "rounds": self.rounds,
                 "ensemble": self.ensemble, "proxy_fusion": self.net.proxy_fusion is not None, "tile": self.tile,
                 "config": self.net.config.to_dict(), "training": self.facts,
-                "post_deconvolution": self.post_name, "post_deconvolution_hash": self.post_hash}
+                "post_deconvolution": self.post_name, "post_deconvolution_hash": self.post_hash,
+                "post_dehaze": self.post_dehaze_name, "post_dehaze_hash": self.post_dehaze_hash}

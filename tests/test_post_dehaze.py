@@ -1,0 +1,164 @@
+"""The blind post-dehazing step: its features, its training target, its decision, its file, its wiring."""
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from restoration.backbones import create_restorer
+from restoration.backbones.classical import dark_channel_dehaze
+from restoration.backbones.post_deconvolution import PostDeconvolver, save_post_deconvolver
+from restoration.backbones.post_dehaze import (PostDehazeConfig, PostDehazer, dehaze_gains, haze_features,
+                                               load_post_dehazer, save_post_dehazer)
+from restoration.backbones.sipl import SIPLRestorer, save_weights
+from restoration.degradations import add_haze, parse_spec
+from restoration.train_post_deconvolution import PostTrainConfig, fit
+from restoration.train_post_dehaze import main as train_main, sample_spec
+from tests.test_deconv_bank import smooth_image
+from tests.test_sipl import tiny_net
+
+CFG = PostDehazeConfig()
+
+
+def scene(size: int = 64, seed: int = 0) -> torch.Tensor:
+    """A colourful scene with dark detail (a low dark channel, as in haze-free photos)."""
+    g = torch.Generator().manual_seed(seed)
+    x = smooth_image(size, seed) * (0.3 + 0.7 * torch.rand(1, 3, 1, 1, generator=g))
+    return x.clamp(0, 1)
+
+
+def hazed(x: torch.Tensor, beta: float = 1.5) -> torch.Tensor:
+    return add_haze(x, beta, 0.9, torch.Generator().manual_seed(1))[0]
+
+
+def test_features_see_haze_and_refuse_tiny_images():
+    x = scene()
+    f_clean = haze_features(x, x, CFG)
+    f_hazy = haze_features(hazed(x), hazed(x), CFG)
+    assert f_clean.shape == (1, CFG.n_features)
+    cells = CFG.cells**2
+    assert float(f_hazy[0, :cells].mean()) > float(f_clean[0, :cells].mean()) + 0.2  # the dark channel rises
+    assert float(f_hazy[0, 2 * cells:3 * cells].mean()) < float(f_clean[0, 2 * cells:3 * cells].mean())  # contrast
+    with pytest.raises(ValueError, match="at least 16 x 16"):
+        haze_features(x[..., :8, :8], x[..., :8, :8], CFG)
+
+
+def test_gains_reward_dehazing_a_hazed_image_more_than_a_clear_one():
+    x = scene()
+    g_hazy = dehaze_gains(hazed(x), x, CFG)[0]
+    g_clear = dehaze_gains(x, x, CFG)[0]
+    assert g_hazy.shape == (len(CFG.omegas),)
+    assert float(g_hazy.max()) > 1.0  # some strength undoes much of the haze
+    assert float(g_clear.max()) < 0.0  # a clear image only loses
+    assert float(g_hazy[-1]) > float(g_hazy[0])  # strong haze wants a strong omega
+
+
+def _decider(choice: int | None) -> PostDehazer:
+    """A predictor that ignores its input: gain 1 dB for omega `choice` (none: every gain -1 dB)."""
+    model = PostDehazer(CFG)
+    with torch.no_grad():
+        for p in model.predictor.parameters():
+            p.zero_()
+        bias = torch.full((len(CFG.omegas),), -1.0)
+        if choice is not None:
+            bias[choice] = 1.0
+        model.predictor[-1].bias.copy_(bias)
+    return model.eval()
+
+
+def test_the_step_dehazes_at_the_predicted_best_strength_or_not_at_all():
+    x = scene(48)
+    y = hazed(x)
+    with torch.no_grad():
+        applied = _decider(4)(y, y)
+        kept = _decider(None)(y, y)
+        small = _decider(4)(y[..., :8, :8], y[..., :8, :8])
+    assert _decider(4).choose(y, y) == [CFG.omegas[4]]
+    assert torch.allclose(applied, dark_channel_dehaze(y, omega=CFG.omegas[4]))
+    assert torch.equal(kept, y) and torch.equal(small, y[..., :8, :8])
+
+
+def test_file_round_trip_and_clear_errors(tmp_path):
+    save_post_dehazer(_decider(2), tmp_path / "dehaze.safetensors", {"note": "test"})
+    again = load_post_dehazer(tmp_path / "dehaze.safetensors")
+    assert again.config == CFG
+    x = scene(32)
+    assert again.choose(x, x) == [CFG.omegas[2]]
+    with pytest.raises(FileNotFoundError, match="train_post_dehaze"):
+        load_post_dehazer(tmp_path / "missing.safetensors")
+    save_post_deconvolver(PostDeconvolver(), tmp_path / "deconv.safetensors")
+    with pytest.raises(ValueError, match="not a post-dehaze file"):
+        load_post_dehazer(tmp_path / "deconv.safetensors")
+
+
+def test_fit_learns_to_dehaze_only_where_it_pays():
+    # synthetic examples: the dark-channel cells say "hazy" (omega 3 gains 3 dB) or "clear" (every omega loses)
+    g = torch.Generator().manual_seed(0)
+    hazy = torch.rand(400, generator=g) < 0.5
+    features = torch.randn(400, CFG.n_features, generator=g) * 0.1
+    features[:, :CFG.cells**2] += hazy.float()[:, None] * 0.3
+    gains = torch.full((400, len(CFG.omegas)), -2.0)
+    gains[hazy, 3] = 3.0
+    model, report = fit(features, gains, PostTrainConfig(steps=300), CFG, step=PostDehazer)
+    assert isinstance(model, PostDehazer)
+    assert report["held_out_gain_db"] > 0.8 * report["held_out_best_gain_db"] > 0
+    assert 0.3 < report["held_out_applied_share"] < 0.7
+
+
+def test_sample_specs_haze_about_the_asked_share():
+    rng = random.Random(0)
+    specs = [sample_spec(rng, 0.5) for _ in range(400)]
+    with_haze = [s for s in specs if any(step.name == "haze" for step in parse_spec(s))]
+    assert 170 < len(with_haze) < 260  # the other half's mixture draws haze now and then too
+
+
+def test_training_command_writes_a_file_the_restorer_loads(tmp_path, capsys):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(2):
+        arr = (scene(64, seed=i)[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+        Image.fromarray(arr).save(photos / f"p{i}.png")
+    net_path = tmp_path / "tiny.safetensors"
+    save_weights(tiny_net(), net_path)
+    out = tmp_path / "dehaze.safetensors"
+    cache = tmp_path / "cache.pt"
+    args = ["--images", str(photos), "--backbone", str(net_path), "--samples", "16", "--crop", "32", "--batch", "8",
+            "--steps", "20", "--out", str(out), "--samples-cache", str(cache)]
+    assert train_main(args) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["examples"] == 16 and out.is_file() and cache.is_file()
+    assert train_main(args) == 0  # the second run reuses the cached restorations
+    assert json.loads(capsys.readouterr().out) == report
+    restorer = create_restorer(str(net_path), post_dehaze=str(out))
+    assert isinstance(restorer, SIPLRestorer) and restorer.describe()["post_dehaze"] == "dehaze.safetensors"
+    assert len(restorer.describe()["post_dehaze_hash"]) == 64
+    x = torch.rand(1, 3, 32, 32)
+    assert restorer.restore(x).shape == x.shape and restorer.restore_single_pass(x).shape == x.shape
+    with pytest.raises(SystemExit):
+        train_main([*args[:-2], "--haze-share", "1.5"])
+    assert "--haze-share must be in [0, 1]" in capsys.readouterr().err
+
+
+def test_registry_wiring(tmp_path):
+    assert create_restorer("sipl", post_dehaze=False).post_dehaze is None
+    assert create_restorer("sipl", post_dehaze=False).describe()["post_dehaze_hash"] is None
+    save_weights(tiny_net(), tmp_path / "tiny.safetensors")
+    assert create_restorer(str(tmp_path / "tiny.safetensors")).post_dehaze is None  # trained for another network
+    with pytest.raises(TypeError, match="post_dehaze must be a file path or False"):
+        create_restorer("sipl", post_dehaze=True)
+    with pytest.raises(ValueError, match="do not take option.*post_dehaze"):
+        create_restorer("nlm", post_dehaze=False)
+
+
+def test_restorer_runs_the_dehaze_step_last(tmp_path):
+    net = tiny_net()
+    x = scene(32)
+    plain = SIPLRestorer(net)
+    stepped = SIPLRestorer(net, post_dehaze=_decider(1), post_dehaze_name="d")
+    expected = dark_channel_dehaze(plain.restore(x), omega=CFG.omegas[1])
+    assert torch.allclose(stepped.restore(x), expected, atol=1e-6)
+    assert stepped.describe()["post_dehaze"] == "d"
