@@ -1,8 +1,8 @@
 """Evaluate a restoration backbone on a folder of clean images: degrade, restore, score.
 
     python -m restoration.evaluate --backbone sipl --degradation noise:25 --images DIR --size 128 \
-        --seed 0 --json [--rounds R] [--ensemble N] [--no-post-deconvolution] [--no-post-dehaze | --post-dehaze F]
-        [--device cpu] [--limit K]
+        --seed 0 --json [--rounds R] [--ensemble N] [--no-post-deconvolution | --post-deconvolution F]
+        [--no-post-dehaze | --post-dehaze F] [--device cpu] [--limit K]
 
 Each image is resized so its short side is --size (bicubic, antialiased), center-cropped to a square,
 degraded with the spec and seed (seed + image index), restored, and scored with PSNR/SSIM on RGB in
@@ -16,7 +16,7 @@ degraded with the spec and seed (seed + image index), restored, and scored with 
 `*_single_pass` (SIPL self-refinement turned off) appear only for backbones with `restore_single_pass`.
 The shipped SIPL networks end with their blind post steps (post-deconvolution, then post-dehazing; `restorer` names
 their files), in the refined and in the single pass alike; --no-post-deconvolution and --no-post-dehaze measure
-them without, --post-dehaze FILE with another post-dehazing file.
+them without, --post-deconvolution FILE and --post-dehaze FILE with other files.
 Logs go to stderr.
 """
 
@@ -57,8 +57,9 @@ class EvalConfig:
     device: str = "cpu"
     limit: int | None = None
     ensemble: int | None = None
-    post_deconvolution: bool = True
-    post_dehaze: bool | Path = True  # True: the shipped step (if any), False: none, a path: that file
+    # each post step: True the shipped file (if any), False none, a path that file
+    post_deconvolution: bool | Path = True
+    post_dehaze: bool | Path = True
 
 
 def _score(restored: torch.Tensor, clean: torch.Tensor) -> dict[str, float]:
@@ -89,7 +90,8 @@ def build_restorer(config: EvalConfig) -> Restorer:
     """The backbone under test; classical baselines get the degradation spec as their hint."""
     name = config.backbone.strip().lower()
     flags = {"--rounds": ("rounds", config.rounds), "--ensemble": ("ensemble", config.ensemble),
-             "--no-post-deconvolution": ("post_deconvolution", None if config.post_deconvolution else False),
+             "--no-post-deconvolution / --post-deconvolution": ("post_deconvolution", None if config.post_deconvolution
+                                                                is True else config.post_deconvolution),
              "--no-post-dehaze / --post-dehaze": ("post_dehaze", None if config.post_dehaze is True else
                                                   config.post_dehaze)}
     sipl_only = {flag: option for flag, option in flags.items() if option[1] is not None}
@@ -160,6 +162,10 @@ def _run_evaluation(config: EvalConfig) -> dict[str, Any]:
     }
 
 
+def _post_step(off: bool, path: Path | None) -> bool | Path:
+    return False if off else (path if path is not None else True)
+
+
 def parse_args(argv: list[str] | None = None) -> tuple[EvalConfig, bool]:
     p = argparse.ArgumentParser(prog="python -m restoration.evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("--backbone", default="sipl", help="registry name or checkpoint path (default: sipl)")
@@ -170,8 +176,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[EvalConfig, bool]:
     p.add_argument("--rounds", type=int, default=None, help="SIPL self-refinement rounds (SIPL only)")
     p.add_argument("--ensemble", type=int, default=None,
                    help="SIPL geometric self-ensemble: 1, 2, 4 or 8 flipped/rotated copies averaged (default 1)")
-    p.add_argument("--no-post-deconvolution", action="store_true",
-                   help="shipped SIPL networks: leave out the blind post-deconvolution step")
+    deconvolution = p.add_mutually_exclusive_group()
+    deconvolution.add_argument("--no-post-deconvolution", action="store_true",
+                               help="shipped SIPL networks: leave out the blind post-deconvolution step")
+    deconvolution.add_argument("--post-deconvolution", type=Path, default=None, metavar="FILE",
+                               help="SIPL: run this post-deconvolution file (train_post_deconvolution) instead")
     dehaze = p.add_mutually_exclusive_group()
     dehaze.add_argument("--no-post-dehaze", action="store_true",
                         help="shipped SIPL networks: leave out the blind post-dehazing step")
@@ -182,8 +191,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[EvalConfig, bool]:
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     a = p.parse_args(argv)
     config = EvalConfig(a.backbone, a.degradation, a.images, a.size, a.seed, a.rounds, a.device, a.limit,
-                        a.ensemble, not a.no_post_deconvolution,
-                        False if a.no_post_dehaze else (a.post_dehaze if a.post_dehaze is not None else True))
+                        a.ensemble, _post_step(a.no_post_deconvolution, a.post_deconvolution),
+                        _post_step(a.no_post_dehaze, a.post_dehaze))
     return config, a.json
 
 

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from restoration.backbones import create_restorer, is_sipl_backbone
 from restoration.backbones.base import Restorer
-from restoration.backbones.post_deconvolution import (PostDeconvolutionConfig, PostDeconvolver, psnr_gains,
+from restoration.backbones.post_deconvolution import (FINE_GRID, PostDeconvolutionConfig, PostDeconvolver, psnr_gains,
                                                        save_post_deconvolver, spectrum_features)
 from restoration.backbones.post_step import GainStep
 from restoration.data import CropConfig, CropSampler
@@ -34,6 +34,9 @@ from restoration.degradations import MixtureShares, degrade, random_spec
 from restoration.runtime import tune_allocator
 
 log = logging.getLogger("restoration.train_post_deconvolution")
+
+#: The filter grids `--grid` names.
+GRIDS = {"first": PostDeconvolutionConfig(), "fine": FINE_GRID}
 
 #: The mixture for the crops that are not blurred on purpose: more noise combinations than training uses.
 SAMPLE_MIXTURE = MixtureShares(0.1, 0.3, 0.3, 0.2, 0.1)
@@ -50,6 +53,7 @@ class PostTrainConfig:
     weight_decay: float = 1e-3
     sample_seed: int = 1
     seed: int = 0
+    target_clip: float = 5.0  # the fit's targets are clipped to +-this many dB
 
 
 def sample_spec(rng: random.Random, blur_share: float) -> str:
@@ -103,7 +107,7 @@ def fit(features: torch.Tensor, gains: torch.Tensor, cfg: PostTrainConfig, post:
     model = step(post)
     model.feature_mean.copy_(features[train].mean(0))
     model.feature_std.copy_(features[train].std(0).clamp(min=1e-6))
-    target = gains.clamp(-5, 5)
+    target = gains.clamp(-cfg.target_clip, cfg.target_clip)
     opt = torch.optim.AdamW(model.predictor.parameters(), cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.steps)
     for _ in range(cfg.steps):
@@ -139,6 +143,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=PostTrainConfig.seed, help="seed of the fit (split, init)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--samples-cache", default=None, help="save the examples here, or reuse them if it exists")
+    p.add_argument("--grid", choices=sorted(GRIDS), default="first",
+                   help="the filter grid: 'first' (7 widths, the first shipped step) or 'fine' (9 widths x 2 weights)")
     args = p.parse_args(argv)
     if args.samples < 10 or args.crop < 32 or args.batch < 1 or args.steps < 1:
         p.error("--samples must be >= 10, --crop >= 32, --batch >= 1, --steps >= 1")
@@ -157,25 +163,28 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     cfg = PostTrainConfig(samples=args.samples, crop=args.crop, batch=args.batch, blur_share=args.blur_share,
                           steps=args.steps, sample_seed=args.sample_seed, seed=args.seed)
-    post = PostDeconvolutionConfig()
+    post = GRIDS[args.grid]
     cache = Path(args.samples_cache) if args.samples_cache else None
     if cache is not None and cache.is_file():
         data = torch.load(cache, weights_only=True)
         features, gains = data["features"], data["gains"]
         log.info("reusing %d examples from %s", len(features), cache)
+        if gains.shape[1] != len(post.options):
+            raise ValueError(f"{cache} holds gains for {gains.shape[1]} filters, the '{args.grid}' grid has "
+                             f"{len(post.options)}: give another --samples-cache")
     else:
         exclude = tuple(s for s in args.exclude.split(",") if s)
         sampler = CropSampler.from_sources(args.images, args.skimage, CropConfig(crop=cfg.crop), exclude=exclude)
         # the step learns the network's own output: a shipped SIPL name must not bring its post step along
-        restorer = create_restorer(args.backbone, **({"post_deconvolution": False} if is_sipl_backbone(args.backbone)
-                                                      else {}))
+        restorer = create_restorer(args.backbone, **({"post_deconvolution": False, "post_dehaze": False}
+                                                      if is_sipl_backbone(args.backbone) else {}))
         features, gains = make_samples(restorer, sampler, cfg, post)
         if cache is not None:
             torch.save({"features": features, "gains": gains}, cache)
     model, report = fit(features, gains, cfg, post)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    facts = {"backbone": args.backbone, "images": args.images, "skimage": args.skimage, "exclude": args.exclude,
+    facts = {"backbone": args.backbone, "grid": args.grid, "images": args.images, "skimage": args.skimage, "exclude": args.exclude,
              **asdict(cfg), **report}
     tmp = out.with_name(out.name + ".part")
     save_post_deconvolver(model, tmp, facts)

@@ -1,15 +1,17 @@
 """Train the blind post-dehazing step (`restoration.backbones.post_dehaze`) for a restoration backbone.
 
     python -m restoration.train_post_dehaze --images data/photos/train --skimage --exclude Storm,Wood \
-        --backbone sipl --samples 1600 --out assets/sipl_post_dehaze.safetensors
+        --backbone sipl --samples 1200 --out assets/sipl_post_dehaze.safetensors
 
 Makes `--samples` training examples: an upright random crop (a `--fade-share` of them first faded toward a
 bright grey, `restoration.train.fade_some`: misty photos whose target stays misty), degraded (a `--haze-share` of
 them by haze, alone or with rain, noise or snow; the rest by the post-deconvolution step's sample mixture),
 restored by the backbone with everything that runs before this step (its post-deconvolution step included); each
 gives `haze_features` and, against the clean crop, the PSNR change of dehazing at each omega of the grid
-(`dehaze_gains`). Then fits the gain predictor as `train_post_deconvolution.fit` does (80 % / 20 % held out).
-`--samples-cache` keeps the degraded and restored crops, so a change of features needs no new restorations.
+(`dehaze_gains`, for the step's omegas and `--t0`). Then fits the gain predictor as `train_post_deconvolution.fit`
+does (80 % / 20 % held out; `--hidden`, `--steps`, `--weight-decay`, `--target-clip`). `--samples-cache` keeps the
+clean, degraded and restored crops, so another `--t0` or fit needs no new restorations. `--short-sides` sets the
+scales the photos are held at: at the crop size, a crop is nearly the whole scene, as evaluation sees it.
 Logs go to stderr; the summary is one JSON line on stdout.
 """
 from __future__ import annotations
@@ -43,12 +45,15 @@ HAZE_COMBOS: tuple[tuple[str, ...], ...] = (
 
 @dataclass(frozen=True)
 class DehazeTrainConfig:
-    samples: int = 1600
+    samples: int = 1200
     crop: int = 256
     batch: int = 8
     haze_share: float = 0.5
     fade_share: float = 0.25
     sample_seed: int = 1
+    # the photos are held at these short sides (px) before cropping: at the crop size a crop is nearly the whole
+    # scene, as evaluation sees it (sky and horizon in view)
+    short_sides: tuple[int, ...] = (256, 320)
 
 
 def sample_spec(rng: random.Random, haze_share: float) -> str:
@@ -59,11 +64,10 @@ def sample_spec(rng: random.Random, haze_share: float) -> str:
     return random_spec(rng, SAMPLE_MIXTURE)
 
 
-def make_samples(restorer: Restorer, sampler: CropSampler, cfg: DehazeTrainConfig, post: PostDehazeConfig
-                 ) -> dict[str, torch.Tensor]:
-    """{"degraded", "restored" (N, 3, crop, crop) float16, "gains" (N, len(omegas))} for `cfg.samples` crops."""
+def make_samples(restorer: Restorer, sampler: CropSampler, cfg: DehazeTrainConfig) -> dict[str, torch.Tensor]:
+    """{"clean", "degraded", "restored"}: (N, 3, crop, crop) float16 each, for `cfg.samples` crops."""
     rng = random.Random(cfg.sample_seed)
-    degraded_all, restored_all, gains = [], [], []
+    clean_all, degraded_all, restored_all = [], [], []
     done = 0
     while done < cfg.samples:
         n = min(cfg.batch, cfg.samples - done)
@@ -72,17 +76,23 @@ def make_samples(restorer: Restorer, sampler: CropSampler, cfg: DehazeTrainConfi
                               for i in range(n)])
         with torch.inference_mode():
             restored = restorer.restore(degraded).cpu()
-        gains.append(dehaze_gains(restored, clean, post))
+        clean_all.append(clean.half())
         degraded_all.append(degraded.half())
         restored_all.append(restored.half())
         done += n
         log.info("samples %d / %d", done, cfg.samples)
-    return {"degraded": torch.cat(degraded_all), "restored": torch.cat(restored_all), "gains": torch.cat(gains)}
+    return {"clean": torch.cat(clean_all), "degraded": torch.cat(degraded_all), "restored": torch.cat(restored_all)}
 
 
-def features_of(samples: dict[str, torch.Tensor], post: PostDehazeConfig, chunk: int = 64) -> torch.Tensor:
-    return torch.cat([haze_features(samples["degraded"][i:i + chunk].float(), samples["restored"][i:i + chunk].float(),
-                                    post) for i in range(0, len(samples["gains"]), chunk)])
+def features_and_gains(samples: dict[str, torch.Tensor], post: PostDehazeConfig, chunk: int = 64
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """`haze_features` and `dehaze_gains` of every example (the gains for `post`'s omegas and t0)."""
+    features, gains = [], []
+    for i in range(0, len(samples["clean"]), chunk):
+        degraded, restored, clean = (samples[k][i:i + chunk].float() for k in ("degraded", "restored", "clean"))
+        features.append(haze_features(degraded, restored, post))
+        gains.append(dehaze_gains(restored, clean, post))
+    return torch.cat(features), torch.cat(gains)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -97,14 +107,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=DehazeTrainConfig.batch)
     p.add_argument("--haze-share", type=float, default=DehazeTrainConfig.haze_share)
     p.add_argument("--fade-share", type=float, default=DehazeTrainConfig.fade_share)
+    p.add_argument("--short-sides", default=",".join(map(str, DehazeTrainConfig.short_sides)),
+                   help="comma-separated short sides (px) the photos are held at before cropping")
+    p.add_argument("--t0", type=float, default=PostDehazeConfig.t0, help="the dehazing's lower bound on transmission")
+    p.add_argument("--margin", type=float, default=PostDehazeConfig.margin, help="smallest predicted gain (dB) acted on")
+    p.add_argument("--hidden", type=int, default=PostDehazeConfig.hidden, help="width of the predictor")
     p.add_argument("--steps", type=int, default=PostTrainConfig.steps, help="optimiser steps of the fit")
+    p.add_argument("--weight-decay", type=float, default=PostTrainConfig.weight_decay)
+    p.add_argument("--target-clip", type=float, default=PostTrainConfig.target_clip,
+                   help="clip the fit's targets to +- this many dB")
     p.add_argument("--sample-seed", type=int, default=DehazeTrainConfig.sample_seed, help="seed of the examples")
     p.add_argument("--seed", type=int, default=PostTrainConfig.seed, help="seed of the fit (split, init)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--samples-cache", default=None, help="save the examples here, or reuse them if it exists")
     args = p.parse_args(argv)
-    if args.samples < 10 or args.crop < 32 or args.batch < 1 or args.steps < 1:
-        p.error("--samples must be >= 10, --crop >= 32, --batch >= 1, --steps >= 1")
+    if args.samples < 10 or args.crop < 32 or args.batch < 1 or args.steps < 1 or args.hidden < 1:
+        p.error("--samples must be >= 10, --crop >= 32, --batch >= 1, --steps >= 1, --hidden >= 1")
+    try:
+        args.short_sides = tuple(int(v) for v in args.short_sides.split(","))
+    except ValueError:
+        p.error(f"--short-sides must be comma-separated integers, got {args.short_sides!r}")
+    if any(side < args.crop for side in args.short_sides):
+        p.error(f"--short-sides must each be at least --crop ({args.crop}), got {args.short_sides}")
+    if not 0.01 <= args.t0 <= 1.0 or args.target_clip <= 0 or args.weight_decay < 0:
+        p.error("--t0 must be in [0.01, 1], --target-clip > 0, --weight-decay >= 0")
     for flag in ("haze_share", "fade_share"):
         if not 0.0 <= getattr(args, flag) <= 1.0:
             p.error(f"--{flag.replace('_', '-')} must be in [0, 1], got {getattr(args, flag)}")
@@ -120,30 +146,33 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = DehazeTrainConfig(samples=args.samples, crop=args.crop, batch=args.batch, haze_share=args.haze_share,
-                            fade_share=args.fade_share, sample_seed=args.sample_seed)
-    fit_cfg = PostTrainConfig(steps=args.steps, seed=args.seed)
-    post = PostDehazeConfig()
+                            fade_share=args.fade_share, sample_seed=args.sample_seed, short_sides=args.short_sides)
+    fit_cfg = PostTrainConfig(steps=args.steps, seed=args.seed, weight_decay=args.weight_decay,
+                              target_clip=args.target_clip)
+    post = PostDehazeConfig(t0=args.t0, margin=args.margin, hidden=args.hidden)
     cache = Path(args.samples_cache) if args.samples_cache else None
     if cache is not None and cache.is_file():
         samples = torch.load(cache, weights_only=True)
-        log.info("reusing %d examples from %s", len(samples["gains"]), cache)
+        log.info("reusing %d examples from %s", len(samples["clean"]), cache)
     else:
         exclude = tuple(s for s in args.exclude.split(",") if s)
-        sampler = CropSampler.from_sources(args.images, args.skimage, CropConfig(crop=cfg.crop, rotate=False),
+        sampler = CropSampler.from_sources(args.images, args.skimage,
+                                           CropConfig(crop=cfg.crop, short_sides=cfg.short_sides, rotate=False),
                                            exclude=exclude)
         # the step follows everything the backbone runs, its post-deconvolution step included, but not itself
         restorer = create_restorer(args.backbone, **({"post_dehaze": False} if is_sipl_backbone(args.backbone)
                                                       else {}))
-        samples = make_samples(restorer, sampler, cfg, post)
+        samples = make_samples(restorer, sampler, cfg)
         if cache is not None:
             tmp = cache.with_name(cache.name + ".part")
             torch.save(samples, tmp)
             tmp.replace(cache)
-    model, report = fit(features_of(samples, post), samples["gains"], fit_cfg, post, step=PostDehazer)
+    features, gains = features_and_gains(samples, post)
+    model, report = fit(features, gains, fit_cfg, post, step=PostDehazer)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     facts = {"backbone": args.backbone, "images": args.images, "skimage": args.skimage, "exclude": args.exclude,
-             **asdict(cfg), "steps": fit_cfg.steps, "seed": fit_cfg.seed, **report}
+             **asdict(cfg), **{k: v for k, v in asdict(fit_cfg).items() if k not in asdict(cfg)}, **report}
     tmp = out.with_name(out.name + ".part")
     save_post_dehazer(model, tmp, facts)
     tmp.replace(out)

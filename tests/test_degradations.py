@@ -27,6 +27,7 @@ from restoration.degradations import (
     motion_kernel,
     parse_spec,
     random_spec,
+    random_step,
 )
 
 ALL_SPECS = [
@@ -352,3 +353,14 @@ def test_mixture_shares_reweight_the_mixture_and_refuse_bad_shares():
                        ("-0.1,0.5,0.3,0.2,0.1", ">= 0"), ("nan,0.5,0.3,0.1,0.1", ">= 0")):
         with pytest.raises(ValueError, match=match):
             MixtureShares.parse(bad)
+
+
+def test_random_step_draws_in_the_training_ranges_and_names_the_allowed():
+    rng = random.Random(0)
+    for _ in range(50):
+        step = random_step("haze", rng)
+        beta, airlight = step.args
+        assert step.name == "haze" and 0.6 <= beta <= 2.5 and 0.7 <= airlight <= 1.0
+        assert parse_spec(format_spec([step])) == [step]
+    with pytest.raises(ValueError, match="no training range for 'fog'.*allowed: noise"):
+        random_step("fog", rng)

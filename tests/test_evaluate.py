@@ -108,7 +108,7 @@ def test_clear_errors(tmp_path, capsys):
     assert main(["--backbone", "nlm", "--rounds", "2", *args]) == 2
     assert "--rounds applies only to SIPL" in capsys.readouterr().err
     assert main(["--backbone", "nlm", "--no-post-deconvolution", *args]) == 2
-    assert "--no-post-deconvolution applies only to SIPL" in capsys.readouterr().err
+    assert "--no-post-deconvolution / --post-deconvolution applies only to SIPL" in capsys.readouterr().err
     assert main(["--backbone", "nlm", "--no-post-dehaze", *args]) == 2
     assert "--no-post-dehaze / --post-dehaze applies only to SIPL" in capsys.readouterr().err
     assert main(["--backbone", "nlm", "--degradation", "nosie:25", "--images", str(tmp_path / "imgs")]) == 2

@@ -10,11 +10,12 @@ from PIL import Image
 
 from restoration.backbones import create_restorer
 from restoration.backbones.deconv_bank import deconvolve_bank
-from restoration.backbones.post_deconvolution import (PostDeconvolutionConfig, PostDeconvolver, load_post_deconvolver,
+from restoration.backbones.post_deconvolution import (FINE_GRID, PostDeconvolutionConfig, PostDeconvolver, load_post_deconvolver,
                                                        psnr_gains, radial_log_power, save_post_deconvolver,
                                                        spectrum_features)
 from restoration.backbones.sipl import SIPLRestorer, save_weights
 from restoration.degradations import gaussian_blur
+from restoration.metrics import psnr
 from restoration.train_post_deconvolution import PostTrainConfig, fit, main as train_main, sample_spec
 from tests.test_deconv_bank import smooth_image
 from tests.test_sipl import tiny_net
@@ -50,13 +51,13 @@ def test_gains_favour_the_filter_near_the_true_blur_and_are_zero_for_identity():
     assert float(psnr_gains(clean, clean, CFG).max()) < 0  # a sharp image only loses by deconvolution
 
 
-def _decider(choice: int | None) -> PostDeconvolver:
+def _decider(choice: int | None, config: PostDeconvolutionConfig = CFG) -> PostDeconvolver:
     """A predictor that ignores its input: gain 1 dB for filter `choice` (none: every gain -1 dB)."""
-    model = PostDeconvolver(CFG)
+    model = PostDeconvolver(config)
     with torch.no_grad():
         for p in model.predictor.parameters():
             p.zero_()
-        bias = torch.full((len(CFG.sigmas),), -1.0)
+        bias = torch.full((len(config.options),), -1.0)
         if choice is not None:
             bias[choice] = 1.0
         model.predictor[-1].bias.copy_(bias)
@@ -69,9 +70,29 @@ def test_the_step_applies_the_predicted_best_filter_or_nothing():
     with torch.no_grad():
         applied = _decider(3)(x, y)
         kept = _decider(None)(x, y)
-    assert _decider(3).choose(x, y) == [CFG.sigmas[3]]
-    assert torch.allclose(applied, deconvolve_bank(y, (CFG.sigmas[3],), CFG.balance)[:, 0].clamp(0, 1))
+    assert _decider(3).choose(x, y) == [(CFG.sigmas[3], CFG.balances[0])]
+    assert torch.allclose(applied, deconvolve_bank(y, (CFG.sigmas[3],), CFG.balances[0])[:, 0].clamp(0, 1))
     assert torch.equal(kept, y)
+
+
+def test_a_grid_of_two_balances_orders_its_options_balance_outer():
+    x = textured(48)
+    y = gaussian_blur(x, 1.3)
+    fine = FINE_GRID
+    assert len(fine.options) == len(fine.sigmas) * 2 and fine.options[len(fine.sigmas)] == (fine.sigmas[0], 0.003)
+    gains = psnr_gains(y, x, fine)
+    assert gains.shape == (1, len(fine.options))
+    index = len(fine.sigmas) + 4  # sigma 1.4 at balance 0.003
+    with torch.no_grad():
+        out = _decider(index, fine)(x, y)
+    assert torch.allclose(out, deconvolve_bank(y, (1.4,), 0.003)[:, 0].clamp(0, 1))
+    base = float(psnr(y, x))
+    assert float(gains[0, index]) == pytest.approx(float(psnr(out, x)) - base, abs=1e-4)
+
+
+def test_first_version_files_read_one_balance():
+    old = {k: v for k, v in CFG.to_dict().items() if k != "balances"} | {"balance": 0.003}
+    assert PostDeconvolutionConfig.from_dict(old) == CFG
 
 
 def test_file_round_trip_and_clear_errors(tmp_path):
@@ -80,7 +101,7 @@ def test_file_round_trip_and_clear_errors(tmp_path):
     again = load_post_deconvolver(tmp_path / "post.safetensors")
     assert again.config == CFG
     x = textured(32)
-    assert again.choose(x, x) == [CFG.sigmas[2]]
+    assert again.choose(x, x) == [CFG.options[2]]
     with pytest.raises(FileNotFoundError, match="train_post_deconvolution"):
         load_post_deconvolver(tmp_path / "missing.safetensors")
     save_weights(tiny_net(), tmp_path / "net.safetensors")
@@ -154,7 +175,7 @@ def test_restorer_applies_the_step_after_the_network(tmp_path):
     x = textured(32)
     plain = SIPLRestorer(net)
     stepped = SIPLRestorer(net, post=_decider(1), post_name="p")
-    expected = deconvolve_bank(plain.restore(x), (CFG.sigmas[1],), CFG.balance)[:, 0].clamp(0, 1)
+    expected = deconvolve_bank(plain.restore(x), (CFG.sigmas[1],), CFG.balances[0])[:, 0].clamp(0, 1)
     assert torch.allclose(stepped.restore(x), expected, atol=1e-6)
     small = torch.rand(1, 3, 8, 8)
     assert torch.equal(stepped.restore(small), plain.restore(small))  # too small to judge: left alone

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import random
 
 import pytest
 import torch
@@ -191,3 +192,13 @@ def test_weight_average_is_what_the_run_saves_and_resumes(tmp_path):
               device=torch.device("cpu"), log=quiet)
     with pytest.raises(SystemExit):
         main(["--images", str(tmp_path), "--out", str(tmp_path / "bad"), "--steps", "1", "--ema", "1"])
+
+
+def test_upright_crops_are_never_rotated():
+    # a 32 x 64 photo whose crops of 32 px keep their rows: rows differ, columns repeat
+    photo = torch.arange(32, dtype=torch.uint8).mul(8)[:, None].expand(32, 64)[None].expand(3, 32, 64).contiguous()
+    rng = random.Random(0)
+    upright = CropSampler([photo], CropConfig(crop=32, short_sides=(32,), rotate=False)).sample(16, rng)
+    assert all(torch.equal(c[:, :, 0], upright[0][:, :, 0]) for c in upright)  # every crop: the same column profile
+    turned = CropSampler([photo], CropConfig(crop=32, short_sides=(32,))).sample(16, random.Random(0))
+    assert any(not torch.equal(c[:, :, 0], upright[0][:, :, 0]) for c in turned)

@@ -23,16 +23,22 @@ from restoration.metrics import psnr
 
 @dataclass(frozen=True)
 class PostDeconvolutionConfig:
-    """The filter grid (px), the spectrum's bands (cycles per pixel), the Laplacian weight of the filters, the
-    smallest predicted gain (dB) worth applying a filter for, and the width of the predictor."""
+    """The filter grid: blur widths (px) times Laplacian weights (`balances`), every pair one option; the
+    spectrum's bands (cycles per pixel); the smallest predicted gain (dB) worth applying a filter for, and the
+    width of the predictor."""
 
     sigmas: tuple[float, ...] = (0.6, 0.8, 1.0, 1.3, 1.6, 2.0, 2.5)
     bands: int = 24
     low: float = 0.02
     high: float = 0.5
-    balance: float = 0.003
+    balances: tuple[float, ...] = (0.003,)
     margin: float = 0.1
     hidden: int = 64
+
+    @property
+    def options(self) -> tuple[tuple[float, float], ...]:
+        """(sigma, balance) of each filter, balances outer: the predictor's output order."""
+        return tuple((s, b) for b in self.balances for s in self.sigmas)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -41,7 +47,14 @@ class PostDeconvolutionConfig:
     def from_dict(cls, d: dict) -> PostDeconvolutionConfig:
         d = dict(d)
         d["sigmas"] = tuple(float(s) for s in d.get("sigmas", cls.sigmas))
+        if "balance" in d:  # files of the first version: one balance
+            d["balances"] = (d.pop("balance"),)
+        d["balances"] = tuple(float(b) for b in d.get("balances", cls.balances))
         return cls(**d)
+
+
+#: The finer grid (`train_post_deconvolution --grid fine`): 9 widths, each at two Laplacian weights.
+FINE_GRID = PostDeconvolutionConfig(sigmas=(0.6, 0.8, 1.0, 1.2, 1.4, 1.6, 1.8, 2.0, 2.5), balances=(0.001, 0.003))
 
 
 def radial_log_power(x: torch.Tensor, bands: int, low: float, high: float) -> torch.Tensor:
@@ -74,10 +87,15 @@ def spectrum_features(degraded: torch.Tensor, restored: torch.Tensor, config: Po
     return torch.cat([radial_log_power(v, config.bands, config.low, config.high) for v in (degraded, restored)], 1)
 
 
+def filter_bank(restored: torch.Tensor, config: PostDeconvolutionConfig) -> torch.Tensor:
+    """(B, len(options), 3, H, W): `restored` through every filter of the grid, clamped to [0, 1]."""
+    return torch.cat([deconvolve_bank(restored, config.sigmas, b) for b in config.balances], 1).clamp(0, 1)
+
+
 def psnr_gains(restored: torch.Tensor, clean: torch.Tensor, config: PostDeconvolutionConfig) -> torch.Tensor:
-    """(B, len(sigmas)): the PSNR change (dB) each filter of the grid makes to `restored` against `clean`:
+    """(B, len(options)): the PSNR change (dB) each filter of the grid makes to `restored` against `clean`:
     the training target."""
-    bank = deconvolve_bank(restored, config.sigmas, config.balance).clamp(0, 1)  # (B, n, 3, H, W)
+    bank = filter_bank(restored, config)
     base = psnr(restored, clean)
     return torch.stack([psnr(bank[:, i], clean) - base for i in range(bank.shape[1])], 1)
 
@@ -91,17 +109,18 @@ class PostDeconvolver(GainStep):
     trainer = "python -m restoration.train_post_deconvolution"
 
     def __init__(self, config: PostDeconvolutionConfig = PostDeconvolutionConfig()):
-        super().__init__(config, 2 * config.bands, len(config.sigmas))
+        super().__init__(config, 2 * config.bands, len(config.options))
 
     def features(self, degraded: torch.Tensor, restored: torch.Tensor) -> torch.Tensor:
         return spectrum_features(degraded, restored, self.config)
 
     def apply_option(self, restored: torch.Tensor, index: int) -> torch.Tensor:
-        return deconvolve_bank(restored, (self.config.sigmas[index],), self.config.balance)[:, 0].clamp(0, 1)
+        sigma, balance = self.config.options[index]
+        return deconvolve_bank(restored, (sigma,), balance)[:, 0].clamp(0, 1)
 
-    def choose(self, degraded: torch.Tensor, restored: torch.Tensor) -> list[float | None]:
-        """Per image, the blur width (px) to deconvolve by, or None for none."""
-        return [None if i is None else self.config.sigmas[i] for i in self.choose_options(degraded, restored)]
+    def choose(self, degraded: torch.Tensor, restored: torch.Tensor) -> list[tuple[float, float] | None]:
+        """Per image, the (blur width in px, Laplacian weight) of the filter to apply, or None for none."""
+        return [None if i is None else self.config.options[i] for i in self.choose_options(degraded, restored)]
 
 
 def save_post_deconvolver(model: PostDeconvolver, path: str | Path, facts: dict | None = None) -> None:

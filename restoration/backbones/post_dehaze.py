@@ -25,10 +25,12 @@ from restoration.metrics import psnr
 
 @dataclass(frozen=True)
 class PostDehazeConfig:
-    """The dehazing strengths (omega of the dark channel prior), the cells per side of the feature grid, the
-    smallest predicted gain (dB) worth dehazing for, and the width of the predictor."""
+    """The dehazing strengths (omega of the dark channel prior) and its lower bound on the transmission (t0: at
+    most 1 / t0 times the contrast), the cells per side of the feature grid, the smallest predicted gain (dB)
+    worth dehazing for, and the width of the predictor."""
 
     omegas: tuple[float, ...] = (0.2, 0.35, 0.5, 0.65, 0.8, 0.95)
+    t0: float = 0.1
     cells: int = 4
     margin: float = 0.1
     hidden: int = 64
@@ -73,7 +75,8 @@ def dehaze_gains(restored: torch.Tensor, clean: torch.Tensor, config: PostDehaze
     """(B, len(omegas)): the PSNR change (dB) dehazing at each omega makes to `restored` against `clean`: the
     training target."""
     base = psnr(restored, clean)
-    return torch.stack([psnr(dark_channel_dehaze(restored, omega=w), clean) - base for w in config.omegas], 1)
+    return torch.stack([psnr(dark_channel_dehaze(restored, omega=w, t0=config.t0), clean) - base
+                        for w in config.omegas], 1)
 
 
 class PostDehazer(GainStep):
@@ -91,7 +94,7 @@ class PostDehazer(GainStep):
         return haze_features(degraded, restored, self.config)
 
     def apply_option(self, restored: torch.Tensor, index: int) -> torch.Tensor:
-        return dark_channel_dehaze(restored, omega=self.config.omegas[index])
+        return dark_channel_dehaze(restored, omega=self.config.omegas[index], t0=self.config.t0)
 
     def choose(self, degraded: torch.Tensor, restored: torch.Tensor) -> list[float | None]:
         """Per image, the omega to dehaze at, or None for none."""
