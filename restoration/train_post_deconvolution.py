@@ -1,7 +1,7 @@
 """Train the blind post-deconvolution step (`restoration.backbones.post_deconvolution`) for a restoration backbone.
 
     python -m restoration.train_post_deconvolution --images data/photos/train --skimage --exclude Storm,Wood \
-        --backbone sipl --samples 2400 --out assets/post_deconvolution.safetensors
+        --backbone sipl --samples 2400 --grid fine --out assets/sipl_post_deconvolution.safetensors
 
 Makes `--samples` training examples: a random crop, degraded (a `--blur-share` of them by a Gaussian blur, with
 noise half of the time; the rest by the all-in-one training mixture), restored by the backbone; each gives the
@@ -143,8 +143,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=PostTrainConfig.seed, help="seed of the fit (split, init)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--samples-cache", default=None, help="save the examples here, or reuse them if it exists")
-    p.add_argument("--grid", choices=sorted(GRIDS), default="first",
-                   help="the filter grid: 'first' (7 widths, the first shipped step) or 'fine' (9 widths x 2 weights)")
+    p.add_argument("--grid", choices=sorted(GRIDS), default="fine",
+                   help="the filter grid: 'fine' (9 widths x 2 weights, shipped since the thirteenth session) or "
+                        "'first' (7 widths, one weight: the twelfth session's step)")
     args = p.parse_args(argv)
     if args.samples < 10 or args.crop < 32 or args.batch < 1 or args.steps < 1:
         p.error("--samples must be >= 10, --crop >= 32, --batch >= 1, --steps >= 1")

@@ -28,8 +28,13 @@ import torch
 
 from restoration.backbones import create_restorer, is_sipl_backbone
 from restoration.backbones.base import Restorer
-from restoration.backbones.post_dehaze import PostDehazeConfig, PostDehazer, dehaze_gains, haze_features, \
-    save_post_dehazer
+from restoration.backbones.post_dehaze import (
+    PostDehazeConfig,
+    PostDehazer,
+    dehaze_gains,
+    haze_features,
+    save_post_dehazer,
+)
 from restoration.data import CropConfig, CropSampler
 from restoration.degradations import degrade, format_spec, random_spec, random_step
 from restoration.runtime import tune_allocator

@@ -2,7 +2,13 @@ import pytest
 import torch
 from skimage import data
 
-from restoration.backbones.classical import ClassicalRestorer, plan_restoration
+from restoration.backbones.classical import (
+    ClassicalRestorer,
+    _box,
+    dark_channel_dehaze,
+    estimate_haze,
+    plan_restoration,
+)
 from restoration.degradations import degrade
 from restoration.io import resize_short_side_center_crop
 from restoration.metrics import psnr
@@ -63,3 +69,23 @@ def test_errors_name_what_is_allowed():
         ClassicalRestorer("auto", degradation="fog:2")
     with pytest.raises(ValueError, match="B, 3, H, W"):
         ClassicalRestorer("nlm").restore(torch.rand(1, 1, 16, 16))
+
+
+def test_box_filter_is_the_mean_over_the_clipped_window():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(1, 1, 9, 7, generator=g)
+    out = _box(x, 2)
+    for i, j in ((0, 0), (4, 3), (8, 6), (1, 5)):
+        window = x[0, 0, max(0, i - 2):i + 3, max(0, j - 2):j + 3]
+        assert float(out[0, 0, i, j]) == pytest.approx(float(window.mean()), abs=1e-6)
+    # a radius past the image is capped at half of it: the centre's window is then the whole image
+    assert float(_box(x, 50)[0, 0, 4, 3]) == pytest.approx(float(x.mean()), abs=1e-6)
+
+
+def test_one_haze_estimate_serves_every_strength():
+    g = torch.Generator().manual_seed(1)
+    x = (0.4 + 0.5 * torch.rand(2, 3, 48, 40, generator=g)).clamp(0, 1)
+    estimate = estimate_haze(x)
+    assert estimate.airlight.shape == (2, 3, 1, 1) and estimate.haze.shape == (2, 1, 48, 40)
+    for omega, t0 in ((0.5, 0.1), (0.95, 0.4)):
+        assert torch.allclose(estimate.dehaze(x, omega, t0), dark_channel_dehaze(x, omega=omega, t0=t0), atol=1e-6)

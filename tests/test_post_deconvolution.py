@@ -10,13 +10,21 @@ from PIL import Image
 
 from restoration.backbones import create_restorer
 from restoration.backbones.deconv_bank import deconvolve_bank
-from restoration.backbones.post_deconvolution import (FINE_GRID, PostDeconvolutionConfig, PostDeconvolver, load_post_deconvolver,
-                                                       psnr_gains, radial_log_power, save_post_deconvolver,
-                                                       spectrum_features)
+from restoration.backbones.post_deconvolution import (
+    FINE_GRID,
+    PostDeconvolutionConfig,
+    PostDeconvolver,
+    load_post_deconvolver,
+    psnr_gains,
+    radial_log_power,
+    save_post_deconvolver,
+    spectrum_features,
+)
 from restoration.backbones.sipl import SIPLRestorer, save_weights
 from restoration.degradations import gaussian_blur
 from restoration.metrics import psnr
-from restoration.train_post_deconvolution import PostTrainConfig, fit, main as train_main, sample_spec
+from restoration.train_post_deconvolution import PostTrainConfig, fit, sample_spec
+from restoration.train_post_deconvolution import main as train_main
 from tests.test_deconv_bank import smooth_image
 from tests.test_sipl import tiny_net
 

@@ -11,13 +11,23 @@ from PIL import Image
 
 from restoration.backbones import create_restorer
 from restoration.backbones.classical import dark_channel_dehaze
-from restoration.backbones.post_deconvolution import PostDeconvolver, save_post_deconvolver
-from restoration.backbones.post_dehaze import (PostDehazeConfig, PostDehazer, dehaze_gains, haze_features,
-                                               load_post_dehazer, save_post_dehazer)
+from restoration.backbones.post_deconvolution import (
+    PostDeconvolver,
+    save_post_deconvolver,
+)
+from restoration.backbones.post_dehaze import (
+    PostDehazeConfig,
+    PostDehazer,
+    dehaze_gains,
+    haze_features,
+    load_post_dehazer,
+    save_post_dehazer,
+)
 from restoration.backbones.sipl import SIPLRestorer, save_weights
 from restoration.degradations import add_haze, parse_spec
 from restoration.train_post_deconvolution import PostTrainConfig, fit
-from restoration.train_post_dehaze import main as train_main, sample_spec
+from restoration.train_post_dehaze import main as train_main
+from restoration.train_post_dehaze import sample_spec
 from tests.test_deconv_bank import smooth_image
 from tests.test_sipl import tiny_net
 

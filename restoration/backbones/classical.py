@@ -21,7 +21,12 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from skimage.restoration import denoise_nl_means, estimate_sigma, richardson_lucy, wiener
+from skimage.restoration import (
+    denoise_nl_means,
+    estimate_sigma,
+    richardson_lucy,
+    wiener,
+)
 
 from restoration.backbones.base import Restorer
 from restoration.degradations import (
@@ -152,11 +157,22 @@ def dark_channel_patch(h: int, w: int) -> int:
     return patch + 1 - patch % 2
 
 
+def _box_1d(x: torch.Tensor, r: int, dim: int) -> torch.Tensor:
+    # Mean over the window [i - r, i + r] clipped to the image, along `dim`, from a running sum: O(1) per pixel.
+    n = x.shape[dim]
+    c = F.pad(x.float().cumsum(dim).movedim(dim, -1), (1, 0)).movedim(-1, dim)  # c[k] = sum of x[:k]
+    i = torch.arange(n, device=x.device)
+    hi, lo = (i + r + 1).clamp(max=n), (i - r).clamp(min=0)
+    sums = c.index_select(dim, hi) - c.index_select(dim, lo)
+    shape = [1] * x.dim()
+    shape[dim] = n
+    return (sums / (hi - lo).to(sums.dtype).view(shape)).to(x.dtype)
+
+
 def _box(x: torch.Tensor, r: int) -> torch.Tensor:
-    # Separable mean over the (2r+1)^2 window clipped to the image; O(r) per pixel instead of O(r^2).
+    # Separable mean over the (2r+1)^2 window clipped to the image, radius capped at half the image.
     r_h, r_w = min(r, x.shape[-2] // 2), min(r, x.shape[-1] // 2)
-    x = F.avg_pool2d(x, (2 * r_h + 1, 1), stride=1, padding=(r_h, 0), count_include_pad=False)
-    return F.avg_pool2d(x, (1, 2 * r_w + 1), stride=1, padding=(0, r_w), count_include_pad=False)
+    return _box_1d(_box_1d(x, r_h, -2), r_w, -1)
 
 
 def guided_filter(guide: torch.Tensor, src: torch.Tensor, radius: int, eps: float) -> torch.Tensor:
@@ -169,14 +185,23 @@ def guided_filter(guide: torch.Tensor, src: torch.Tensor, radius: int, eps: floa
     return _box(a, radius) * guide + _box(b, radius)
 
 
-def dark_channel_dehaze(
-    x: torch.Tensor, patch: int | None = None, omega: float = 0.95, t0: float = 0.1
-) -> torch.Tensor:
-    """Dark channel prior dehazing (He, Sun and Tang 2009): I = J t + A (1 - t) solved for J.
+@dataclass(frozen=True)
+class HazeEstimate:
+    """The dark channel prior's estimate for (B, 3, H, W) images: the atmospheric light (B, 3, 1, 1) and the
+    guided-filter-refined normalised dark channel (B, 1, H, W); the transmission at strength omega is
+    1 - omega * haze (the guided filter is linear and keeps constants, so refining once serves every omega)."""
 
-    patch: odd min-filter size in px (default scales with the image, 15 at >= 240 px);
-    omega keeps a little haze for depth cues; t0 bounds the transmission from below.
-    """
+    airlight: torch.Tensor
+    haze: torch.Tensor
+
+    def dehaze(self, x: torch.Tensor, omega: float = 0.95, t0: float = 0.1) -> torch.Tensor:
+        transmission = (1 - omega * self.haze).clamp_min(t0)
+        return ((x - self.airlight) / transmission + self.airlight).clamp(0, 1)
+
+
+def estimate_haze(x: torch.Tensor, patch: int | None = None) -> HazeEstimate:
+    """Atmospheric light and refined dark channel of `x` (see `HazeEstimate`); patch: odd min-filter size in px
+    (default scales with the image, 15 at >= 240 px)."""
     if patch is None:
         patch = dark_channel_patch(*x.shape[-2:])
     patch = patch + 1 - patch % 2
@@ -187,10 +212,20 @@ def dark_channel_dehaze(
     idx = flat_dark.topk(n_top, dim=1).indices
     colours = x.flatten(2).gather(2, idx[:, None, :].expand(-1, x.shape[1], -1))
     airlight = colours.mean(2).clamp_min(0.05)[:, :, None, None]
-    transmission = 1 - omega * min_filter((x / airlight).amin(dim=1, keepdim=True), patch)
+    haze = min_filter((x / airlight).amin(dim=1, keepdim=True), patch)
     gray = x.mean(dim=1, keepdim=True)
-    transmission = guided_filter(gray, transmission, radius=max(2, 3 * patch), eps=1e-3)
-    return ((x - airlight) / transmission.clamp_min(t0) + airlight).clamp(0, 1)
+    return HazeEstimate(airlight, guided_filter(gray, haze, radius=max(2, 3 * patch), eps=1e-3))
+
+
+def dark_channel_dehaze(
+    x: torch.Tensor, patch: int | None = None, omega: float = 0.95, t0: float = 0.1
+) -> torch.Tensor:
+    """Dark channel prior dehazing (He, Sun and Tang 2009): I = J t + A (1 - t) solved for J.
+
+    patch: odd min-filter size in px (default scales with the image, 15 at >= 240 px);
+    omega keeps a little haze for depth cues; t0 bounds the transmission from below.
+    """
+    return estimate_haze(x, patch).dehaze(x, omega, t0)
 
 
 def brighten(x: torch.Tensor, target_mean: float = 0.45) -> torch.Tensor:

@@ -18,8 +18,18 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from restoration.backbones.classical import dark_channel_dehaze, dark_channel_patch, min_filter
-from restoration.backbones.post_step import MIN_SIZE, GainStep, load_gain_step, save_gain_step
+from restoration.backbones.classical import (
+    dark_channel_dehaze,
+    dark_channel_patch,
+    estimate_haze,
+    min_filter,
+)
+from restoration.backbones.post_step import (
+    MIN_SIZE,
+    GainStep,
+    load_gain_step,
+    save_gain_step,
+)
 from restoration.metrics import psnr
 
 
@@ -75,8 +85,8 @@ def dehaze_gains(restored: torch.Tensor, clean: torch.Tensor, config: PostDehaze
     """(B, len(omegas)): the PSNR change (dB) dehazing at each omega makes to `restored` against `clean`: the
     training target."""
     base = psnr(restored, clean)
-    return torch.stack([psnr(dark_channel_dehaze(restored, omega=w, t0=config.t0), clean) - base
-                        for w in config.omegas], 1)
+    estimate = estimate_haze(restored)
+    return torch.stack([psnr(estimate.dehaze(restored, w, config.t0), clean) - base for w in config.omegas], 1)
 
 
 class PostDehazer(GainStep):
