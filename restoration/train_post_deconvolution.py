@@ -185,8 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     model, report = fit(features, gains, cfg, post)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    facts = {"backbone": args.backbone, "grid": args.grid, "images": args.images, "skimage": args.skimage, "exclude": args.exclude,
-             **asdict(cfg), **report}
+    facts = {"backbone": args.backbone, "grid": args.grid, "images": args.images, "skimage": args.skimage,
+             "exclude": args.exclude, **asdict(cfg), **report}
     tmp = out.with_name(out.name + ".part")
     save_post_deconvolver(model, tmp, facts)
     tmp.replace(out)

@@ -115,7 +115,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--short-sides", default=",".join(map(str, DehazeTrainConfig.short_sides)),
                    help="comma-separated short sides (px) the photos are held at before cropping")
     p.add_argument("--t0", type=float, default=PostDehazeConfig.t0, help="the dehazing's lower bound on transmission")
-    p.add_argument("--margin", type=float, default=PostDehazeConfig.margin, help="smallest predicted gain (dB) acted on")
+    p.add_argument("--margin", type=float, default=PostDehazeConfig.margin,
+                   help="smallest predicted gain (dB) acted on")
     p.add_argument("--hidden", type=int, default=PostDehazeConfig.hidden, help="width of the predictor")
     p.add_argument("--steps", type=int, default=PostTrainConfig.steps, help="optimiser steps of the fit")
     p.add_argument("--weight-decay", type=float, default=PostTrainConfig.weight_decay)

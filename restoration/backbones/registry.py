@@ -112,8 +112,8 @@ def create_restorer(name_or_path: str = DEFAULT_BACKBONE, device: str = "cpu", *
     """Build a restorer from a registry name or a checkpoint path (a new instance on every call).
 
     Options: SIPL `rounds`, `tile`, `ensemble`, `post_deconvolution` and `post_dehaze` (each a file path, or False
-    for none; the shipped names default to their own files); classical `degradation` (spec hint), `default_blur_sigma`, `default_sr_scale`;
-    checkpoints `tile`, `overlap`. None-valued options are ignored.
+    for none; the shipped names default to their own files); classical `degradation` (spec hint),
+    `default_blur_sigma`, `default_sr_scale`; checkpoints `tile`, `overlap`. None-valued options are ignored.
     """
     if not isinstance(name_or_path, (str, Path)):
         raise TypeError(f"backbone must be a name or a path, got {type(name_or_path).__name__}")
