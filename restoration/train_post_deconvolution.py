@@ -26,9 +26,14 @@ import torch.nn.functional as F
 
 from restoration.backbones import create_restorer, is_sipl_backbone
 from restoration.backbones.base import Restorer
-from restoration.backbones.post_deconvolution import (FINE_GRID, PostDeconvolutionConfig, PostDeconvolver, psnr_gains,
-                                                       save_post_deconvolver, spectrum_features)
-from restoration.backbones.post_step import GainStep
+from restoration.backbones.post_deconvolution import (
+    FINE_GRID,
+    PostDeconvolutionConfig,
+    PostDeconvolver,
+    psnr_gains,
+    spectrum_features,
+)
+from restoration.backbones.post_step import GainStep, save_gain_step
 from restoration.data import CropConfig, CropSampler
 from restoration.degradations import MixtureShares, degrade, random_spec
 from restoration.runtime import tune_allocator
@@ -127,32 +132,58 @@ def fit(features: torch.Tensor, gains: torch.Tensor, cfg: PostTrainConfig, post:
     return model, report
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_common_arguments(p: argparse.ArgumentParser, samples: int, crop: int, batch: int, sample_seed: int) -> None:
+    """The flags every post-step trainer takes (this one and `train_post_dehaze`), with its own defaults."""
     p.add_argument("--images", action="append", default=[], help="folder of clean training photos (repeatable)")
     p.add_argument("--skimage", action="store_true", help="add scikit-image's bundled photos")
     p.add_argument("--exclude", default="", help="comma-separated photo stems to leave out")
     p.add_argument("--backbone", default="sipl", help="the restorer whose outputs the step follows")
     p.add_argument("--out", required=True, help="output .safetensors file")
-    p.add_argument("--samples", type=int, default=PostTrainConfig.samples)
-    p.add_argument("--crop", type=int, default=PostTrainConfig.crop)
-    p.add_argument("--batch", type=int, default=PostTrainConfig.batch)
-    p.add_argument("--blur-share", type=float, default=PostTrainConfig.blur_share)
-    p.add_argument("--steps", type=int, default=PostTrainConfig.steps)
-    p.add_argument("--sample-seed", type=int, default=PostTrainConfig.sample_seed, help="seed of the examples")
+    p.add_argument("--samples", type=int, default=samples)
+    p.add_argument("--crop", type=int, default=crop)
+    p.add_argument("--batch", type=int, default=batch)
+    p.add_argument("--steps", type=int, default=PostTrainConfig.steps, help="optimiser steps of the fit")
+    p.add_argument("--sample-seed", type=int, default=sample_seed, help="seed of the examples")
     p.add_argument("--seed", type=int, default=PostTrainConfig.seed, help="seed of the fit (split, init)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--samples-cache", default=None, help="save the examples here, or reuse them if it exists")
+
+
+def check_common_arguments(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.samples < 10 or args.crop < 32 or args.batch < 1 or args.steps < 1:
+        p.error("--samples must be >= 10, --crop >= 32, --batch >= 1, --steps >= 1")
+    if not str(args.out).endswith(".safetensors"):
+        p.error(f"--out must be a .safetensors file, got {args.out}")
+
+
+def save_atomically(obj: Any, path: Path) -> None:
+    """torch.save through a `.part` file, so an interrupted run leaves no half-written cache."""
+    tmp = path.with_name(path.name + ".part")
+    torch.save(obj, tmp)
+    tmp.replace(path)
+
+
+def save_step(model: GainStep, out: str | Path, facts: dict) -> None:
+    """Write a trained step's file through a `.part` file (its folder made if missing)."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".part")
+    save_gain_step(model, tmp, facts)
+    tmp.replace(out)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_common_arguments(p, PostTrainConfig.samples, PostTrainConfig.crop, PostTrainConfig.batch,
+                         PostTrainConfig.sample_seed)
+    p.add_argument("--blur-share", type=float, default=PostTrainConfig.blur_share)
     p.add_argument("--grid", choices=sorted(GRIDS), default="fine",
                    help="the filter grid: 'fine' (9 widths x 2 weights, shipped since the thirteenth session) or "
                         "'first' (7 widths, one weight: the twelfth session's step)")
     args = p.parse_args(argv)
-    if args.samples < 10 or args.crop < 32 or args.batch < 1 or args.steps < 1:
-        p.error("--samples must be >= 10, --crop >= 32, --batch >= 1, --steps >= 1")
+    check_common_arguments(p, args)
     if not 0.0 <= args.blur_share <= 1.0:
         p.error(f"--blur-share must be in [0, 1], got {args.blur_share}")
-    if not str(args.out).endswith(".safetensors"):
-        p.error(f"--out must be a .safetensors file, got {args.out}")
     return args
 
 
@@ -181,15 +212,11 @@ def main(argv: list[str] | None = None) -> int:
                                                       if is_sipl_backbone(args.backbone) else {}))
         features, gains = make_samples(restorer, sampler, cfg, post)
         if cache is not None:
-            torch.save({"features": features, "gains": gains}, cache)
+            save_atomically({"features": features, "gains": gains}, cache)
     model, report = fit(features, gains, cfg, post)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     facts = {"backbone": args.backbone, "grid": args.grid, "images": args.images, "skimage": args.skimage,
              "exclude": args.exclude, **asdict(cfg), **report}
-    tmp = out.with_name(out.name + ".part")
-    save_post_deconvolver(model, tmp, facts)
-    tmp.replace(out)
+    save_step(model, args.out, facts)
     print(json.dumps(report))
     return 0
 

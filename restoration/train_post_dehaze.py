@@ -33,13 +33,20 @@ from restoration.backbones.post_dehaze import (
     PostDehazer,
     dehaze_gains,
     haze_features,
-    save_post_dehazer,
 )
 from restoration.data import CropConfig, CropSampler
 from restoration.degradations import degrade, format_spec, random_spec, random_step
 from restoration.runtime import tune_allocator
 from restoration.train import fade_some
-from restoration.train_post_deconvolution import SAMPLE_MIXTURE, PostTrainConfig, fit
+from restoration.train_post_deconvolution import (
+    SAMPLE_MIXTURE,
+    PostTrainConfig,
+    add_common_arguments,
+    check_common_arguments,
+    fit,
+    save_atomically,
+    save_step,
+)
 
 log = logging.getLogger("restoration.train_post_dehaze")
 
@@ -102,14 +109,8 @@ def features_and_gains(samples: dict[str, torch.Tensor], post: PostDehazeConfig,
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--images", action="append", default=[], help="folder of clean training photos (repeatable)")
-    p.add_argument("--skimage", action="store_true", help="add scikit-image's bundled photos")
-    p.add_argument("--exclude", default="", help="comma-separated photo stems to leave out")
-    p.add_argument("--backbone", default="sipl", help="the restorer whose outputs the step follows")
-    p.add_argument("--out", required=True, help="output .safetensors file")
-    p.add_argument("--samples", type=int, default=DehazeTrainConfig.samples)
-    p.add_argument("--crop", type=int, default=DehazeTrainConfig.crop)
-    p.add_argument("--batch", type=int, default=DehazeTrainConfig.batch)
+    add_common_arguments(p, DehazeTrainConfig.samples, DehazeTrainConfig.crop, DehazeTrainConfig.batch,
+                         DehazeTrainConfig.sample_seed)
     p.add_argument("--haze-share", type=float, default=DehazeTrainConfig.haze_share)
     p.add_argument("--fade-share", type=float, default=DehazeTrainConfig.fade_share)
     p.add_argument("--short-sides", default=",".join(map(str, DehazeTrainConfig.short_sides)),
@@ -118,17 +119,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--margin", type=float, default=PostDehazeConfig.margin,
                    help="smallest predicted gain (dB) acted on")
     p.add_argument("--hidden", type=int, default=PostDehazeConfig.hidden, help="width of the predictor")
-    p.add_argument("--steps", type=int, default=PostTrainConfig.steps, help="optimiser steps of the fit")
     p.add_argument("--weight-decay", type=float, default=PostTrainConfig.weight_decay)
     p.add_argument("--target-clip", type=float, default=PostTrainConfig.target_clip,
                    help="clip the fit's targets to +- this many dB")
-    p.add_argument("--sample-seed", type=int, default=DehazeTrainConfig.sample_seed, help="seed of the examples")
-    p.add_argument("--seed", type=int, default=PostTrainConfig.seed, help="seed of the fit (split, init)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    p.add_argument("--samples-cache", default=None, help="save the examples here, or reuse them if it exists")
     args = p.parse_args(argv)
-    if args.samples < 10 or args.crop < 32 or args.batch < 1 or args.steps < 1 or args.hidden < 1:
-        p.error("--samples must be >= 10, --crop >= 32, --batch >= 1, --steps >= 1, --hidden >= 1")
+    check_common_arguments(p, args)
+    if args.hidden < 1:
+        p.error(f"--hidden must be >= 1, got {args.hidden}")
     try:
         args.short_sides = tuple(int(v) for v in args.short_sides.split(","))
     except ValueError:
@@ -140,8 +137,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for flag in ("haze_share", "fade_share"):
         if not 0.0 <= getattr(args, flag) <= 1.0:
             p.error(f"--{flag.replace('_', '-')} must be in [0, 1], got {getattr(args, flag)}")
-    if not str(args.out).endswith(".safetensors"):
-        p.error(f"--out must be a .safetensors file, got {args.out}")
     return args
 
 
@@ -170,18 +165,12 @@ def main(argv: list[str] | None = None) -> int:
                                                       else {}))
         samples = make_samples(restorer, sampler, cfg)
         if cache is not None:
-            tmp = cache.with_name(cache.name + ".part")
-            torch.save(samples, tmp)
-            tmp.replace(cache)
+            save_atomically(samples, cache)
     features, gains = features_and_gains(samples, post)
     model, report = fit(features, gains, fit_cfg, post, step=PostDehazer)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     facts = {"backbone": args.backbone, "images": args.images, "skimage": args.skimage, "exclude": args.exclude,
              **asdict(cfg), **{k: v for k, v in asdict(fit_cfg).items() if k not in asdict(cfg)}, **report}
-    tmp = out.with_name(out.name + ".part")
-    save_post_dehazer(model, tmp, facts)
-    tmp.replace(out)
+    save_step(model, args.out, facts)
     print(json.dumps(report))
     return 0
 

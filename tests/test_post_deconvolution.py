@@ -20,6 +20,7 @@ from restoration.backbones.post_deconvolution import (
     save_post_deconvolver,
     spectrum_features,
 )
+from restoration.backbones.post_step import GainStep
 from restoration.backbones.sipl import SIPLRestorer, save_weights
 from restoration.degradations import gaussian_blur
 from restoration.metrics import psnr
@@ -59,17 +60,21 @@ def test_gains_favour_the_filter_near_the_true_blur_and_are_zero_for_identity():
     assert float(psnr_gains(clean, clean, CFG).max()) < 0  # a sharp image only loses by deconvolution
 
 
-def _decider(choice: int | None, config: PostDeconvolutionConfig = CFG) -> PostDeconvolver:
-    """A predictor that ignores its input: gain 1 dB for filter `choice` (none: every gain -1 dB)."""
-    model = PostDeconvolver(config)
+def constant_decider(model: GainStep, choice: int | None) -> GainStep:
+    """`model` with a predictor that ignores its input: gain 1 dB for option `choice`, -1 dB for the others (none:
+    every gain -1 dB)."""
     with torch.no_grad():
         for p in model.predictor.parameters():
             p.zero_()
-        bias = torch.full((len(config.options),), -1.0)
+        bias = torch.full((model.predictor[-1].out_features,), -1.0)
         if choice is not None:
             bias[choice] = 1.0
         model.predictor[-1].bias.copy_(bias)
     return model.eval()
+
+
+def _decider(choice: int | None, config: PostDeconvolutionConfig = CFG) -> PostDeconvolver:
+    return constant_decider(PostDeconvolver(config), choice)
 
 
 def test_the_step_applies_the_predicted_best_filter_or_nothing():

@@ -21,14 +21,15 @@ from restoration.backbones.post_dehaze import (
     dehaze_gains,
     haze_features,
     load_post_dehazer,
-    save_post_dehazer,
 )
+from restoration.backbones.post_step import save_gain_step
 from restoration.backbones.sipl import SIPLRestorer, save_weights
 from restoration.degradations import add_haze, parse_spec
 from restoration.train_post_deconvolution import PostTrainConfig, fit
 from restoration.train_post_dehaze import main as train_main
 from restoration.train_post_dehaze import sample_spec
 from tests.test_deconv_bank import smooth_image
+from tests.test_post_deconvolution import constant_decider
 from tests.test_sipl import tiny_net
 
 CFG = PostDehazeConfig()
@@ -68,16 +69,7 @@ def test_gains_reward_dehazing_a_hazed_image_more_than_a_clear_one():
 
 
 def _decider(choice: int | None) -> PostDehazer:
-    """A predictor that ignores its input: gain 1 dB for omega `choice` (none: every gain -1 dB)."""
-    model = PostDehazer(CFG)
-    with torch.no_grad():
-        for p in model.predictor.parameters():
-            p.zero_()
-        bias = torch.full((len(CFG.omegas),), -1.0)
-        if choice is not None:
-            bias[choice] = 1.0
-        model.predictor[-1].bias.copy_(bias)
-    return model.eval()
+    return constant_decider(PostDehazer(CFG), choice)
 
 
 def test_the_step_dehazes_at_the_predicted_best_strength_or_not_at_all():
@@ -93,7 +85,7 @@ def test_the_step_dehazes_at_the_predicted_best_strength_or_not_at_all():
 
 
 def test_file_round_trip_and_clear_errors(tmp_path):
-    save_post_dehazer(_decider(2), tmp_path / "dehaze.safetensors", {"note": "test"})
+    save_gain_step(_decider(2), tmp_path / "dehaze.safetensors", {"note": "test"})
     again = load_post_dehazer(tmp_path / "dehaze.safetensors")
     assert again.config == CFG
     x = scene(32)

@@ -17,7 +17,12 @@ from pathlib import Path
 import torch
 
 from restoration.backbones.deconv_bank import deconvolve_bank
-from restoration.backbones.post_step import MIN_SIZE, GainStep, load_gain_step, save_gain_step
+from restoration.backbones.post_step import (
+    MIN_SIZE,
+    GainStep,
+    load_gain_step,
+    save_gain_step,
+)
 from restoration.metrics import psnr
 
 
@@ -118,9 +123,10 @@ class PostDeconvolver(GainStep):
         sigma, balance = self.config.options[index]
         return deconvolve_bank(restored, (sigma,), balance)[:, 0].clamp(0, 1)
 
-    def choose(self, degraded: torch.Tensor, restored: torch.Tensor) -> list[tuple[float, float] | None]:
-        """Per image, the (blur width in px, Laplacian weight) of the filter to apply, or None for none."""
-        return [None if i is None else self.config.options[i] for i in self.choose_options(degraded, restored)]
+    @property
+    def option_values(self) -> tuple[tuple[float, float], ...]:
+        """(blur width in px, Laplacian weight) of each filter."""
+        return self.config.options
 
 
 def save_post_deconvolver(model: PostDeconvolver, path: str | Path, facts: dict | None = None) -> None:

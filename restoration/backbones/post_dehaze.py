@@ -28,7 +28,6 @@ from restoration.backbones.post_step import (
     MIN_SIZE,
     GainStep,
     load_gain_step,
-    save_gain_step,
 )
 from restoration.metrics import psnr
 
@@ -106,13 +105,10 @@ class PostDehazer(GainStep):
     def apply_option(self, restored: torch.Tensor, index: int) -> torch.Tensor:
         return dark_channel_dehaze(restored, omega=self.config.omegas[index], t0=self.config.t0)
 
-    def choose(self, degraded: torch.Tensor, restored: torch.Tensor) -> list[float | None]:
-        """Per image, the omega to dehaze at, or None for none."""
-        return [None if i is None else self.config.omegas[i] for i in self.choose_options(degraded, restored)]
-
-
-def save_post_dehazer(model: PostDehazer, path: str | Path, facts: dict | None = None) -> None:
-    save_gain_step(model, path, facts)
+    @property
+    def option_values(self) -> tuple[float, ...]:
+        """The dehazing strength omega of each option."""
+        return self.config.omegas
 
 
 def load_post_dehazer(path: str | Path) -> PostDehazer:

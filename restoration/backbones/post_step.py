@@ -53,6 +53,11 @@ class GainStep(nn.Module):
         """Option `index` applied to restored (1, 3, H, W) -> same shape in [0, 1]."""
         raise NotImplementedError
 
+    @property
+    def option_values(self) -> tuple:
+        """What each option is (e.g. its blur width, its strength), in the predictor's output order."""
+        raise NotImplementedError
+
     def predict_gains(self, features: torch.Tensor) -> torch.Tensor:
         return self.predictor((features - self.feature_mean) / self.feature_std)
 
@@ -61,6 +66,10 @@ class GainStep(nn.Module):
         gains = self.predict_gains(self.features(degraded, restored))
         best, index = gains.max(dim=1)
         return [i if g > self.config.margin else None for g, i in zip(best.tolist(), index.tolist())]
+
+    def choose(self, degraded: torch.Tensor, restored: torch.Tensor) -> list[Any]:
+        """Per image, the `option_values` entry to apply, or None for none."""
+        return [None if i is None else self.option_values[i] for i in self.choose_options(degraded, restored)]
 
     def forward(self, degraded: torch.Tensor, restored: torch.Tensor) -> torch.Tensor:
         if min(degraded.shape[-2:]) < MIN_SIZE:
