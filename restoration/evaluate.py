@@ -2,7 +2,7 @@
 
     python -m restoration.evaluate --backbone sipl --degradation noise:25 --images DIR --size 128 \
         --seed 0 --json [--rounds R] [--ensemble N] [--no-post-deconvolution | --post-deconvolution F]
-        [--no-post-dehaze | --post-dehaze F] [--device cpu] [--limit K]
+        [--no-post-dehaze | --post-dehaze F] [--scene-context] [--device cpu] [--limit K]
 
 Each image is resized so its short side is --size (bicubic, antialiased), center-cropped to a square,
 degraded with the spec and seed (seed + image index), restored, and scored with PSNR/SSIM on RGB in
@@ -16,7 +16,8 @@ degraded with the spec and seed (seed + image index), restored, and scored with 
 `*_single_pass` (SIPL self-refinement turned off) appear only for backbones with `restore_single_pass`.
 The shipped SIPL networks end with their blind post steps (post-deconvolution, then post-dehazing; `restorer` names
 their files), in the refined and in the single pass alike; --no-post-deconvolution and --no-post-dehaze measure
-them without, --post-deconvolution FILE and --post-dehaze FILE with other files.
+them without, --post-deconvolution FILE and --post-dehaze FILE with other files. --scene-context adds the
+scene-context pass (`backbones/scene_context.py`, any backbone, off by default).
 Logs go to stderr.
 """
 
@@ -60,6 +61,7 @@ class EvalConfig:
     # each post step: True the shipped file (if any), False none, a path that file
     post_deconvolution: bool | Path = True
     post_dehaze: bool | Path = True
+    scene_context: bool = False
 
 
 def _score(restored: torch.Tensor, clean: torch.Tensor) -> dict[str, float]:
@@ -101,7 +103,7 @@ def build_restorer(config: EvalConfig) -> Restorer:
     options: dict[str, Any] = dict(sipl_only.values())
     if name in CLASSICAL_METHODS:
         options["degradation"] = config.degradation
-    return create_restorer(config.backbone, device=config.device, **options)
+    return create_restorer(config.backbone, device=config.device, scene_context=config.scene_context, **options)
 
 
 def run_evaluation(config: EvalConfig) -> dict[str, Any]:
@@ -186,13 +188,15 @@ def parse_args(argv: list[str] | None = None) -> tuple[EvalConfig, bool]:
                         help="shipped SIPL networks: leave out the blind post-dehazing step")
     dehaze.add_argument("--post-dehaze", type=Path, default=None, metavar="FILE",
                         help="SIPL: run this post-dehazing file (train_post_dehaze) instead of the shipped one")
+    p.add_argument("--scene-context", action="store_true",
+                   help="add the scene-context pass: a coarse run's low frequencies where it sees haze (off by default)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--limit", type=int, default=None, help="evaluate at most this many images")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     a = p.parse_args(argv)
     config = EvalConfig(a.backbone, a.degradation, a.images, a.size, a.seed, a.rounds, a.device, a.limit,
                         a.ensemble, _post_step(a.no_post_deconvolution, a.post_deconvolution),
-                        _post_step(a.no_post_dehaze, a.post_dehaze))
+                        _post_step(a.no_post_dehaze, a.post_dehaze), a.scene_context)
     return config, a.json
 
 

@@ -6,7 +6,7 @@ A round's `start` image is the restoration (round 0) or the previous round's ref
 every `Round` keeps its lineage: parent round id, the selection that guided its refinement, seeds, configs.
 
 Headless:
-    python -m restoration.tpo --input IMG [--degradation SPEC] [--gt IMG] [--backbone NAME]
+    python -m restoration.tpo --input IMG [--degradation SPEC] [--gt IMG] [--backbone NAME] [--scene-context]
         [--prior NAME_OR_PATH] [--selector METRIC[,METRIC...]] [--candidates N] [--rounds R] [--size N]
         [--seed S] --out DIR --json
 """
@@ -196,6 +196,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--degradation", default="", help="degrade the input first, e.g. noise:25 (seeded)")
     p.add_argument("--gt", type=Path, help="ground-truth image for PSNR (implied by --degradation)")
     p.add_argument("--backbone", default="sipl")
+    p.add_argument("--scene-context", action="store_true",
+                   help="add the scene-context pass to the backbone (a coarse run's low frequencies where it sees haze)")
     p.add_argument("--prior", default="default")
     p.add_argument("--selector", default=",".join(DEFAULT_SELECTOR), help="pyiqa metrics, comma-separated")
     p.add_argument("--candidates", type=int, default=CandidateConfig().num_candidates)
@@ -256,7 +258,8 @@ def main(argv: list[str] | None = None) -> int:
                            candidates=replace(CandidateConfig(), num_candidates=a.candidates, seed=a.seed),
                            refine=replace(refine, seed=a.seed), device=a.device,
                            precision=resolve_precision(a.precision, a.device))
-        engine = TPOEngine(config, restorer=create_restorer(a.backbone, a.device), prior=None)
+        engine = TPOEngine(config, restorer=create_restorer(a.backbone, a.device, scene_context=a.scene_context),
+                           prior=None)
         engine.prior.set_inference_format(compile_mode=a.compile)
     except (ValueError, FileNotFoundError, KeyError) as exc:
         log(f"error: {exc}")

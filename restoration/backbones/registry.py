@@ -113,8 +113,22 @@ def create_restorer(name_or_path: str = DEFAULT_BACKBONE, device: str = "cpu", *
 
     Options: SIPL `rounds`, `tile`, `ensemble`, `post_deconvolution` and `post_dehaze` (each a file path, or False
     for none; the shipped names default to their own files); classical `degradation` (spec hint),
-    `default_blur_sigma`, `default_sr_scale`; checkpoints `tile`, `overlap`. None-valued options are ignored.
+    `default_blur_sigma`, `default_sr_scale`; checkpoints `tile`, `overlap`; every backbone `scene_context`
+    (True adds the scene-context pass, `scene_context.py`; off by default). None-valued options are ignored.
     """
+    options = dict(options)
+    scene_context = options.pop("scene_context", None)
+    if scene_context not in (None, True, False):
+        raise TypeError(f"scene_context must be True or False, got {scene_context!r}")
+    restorer = _create(name_or_path, device, options)
+    if scene_context:
+        from restoration.backbones.scene_context import SceneContextRestorer
+
+        restorer = SceneContextRestorer(restorer)
+    return restorer
+
+
+def _create(name_or_path: str, device: str, options: dict[str, Any]) -> Restorer:
     if not isinstance(name_or_path, (str, Path)):
         raise TypeError(f"backbone must be a name or a path, got {type(name_or_path).__name__}")
     text = str(name_or_path).strip()
@@ -123,7 +137,6 @@ def create_restorer(name_or_path: str = DEFAULT_BACKBONE, device: str = "cpu", *
         path = SIPL_WEIGHTS[key]
         if not path.is_file():
             raise FileNotFoundError(f"shipped weights for backbone {key!r} are missing: expected {path}")
-        options = dict(options)
         for option, files in SIPL_POST_STEPS.items():
             if options.get(option) is None and files[key].is_file():
                 options[option] = files[key]
