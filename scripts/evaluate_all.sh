@@ -37,4 +37,13 @@ for spec in noise:15 noise:50 blur:1.5 motion:15 sr:2 sr:4 jpeg:30 rain haze sno
   for b in sipl sipl_ablation classical; do ev "$b" "$spec" "$photos/eval" "singles/${tag}_$b"; done
 done
 $py scripts/summarize_results.py "$out"/singles/*.json > "$out/singles/SUMMARY.md"
+# the scene-context pass (an option, off by default; validation decided it, evaluation photos after)
+mkdir -p "$out/scene_context"
+for set in val eval; do
+  for spec in rain+haze haze noise:25 noise:15+blur:1.5 none rain; do
+    tag=$(echo "$spec" | tr ':+.' '__p')
+    for b in sipl sipl_ablation; do ev "$b" "$spec" "$photos/$set" "scene_context/${set}_${b}_$tag" --scene-context; done
+  done
+done
+$py scripts/summarize_results.py "$out"/scene_context/*.json > "$out/scene_context/SUMMARY.md"
 $py scripts/summarize_results.py "$out"/*.json > "$out/SUMMARY.md"; cat "$out/SUMMARY.md"
