@@ -64,6 +64,12 @@ class EvalConfig:
     scene_context: bool = False
 
 
+#: Each post step's option (an `EvalConfig` field and a `create_restorer` option) -> its name in help texts and its
+#: trainer; each gets the flags --no-OPTION and --OPTION FILE.
+POST_STEP_FLAGS = {"post_deconvolution": ("post-deconvolution", "train_post_deconvolution"),
+                   "post_dehaze": ("post-dehazing", "train_post_dehaze")}
+
+
 def _score(restored: torch.Tensor, clean: torch.Tensor) -> dict[str, float]:
     return {"psnr": float(psnr(restored, clean)[0]), "ssim": float(ssim(restored, clean)[0])}
 
@@ -91,11 +97,10 @@ def evaluate_image(restorer: Restorer, clean: torch.Tensor, spec: str, seed: int
 def build_restorer(config: EvalConfig) -> Restorer:
     """The backbone under test; classical baselines get the degradation spec as their hint."""
     name = config.backbone.strip().lower()
-    flags = {"--rounds": ("rounds", config.rounds), "--ensemble": ("ensemble", config.ensemble),
-             "--no-post-deconvolution / --post-deconvolution": ("post_deconvolution", None if config.post_deconvolution
-                                                                is True else config.post_deconvolution),
-             "--no-post-dehaze / --post-dehaze": ("post_dehaze", None if config.post_dehaze is True else
-                                                  config.post_dehaze)}
+    flags = {"--rounds": ("rounds", config.rounds), "--ensemble": ("ensemble", config.ensemble)}
+    for option in POST_STEP_FLAGS:
+        value = getattr(config, option)
+        flags[f"--no-{_flag(option)} / --{_flag(option)}"] = (option, None if value is True else value)
     sipl_only = {flag: option for flag, option in flags.items() if option[1] is not None}
     known = name in available_backbones() or Path(config.backbone).expanduser().is_file()
     if sipl_only and known and not is_sipl_backbone(config.backbone):  # unknown names get the registry's error
@@ -164,6 +169,10 @@ def _run_evaluation(config: EvalConfig) -> dict[str, Any]:
     }
 
 
+def _flag(option: str) -> str:
+    return option.replace("_", "-")
+
+
 def _post_step(off: bool, path: Path | None) -> bool | Path:
     return False if off else (path if path is not None else True)
 
@@ -178,25 +187,21 @@ def parse_args(argv: list[str] | None = None) -> tuple[EvalConfig, bool]:
     p.add_argument("--rounds", type=int, default=None, help="SIPL self-refinement rounds (SIPL only)")
     p.add_argument("--ensemble", type=int, default=None,
                    help="SIPL geometric self-ensemble: 1, 2, 4 or 8 flipped/rotated copies averaged (default 1)")
-    deconvolution = p.add_mutually_exclusive_group()
-    deconvolution.add_argument("--no-post-deconvolution", action="store_true",
-                               help="shipped SIPL networks: leave out the blind post-deconvolution step")
-    deconvolution.add_argument("--post-deconvolution", type=Path, default=None, metavar="FILE",
-                               help="SIPL: run this post-deconvolution file (train_post_deconvolution) instead")
-    dehaze = p.add_mutually_exclusive_group()
-    dehaze.add_argument("--no-post-dehaze", action="store_true",
-                        help="shipped SIPL networks: leave out the blind post-dehazing step")
-    dehaze.add_argument("--post-dehaze", type=Path, default=None, metavar="FILE",
-                        help="SIPL: run this post-dehazing file (train_post_dehaze) instead of the shipped one")
+    for option, (words, trainer) in POST_STEP_FLAGS.items():
+        group = p.add_mutually_exclusive_group()
+        group.add_argument(f"--no-{_flag(option)}", action="store_true",
+                           help=f"shipped SIPL networks: leave out the blind {words} step")
+        group.add_argument(f"--{_flag(option)}", type=Path, default=None, metavar="FILE",
+                           help=f"SIPL: run this {words} file ({trainer}) instead of the shipped one")
     p.add_argument("--scene-context", action="store_true",
                    help="add the scene-context pass: a coarse run's low frequencies where it sees haze (off by default)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--limit", type=int, default=None, help="evaluate at most this many images")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     a = p.parse_args(argv)
+    steps = {option: _post_step(getattr(a, f"no_{option}"), getattr(a, option)) for option in POST_STEP_FLAGS}
     config = EvalConfig(a.backbone, a.degradation, a.images, a.size, a.seed, a.rounds, a.device, a.limit,
-                        a.ensemble, _post_step(a.no_post_deconvolution, a.post_deconvolution),
-                        _post_step(a.no_post_dehaze, a.post_dehaze), a.scene_context)
+                        a.ensemble, scene_context=a.scene_context, **steps)
     return config, a.json
 
 

@@ -148,3 +148,14 @@ def test_cuda_evaluation_runs_in_full_float32_and_restores_the_settings(monkeypa
         assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
+
+
+def test_every_post_step_has_its_flags():
+    from restoration.backbones.registry import SIPL_POST_STEPS
+    from restoration.evaluate import POST_STEP_FLAGS, EvalConfig, parse_args
+
+    assert set(POST_STEP_FLAGS) == set(SIPL_POST_STEPS)
+    base = ["--degradation", "noise:25", "--images", "x"]
+    config, _ = parse_args([*base, "--no-post-dehaze", "--post-deconvolution", "f.safetensors"])
+    assert config.post_dehaze is False and config.post_deconvolution == Path("f.safetensors")
+    assert parse_args(base)[0] == EvalConfig("sipl", "noise:25", Path("x"))
