@@ -18,8 +18,8 @@ import torch
 
 from restoration.backbones.deconv_bank import deconvolve_bank
 from restoration.backbones.post_step import (
-    MIN_SIZE,
     GainStep,
+    check_min_size,
     load_gain_step,
     save_gain_step,
 )
@@ -86,9 +86,7 @@ def radial_log_power(x: torch.Tensor, bands: int, low: float, high: float) -> to
 
 def spectrum_features(degraded: torch.Tensor, restored: torch.Tensor, config: PostDeconvolutionConfig) -> torch.Tensor:
     """(B, 2 * bands): the radial log power of the degraded input and of the restored image."""
-    if min(degraded.shape[-2:]) < MIN_SIZE:
-        raise ValueError(f"post-deconvolution needs images of at least {MIN_SIZE} x {MIN_SIZE} px, "
-                         f"got {tuple(degraded.shape[-2:])}")
+    check_min_size(degraded, "post-deconvolution")
     return torch.cat([radial_log_power(v, config.bands, config.low, config.high) for v in (degraded, restored)], 1)
 
 
@@ -108,7 +106,7 @@ def psnr_gains(restored: torch.Tensor, clean: torch.Tensor, config: PostDeconvol
 class PostDeconvolver(GainStep):
     """Predicts each filter's PSNR gain from `spectrum_features`; `forward(degraded, restored)` applies the best
     one per image where its predicted gain exceeds `config.margin`, and returns the rest (and images under
-    `MIN_SIZE`) unchanged."""
+    `post_step.MIN_SIZE`) unchanged."""
 
     arch = "post_deconvolution"
     trainer = "python -m restoration.train_post_deconvolution"

@@ -25,8 +25,8 @@ from restoration.backbones.classical import (
     min_filter,
 )
 from restoration.backbones.post_step import (
-    MIN_SIZE,
     GainStep,
+    check_min_size,
     load_gain_step,
 )
 from restoration.metrics import psnr
@@ -74,9 +74,7 @@ def _image_features(x: torch.Tensor, cells: int) -> torch.Tensor:
 
 def haze_features(degraded: torch.Tensor, restored: torch.Tensor, config: PostDehazeConfig) -> torch.Tensor:
     """(B, config.n_features): `_image_features` of the degraded input and of the restored image."""
-    if min(degraded.shape[-2:]) < MIN_SIZE:
-        raise ValueError(f"post-dehazing needs images of at least {MIN_SIZE} x {MIN_SIZE} px, "
-                         f"got {tuple(degraded.shape[-2:])}")
+    check_min_size(degraded, "post-dehazing")
     return torch.cat([_image_features(v, config.cells) for v in (degraded, restored)], 1)
 
 
@@ -91,7 +89,7 @@ def dehaze_gains(restored: torch.Tensor, clean: torch.Tensor, config: PostDehaze
 class PostDehazer(GainStep):
     """Predicts each omega's PSNR gain from `haze_features`; `forward(degraded, restored)` dehazes each image at
     the best omega where its predicted gain exceeds `config.margin`, and returns the rest (and images under
-    `MIN_SIZE`) unchanged."""
+    `post_step.MIN_SIZE`) unchanged."""
 
     arch = "post_dehaze"
     trainer = "python -m restoration.train_post_dehaze"

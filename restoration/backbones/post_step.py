@@ -22,6 +22,12 @@ from safetensors.torch import load_file, save_file
 #: Images smaller than this (either side) give too little to judge; a post step leaves them alone.
 MIN_SIZE = 16
 
+
+def check_min_size(x: torch.Tensor, step: str) -> None:
+    """A clear error when (B, C, H, W) `x` is under `MIN_SIZE` on either side (`step` names the step)."""
+    if min(x.shape[-2:]) < MIN_SIZE:
+        raise ValueError(f"{step} needs images of at least {MIN_SIZE} x {MIN_SIZE} px, got {tuple(x.shape[-2:])}")
+
 Step = TypeVar("Step", bound="GainStep")
 
 
