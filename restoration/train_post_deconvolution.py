@@ -149,6 +149,14 @@ def add_common_arguments(p: argparse.ArgumentParser, samples: int, crop: int, ba
     p.add_argument("--samples-cache", default=None, help="save the examples here, or reuse them if it exists")
 
 
+def start_process(args: argparse.Namespace) -> None:
+    """What both trainers' commands set up first: logs on stderr, the allocator, `--threads`."""
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
+    tune_allocator()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+
 def check_common_arguments(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.samples < 10 or args.crop < 32 or args.batch < 1 or args.steps < 1:
         p.error("--samples must be >= 10, --crop >= 32, --batch >= 1, --steps >= 1")
@@ -188,11 +196,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
     args = parse_args(argv)
-    tune_allocator()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    start_process(args)
     cfg = PostTrainConfig(samples=args.samples, crop=args.crop, batch=args.batch, blur_share=args.blur_share,
                           steps=args.steps, sample_seed=args.sample_seed, seed=args.seed)
     post = GRIDS[args.grid]

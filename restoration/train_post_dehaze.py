@@ -20,7 +20,6 @@ import argparse
 import json
 import logging
 import random
-import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -36,7 +35,6 @@ from restoration.backbones.post_dehaze import (
 )
 from restoration.data import CropConfig, CropSampler
 from restoration.degradations import degrade, format_spec, random_spec, random_step
-from restoration.runtime import tune_allocator
 from restoration.train import fade_some
 from restoration.train_post_deconvolution import (
     SAMPLE_MIXTURE,
@@ -46,6 +44,7 @@ from restoration.train_post_deconvolution import (
     fit,
     save_atomically,
     save_step,
+    start_process,
 )
 
 log = logging.getLogger("restoration.train_post_dehaze")
@@ -141,11 +140,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
     args = parse_args(argv)
-    tune_allocator()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    start_process(args)
     cfg = DehazeTrainConfig(samples=args.samples, crop=args.crop, batch=args.batch, haze_share=args.haze_share,
                             fade_share=args.fade_share, sample_seed=args.sample_seed, short_sides=args.short_sides)
     fit_cfg = PostTrainConfig(steps=args.steps, seed=args.seed, weight_decay=args.weight_decay,

@@ -108,9 +108,10 @@ class SceneContextRestorer(Restorer):
         shape = coarse_shape(x.shape[-2], x.shape[-1], self.config)
         if shape is None:
             return restored
-        coarse = restore(F.interpolate(x.to(restored), size=shape, mode="area"))
+        x = x.to(restored)
+        coarse = restore(F.interpolate(x, size=shape, mode="area"))
         with torch.no_grad():
-            return fuse_scene_context(x.to(restored), restored, coarse, self.config)[0]
+            return fuse_scene_context(x, restored, coarse, self.config)[0]
 
     def restore(self, x: torch.Tensor) -> torch.Tensor:
         return self._run(x, self.inner.restore)
