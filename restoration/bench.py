@@ -89,6 +89,7 @@ class BenchConfig:
     warmup: int = 1
     naive: bool = True
     label: str = ""
+    gpu_memory_cap_gb: float = 0.0  # on CUDA: allocations past this many GiB fail (0: the whole device)
 
 
 # ---- the naive reference: one candidate at a time through stock diffusers schedulers -------------
@@ -343,6 +344,21 @@ def peak_memory_mb(device: str) -> float:
     return rss / 2**20 if platform.system() == "Darwin" else rss / 2**10  # bytes on macOS, KiB on Linux
 
 
+def cap_gpu_memory(device: str, cap_gb: float) -> float | None:
+    """Make CUDA allocations past `cap_gb` GiB fail (torch.cuda.set_per_process_memory_fraction), so a run that
+    finishes proves the cap holds; returns the fraction of the device set, None when there is no cap."""
+    if not cap_gb:
+        return None
+    if not device.startswith("cuda"):
+        raise ValueError("a GPU memory cap needs a CUDA device")
+    total = torch.cuda.get_device_properties(torch.device(device)).total_memory
+    fraction = cap_gb * 2**30 / total
+    if not 0 < fraction <= 1:
+        raise ValueError(f"a GPU memory cap of {cap_gb:g} GiB does not fit this device's {total / 2**30:.1f} GiB")
+    torch.cuda.set_per_process_memory_fraction(fraction, torch.device(device))
+    return fraction
+
+
 def run_bench(config: BenchConfig, log: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
     """Load the backbone and prior, warm up, time R rounds and R naive candidate loops; the result dict.
 
@@ -361,6 +377,7 @@ def _run_bench(config: BenchConfig, log: Callable[[str], None]) -> dict[str, Any
 
     torch.set_num_threads(config.threads or available_cpus())
     dev = config.device
+    cap_gpu_memory(dev, config.gpu_memory_cap_gb)
     candidates = replace(CandidateConfig(), num_candidates=config.candidates, seed=config.seed)
     if config.steps:
         candidates = replace(candidates, steps=config.steps)
@@ -402,6 +419,7 @@ def _run_bench(config: BenchConfig, log: Callable[[str], None]) -> dict[str, Any
     finally:
         counter.remove()
     peak = peak_memory_mb(dev)  # before the sync census, which is one more round
+    reserved = torch.cuda.max_memory_reserved(dev) / 2**20 if dev.startswith("cuda") else None
     syncs = count_cuda_syncs(engine, degraded, config)
     if syncs is not None:
         log("host waits on the GPU per stage: " + ", ".join(f"{k} {v}" for k, v in syncs.items()))
@@ -436,6 +454,8 @@ def _run_bench(config: BenchConfig, log: Callable[[str], None]) -> dict[str, Any
         "naive_candidates_seconds": naive_s,
         "speedup_vs_naive": naive_s / median["candidates"] if naive_s and median["candidates"] > 0 else None,
         "peak_memory_mb": peak,
+        "peak_reserved_mb": reserved,  # CUDA: what the caching allocator held at most (None off CUDA)
+        "gpu_memory_cap_gb": config.gpu_memory_cap_gb or None,
         "naive_max_abs_diff": diff,
         "naive_psnr_db": psnr_db,
         "unet_samples": samples,
@@ -488,6 +508,9 @@ def _parse(argv: list[str] | None) -> tuple[BenchConfig, bool]:
     p.add_argument("--refine-steps", type=int, default=0, help="refinement DDIM steps (0: the engine's default)")
     p.add_argument("--warmup", type=int, default=1, help="untimed warm-up rounds before the timed ones")
     p.add_argument("--no-naive", action="store_true", help="skip the naive per-candidate loop (large images)")
+    p.add_argument("--gpu-memory-cap", type=float, default=0.0, metavar="GIB",
+                   help="on CUDA, make allocations past this many GiB fail, so that a finished run proves the "
+                        "round fits (issue 6: a 4096 px round within 16 GiB); 0: no cap")
     p.add_argument("--label", default="", help="free text stored in the JSON (shown by scripts/bench_table.py)")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object on stdout")
     a = p.parse_args(argv)
@@ -507,11 +530,14 @@ def _parse(argv: list[str] | None) -> tuple[BenchConfig, bool]:
         p.error(f"--device must be cpu, cuda or cuda:N, got {a.device!r}")
     if a.device.startswith("cuda") and not torch.cuda.is_available():
         p.error("--device cuda asked for, but torch sees no CUDA device")
+    if a.gpu_memory_cap < 0 or (a.gpu_memory_cap and not a.device.startswith("cuda")):
+        p.error("--gpu-memory-cap takes a positive number of GiB, with --device cuda")
     return BenchConfig(size=a.size, candidates=a.candidates, device=a.device, repeat=a.repeat,
                        backbone=a.backbone, prior=a.prior, seed=a.seed, threads=a.threads,
                        channels_last=not a.contiguous, precision=resolve_precision(a.precision, a.device),
                        compile_mode=a.compile, tile=a.tile, steps=a.steps, refine_steps=a.refine_steps,
-                       warmup=a.warmup, naive=not a.no_naive, label=a.label), a.json
+                       warmup=a.warmup, naive=not a.no_naive, label=a.label,
+                       gpu_memory_cap_gb=a.gpu_memory_cap), a.json
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -531,6 +557,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         log(f"error: {exc}")
         return 2
+    except torch.cuda.OutOfMemoryError as exc:
+        cap = f" (--gpu-memory-cap {config.gpu_memory_cap_gb:g} GiB)" if config.gpu_memory_cap_gb else ""
+        log(f"error: the round ran out of GPU memory{cap}: {str(exc).splitlines()[0]}")
+        return 3
     if as_json:
         print(json.dumps(result))
     else:

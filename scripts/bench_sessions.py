@@ -37,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--backbone", default="sipl")
     p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
+    if not (a.device == "cpu" or a.device.startswith("cuda")):
+        p.error(f"--device must be cpu, cuda or cuda:N, got {a.device!r}")
     if a.sessions < 1 or a.rounds < 1 or a.batch_sessions < 1 or not 16 <= a.size <= 2048:
         p.error("need --sessions, --rounds, --batch-sessions >= 1 and --size in 16..2048")
 
@@ -93,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
         "round_latency_seconds": {"p50": statistics.median(latencies) if latencies else None,
                                   "p95": q[18] if latencies else None, "max": max(latencies, default=None)},
         "candidate_batches": batches, "peak_memory_mb": peak_memory_mb(a.device),
+        "peak_rss_mb": peak_memory_mb("cpu"),  # the process's resident set; on CUDA peak_memory_mb is the GPU's
+        "device_name": torch.cuda.get_device_name(a.device) if a.device.startswith("cuda") else None,
     }
     print(json.dumps(result, indent=None if a.json else 2))
     return 0 if not errors else 1

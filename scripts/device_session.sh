@@ -9,8 +9,14 @@
 #   3. a check that evaluation runs on the GPU: `restoration.evaluate --device cuda` of the shipped SIPL (alone,
 #      so its s/image is the GPU's restore time), then of the two new networks side by side, on the evaluation
 #      photos (what ships is decided afterwards here, on the CPU: `scripts/wise_sweep.sh`, `evaluate_all.sh`).
+#   4. (STAGES=scale) what issue 6 still asks of a GPU: one full round on a 4096 x 4096 image under a 16 GiB cap
+#      (`restoration.bench --size 4096 --gpu-memory-cap 16`: an allocation past the cap fails the run, so a
+#      finished run proves the fit; if the default 1024 px denoiser tiles do not fit, once more with 512 px), and
+#      the throughput of 8 concurrent sessions at 512 px, batching on and off (`scripts/bench_sessions.py`).
+# STAGES picks the parts, comma-separated: bench, train, eval, scale (default bench,train,eval: the eleventh
+# session's run; STAGES=scale alone fits one call with room).
 # Every stage has its own time limit, so one that hangs or fails costs only its own share; everything lands in
-# $OUT/device_session.tar.gz (JSON, logs, the two weights files) and $OUT/session.log.
+# $OUT/device_session.tar.gz (JSON, logs, the weights files) and $OUT/session.log.
 #
 # Here, once:  bash scripts/fetch_device_wheels.sh          (diffusers, pyiqa and their start-up needs -> .whl/)
 #              bash scripts/get_photos.sh data/photos         (if data/photos is missing)
@@ -19,6 +25,8 @@
 # Rehearsal on a CPU (minutes): DEVICE=cpu SIZE=64 REPEAT=1 TRAIN_SECONDS=20 TRAIN_CROP=64 TRAIN_BATCH=4 WORKERS=1 \
 #   COMPILE=none EVAL_LIMIT=1 EVAL_SIZE=64 \
 #   OUT=runs/rehearsal bash scripts/device_session.sh
+# and of the scale part: STAGES=scale DEVICE=cpu SCALE_SIZE=128 SESSIONS_SIZE=64 OUT=runs/rehearsal \
+#   bash scripts/device_session.sh   (on a CPU there is no memory cap to set: the 4096 px row runs without one)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-runs/device_session}"
@@ -36,6 +44,11 @@ MIXTURE="${MIXTURE:-0.05,0.35,0.2,0.2,0.2}"
 EVAL_LIMIT="${EVAL_LIMIT:-0}"        # photos per evaluation (0 = all 12)
 EVAL_SIZE="${EVAL_SIZE:-256}"
 PY="${PY:-python3}"
+STAGES="${STAGES:-bench,train,eval}"  # which parts run: bench, train, eval, scale
+SCALE_SIZE="${SCALE_SIZE:-4096}"      # the large image's side (scale part)
+GPU_CAP_GB="${GPU_CAP_GB:-16}"         # issue 6's cap on GPU memory for that round, GiB
+SESSIONS_SIZE="${SESSIONS_SIZE:-512}"  # image side of the concurrent sessions (scale part)
+want() { [[ ",$STAGES," == *",$1,"* ]]; }
 work="$OUT/session"
 rm -rf "$work"
 mkdir -p "$work"
@@ -79,43 +92,63 @@ PY
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv \
   | tee -a "$work/session.log"
 
-# -- 1. benchmark rows ----------------------------------------------------------------------------------------
 host="$DEVICE"
 [ "$DEVICE" = cpu ] || host="$("$PY" -c 'import torch; print(torch.cuda.get_device_name(0))' 2>/dev/null)"
-bench=("$PY" -m restoration.bench --size "$SIZE" --candidates 8 --device "$DEVICE" --repeat "$REPEAT" --json)
-stage bench_fp32 75 "${bench[@]}" --label "$host, $SIZE px, K=8, fp32"
-stage bench_bf16 75 "${bench[@]}" --precision bf16 --label "$host, $SIZE px, K=8, bf16 autocast"
-if [ "$COMPILE" != none ]; then
-  stage bench_bf16_compile 120 "${bench[@]}" --precision bf16 --compile "$COMPILE" --warmup 2 \
-    --label "$host, $SIZE px, K=8, bf16 autocast + torch.compile $COMPILE"
+
+# -- 1. benchmark rows ----------------------------------------------------------------------------------------
+if want bench; then
+  bench=("$PY" -m restoration.bench --size "$SIZE" --candidates 8 --device "$DEVICE" --repeat "$REPEAT" --json)
+  stage bench_fp32 75 "${bench[@]}" --label "$host, $SIZE px, K=8, fp32"
+  stage bench_bf16 75 "${bench[@]}" --precision bf16 --label "$host, $SIZE px, K=8, bf16 autocast"
+  if [ "$COMPILE" != none ]; then
+    stage bench_bf16_compile 120 "${bench[@]}" --precision bf16 --compile "$COMPILE" --warmup 2 \
+      --label "$host, $SIZE px, K=8, bf16 autocast + torch.compile $COMPILE"
+  fi
+fi
+
+# -- 4. scale: a 4096 px round under the memory cap, 8 concurrent sessions -------------------------------------
+# (run before the trainings, which take whatever time is left)
+if want scale; then
+  cap=()
+  [ "$DEVICE" = cpu ] || cap=(--gpu-memory-cap "$GPU_CAP_GB")
+  large=("$PY" -m restoration.bench --size "$SCALE_SIZE" --candidates 8 --device "$DEVICE" --repeat 1 --warmup 1
+         --no-naive "${cap[@]}" --json)
+  stage "bench_${SCALE_SIZE}" 240 "${large[@]}" --label "$host, $SCALE_SIZE px, K=8, fp32, tiled (1024 px)" \
+    || stage "bench_${SCALE_SIZE}_tile512" 240 "${large[@]}" --tile 512 \
+      --label "$host, $SCALE_SIZE px, K=8, fp32, tiled (512 px)"
+  sessions=("$PY" scripts/bench_sessions.py --sessions 8 --rounds 2 --size "$SESSIONS_SIZE" --device "$DEVICE" --json)
+  stage sessions_batched 150 "${sessions[@]}" --batch-sessions 8
+  stage sessions_unbatched 150 "${sessions[@]}" --batch-sessions 1
 fi
 
 # -- 2. training, both networks side by side ------------------------------------------------------------------
-sources=(--images data/photos/train --exclude Storm,Wood)
-"$PY" -c "from restoration.data import skimage_photos; skimage_photos()" 2>/dev/null && sources+=(--skimage) \
-  || log "scikit-image's bundled photos are not available there: training on data/photos/train alone"
-budget=$((DEADLINE - SECONDS - 15 - 60 - 60))  # what is left after the start-up and save (60 s), evaluation (60 s)
-[ "$budget" -gt "$TRAIN_SECONDS" ] && budget=$TRAIN_SECONDS
-log "training budget: $budget s per network"
-train=("$PY" -m restoration.train "${sources[@]}" --device "$DEVICE" --crop "$TRAIN_CROP" --batch "$TRAIN_BATCH"
-       --steps 1000000 --time-budget "$budget" --lr 2e-4 --min-lr 1e-5 --warmup 100 --seed 1
-       --workers "$WORKERS" --threads 1 --checkpoint-every 1000 --mixture "$MIXTURE")  # the GPU computes; CPU threads would only contend
-limit=$((budget + 60))
-if [ "$budget" -ge 10 ]; then
-  stage train_sipl "$limit" "${train[@]}" --init assets/sipl.safetensors --out "$work/sipl" &
-  stage train_ablation "$limit" "${train[@]}" --ablation --init assets/sipl_ablation.safetensors \
-    --out "$work/ablation" &
-  wait
-else
-  log "skip the trainings: too little time left"
+if want train; then
+  sources=(--images data/photos/train --exclude Storm,Wood)
+  "$PY" -c "from restoration.data import skimage_photos; skimage_photos()" 2>/dev/null && sources+=(--skimage) \
+    || log "scikit-image's bundled photos are not available there: training on data/photos/train alone"
+  budget=$((DEADLINE - SECONDS - 15 - 60 - 60))  # what is left after the start-up and save (60 s), evaluation (60 s)
+  [ "$budget" -gt "$TRAIN_SECONDS" ] && budget=$TRAIN_SECONDS
+  log "training budget: $budget s per network"
+  train=("$PY" -m restoration.train "${sources[@]}" --device "$DEVICE" --crop "$TRAIN_CROP" --batch "$TRAIN_BATCH"
+         --steps 1000000 --time-budget "$budget" --lr 2e-4 --min-lr 1e-5 --warmup 100 --seed 1
+         --workers "$WORKERS" --threads 1 --checkpoint-every 1000 --mixture "$MIXTURE")  # the GPU computes; CPU threads would only contend
+  limit=$((budget + 60))
+  if [ "$budget" -ge 10 ]; then
+    stage train_sipl "$limit" "${train[@]}" --init assets/sipl.safetensors --out "$work/sipl" &
+    stage train_ablation "$limit" "${train[@]}" --ablation --init assets/sipl_ablation.safetensors \
+      --out "$work/ablation" &
+    wait
+  else
+    log "skip the trainings: too little time left"
+  fi
 fi
 
 # -- 3. evaluation on the device --------------------------------------------------------------------------------
 evaluate=(env OMP_NUM_THREADS=2 "$PY" -m restoration.evaluate --images data/photos/eval --size "$EVAL_SIZE" --seed 0 --device "$DEVICE" --json)
 [ "$EVAL_LIMIT" -gt 0 ] && evaluate+=(--limit "$EVAL_LIMIT")
-stage eval_shipped_noise25 60 "${evaluate[@]}" --backbone sipl --degradation noise:25  # alone: a clean s/image
+want eval && stage eval_shipped_noise25 60 "${evaluate[@]}" --backbone sipl --degradation noise:25  # alone: a clean s/image
 for net in sipl ablation; do
-  [ -f "$work/$net/weights.safetensors" ] || continue
+  want eval && [ -f "$work/$net/weights.safetensors" ] || continue
   for spec in noise:25 noise:15+blur:1.5 rain+haze; do
     tag="$(echo "$spec" | tr ':+.' '__p')"
     stage "eval_${net}_${tag}" 60 "${evaluate[@]}" --backbone "$work/$net/weights.safetensors" \
@@ -138,9 +171,17 @@ for f in sorted(work.glob("*.json")):
         continue
     if "speedup_vs_naive" in d:
         tf = d.get("unet_tflops", {})
-        print(f"{f.stem}: round {d['seconds']['round']:.3f} s, candidates {d['seconds']['candidates']:.3f} s, "
-              f"x{d['speedup_vs_naive']:.2f} vs naive, peak {d['peak_memory_mb']:.0f} MB, U-Net {tf} TFLOP/s "
-              f"of peak {d.get('peak_tflops')} (fraction {d.get('peak_fraction')})")
+        naive = f"x{d['speedup_vs_naive']:.2f} vs naive" if d["speedup_vs_naive"] else "no naive loop"
+        cap = f" (cap {d['gpu_memory_cap_gb']:g} GiB)" if d.get("gpu_memory_cap_gb") else ""
+        print(f"{f.stem}: {d['size']} px, round {d['seconds']['round']:.3f} s, candidates "
+              f"{d['seconds']['candidates']:.3f} s, {naive}, peak {d['peak_memory_mb']:.0f} MB{cap}, U-Net {tf} "
+              f"TFLOP/s of peak {d.get('peak_tflops')} (fraction {d.get('peak_fraction')})")
+    elif "rounds_per_minute" in d:
+        lat = d["round_latency_seconds"]
+        print(f"{f.stem}: {d['sessions']} sessions at {d['size']} px, batches of up to {d['batch_sessions']}: "
+              f"{d['rounds_done']} rounds, {d['rounds_per_minute']:.1f} rounds/min, latency p50 {lat['p50']:.2f} s "
+              f"p95 {lat['p95']:.2f} s, batches {d['candidate_batches']}, peak {d['peak_memory_mb']:.0f} MB, "
+              f"errors {len(d['errors'])}")
     elif "mean" in d:
         m = d["mean"]
         print(f"{f.stem}: {d['degradation']} PSNR {m['psnr']:.2f} dB (input {m['input_psnr']:.2f}), "

@@ -98,6 +98,7 @@ def test_command_prints_the_json_contract(tmp_path, tiny_prior):
         result["unet_tflop"]["candidates"] / result["seconds"]["candidates"])
     assert result["peak_tflops"] is None and result["peak_fraction"] is None  # no known peak for a CPU
     assert result["cuda_syncs"] is None  # the sync census runs on CUDA only
+    assert result["peak_reserved_mb"] is None and result["gpu_memory_cap_gb"] is None  # CUDA only
 
 
 def test_large_image_options_tile_and_skip_the_naive_loop(tmp_path, tiny_prior):
@@ -135,6 +136,34 @@ def test_command_errors_clearly(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["--compile", "fast", "--json"])
     assert exc.value.code == 2 and "invalid choice: 'fast'" in capsys.readouterr().err
+
+
+def test_gpu_memory_cap(monkeypatch, capsys):
+    assert bench.cap_gpu_memory("cpu", 0) is None  # no cap asked for: nothing set, on any device
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        bench.cap_gpu_memory("cpu", 16)
+    with pytest.raises(SystemExit) as exc:
+        main(["--gpu-memory-cap", "16", "--json"])
+    assert exc.value.code == 2 and "--gpu-memory-cap takes a positive number of GiB, with --device cuda" in (
+        capsys.readouterr().err)
+    # the fraction handed to torch (a CUDA device faked: 139 GiB, like an H200)
+    set_to = []
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda device: type("Props", (), {"total_memory": 139 * 2**30})())
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda f, device: set_to.append(f))
+    assert bench.cap_gpu_memory("cuda", 16) == pytest.approx(16 / 139) and set_to == [pytest.approx(16 / 139)]
+    with pytest.raises(ValueError, match="does not fit this device's 139.0 GiB"):
+        bench.cap_gpu_memory("cuda:0", 200)
+    # a round past the cap: a clear error and exit status 3, no JSON
+    def over_the_cap(config, log):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore detail")
+
+    monkeypatch.setattr(bench, "run_bench", over_the_cap)
+    monkeypatch.setattr(bench, "_parse", lambda argv: (BenchConfig(device="cuda", gpu_memory_cap_gb=16), True))
+    assert main([]) == 3
+    err = capsys.readouterr()
+    assert err.out == "" and ("error: the round ran out of GPU memory (--gpu-memory-cap 16 GiB): CUDA out of memory. "
+                              "Tried to allocate 2.00 GiB") in err.err and "more detail" not in err.err
 
 
 def test_bench_table_rewrites_only_its_section(tmp_path):
