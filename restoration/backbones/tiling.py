@@ -45,6 +45,20 @@ def crop_back(y: torch.Tensor, box: CropBox, scale: int = 1) -> torch.Tensor:
     return y[..., top * scale : (top + h) * scale, left * scale : (left + w) * scale]
 
 
+def balanced_tile(length: int, tile: int, overlap: int, align: int = 1) -> int:
+    """The window side to use along an axis of `length`: as many windows as `tile` would need, each as small as
+    still covers the axis with `overlap` (rounded up to a multiple of `align`, at most `tile`).
+
+    Windows of the full `tile` would leave the last one overlapping its neighbour by far more than `overlap`
+    (a 1024 px side in 512 px tiles with 32 px overlap takes three windows, 1536 px of work); balanced, the
+    three windows are 368 px (1104 px of work). `length` itself when it fits in one tile."""
+    if length <= tile:
+        return length
+    n = math.ceil((length - overlap) / (tile - overlap))
+    side = math.ceil((length - overlap) / n) + overlap
+    return min(tile, math.ceil(side / align) * align)
+
+
 def _tile_starts(length: int, tile: int, stride: int) -> list[int]:
     """Start offsets covering [0, length) with windows of `tile`; the last window ends at `length`."""
     if length <= tile:
@@ -94,14 +108,17 @@ def tiled_apply(
     multiple: int = 8,
     scale: int = 1,
     accumulate: torch.dtype = torch.float64,
+    align: int | None = None,
 ) -> torch.Tensor:
     """Apply `fn` to (B, C, H, W) `x` tile by tile; returns (B, C_out, H * scale, W * scale).
 
-    tile: tile side in input pixels; overlap: pixels shared by neighbouring tiles (< tile);
+    tile: the largest tile side in input pixels; overlap: pixels shared by neighbouring tiles (< tile);
     multiple: each tile is reflect-padded to a multiple of this before `fn` and cropped after;
-    accumulate: dtype of the blending sums (float32 halves their memory for large batches).
-    An image that fits in one tile is processed in a single call (identical to `fn` when H and W
-    are already multiples of `multiple`).
+    accumulate: dtype of the blending sums (float32 halves their memory for large batches);
+    align: tile sides (and so, with an aligned overlap and image, tile starts) are multiples of this
+    (default `multiple`). Along each axis the tiles are balanced (`balanced_tile`): as many as `tile` needs,
+    each no larger than covering the axis takes. An image that fits in one tile is processed in a single
+    call (identical to `fn` when H and W are already multiples of `multiple`).
     """
     if x.ndim != 4:
         raise ValueError(f"expected a (B, C, H, W) tensor, got shape {tuple(x.shape)}")
@@ -116,15 +133,16 @@ def tiled_apply(
     if h <= tile and w <= tile:
         return _apply_padded(fn, x, multiple, scale)
 
-    stride = tile - overlap
-    ys, xs = _tile_starts(h, tile, stride), _tile_starts(w, tile, stride)
+    align = multiple if align is None else align
+    if align < 1:
+        raise ValueError(f"align must be >= 1, got {align}")
+    th, tw = balanced_tile(h, tile, overlap, align), balanced_tile(w, tile, overlap, align)
+    ys, xs = _tile_starts(h, th, th - overlap), _tile_starts(w, tw, tw - overlap)
     out: torch.Tensor | None = None
     weight = torch.zeros(1, 1, h * scale, w * scale, dtype=accumulate, device=x.device)
     for y0 in ys:
-        th = min(tile, h)
         wy = _ramp_window(th * scale, overlap * scale, y0 > 0, y0 + th < h)
         for x0 in xs:
-            tw = min(tile, w)
             wx = _ramp_window(tw * scale, overlap * scale, x0 > 0, x0 + tw < w)
             patch = _apply_padded(fn, x[..., y0 : y0 + th, x0 : x0 + tw], multiple, scale)
             if out is None:

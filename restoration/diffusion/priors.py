@@ -176,7 +176,7 @@ class DiffusionPrior:
         if tile and max(h, w) > tile:
             x = _pad_to(z_t, self._unet_multiple())  # tiles then start on the U-Net's grid, as untiled
             out = tiled_apply(lambda zt: self._eps_untiled(zt, t), x, tile, overlap, multiple=1,
-                              accumulate=torch.float32)
+                              accumulate=torch.float32, align=self._unet_multiple())
             return out[..., :h, :w]
         return self._eps_untiled(z_t, t)
 
