@@ -93,6 +93,9 @@ def annotate_tab(service: FeedbackService) -> None:
             sample = gr.Dropdown(ui.sample_names(), value=None, label="Bundled sample", elem_id="sample")
             image = ui.UploadedImage(type="filepath", label="Image to restore", sources=["upload", "clipboard"],
                                      elem_id="upload", height=256)
+            fit = gr.Checkbox(True, elem_id="fit",
+                              label=f"Downscale a larger photo to fit (sides up to {service.limits.max_side} px, "
+                                    f"{service.limits.max_pixels} pixels); off: refuse it")
             degradation = gr.Dropdown(list(ui.DEGRADATION_EXAMPLES), value="none", allow_custom_value=True,
                                       label="Synthesize a degradation (the clean image is kept as ground truth)",
                                       elem_id="degradation")
@@ -142,7 +145,7 @@ def annotate_tab(service: FeedbackService) -> None:
     start.click(bind(ui.sign_in), [name, state], [state, status], api_name="sign_in")
     name.submit(bind(ui.sign_in), [name, state], [state, status], api_name="sign_in_enter")
     sample.change(ui.load_sample, [sample], [image], api_name="load_sample")
-    restore_btn.click(bind(ui.restore), [state, image, degradation, backbone, seed],
+    restore_btn.click(bind(ui.restore), [state, image, degradation, backbone, seed, fit],
                       [state, input_view, restored_view, status, history, gallery, preferred, rejected],
                       api_name="restore", **engine)
     round_out = [state, gallery, preferred, rejected, status, history]

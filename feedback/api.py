@@ -76,6 +76,11 @@ class CandidateRef(BaseModel):
     position: int
 
 
+class UploadFit(BaseModel):
+    original_size: list[int] = Field(description="[width, height] of the upload, upright")
+    size: list[int] = Field(description="[width, height] it was downscaled to, the round's input")
+
+
 class RoundOut(BaseModel):
     round_id: str
     round_index: int
@@ -84,6 +89,7 @@ class RoundOut(BaseModel):
     input: ImageRef
     restored: ImageRef = Field(description="the round's start image: restored (round 0) or refined (later)")
     candidates: list[CandidateRef] = Field(description="display order; includes the start image")
+    upload: UploadFit | None = Field(None, description="present when the upload was downscaled to fit (fit=true)")
 
 
 class ChoiceIn(KnownFields):
@@ -163,7 +169,8 @@ def _round_out(view: RoundView) -> dict[str, Any]:
     return {"round_id": view.round_id, "round_index": view.round_index, "parent_round_id": view.parent_round_id,
             "status": view.status, "input": _image(view.input_image_id), "restored": _image(view.start_image_id),
             "candidates": [{"id": c.id, "image_id": c.image_id, "url": f"{PREFIX}/images/{c.image_id}",
-                            "position": c.position} for c in view.candidates]}
+                            "position": c.position} for c in view.candidates],
+            "upload": view.params.get("upload")}
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -263,7 +270,11 @@ def build_router(service: FeedbackService, limiter: RateLimiter) -> APIRouter:
                                                                    "(default: the process's prior)")] = None,
                      candidates: Annotated[str | None, Form()] = None,
                      seed: Annotated[str | None, Form()] = None,
-                     parent_round_id: Annotated[str | None, Form()] = None) -> dict[str, Any]:
+                     parent_round_id: Annotated[str | None, Form()] = None,
+                     fit: Annotated[bool, Form(description="downscale an image larger than the upload limits "
+                                                           "(GET /api/v1/health 'limits') to fit them instead of "
+                                                           "refusing it; the round's params record both sizes")]
+                     = False) -> dict[str, Any]:
         service.check_session(who, session_id)
         if parent_round_id:  # lineage stays inside one session: no linking to another session's rounds
             service.check_round(who, parent_round_id)
@@ -273,7 +284,7 @@ def build_router(service: FeedbackService, limiter: RateLimiter) -> APIRouter:
             data = image.file.read(service.limits.max_bytes + 1)
             view = service.start_round(session_id, data, degradation=degradation, backbone=backbone,
                                        candidates=candidates, seed=seed, parent_round_id=parent_round_id or None,
-                                       prior=prior)
+                                       prior=prior, fit=fit)
         return _round_out(view)
 
     @router.get("/rounds/{round_id}", response_model=RoundOut, responses=errors(AUTH, 404, 422))

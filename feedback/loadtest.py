@@ -24,7 +24,6 @@ import argparse
 import io
 import json
 import random
-import sys
 import threading
 import time
 import uuid

@@ -127,7 +127,8 @@ class SessionRow(Base):
 class SourceImage(Base):
     """An image a round starts from, and how it was made when the degradation is synthetic.
 
-    `image_hash` is the image as received (upload or sample); `degraded_image_hash` is the input given
+    `image_hash` is the image as received (upload or sample; downscaled when the client asked to fit the upload
+    limits, the round's `params["upload"]` then holding both sizes); `degraded_image_hash` is the input given
     to restoration (equal to `image_hash` when nothing was degraded); `gt_image_hash` is the clean
     image when the degradation is synthetic. `degradation_spec`, `degradation_seed` and
     `degradation_params` regenerate the degraded image from the ground truth.

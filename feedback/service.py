@@ -37,7 +37,7 @@ from feedback.errors import Conflict, FeedbackError, InputError, NotFound
 from feedback.images import ImageStore, is_image_id
 from feedback.models import Round
 from feedback.pseudonym import hash_token, load_or_create_salt, new_token, pseudonym, tokens_match
-from feedback.uploads import UploadLimits, check_image_array, decode_image_bytes
+from feedback.uploads import UploadLimits, decode_upload
 
 Progress = Callable[[float, str], None]
 
@@ -270,10 +270,12 @@ class FeedbackService:
                     backbone: str | None = None, candidates: Any = None, seed: Any = None,
                     parent_round_id: str | None = None, origin: str = "upload",
                     strengths: Sequence[float] | None = None, generate: bool = True,
-                    prior: str | None = None) -> RoundView:
+                    prior: str | None = None, fit: bool = False) -> RoundView:
         """Decode and check the upload, degrade it when asked (the clean image kept as ground truth), restore,
         and record the round; then generate its candidates unless `generate=False`. `prior` names one of the
         worker's `prior_names()` (default: the process's prior); it is used for the candidates and refinement.
+        `fit=True` downscales an image larger than the upload limits to fit them instead of refusing it; the
+        round's params then record both sizes (`params["upload"]`), and the stored image is the downscaled one.
 
         Everything a client sent is checked before anything is computed or stored: a refused request
         leaves no rows and no image files behind."""
@@ -286,8 +288,8 @@ class FeedbackService:
             if parent_round_id is not None and store.get_round(s, parent_round_id).session_id != session_id:
                 raise InputError(f"parent round {parent_round_id} belongs to another session; "
                                  "name a round of this session or none")
-        array = (decode_image_bytes(image, self.limits) if isinstance(image, (bytes, bytearray, memoryview))
-                 else check_image_array(image, self.limits))
+        decoded = decode_upload(image, self.limits, fit=bool(fit))
+        array = decoded.array
         clean = _to_tensor(array)
         with self.gate.slot():
             degraded, record = self.worker.degrade(clean, spec, settings.seed)
@@ -297,6 +299,9 @@ class FeedbackService:
         degraded_id = self.images.put_array(_to_uint8(degraded)) if record else image_id
         restored_id = self.images.put_array(_to_uint8(restored))
         height, width = array.shape[:2]
+        record_fields = self._round_record(settings, "restored", restorer_facts, prior, prior_facts)
+        if decoded.facts():
+            record_fields["params"]["upload"] = decoded.facts()
         with self.db.sessions.begin() as s:
             src = store.add_source_image(
                 s, image_hash=image_id, width=width, height=height, origin=origin, session_id=session_id,
@@ -306,8 +311,7 @@ class FeedbackService:
             rnd = store.create_round(
                 s, session_id=session_id, source_image_id=src.id, parent_round_id=parent_round_id,
                 backbone_name=backbone, backbone_weights_hash=restorer_facts.get("weights_hash"),
-                **self._round_record(settings, "restored", restorer_facts, prior, prior_facts),
-                stage_seconds={"restore": t_restore}, restored_image_hash=restored_id)
+                **record_fields, stage_seconds={"restore": t_restore}, restored_image_hash=restored_id)
             round_id = rnd.id
         if generate:
             return self.generate_candidates(round_id)

@@ -131,18 +131,22 @@ def _origin(image_path: str) -> str:
 
 @user_errors
 def restore(service: FeedbackService, state: dict, image_path: str | None, degradation: str, backbone: str,
-            seed: float | None) -> tuple:
-    """Restore the uploaded (optionally degraded) image: a new round without candidates yet (old tiles cleared)."""
+            seed: float | None, fit: bool = True) -> tuple:
+    """Restore the uploaded (optionally degraded) image: a new round without candidates yet (old tiles cleared).
+    `fit`: downscale an image larger than the upload limits to fit them (said in the status) instead of refusing."""
     session_id = _need(state, "session_id", "Enter your name and press Start first.")
     if not image_path:
         raise gr.Error("Upload an image or pick a sample first.")
     data = Path(image_path).read_bytes()
     view = service.start_round(session_id, data, degradation=degradation, backbone=backbone,
                                seed=None if seed is None or seed < 0 else int(seed), origin=_origin(image_path),
-                               generate=False)
+                               generate=False, fit=bool(fit))
     new_state = {"session_id": session_id, "round_id": view.round_id}
     msg = (f"Round {view.round_index} restored with **{backbone or 'default'}** in {view.seconds['restore']:.2f} s. "
            "Now press *Generate candidates*.")
+    if view.params.get("upload"):
+        (w0, h0), (w, h) = view.params["upload"]["original_size"], view.params["upload"]["size"]
+        msg = f"Downscaled from {w0}x{h0} to {w}x{h} pixels to fit the upload limits. " + msg
     cleared = gr.update(choices=[], value=[])
     return (new_state, _path(service, view.input_image_id), _path(service, view.start_image_id), msg,
             history_rows(service, new_state), [], cleared, cleared)

@@ -4,6 +4,9 @@ An upload is bytes in one of the allowed formats (PNG, JPEG, WebP, TIFF, BMP, GI
 UI; the result is always an RGB uint8 array (H, W, 3):
 - limits on bytes, pixels and side lengths are checked from the header, before pixels are decoded, so a
   decompression bomb or a huge photo is refused cheaply with a message a person can act on;
+- or, when the caller asks to fit (`fit=True`), a photo larger than the limits is downscaled to fit them
+  (aspect ratio kept, Lanczos; a JPEG is decoded at a reduced scale first), up to `fit_max_pixels` of input,
+  and the size it had is reported (`Decoded.original_size`);
 - the EXIF orientation is applied (the array is upright, as a photo viewer shows it);
 - an animation (GIF, WebP, APNG) gives its first frame; a multi-page TIFF its first page;
 - transparent pixels are composited on `UploadLimits.background` (white unless configured);
@@ -33,7 +36,8 @@ class UploadLimits:
     """What an upload may be and how it is flattened.
 
     max_bytes: size of the encoded file; max_pixels: width * height; min_side / max_side: pixels;
-    background: RGB (0..255) that transparent pixels are composited on (white by default).
+    background: RGB (0..255) that transparent pixels are composited on (white by default);
+    fit_max_pixels: the largest input (width * height) that fitting downscales rather than refuses.
     """
 
     max_bytes: int = 16 * 1024 * 1024
@@ -41,9 +45,11 @@ class UploadLimits:
     min_side: int = 16
     max_side: int = 2048
     background: tuple[int, int, int] = (255, 255, 255)
+    fit_max_pixels: int = 64 * 1024 * 1024  # 8192 x 8192; a 50 Mpx phone photo fits
 
     def __post_init__(self) -> None:
-        if min(self.max_bytes, self.max_pixels, self.min_side) < 1 or self.min_side > self.max_side:
+        if (min(self.max_bytes, self.max_pixels, self.min_side, self.fit_max_pixels) < 1
+                or self.min_side > self.max_side):
             raise ValueError(f"upload limits must be positive with min_side <= max_side, got {self}")
         bg = tuple(self.background)
         if len(bg) != 3 or not all(isinstance(c, int) and 0 <= c <= 255 for c in bg):
@@ -140,6 +146,32 @@ def _check_size(width: int, height: int, limits: UploadLimits) -> None:
                          "pixels are allowed (resize it first)")
 
 
+def fit_size(width: int, height: int, limits: UploadLimits) -> tuple[int, int]:
+    """The largest (width, height) with the same aspect ratio within max_side and max_pixels: (width, height)
+    itself when it is within them. InputError when the image is over `fit_max_pixels`, or would end up with a
+    side under min_side (a long, thin strip)."""
+    if min(width, height) < limits.min_side:
+        _check_size(width, height, limits)  # the usual message: too small is not fixed by downscaling
+    if width * height > limits.fit_max_pixels:
+        raise InputError(f"image is {width}x{height} = {width * height} pixels; at most {limits.fit_max_pixels} "
+                         f"pixels can be downscaled to fit (resize it first)")
+    scale = min(1.0, limits.max_side / max(width, height), (limits.max_pixels / (width * height)) ** 0.5)
+    if scale >= 1.0:
+        return width, height
+    w, h = max(1, int(width * scale)), max(1, int(height * scale))  # rounded down: never over a limit
+    if min(w, h) < limits.min_side:
+        raise InputError(f"image is {width}x{height} pixels; downscaled to fit sides of at most {limits.max_side} "
+                         f"px it would be {w}x{h}, under the {limits.min_side} px minimum (crop it first)")
+    return w, h
+
+
+def resize_rgb(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(H, W, 3) uint8 -> (size[1], size[0], 3) uint8, Lanczos (antialiased when downscaling)."""
+    if (array.shape[1], array.shape[0]) == tuple(size):
+        return array
+    return np.asarray(Image.fromarray(array).resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)).copy()
+
+
 def scale_to_uint8(values: np.ndarray) -> np.ndarray:
     """Samples of any real dtype -> uint8 with the same shape (rules in the module docstring)."""
     if values.dtype == np.uint8:
@@ -202,10 +234,45 @@ def _upright(img: Image.Image) -> Image.Image:
         return img
 
 
+@dataclass(frozen=True)
+class Decoded:
+    """An upload as the pipeline takes it: RGB uint8 (H, W, 3), and the (width, height) it had, upright, when
+    it was downscaled to fit the limits (None when it is as received)."""
+
+    array: np.ndarray
+    original_size: tuple[int, int] | None = None
+
+    def facts(self) -> dict[str, list[int]] | None:
+        """For a round's record: {"original_size": [w, h], "size": [w, h]} when downscaled, else None."""
+        if self.original_size is None:
+            return None
+        return {"original_size": list(self.original_size), "size": [self.array.shape[1], self.array.shape[0]]}
+
+
+def decode_upload(image: bytes | np.ndarray, limits: UploadLimits = UploadLimits(), fit: bool = False) -> Decoded:
+    """Image bytes (`decode_image_bytes`) or a UI array (`check_image_array`) -> Decoded. With fit=True an image
+    over max_side / max_pixels is downscaled to fit them instead of refused (see `fit_size`)."""
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return _decode_bytes(image, limits, fit)
+    if not fit or not isinstance(image, np.ndarray) or image.ndim not in (2, 3):
+        return Decoded(check_image_array(image, limits))
+    height, width = image.shape[:2]
+    size = fit_size(width, height, limits)
+    if size == (width, height):
+        return Decoded(check_image_array(image, limits))
+    big = UploadLimits(max_bytes=limits.max_bytes, max_pixels=limits.fit_max_pixels, min_side=limits.min_side,
+                       max_side=max(width, height), background=limits.background)
+    return Decoded(resize_rgb(check_image_array(image, big), size), (width, height))
+
+
 def decode_image_bytes(data: bytes, limits: UploadLimits = UploadLimits()) -> np.ndarray:
     """Encoded image bytes -> RGB uint8 (H, W, 3), upright, alpha composited on `limits.background`.
 
     InputError (saying what is allowed) for empty, oversized, corrupt, truncated or unsupported files."""
+    return _decode_bytes(data, limits, fit=False).array
+
+
+def _decode_bytes(data: bytes, limits: UploadLimits, fit: bool) -> Decoded:
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise InputError(f"expected image bytes, got {type(data).__name__}")
     data = bytes(data)
@@ -218,9 +285,22 @@ def decode_image_bytes(data: bytes, limits: UploadLimits = UploadLimits()) -> np
         # Image.open reads only the header; the size checks run before any pixel is decoded. Only the allowed
         # formats' parsers see the bytes (a multi-picture JPEG from a phone camera opens as Pillow's "MPO").
         with Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS) as img:
-            _check_size(img.width, img.height, limits)
+            stored = (img.width, img.height)
+            if not fit:
+                _check_size(*stored, limits)
+                img.load()
+                return Decoded(_to_rgb(_upright(img), limits.background))
+            target = fit_size(*stored, limits)
+            if target == stored:
+                img.load()
+                return Decoded(_to_rgb(_upright(img), limits.background))
+            img.draft("RGB", target)  # a JPEG decodes at 1/2, 1/4 or 1/8 scale, still at least `target`
             img.load()
-            return _to_rgb(_upright(img), limits.background)
+            upright = _upright(img)
+            turned = upright.size != img.size  # the EXIF orientation swapped the sides
+            original = stored[::-1] if turned else stored
+            array = _to_rgb(upright, limits.background)
+            return Decoded(resize_rgb(array, target[::-1] if turned else target), original)
     except InputError:
         raise
     except UnidentifiedImageError:

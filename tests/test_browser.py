@@ -148,3 +148,34 @@ def test_full_flow(browser, tmp_path):
         _check_admin_tab(browser.new_page(viewport={"width": 1280, "height": 1600}), server.url)
         names = (tmp_path / "data").glob("**/*.sqlite3")
         assert "Ada" not in "".join(p.read_bytes().decode("latin-1") for p in names)
+
+
+def test_a_larger_photo_is_downscaled_to_fit_or_refused(browser, tmp_path):
+    """The upload box's *Downscale a larger photo to fit* (ticked by default) against --max-side 64."""
+    import numpy as np
+    from PIL import Image
+
+    image = tmp_path / "wide.png"
+    y, x = np.mgrid[0:96, 0:160]
+    Image.fromarray(np.stack([x * 255 // 160, y * 255 // 96, (x + y) % 256], -1).astype(np.uint8)).save(image)
+    with running_app(tmp_path / "data", ("--max-side", "64")) as server:
+        page = browser.new_page(viewport={"width": 1280, "height": 1600})
+        page.goto(server.url + "/", wait_until="domcontentloaded")
+        page.locator("#name textarea, #name input").first.fill("Ada")
+        page.locator("#start").click()
+        _wait_status(page, "Signed in")
+        page.locator("#upload input[type=file]").set_input_files(str(image))
+        page.locator("#upload img").first.wait_for(timeout=30_000)
+        assert page.locator("#fit input").is_checked()
+        page.locator("#restore").click()
+        _wait_status(page, "restored with")
+        assert _status(page).startswith("Downscaled from 160x96 to 64x38 pixels to fit the upload limits.")
+
+        page.locator("#fit input").uncheck()  # off: the upload is refused, with the limits in the message
+        page.locator("#restore").click()
+        page.get_by_text("sides must be 16..64 pixels").first.wait_for(timeout=STEP_TIMEOUT_MS)
+        page.close()
+        with sqlite3.connect(server.db_path) as db:
+            assert db.execute("select width, height from source_images").fetchall() == [(64, 38)]
+            params = db.execute("select params from rounds").fetchone()[0]
+            assert '"original_size": [160, 96]' in params and '"size": [64, 38]' in params
