@@ -156,7 +156,7 @@ def test_identical_row_groups_compare_whole_rows_not_only_the_probes():
     z = torch.rand(5, 3, 8, 8)
     z[1] = z[0]
     z[2] = z[0]
-    flat_at = torch.linspace(0, 191, 64).long()  # the 64 probed elements of each row's 192
+    flat_at = torch.arange(64) * 191 // 63  # the 64 probed elements of each row's 192
     z[2].view(-1)[next(i for i in range(192) if i not in flat_at.tolist())] += 1.0  # row 2 differs off the probes
     assert torch.equal(z[2].flatten()[flat_at], z[0].flatten()[flat_at]) and not torch.equal(z[2], z[0])
     z[4] = z[3]
@@ -165,6 +165,14 @@ def test_identical_row_groups_compare_whole_rows_not_only_the_probes():
     assert identical_row_groups(z, torch.tensor([9, 9, 9, 4, 4])) == [[0, 1], [2], [3, 4]]
     nan = torch.full((2, 3, 8, 8), float("nan"))
     assert identical_row_groups(nan, torch.tensor([1, 1])) == [[0], [1]]  # as torch.equal: NaN is never equal
+
+
+def test_identical_row_groups_at_4096_px():
+    """A 4096 x 4096 RGB row has 50331648 elements, past float32's exact integers: the probes' positions once came
+    from a float32 linspace whose last position rounded to 50331648, one past the end (the 4096 px round failed)."""
+    big = torch.zeros(1, 3, 4096, 4096).expand(2, -1, -1, -1)  # two equal rows, one row of memory
+    assert identical_row_groups(big, torch.tensor([7, 7])) == [[0, 1]]
+    assert identical_row_groups(big, torch.tensor([7, 8])) == [[0], [1]]
 
 
 def test_candidate_count_and_seed_determinism(prior, restored):

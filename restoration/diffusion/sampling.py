@@ -92,7 +92,9 @@ def identical_row_groups(z: torch.Tensor, t: torch.Tensor, probes: int = 64) -> 
     of the device, not one `torch.equal` (a GPU sync each) per pair of rows.
     """
     flat = z.reshape(z.shape[0], -1)
-    at = torch.linspace(0, flat.shape[1] - 1, min(probes, flat.shape[1]), device=flat.device).long()
+    n, k = flat.shape[1], min(probes, flat.shape[1])
+    # integer arithmetic: float32 positions (linspace) round past the last element from 2**24 on (4096 px images)
+    at = (torch.arange(k, device=flat.device) * (n - 1)) // max(k - 1, 1)
     keys: dict[tuple, list[int]] = {}
     for i, (step, probe) in enumerate(zip(t.tolist(), flat[:, at].tolist())):
         keys.setdefault((step, *probe), []).append(i)  # NaN probes never compare equal: such rows stay apart
