@@ -62,6 +62,10 @@ class TrainConfig:
     init: str = ""  # a weights file to fine-tune from (fresh optimizer and schedule); "" = from scratch
     fresh_lr_scale: float = 10.0  # learning-rate factor of the modules the init file lacks (`sipl_net.widen`)
     ema: float = 0.0  # decay of an exponential moving average of the weights, which is what is saved (0 = off)
+    # each example is degraded on a region `degrade_context` x `crop` wide and a random `crop` window of it is kept,
+    # so degradations that span their image (haze's depth map) vary at the scale of a whole evaluation scene
+    # (1 = degrade the crop itself, as the shipped weights were trained; assets/MODEL_CARD.md, Fifteenth session)
+    degrade_context: int = 1
     mixture: MixtureShares = field(default_factory=MixtureShares)  # the blind degradation mixture's shares
     model: SIPLConfig = field(default_factory=SIPLConfig)
 
@@ -117,10 +121,25 @@ def degrade_batch(clean: torch.Tensor, rng: random.Random,
 
 
 def make_batch(sampler: CropSampler, rng: random.Random, cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """One training batch on the CPU: (clean, degraded), each (batch, 3, crop, crop) in [0, 1]."""
+    """One training batch on the CPU: (clean, degraded), each (batch, 3, crop, crop) in [0, 1]. The sampler's
+    crops are `degrade_context` x `crop` wide: degraded whole, then cut to a random `crop` window (`windows`)."""
+    if sampler.config.crop != cfg.crop * cfg.degrade_context:
+        raise ValueError(f"the sampler's crops are {sampler.config.crop} px; degrade_context {cfg.degrade_context} "
+                         f"x crop {cfg.crop} needs {cfg.crop * cfg.degrade_context}")
     clean = fade_some(darken_some(sampler.sample(cfg.batch, rng), rng, cfg.dark_share), rng, cfg.fade_share)
     degraded, _ = degrade_batch(clean, rng, cfg.mixture)
+    if cfg.degrade_context > 1:
+        clean, degraded = windows((clean, degraded), cfg.crop, rng)
     return clean, degraded
+
+
+def windows(batches: tuple[torch.Tensor, ...], size: int, rng: random.Random) -> tuple[torch.Tensor, ...]:
+    """The same random `size` x `size` window of each example, in every tensor of `batches` (B, C, H, W)."""
+    b, _, h, w = batches[0].shape
+    if size > min(h, w):
+        raise ValueError(f"a {size} px window does not fit {h} x {w} crops")
+    at = [(rng.randrange(h - size + 1), rng.randrange(w - size + 1)) for _ in range(b)]
+    return tuple(torch.stack([x[i, :, y:y + size, z:z + size] for i, (y, z) in enumerate(at)]) for x in batches)
 
 
 class BatchStream(torch.utils.data.IterableDataset):
@@ -261,8 +280,10 @@ def train(cfg: TrainConfig, sampler: CropSampler, out: Path, resume: bool, devic
 
 def _training_facts(cfg: TrainConfig, step: int, elapsed: float, history: list) -> dict:
     return {"steps": step, "seconds": round(elapsed, 1), "batch": cfg.batch, "crop": cfg.crop, "lr": cfg.lr,
-            "aux": cfg.aux, "seed": cfg.seed, "init": cfg.init, "fresh_lr_scale": cfg.fresh_lr_scale, "ema": cfg.ema, "dark_share": cfg.dark_share, "fade_share": cfg.fade_share,
+            "aux": cfg.aux, "seed": cfg.seed, "init": cfg.init, "fresh_lr_scale": cfg.fresh_lr_scale, "ema": cfg.ema,
+            "dark_share": cfg.dark_share, "fade_share": cfg.fade_share,
             "mixture": cfg.mixture.format(), "time_budget": cfg.time_budget, "workers": cfg.workers,
+            "degrade_context": cfg.degrade_context,
             "final_loss": history[-1][1] if history else None}
 
 
@@ -321,6 +342,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--steps and --batch must be positive; --crop a multiple of 8, at least 16")
     if cfg.workers < 0 or not math.isfinite(cfg.time_budget) or cfg.time_budget < 0:
         p.error("--workers and --time-budget must be >= 0 (0: none)")
+    if not 1 <= cfg.degrade_context <= 8:
+        p.error("--degrade-context must be in 1..8 (1: degrade the crop itself)")
     if not 0 <= cfg.ema < 1 or not cfg.fresh_lr_scale > 0:
         p.error("--ema must be in [0, 1) (0: off) and --fresh-lr-scale > 0")
     if cfg.init:
@@ -337,7 +360,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.backends.cudnn.benchmark = True  # fixed crop size: let cuDNN pick its fastest convolutions
         torch.set_float32_matmul_precision("high")  # TF32 matmuls
     exclude = tuple(s for s in a.exclude.split(",") if s)
-    sampler = CropSampler.from_sources(a.images, a.skimage, CropConfig(crop=cfg.crop), exclude)
+    crops = CropConfig(crop=cfg.crop * cfg.degrade_context)  # degraded whole, then windowed (make_batch)
+    sampler = CropSampler.from_sources(a.images, a.skimage, crops, exclude)
     print(f"{len(sampler.images)} training images (all scales); device {device}; config {asdict(cfg)}",
           file=sys.stderr)
     train(cfg, sampler, a.out, a.resume, device, log=lambda m: print(m, file=sys.stderr), compile_step=a.compile)

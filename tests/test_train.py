@@ -18,6 +18,8 @@ from restoration.train import (
     initial_weights,
     learning_rate,
     main,
+    make_batch,
+    windows,
     train,
 )
 
@@ -202,3 +204,37 @@ def test_upright_crops_are_never_rotated():
     assert all(torch.equal(c[:, :, 0], upright[0][:, :, 0]) for c in upright)  # every crop: the same column profile
     turned = CropSampler([photo], CropConfig(crop=32, short_sides=(32,))).sample(16, random.Random(0))
     assert any(not torch.equal(c[:, :, 0], upright[0][:, :, 0]) for c in turned)
+
+
+def test_degrade_context_degrades_a_wider_region_then_keeps_a_window(tmp_path, capsys):
+    """--degrade-context K: the haze's depth map spans K crops (an evaluation scene), the network sees one window."""
+    photo = torch.randint(0, 256, (3, 128, 128), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
+    wide = CropSampler([photo], CropConfig(crop=64, short_sides=(128,)))
+    singles = MixtureShares(clean=0.0, noise=0.0, noise_combo=0.0, single=1.0, composite=0.0)  # haze among them
+    cfg = TrainConfig(batch=6, crop=16, degrade_context=4, dark_share=0.0, fade_share=0.0, mixture=singles)
+    clean, degraded = make_batch(wide, random.Random(0), cfg)
+    assert clean.shape == degraded.shape == (6, 3, 16, 16)
+    same = TrainConfig(batch=6, crop=16, degrade_context=4, dark_share=0.0, fade_share=0.0,
+                       mixture=MixtureShares(clean=1.0, noise=0.0, noise_combo=0.0, single=0.0, composite=0.0))
+    clean, degraded = make_batch(wide, random.Random(0), same)
+    assert torch.equal(clean, degraded)  # the identity: both tensors cut at the same window
+    with pytest.raises(ValueError, match="sampler's crops are 64 px; degrade_context 2 x crop 16 needs 32"):
+        make_batch(wide, random.Random(0), TrainConfig(batch=2, crop=16, degrade_context=2))
+    # the windows: one position per example, shared by every tensor
+    a = torch.arange(2 * 1 * 8 * 8, dtype=torch.float32).reshape(2, 1, 8, 8)
+    w1, w2 = windows((a, a + 1000), 3, random.Random(5))
+    assert w1.shape == (2, 1, 3, 3) and torch.equal(w2, w1 + 1000)
+    for i in range(2):  # each window is a contiguous 3 x 3 block of its own example
+        y, x = divmod(int(w1[i, 0, 0, 0]) - 64 * i, 8)
+        assert torch.equal(w1[i, 0], a[i, 0, y:y + 3, x:x + 3])
+    with pytest.raises(ValueError, match="a 9 px window does not fit 8 x 8 crops"):
+        windows((a,), 9, random.Random(0))
+    # training records it; the command refuses a context outside 1..8
+    train(TrainConfig(steps=1, batch=2, crop=16, warmup=1, model=TINY, degrade_context=2),
+          CropSampler([photo], CropConfig(crop=32, short_sides=(128,))), tmp_path / "run", resume=False,
+          device=torch.device("cpu"), log=quiet)
+    assert json.loads(read_metadata(tmp_path / "run" / "weights.safetensors")["facts"])["degrade_context"] == 2
+    with pytest.raises(SystemExit) as e:
+        main(["--images", str(tmp_path), "--out", str(tmp_path / "bad"), "--steps", "1", "--degrade-context", "0"])
+    assert e.value.code == 2 and "--degrade-context must be in 1..8" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
