@@ -300,8 +300,8 @@ class FeedbackService:
         restored_id = self.images.put_array(_to_uint8(restored))
         height, width = array.shape[:2]
         record_fields = self._round_record(settings, "restored", restorer_facts, prior, prior_facts)
-        if decoded.facts():
-            record_fields["params"]["upload"] = decoded.facts()
+        if upload := decoded.facts():
+            record_fields["params"]["upload"] = upload
         with self.db.sessions.begin() as s:
             src = store.add_source_image(
                 s, image_hash=image_id, width=width, height=height, origin=origin, session_id=session_id,

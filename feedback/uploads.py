@@ -254,15 +254,15 @@ def decode_upload(image: bytes | np.ndarray, limits: UploadLimits = UploadLimits
     over max_side / max_pixels is downscaled to fit them instead of refused (see `fit_size`)."""
     if isinstance(image, (bytes, bytearray, memoryview)):
         return _decode_bytes(image, limits, fit)
-    if not fit or not isinstance(image, np.ndarray) or image.ndim not in (2, 3):
-        return Decoded(check_image_array(image, limits))
-    height, width = image.shape[:2]
-    size = fit_size(width, height, limits)
-    if size == (width, height):
-        return Decoded(check_image_array(image, limits))
-    big = UploadLimits(max_bytes=limits.max_bytes, max_pixels=limits.fit_max_pixels, min_side=limits.min_side,
-                       max_side=max(width, height), background=limits.background)
-    return Decoded(resize_rgb(check_image_array(image, big), size), (width, height))
+    return _decode_array(image, limits, fit)
+
+
+def _target_size(width: int, height: int, limits: UploadLimits, fit: bool) -> tuple[int, int]:
+    """The size an image of width x height becomes: `fit_size` when fitting, else itself once `_check_size` passes."""
+    if fit:
+        return fit_size(width, height, limits)
+    _check_size(width, height, limits)
+    return width, height
 
 
 def decode_image_bytes(data: bytes, limits: UploadLimits = UploadLimits()) -> np.ndarray:
@@ -286,20 +286,16 @@ def _decode_bytes(data: bytes, limits: UploadLimits, fit: bool) -> Decoded:
         # formats' parsers see the bytes (a multi-picture JPEG from a phone camera opens as Pillow's "MPO").
         with Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS) as img:
             stored = (img.width, img.height)
-            if not fit:
-                _check_size(*stored, limits)
-                img.load()
-                return Decoded(_to_rgb(_upright(img), limits.background))
-            target = fit_size(*stored, limits)
-            if target == stored:
-                img.load()
-                return Decoded(_to_rgb(_upright(img), limits.background))
-            img.draft("RGB", target)  # a JPEG decodes at 1/2, 1/4 or 1/8 scale, still at least `target`
+            target = _target_size(*stored, limits, fit)
+            if target != stored:
+                img.draft("RGB", target)  # a JPEG decodes at 1/2, 1/4 or 1/8 scale, still at least `target`
             img.load()
             upright = _upright(img)
+            array = _to_rgb(upright, limits.background)
+            if target == stored:
+                return Decoded(array)
             turned = upright.size != img.size  # the EXIF orientation swapped the sides
             original = stored[::-1] if turned else stored
-            array = _to_rgb(upright, limits.background)
             return Decoded(resize_rgb(array, target[::-1] if turned else target), original)
     except InputError:
         raise
@@ -319,13 +315,18 @@ def check_image_array(array: np.ndarray, limits: UploadLimits = UploadLimits()) 
     Accepts channels-last (H, W) grey, (H, W, 1) grey, (H, W, 2) grey + alpha, (H, W, 3) RGB or (H, W, 4)
     RGBA, of bool, integer or float samples (scaled as in the module docstring); alpha is composited on
     `limits.background`."""
+    return _decode_array(array, limits, fit=False).array
+
+
+def _decode_array(array: np.ndarray, limits: UploadLimits, fit: bool) -> Decoded:
     if not isinstance(array, np.ndarray):
         raise InputError(f"expected an image array, got {type(array).__name__}")
     channels = array.shape[2] if array.ndim == 3 else 1
     if array.ndim not in (2, 3) or channels not in (1, 2, 3, 4):
         raise InputError(f"expected an image array of shape (H, W) or (H, W, C) with C = 1, 2, 3 or 4 "
                          f"(channels last), got shape {array.shape}")
-    _check_size(array.shape[1], array.shape[0], limits)
+    stored = (array.shape[1], array.shape[0])
+    target = _target_size(*stored, limits, fit)
     values = scale_to_uint8(array)
     if values.ndim == 2:
         values = values[..., None]
@@ -333,4 +334,5 @@ def check_image_array(array: np.ndarray, limits: UploadLimits = UploadLimits()) 
         values = np.concatenate([np.repeat(values[..., :1], 3, axis=2), values[..., 1:]], axis=2)
     if values.shape[2] == 4:
         values = _composite(values, limits.background)
-    return np.ascontiguousarray(values)
+    values = np.ascontiguousarray(values)
+    return Decoded(values) if target == stored else Decoded(resize_rgb(values, target), stored)
