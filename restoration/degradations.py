@@ -607,3 +607,27 @@ def random_spec(rng: random.Random, shares: MixtureShares = DEFAULT_MIXTURE) -> 
     else:
         names = rng.choice(_COMPOSITES)
     return format_spec([random_step(n, rng) for n in names])
+
+
+def families_drawn(shares: MixtureShares = DEFAULT_MIXTURE) -> frozenset[str]:
+    """The degradation names `random_spec` can draw under `shares` (those of the groups with a share > 0)."""
+    groups = (
+        (),
+        (("noise",),),
+        _NOISE_COMBOS,
+        tuple((n,) for n in _SINGLES),
+        _COMPOSITES,
+    )
+    return frozenset(n for share, combos in zip(astuple(shares), groups) if share > 0 for c in combos for n in c)
+
+
+def random_spec_with(rng: random.Random, require: str, shares: MixtureShares = DEFAULT_MIXTURE) -> str:
+    """`random_spec` conditioned on a step named `require` being in the spec (drawn again until one is): the
+    training mixture of a specialist for one degradation, e.g. every haze-bearing spec of the blind mixture, at
+    their relative frequencies there."""
+    if require not in families_drawn(shares):
+        raise ValueError(f"the mixture never draws {require!r}; it draws: {', '.join(sorted(families_drawn(shares)))}")
+    while True:
+        spec = random_spec(rng, shares)
+        if any(step.name == require for step in parse_spec(spec)):
+            return spec

@@ -2,13 +2,13 @@
 
     python -m restoration.evaluate --backbone sipl --degradation noise:25 --images DIR --size 128 \
         --seed 0 --json [--rounds R] [--ensemble N] [--no-post-deconvolution | --post-deconvolution F]
-        [--no-post-dehaze | --post-dehaze F] [--scene-context] [--device cpu] [--limit K]
+        [--no-post-dehaze | --post-dehaze F] [--scene-context] [--informed] [--device cpu] [--limit K]
 
 Each image is resized so its short side is --size (bicubic, antialiased), center-cropped to a square,
 degraded with the spec and seed (seed + image index), restored, and scored with PSNR/SSIM on RGB in
 [0, 1]. With --json exactly one JSON object goes to stdout:
 
-    {"backbone", "degradation", "size", "seed", "restorer": {...},
+    {"backbone", "degradation", "size", "seed", "device", "informed", "restorer": {...},
      "images": [{"name", "seed", "input_psnr", "input_ssim", "psnr", "ssim", ["psnr_single_pass",
                  "ssim_single_pass"], "seconds"}],
      "mean": {same numeric keys}}
@@ -17,7 +17,9 @@ degraded with the spec and seed (seed + image index), restored, and scored with 
 The shipped SIPL networks end with their blind post steps (post-deconvolution, then post-dehazing; `restorer` names
 their files), in the refined and in the single pass alike; --no-post-deconvolution and --no-post-dehaze measure
 them without, --post-deconvolution FILE and --post-dehaze FILE with other files. --scene-context adds the
-scene-context pass (`backbones/scene_context.py`, any backbone, off by default).
+scene-context pass (`backbones/scene_context.py`, any backbone, off by default). The classical baselines are told
+the degradation; SIPL backbones are blind unless --informed (`"informed"` in the JSON says which), and then the shipped
+`sipl` restores haze-bearing specs with its haze specialist weights when they ship (`registry.SIPL_SPECIALISTS`).
 Logs go to stderr.
 """
 
@@ -62,6 +64,9 @@ class EvalConfig:
     post_deconvolution: bool | Path = True
     post_dehaze: bool | Path = True
     scene_context: bool = False
+    # tell SIPL backbones the degradation spec too, as the classical baselines always are (the shipped names then
+    # restore with their specialist weights for it where one ships: `registry.SIPL_SPECIALISTS`)
+    informed: bool = False
 
 
 #: Each post step's option (an `EvalConfig` field and a `create_restorer` option) -> its name in help texts and its
@@ -95,9 +100,12 @@ def evaluate_image(restorer: Restorer, clean: torch.Tensor, spec: str, seed: int
 
 
 def build_restorer(config: EvalConfig) -> Restorer:
-    """The backbone under test; classical baselines get the degradation spec as their hint."""
+    """The backbone under test; classical baselines get the degradation spec as their hint, SIPL backbones too when
+    `config.informed`."""
     name = config.backbone.strip().lower()
-    flags = {"--rounds": ("rounds", config.rounds), "--ensemble": ("ensemble", config.ensemble)}
+    flags = {"--rounds": ("rounds", config.rounds), "--ensemble": ("ensemble", config.ensemble),
+             "--informed": ("degradation", config.degradation if config.informed and name not in CLASSICAL_METHODS
+                            else None)}
     for option in POST_STEP_FLAGS:
         value = getattr(config, option)
         flags[f"--no-{_flag(option)} / --{_flag(option)}"] = (option, None if value is True else value)
@@ -163,6 +171,7 @@ def _run_evaluation(config: EvalConfig) -> dict[str, Any]:
         "size": config.size,
         "seed": config.seed,
         "device": config.device,
+        "informed": config.informed or config.backbone.strip().lower() in CLASSICAL_METHODS,
         "restorer": restorer.describe(),
         "images": rows,
         "mean": mean,
@@ -195,13 +204,16 @@ def parse_args(argv: list[str] | None = None) -> tuple[EvalConfig, bool]:
                            help=f"SIPL: run this {words} file ({trainer}) instead of the shipped one")
     p.add_argument("--scene-context", action="store_true",
                    help="add the scene-context pass: a coarse run's low frequencies where it sees haze (off by default)")
+    p.add_argument("--informed", action="store_true",
+                   help="tell a SIPL backbone the degradation, as the classical ones always are: the shipped names "
+                        "then use their specialist weights for it where one ships (default: blind)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--limit", type=int, default=None, help="evaluate at most this many images")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     a = p.parse_args(argv)
     steps = {option: _post_step(getattr(a, f"no_{option}"), getattr(a, option)) for option in POST_STEP_FLAGS}
     config = EvalConfig(a.backbone, a.degradation, a.images, a.size, a.seed, a.rounds, a.device, a.limit,
-                        a.ensemble, scene_context=a.scene_context, **steps)
+                        a.ensemble, scene_context=a.scene_context, informed=a.informed, **steps)
     return config, a.json
 
 

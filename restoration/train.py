@@ -38,6 +38,7 @@ from restoration.degradations import (
     MixtureShares,
     degrade,
     random_spec,
+    random_spec_with,
 )
 from restoration.runtime import tune_allocator
 
@@ -66,6 +67,8 @@ class TrainConfig:
     # so degradations that span their image (haze's depth map) vary at the scale of a whole evaluation scene
     # (1 = degrade the crop itself, as the shipped weights were trained; assets/MODEL_CARD.md, Fifteenth session)
     degrade_context: int = 1
+    # a specialist: every spec must contain this degradation (`degradations.random_spec_with`; "" = the blind mixture)
+    require: str = ""
     mixture: MixtureShares = field(default_factory=MixtureShares)  # the blind degradation mixture's shares
     model: SIPLConfig = field(default_factory=SIPLConfig)
 
@@ -108,12 +111,13 @@ def fade_some(clean: torch.Tensor, rng: random.Random, share: float) -> torch.Te
     return out
 
 
-def degrade_batch(clean: torch.Tensor, rng: random.Random,
-                  shares: MixtureShares = DEFAULT_MIXTURE) -> tuple[torch.Tensor, list[str]]:
-    """Each crop gets its own random spec and seed (all-in-one, blind to the degradation type)."""
+def degrade_batch(clean: torch.Tensor, rng: random.Random, shares: MixtureShares = DEFAULT_MIXTURE,
+                  require: str = "") -> tuple[torch.Tensor, list[str]]:
+    """Each crop gets its own random spec and seed (all-in-one, blind to the degradation type); with `require`,
+    only the mixture's specs that contain that degradation (a specialist's training)."""
     out, specs = [], []
     for i in range(clean.shape[0]):
-        spec = random_spec(rng, shares)
+        spec = random_spec_with(rng, require, shares) if require else random_spec(rng, shares)
         y, _ = degrade(clean[i:i + 1], spec, rng.randrange(2**31))
         out.append(y)
         specs.append(spec)
@@ -127,7 +131,7 @@ def make_batch(sampler: CropSampler, rng: random.Random, cfg: TrainConfig) -> tu
         raise ValueError(f"the sampler's crops are {sampler.config.crop} px; degrade_context {cfg.degrade_context} "
                          f"x crop {cfg.crop} needs {cfg.crop * cfg.degrade_context}")
     clean = fade_some(darken_some(sampler.sample(cfg.batch, rng), rng, cfg.dark_share), rng, cfg.fade_share)
-    degraded, _ = degrade_batch(clean, rng, cfg.mixture)
+    degraded, _ = degrade_batch(clean, rng, cfg.mixture, cfg.require)
     if cfg.degrade_context > 1:
         clean, degraded = windows((clean, degraded), cfg.crop, rng)
     return clean, degraded
@@ -283,7 +287,7 @@ def _training_facts(cfg: TrainConfig, step: int, elapsed: float, history: list) 
             "aux": cfg.aux, "seed": cfg.seed, "init": cfg.init, "fresh_lr_scale": cfg.fresh_lr_scale, "ema": cfg.ema,
             "dark_share": cfg.dark_share, "fade_share": cfg.fade_share,
             "mixture": cfg.mixture.format(), "time_budget": cfg.time_budget, "workers": cfg.workers,
-            "degrade_context": cfg.degrade_context,
+            "degrade_context": cfg.degrade_context, "require": cfg.require,
             "final_loss": history[-1][1] if history else None}
 
 
@@ -344,6 +348,11 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--workers and --time-budget must be >= 0 (0: none)")
     if not 1 <= cfg.degrade_context <= 8:
         p.error("--degrade-context must be in 1..8 (1: degrade the crop itself)")
+    if cfg.require:
+        try:
+            random_spec_with(random.Random(0), cfg.require, cfg.mixture)
+        except ValueError as e:
+            p.error(f"--require: {e}")
     if not 0 <= cfg.ema < 1 or not cfg.fresh_lr_scale > 0:
         p.error("--ema must be in [0, 1) (0: off) and --fresh-lr-scale > 0")
     if cfg.init:

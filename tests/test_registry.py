@@ -101,3 +101,37 @@ def test_sipl_weights_file_loads_through_registry(tmp_path):
     assert r.restore_single_pass(torch.rand(1, 3, 24, 24)).shape == (1, 3, 24, 24)
     with pytest.raises(ValueError, match="SIPL backbones do not take option.*overlap"):
         create_restorer(str(path), overlap=8)
+
+
+def test_told_the_degradation_the_shipped_name_uses_its_specialist(tmp_path, monkeypatch):
+    """`degradation=SPEC`: a shipped SIPL name restores with its specialist weights when the spec has that
+    degradation (as the classical baselines are told the spec); otherwise, or where none ships, the blind weights."""
+    sipl = pytest.importorskip("restoration.backbones.sipl")
+    from tests.test_sipl import tiny_net
+
+    blind, haze = tmp_path / "blind.safetensors", tmp_path / "haze.safetensors"
+    sipl.save_weights(tiny_net(), blind)
+    sipl.save_weights(tiny_net(seed=1), haze)
+    monkeypatch.setitem(registry.SIPL_WEIGHTS, "sipl", blind)
+    monkeypatch.setitem(registry.SIPL_SPECIALISTS, "sipl", {"haze": haze})
+    hashes = {sipl.weights_sha256(blind): "blind", sipl.weights_sha256(haze): "haze"}
+    assert len(hashes) == 2
+
+    def used(**options):
+        r = create_restorer("sipl", post_deconvolution=False, **options)
+        return r.name, r.specialist, hashes[r.weights_hash], r.describe()["specialist"]
+
+    assert used() == ("sipl", None, "blind", None)
+    assert used(degradation="rain+haze") == ("sipl", "haze", "haze", "haze")
+    assert used(degradation="haze:1.5,0.8+noise:10") == ("sipl", "haze", "haze", "haze")
+    assert used(degradation="noise:25") == ("sipl", None, "blind", None)
+    assert used(degradation="none") == ("sipl", None, "blind", None)
+    with pytest.raises(ValueError, match="unknown degradation 'hazee'"):
+        create_restorer("sipl", degradation="hazee")
+    monkeypatch.setitem(registry.SIPL_SPECIALISTS, "sipl", {"haze": tmp_path / "not_shipped.safetensors"})
+    assert used(degradation="rain+haze") == ("sipl", None, "blind", None)  # no file: the blind weights
+    # a SIPL file given by path has no specialists: the hint is checked, and its own weights restore
+    r = create_restorer(str(haze), degradation="rain+haze")
+    assert r.specialist is None and hashes[r.weights_hash] == "haze"
+    with pytest.raises(ValueError, match="unknown degradation"):
+        create_restorer(str(haze), degradation="fog")

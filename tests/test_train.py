@@ -15,12 +15,13 @@ from restoration.degradations import MixtureShares
 from restoration.train import (
     BatchStream,
     TrainConfig,
+    degrade_batch,
     initial_weights,
     learning_rate,
     main,
     make_batch,
-    windows,
     train,
+    windows,
 )
 
 TINY = SIPLConfig(dim=8, num_blocks=(1, 1, 1, 1), heads=(1, 2, 2, 4), prompt_len=2, prompt_size=4,
@@ -237,4 +238,22 @@ def test_degrade_context_degrades_a_wider_region_then_keeps_a_window(tmp_path, c
     with pytest.raises(SystemExit) as e:
         main(["--images", str(tmp_path), "--out", str(tmp_path / "bad"), "--steps", "1", "--degrade-context", "0"])
     assert e.value.code == 2 and "--degrade-context must be in 1..8" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+
+
+def test_require_trains_a_specialist_on_the_specs_that_have_it(tmp_path, capsys):
+    """--require haze: every example's spec contains haze (the haze specialist's training); recorded in the facts."""
+    clean = torch.rand(12, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    _, specs = degrade_batch(clean, random.Random(0), require="haze")
+    assert all("haze" in [step.split(":")[0] for step in spec.split("+")] for spec in specs)
+    _, blind = degrade_batch(clean, random.Random(0))
+    assert any("haze" not in spec for spec in blind)
+    photo = torch.randint(0, 256, (3, 48, 48), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
+    train(TrainConfig(steps=1, batch=2, crop=16, warmup=1, model=TINY, require="haze"),
+          CropSampler([photo], CropConfig(crop=16, short_sides=(48,))), tmp_path / "run", resume=False,
+          device=torch.device("cpu"), log=quiet)
+    assert json.loads(read_metadata(tmp_path / "run" / "weights.safetensors")["facts"])["require"] == "haze"
+    with pytest.raises(SystemExit) as e:
+        main(["--images", str(tmp_path), "--out", str(tmp_path / "bad"), "--steps", "1", "--require", "lowlight"])
+    assert e.value.code == 2 and "--require: the mixture never draws 'lowlight'" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()

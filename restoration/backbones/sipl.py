@@ -96,6 +96,9 @@ class SIPLRestorer(Restorer):
         self.post_dehaze = None if post_dehaze is None else post_dehaze.eval().to(self.device)
         self.post_dehaze_name = post_dehaze_name if post_dehaze is not None else None
         self.post_dehaze_hash = post_dehaze_hash if post_dehaze is not None else None
+        # the degradation this network's weights specialise in, when the registry chose them from a hint
+        # (`registry.SIPL_SPECIALISTS`); None for the blind all-in-one weights
+        self.specialist: str | None = None
 
     @classmethod
     def from_file(cls, path: str | Path, device: str = "cpu", rounds: int | None = None,
@@ -154,4 +157,5 @@ class SIPLRestorer(Restorer):
                 "ensemble": self.ensemble, "proxy_fusion": self.net.proxy_fusion is not None, "tile": self.tile,
                 "config": self.net.config.to_dict(), "training": self.facts,
                 "post_deconvolution": self.post_name, "post_deconvolution_hash": self.post_hash,
-                "post_dehaze": self.post_dehaze_name, "post_dehaze_hash": self.post_dehaze_hash}
+                "post_dehaze": self.post_dehaze_name, "post_dehaze_hash": self.post_dehaze_hash,
+                "specialist": self.specialist}
