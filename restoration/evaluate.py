@@ -18,8 +18,8 @@ The shipped SIPL networks end with their blind post steps (post-deconvolution, t
 their files), in the refined and in the single pass alike; --no-post-deconvolution and --no-post-dehaze measure
 them without, --post-deconvolution FILE and --post-dehaze FILE with other files. --scene-context adds the
 scene-context pass (`backbones/scene_context.py`, any backbone, off by default). The classical baselines are told
-the degradation; SIPL backbones are blind unless --informed (`"informed"` in the JSON says which), and then the shipped
-`sipl` restores haze-bearing specs with its haze specialist weights when they ship (`registry.SIPL_SPECIALISTS`).
+the degradation; SIPL backbones are blind unless --informed (`"informed"` in the JSON says which), and then a
+SIPL backbone told a spec with haze ends with dark channel prior dehazing of its output (`registry.TOLD_DEHAZE`).
 Logs go to stderr.
 """
 
@@ -64,8 +64,8 @@ class EvalConfig:
     post_deconvolution: bool | Path = True
     post_dehaze: bool | Path = True
     scene_context: bool = False
-    # tell SIPL backbones the degradation spec too, as the classical baselines always are (the shipped names then
-    # restore with their specialist weights for it where one ships: `registry.SIPL_SPECIALISTS`)
+    # tell SIPL backbones the degradation spec too, as the classical baselines always are (told haze, they end with
+    # dehazing: `registry.TOLD_DEHAZE`)
     informed: bool = False
 
 
@@ -205,8 +205,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[EvalConfig, bool]:
     p.add_argument("--scene-context", action="store_true",
                    help="add the scene-context pass: a coarse run's low frequencies where it sees haze (off by default)")
     p.add_argument("--informed", action="store_true",
-                   help="tell a SIPL backbone the degradation, as the classical ones always are: the shipped names "
-                        "then use their specialist weights for it where one ships (default: blind)")
+                   help="tell a SIPL backbone the degradation, as the classical ones always are: told haze, it "
+                        "dehazes its output at the end (default: blind)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--limit", type=int, default=None, help="evaluate at most this many images")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")

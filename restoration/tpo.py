@@ -6,8 +6,8 @@ A round's `start` image is the restoration (round 0) or the previous round's ref
 every `Round` keeps its lineage: parent round id, the selection that guided its refinement, seeds, configs.
 
 Headless:
-    python -m restoration.tpo --input IMG [--degradation SPEC] [--gt IMG] [--backbone NAME] [--scene-context]
-        [--prior NAME_OR_PATH] [--selector METRIC[,METRIC...]] [--candidates N] [--rounds R] [--size N]
+    python -m restoration.tpo --input IMG [--degradation SPEC] [--gt IMG] [--backbone NAME] [--hint SPEC]
+        [--scene-context] [--prior NAME_OR_PATH] [--selector METRIC[,METRIC...]] [--candidates N] [--rounds R] [--size N]
         [--seed S] --out DIR --json
 """
 from __future__ import annotations
@@ -196,6 +196,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--degradation", default="", help="degrade the input first, e.g. noise:25 (seeded)")
     p.add_argument("--gt", type=Path, help="ground-truth image for PSNR (implied by --degradation)")
     p.add_argument("--backbone", default="sipl")
+    p.add_argument("--hint", default="",
+                   help="tell the restorer the degradation, e.g. haze (the classical baselines choose their method by "
+                        "it; a SIPL backbone told haze dehazes its output at the end); default: blind")
     p.add_argument("--scene-context", action="store_true",
                    help="add the scene-context pass to the backbone (a coarse run's low frequencies where it sees haze)")
     p.add_argument("--prior", default="default")
@@ -258,8 +261,9 @@ def main(argv: list[str] | None = None) -> int:
                            candidates=replace(CandidateConfig(), num_candidates=a.candidates, seed=a.seed),
                            refine=replace(refine, seed=a.seed), device=a.device,
                            precision=resolve_precision(a.precision, a.device))
-        engine = TPOEngine(config, restorer=create_restorer(a.backbone, a.device, scene_context=a.scene_context),
-                           prior=None)
+        told = {"degradation": a.hint} if a.hint.strip() else {}
+        engine = TPOEngine(config, restorer=create_restorer(a.backbone, a.device, scene_context=a.scene_context,
+                                                            **told), prior=None)
         engine.prior.set_inference_format(compile_mode=a.compile)
     except (ValueError, FileNotFoundError, KeyError) as exc:
         log(f"error: {exc}")
@@ -301,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     save_image(start, a.out / "final.png")
     result = {"rounds": rounds, "selector": "+".join(selector), "prior": engine.prior.describe(),
               "backbone": engine.restorer.describe(), "input": str(a.input), "degradation": a.degradation or None,
+              "hint": a.hint.strip() or None,
               "seed": a.seed}
     (a.out / "result.json").write_text(json.dumps(result, indent=2))
     if a.json:

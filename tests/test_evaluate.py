@@ -163,39 +163,34 @@ def test_every_post_step_has_its_flags():
 
 
 def test_informed_tells_sipl_the_degradation(tmp_path, monkeypatch, capsys):
-    """--informed: the shipped SIPL name is told the spec, as the classical baselines always are, and picks its
-    specialist weights for a haze-bearing spec; the JSON says whether the backbone was told."""
-    from restoration.backbones import registry
-    from restoration.backbones.sipl import save_weights, weights_sha256
+    """--informed: a SIPL backbone is told the spec, as the classical baselines always are, and ends with dehazing
+    where the spec has haze; the JSON says whether the backbone was told."""
+    from restoration.backbones.sipl import save_weights
     from tests.test_sipl import tiny_net
 
-    blind, haze = tmp_path / "blind.safetensors", tmp_path / "haze.safetensors"
-    save_weights(tiny_net(), blind)
-    save_weights(tiny_net(seed=1), haze)
-    monkeypatch.setitem(registry.SIPL_WEIGHTS, "sipl", blind)
-    monkeypatch.setitem(registry.SIPL_SPECIALISTS, "sipl", {"haze": haze})
+    path = tmp_path / "tiny.safetensors"
+    save_weights(tiny_net(), path)
     _write_images(tmp_path / "imgs")
-    args = ["--images", str(tmp_path / "imgs"), "--size", "32", "--limit", "1", "--json", "--no-post-deconvolution"]
+    args = ["--backbone", str(path), "--images", str(tmp_path / "imgs"), "--size", "32", "--limit", "1", "--json"]
 
     def report(*extra):
-        assert main(["--backbone", "sipl", *args, *extra]) == 0
+        assert main([*args, *extra]) == 0
         return json.loads(capsys.readouterr().out)
 
     told = report("--degradation", "rain+haze", "--informed")
-    assert told["informed"] is True and told["restorer"]["specialist"] == "haze"
-    assert told["restorer"]["weights_hash"] == weights_sha256(haze)
-    blind_run = report("--degradation", "rain+haze")
-    assert blind_run["informed"] is False and blind_run["restorer"]["specialist"] is None
-    assert blind_run["restorer"]["weights_hash"] == weights_sha256(blind)
-    assert told["mean"]["psnr"] != blind_run["mean"]["psnr"]
-    noise = report("--degradation", "noise:25", "--informed")  # no specialist for noise: the blind weights
-    assert noise["informed"] is True and noise["restorer"]["weights_hash"] == weights_sha256(blind)
-    classical = ["--backbone", "classical", "--degradation", "noise:25", *args[:-1]]
+    assert told["informed"] is True and told["restorer"]["told"] == "rain+haze"
+    assert told["restorer"]["told_dehaze"] == {"omega": 0.75, "t0": 0.4}
+    blind = report("--degradation", "rain+haze")
+    assert blind["informed"] is False and blind["restorer"]["told"] is None and blind["restorer"]["told_dehaze"] is None
+    assert told["mean"]["psnr"] != blind["mean"]["psnr"]
+    noise = report("--degradation", "noise:25", "--informed")  # told, but nothing to do for noise
+    assert noise["informed"] is True and noise["restorer"]["told_dehaze"] is None
+    classical = ["--backbone", "classical", "--degradation", "noise:25", *args[2:]]
     assert main([*classical, "--informed"]) == 0 and json.loads(capsys.readouterr().out)["informed"] is True
     assert main(classical) == 0 and json.loads(capsys.readouterr().out)["informed"] is True  # always told
     spandrel_file = tmp_path / "other.safetensors"
     from safetensors.torch import save_file
 
     save_file({"w": torch.zeros(1)}, str(spandrel_file))
-    assert main(["--backbone", str(spandrel_file), "--degradation", "haze", *args, "--informed"]) == 2
+    assert main(["--backbone", str(spandrel_file), "--degradation", "haze", *args[2:], "--informed"]) == 2
     assert "--informed applies only to SIPL" in capsys.readouterr().err

@@ -103,35 +103,31 @@ def test_sipl_weights_file_loads_through_registry(tmp_path):
         create_restorer(str(path), overlap=8)
 
 
-def test_told_the_degradation_the_shipped_name_uses_its_specialist(tmp_path, monkeypatch):
-    """`degradation=SPEC`: a shipped SIPL name restores with its specialist weights when the spec has that
-    degradation (as the classical baselines are told the spec); otherwise, or where none ships, the blind weights."""
+def test_told_haze_a_sipl_backbone_ends_with_dehazing(tmp_path, monkeypatch):
+    """`degradation=SPEC` (as the classical baselines are told): a spec with haze makes a SIPL backbone, shipped name
+    or file, end with dark channel prior dehazing at `TOLD_DEHAZE`; other specs, or none, change nothing."""
     sipl = pytest.importorskip("restoration.backbones.sipl")
+    from restoration.backbones.classical import estimate_haze
     from tests.test_sipl import tiny_net
 
-    blind, haze = tmp_path / "blind.safetensors", tmp_path / "haze.safetensors"
-    sipl.save_weights(tiny_net(), blind)
-    sipl.save_weights(tiny_net(seed=1), haze)
-    monkeypatch.setitem(registry.SIPL_WEIGHTS, "sipl", blind)
-    monkeypatch.setitem(registry.SIPL_SPECIALISTS, "sipl", {"haze": haze})
-    hashes = {sipl.weights_sha256(blind): "blind", sipl.weights_sha256(haze): "haze"}
-    assert len(hashes) == 2
-
-    def used(**options):
-        r = create_restorer("sipl", post_deconvolution=False, **options)
-        return r.name, r.specialist, hashes[r.weights_hash], r.describe()["specialist"]
-
-    assert used() == ("sipl", None, "blind", None)
-    assert used(degradation="rain+haze") == ("sipl", "haze", "haze", "haze")
-    assert used(degradation="haze:1.5,0.8+noise:10") == ("sipl", "haze", "haze", "haze")
-    assert used(degradation="noise:25") == ("sipl", None, "blind", None)
-    assert used(degradation="none") == ("sipl", None, "blind", None)
+    path = tmp_path / "blind.safetensors"
+    sipl.save_weights(tiny_net(), path)
+    monkeypatch.setitem(registry.SIPL_WEIGHTS, "sipl", path)
+    x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 0.5 + 0.4
+    blind = create_restorer("sipl", post_deconvolution=False)
+    assert blind.told is None and blind.describe()["told_dehaze"] is None
+    for spec in ("rain+haze", "haze:1.5,0.8+noise:10"):
+        told = create_restorer("sipl", post_deconvolution=False, degradation=spec)
+        assert told.told == spec and told.describe()["told_dehaze"] == {"omega": 0.75, "t0": 0.4}
+        y = blind.restore(x)
+        assert torch.allclose(told.restore(x), estimate_haze(y).dehaze(y, 0.75, 0.4), atol=1e-6)
+        assert not torch.allclose(told.restore(x), y, atol=1e-3)
+    for spec in ("noise:25", "none"):
+        plain = create_restorer("sipl", post_deconvolution=False, degradation=spec)
+        assert plain.told == spec and plain.told_dehaze is None and torch.equal(plain.restore(x), blind.restore(x))
     with pytest.raises(ValueError, match="unknown degradation 'hazee'"):
         create_restorer("sipl", degradation="hazee")
-    monkeypatch.setitem(registry.SIPL_SPECIALISTS, "sipl", {"haze": tmp_path / "not_shipped.safetensors"})
-    assert used(degradation="rain+haze") == ("sipl", None, "blind", None)  # no file: the blind weights
-    # a SIPL file given by path has no specialists: the hint is checked, and its own weights restore
-    r = create_restorer(str(haze), degradation="rain+haze")
-    assert r.specialist is None and hashes[r.weights_hash] == "haze"
+    by_path = create_restorer(str(path), degradation="haze")  # a file by path: the same
+    assert by_path.told_dehaze == registry.TOLD_DEHAZE
     with pytest.raises(ValueError, match="unknown degradation"):
-        create_restorer(str(haze), degradation="fog")
+        create_restorer(str(path), degradation="fog")

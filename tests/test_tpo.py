@@ -78,11 +78,11 @@ def test_headless_command_json(tmp_path):
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "restoration.tpo", "--input", str(img), "--degradation", "noise:15",
            "--backbone", "nlm", "--prior", str(prior_dir), "--candidates", "2", "--rounds", "2", "--size", "32",
-           "--seed", "3", "--steps", "2", "--scene-context", "--out", str(out), "--json"]
+           "--seed", "3", "--steps", "2", "--scene-context", "--hint", "noise:15", "--out", str(out), "--json"]
     res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert res.returncode == 0, res.stderr
     data = json.loads(res.stdout)
-    assert data["selector"] == "piqe" and len(data["rounds"]) == 2
+    assert data["selector"] == "piqe" and len(data["rounds"]) == 2 and data["hint"] == "noise:15"
     assert data["backbone"]["scene_context"]["coarse_side"] == 64
     r0 = data["rounds"][0]
     assert {c["id"] for c in r0["candidates"]} == {RESTORED_ID, "c0", "c1"}
@@ -104,3 +104,5 @@ def test_headless_command_errors(tmp_path):
     assert bad.returncode == 2 and "noise" in bad.stderr
     bad = subprocess.run(base + ["--selector", "piqee"], capture_output=True, text=True, cwd=ROOT)
     assert bad.returncode == 2 and "piqe" in bad.stderr
+    bad = subprocess.run(base + ["--backbone", "nlm", "--hint", "fog"], capture_output=True, text=True, cwd=ROOT)
+    assert bad.returncode == 2 and "unknown degradation 'fog'" in bad.stderr

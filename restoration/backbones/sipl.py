@@ -14,6 +14,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from restoration.backbones.base import Restorer
+from restoration.backbones.classical import estimate_haze
 from restoration.backbones.ensemble import check_ensemble, self_ensemble
 from restoration.backbones.hashing import weights_sha256
 from restoration.backbones.post_deconvolution import PostDeconvolver, load_post_deconvolver
@@ -76,7 +77,7 @@ class SIPLRestorer(Restorer):
                  facts: dict[str, Any] | None = None, ensemble: int | None = None,
                  post: PostDeconvolver | None = None, post_name: str | None = None, post_hash: str | None = None,
                  post_dehaze: PostDehazer | None = None, post_dehaze_name: str | None = None,
-                 post_dehaze_hash: str | None = None):
+                 post_dehaze_hash: str | None = None, told_dehaze: tuple[float, float] | None = None):
         self.ensemble = check_ensemble(1 if ensemble is None else ensemble)
         rounds = DEFAULT_ROUNDS if rounds is None else rounds
         if not isinstance(rounds, int) or not 0 <= rounds <= 4:
@@ -96,15 +97,17 @@ class SIPLRestorer(Restorer):
         self.post_dehaze = None if post_dehaze is None else post_dehaze.eval().to(self.device)
         self.post_dehaze_name = post_dehaze_name if post_dehaze is not None else None
         self.post_dehaze_hash = post_dehaze_hash if post_dehaze is not None else None
-        # the degradation this network's weights specialise in, when the registry chose them from a hint
-        # (`registry.SIPL_SPECIALISTS`); None for the blind all-in-one weights
-        self.specialist: str | None = None
+        # the degradation spec the restorer was told (None: blind), and the dehazing (omega, t0) that ends each
+        # restoration when it said haze (`registry.TOLD_DEHAZE`), or None
+        self.told: str | None = None
+        self.told_dehaze: tuple[float, float] | None = told_dehaze
 
     @classmethod
     def from_file(cls, path: str | Path, device: str = "cpu", rounds: int | None = None,
                   tile: int | None = None, name: str | None = None,
                   ensemble: int | None = None, post_deconvolution: str | Path | None = None,
-                  post_dehaze: str | Path | None = None) -> SIPLRestorer:
+                  post_dehaze: str | Path | None = None,
+                  told_dehaze: tuple[float, float] | None = None) -> SIPLRestorer:
         """`post_deconvolution`, `post_dehaze`: the paths of post-step files trained for this network, or None."""
         facts = json.loads(read_metadata(path).get("facts", "{}")) if Path(path).is_file() else {}
         net = load_network(path, device)
@@ -118,7 +121,8 @@ class SIPLRestorer(Restorer):
             dehaze_name, dehaze_hash = Path(post_dehaze).name, weights_sha256(post_dehaze)
         return cls(net, name=name or Path(path).stem, weights_hash=weights_sha256(path), rounds=rounds,
                    tile=tile, facts=facts, ensemble=ensemble, post=post, post_name=post_name, post_hash=post_hash,
-                   post_dehaze=dehaze, post_dehaze_name=dehaze_name, post_dehaze_hash=dehaze_hash)
+                   post_dehaze=dehaze, post_dehaze_name=dehaze_name, post_dehaze_hash=dehaze_hash,
+                   told_dehaze=told_dehaze)
 
     @property
     def device(self) -> torch.device:
@@ -142,6 +146,9 @@ class SIPLRestorer(Restorer):
             for step in (self.post, self.post_dehaze):
                 if step is not None:
                     y = step(x, y)
+            if self.told_dehaze is not None:
+                omega, t0 = self.told_dehaze
+                y = estimate_haze(y).dehaze(y, omega, t0)
         return y
 
     def restore(self, x: torch.Tensor) -> torch.Tensor:
@@ -158,4 +165,5 @@ class SIPLRestorer(Restorer):
                 "config": self.net.config.to_dict(), "training": self.facts,
                 "post_deconvolution": self.post_name, "post_deconvolution_hash": self.post_hash,
                 "post_dehaze": self.post_dehaze_name, "post_dehaze_hash": self.post_dehaze_hash,
-                "specialist": self.specialist}
+                "told": self.told,
+                "told_dehaze": None if self.told_dehaze is None else dict(zip(("omega", "t0"), self.told_dehaze))}
