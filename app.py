@@ -99,6 +99,10 @@ def annotate_tab(service: FeedbackService) -> None:
             degradation = gr.Dropdown(list(ui.DEGRADATION_EXAMPLES), value="none", allow_custom_value=True,
                                       label="Synthesize a degradation (the clean image is kept as ground truth)",
                                       elem_id="degradation")
+            hint = gr.Dropdown(["", "haze", "rain+haze", "noise:25", "blur:1.5"], value="", allow_custom_value=True,
+                               label="Tell the restorer the degradation (optional; empty: blind). The classical "
+                                     "methods choose by it; SIPL, told haze, dehazes its output",
+                               elem_id="hint")
             restore_btn = gr.Button("Restore", variant="primary", elem_id="restore")
         input_view = gr.Image(label="Input", interactive=False, elem_id="input_view", height=256)
         restored_view = gr.Image(label="Restored", interactive=False, elem_id="restored_view", height=256)
@@ -145,7 +149,7 @@ def annotate_tab(service: FeedbackService) -> None:
     start.click(bind(ui.sign_in), [name, state], [state, status], api_name="sign_in")
     name.submit(bind(ui.sign_in), [name, state], [state, status], api_name="sign_in_enter")
     sample.change(ui.load_sample, [sample], [image], api_name="load_sample")
-    restore_btn.click(bind(ui.restore), [state, image, degradation, backbone, seed, fit],
+    restore_btn.click(bind(ui.restore), [state, image, degradation, backbone, seed, fit, hint],
                       [state, input_view, restored_view, status, history, gallery, preferred, rejected],
                       api_name="restore", **engine)
     round_out = [state, gallery, preferred, rejected, status, history]

@@ -274,7 +274,10 @@ def build_router(service: FeedbackService, limiter: RateLimiter) -> APIRouter:
                      fit: Annotated[bool, Form(description="downscale an image larger than the upload limits "
                                                            "(GET /api/v1/health 'limits') to fit them instead of "
                                                            "refusing it; the round's params record both sizes")]
-                     = False) -> dict[str, Any]:
+                     = False,
+                     hint: Annotated[str | None, Form(description="a degradation spec the restorer is told (e.g. "
+                                                                   "'haze'); empty: blind. Recorded in the round's "
+                                                                   "params")] = None) -> dict[str, Any]:
         service.check_session(who, session_id)
         if parent_round_id:  # lineage stays inside one session: no linking to another session's rounds
             service.check_round(who, parent_round_id)
@@ -284,7 +287,7 @@ def build_router(service: FeedbackService, limiter: RateLimiter) -> APIRouter:
             data = image.file.read(service.limits.max_bytes + 1)
             view = service.start_round(session_id, data, degradation=degradation, backbone=backbone,
                                        candidates=candidates, seed=seed, parent_round_id=parent_round_id or None,
-                                       prior=prior, fit=fit)
+                                       prior=prior, fit=fit, hint=hint)
         return _round_out(view)
 
     @router.get("/rounds/{round_id}", response_model=RoundOut, responses=errors(AUTH, 404, 422))

@@ -271,7 +271,9 @@ class TTPOWorker:
         """{'prior_id', 'weights_hash', 'kind'} of the named prior (loading it if needed)."""
         return self.prior(name).describe()
 
-    def engine(self, backbone: str | None = None, selector: Sequence[str] | None = None):
+    def engine(self, backbone: str | None = None, selector: Sequence[str] | None = None, hint: str = ""):
+        """The TPO engine of `backbone`; `hint` (a checked spec, '' for none) is the degradation the restorer is
+        told: the classical baselines choose their method by it; a SIPL backbone told haze dehazes its output."""
         from restoration.backbones import get_restorer
         from restoration.tpo import TPOConfig, TPOEngine
 
@@ -279,9 +281,10 @@ class TTPOWorker:
         config = TPOConfig(backbone=name, prior=self.settings.prior, selector=tuple(selector or self.settings.selector),
                            device=self.settings.device)
         try:
-            restorer = get_restorer(name, self.settings.device)
+            restorer = get_restorer(name, self.settings.device, **({"degradation": hint} if hint else {}))
         except (ValueError, FileNotFoundError) as exc:
-            raise InputError(f"backbone {name!r} cannot be loaded: {exc}") from None
+            told = f" told {hint!r}" if hint else ""
+            raise InputError(f"backbone {name!r} cannot be loaded{told}: {exc}") from None
         return TPOEngine(config, restorer=restorer, prior=self.prior())
 
     def warm_up(self) -> None:
@@ -306,8 +309,9 @@ class TTPOWorker:
         except ValueError as exc:
             raise InputError(f"degradation: {exc}") from None
 
-    def restore(self, degraded: torch.Tensor, backbone: str) -> tuple[torch.Tensor, dict[str, Any], float]:
-        engine = self.engine(backbone)
+    def restore(self, degraded: torch.Tensor, backbone: str,
+                hint: str = "") -> tuple[torch.Tensor, dict[str, Any], float]:
+        engine = self.engine(backbone, hint=hint)
         restored, seconds = engine.restore(degraded)
         return restored.clamp(0, 1), engine.restorer.describe(), seconds
 

@@ -270,12 +270,15 @@ class FeedbackService:
                     backbone: str | None = None, candidates: Any = None, seed: Any = None,
                     parent_round_id: str | None = None, origin: str = "upload",
                     strengths: Sequence[float] | None = None, generate: bool = True,
-                    prior: str | None = None, fit: bool = False) -> RoundView:
+                    prior: str | None = None, fit: bool = False, hint: str | None = None) -> RoundView:
         """Decode and check the upload, degrade it when asked (the clean image kept as ground truth), restore,
         and record the round; then generate its candidates unless `generate=False`. `prior` names one of the
         worker's `prior_names()` (default: the process's prior); it is used for the candidates and refinement.
         `fit=True` downscales an image larger than the upload limits to fit them instead of refusing it; the
         round's params then record both sizes (`params["upload"]`), and the stored image is the downscaled one.
+        `hint` is a degradation spec the restorer is told (blind when None or empty): the classical baselines
+        choose their method by it, and a SIPL backbone told haze dehazes its output at the end; recorded as
+        `params["hint"]`.
 
         Everything a client sent is checked before anything is computed or stored: a refused request
         leaves no rows and no image files behind."""
@@ -283,6 +286,10 @@ class FeedbackService:
         backbone = self.worker.check_backbone(backbone)
         prior = self.worker.check_prior(prior)
         spec = self.worker.check_degradation(degradation)
+        try:
+            hint = self.worker.check_degradation(hint)
+        except InputError as exc:
+            raise InputError(f"hint (the degradation the restorer is told): {exc}") from None
         with self.db.sessions.begin() as s:  # fail early on unknown session / parent
             store._get(s, store.SessionRow, session_id, "session")
             if parent_round_id is not None and store.get_round(s, parent_round_id).session_id != session_id:
@@ -293,7 +300,7 @@ class FeedbackService:
         clean = _to_tensor(array)
         with self.gate.slot():
             degraded, record = self.worker.degrade(clean, spec, settings.seed)
-            restored, restorer_facts, t_restore = self.worker.restore(degraded, backbone)
+            restored, restorer_facts, t_restore = self.worker.restore(degraded, backbone, hint)
             prior_facts = self.worker.prior_facts(prior)  # loads a prior not used before (outside any transaction)
         image_id = self.images.put_array(array)
         degraded_id = self.images.put_array(_to_uint8(degraded)) if record else image_id
@@ -302,6 +309,8 @@ class FeedbackService:
         record_fields = self._round_record(settings, "restored", restorer_facts, prior, prior_facts)
         if upload := decoded.facts():
             record_fields["params"]["upload"] = upload
+        if hint:
+            record_fields["params"]["hint"] = hint
         with self.db.sessions.begin() as s:
             src = store.add_source_image(
                 s, image_hash=image_id, width=width, height=height, origin=origin, session_id=session_id,

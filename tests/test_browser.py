@@ -174,8 +174,16 @@ def test_a_larger_photo_is_downscaled_to_fit_or_refused(browser, tmp_path):
         page.locator("#fit input").uncheck()  # off: the upload is refused, with the limits in the message
         page.locator("#restore").click()
         page.get_by_text("sides must be 16..64 pixels").first.wait_for(timeout=STEP_TIMEOUT_MS)
+
+        page.locator("#fit input").check()  # telling the restorer the degradation: the status says so
+        hint = page.locator("#hint input")
+        hint.fill("haze")
+        hint.press("Enter")
+        page.locator("#restore").click()
+        _wait_status(page, "told haze")
         page.close()
         with sqlite3.connect(server.db_path) as db:
-            assert db.execute("select width, height from source_images").fetchall() == [(64, 38)]
-            params = db.execute("select params from rounds").fetchone()[0]
-            assert '"original_size": [160, 96]' in params and '"size": [64, 38]' in params
+            assert db.execute("select distinct width, height from source_images").fetchall() == [(64, 38)]
+            first, told = (row[0] for row in db.execute("select params from rounds order by created_at"))
+            assert '"original_size": [160, 96]' in first and '"size": [64, 38]' in first
+            assert '"hint"' not in first and '"hint": "haze"' in told

@@ -36,7 +36,7 @@ def _restored_client(url: str, name: str, image: str):
 
     client = Client(url, verbose=False)
     client.predict(name, api_name="/sign_in")
-    client.predict(handle_file(image), "none", "nlm", 0, True, api_name="/restore")
+    client.predict(handle_file(image), "none", "nlm", 0, True, "", api_name="/restore")
     return client
 
 

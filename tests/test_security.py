@@ -259,7 +259,7 @@ def test_gradio_event_cannot_pull_a_server_file_into_its_cache(env):
     client = env["client"]
     secret = env["folder"] / f"secret-{uuid.uuid4().hex}.txt"
     secret.write_text("do not serve")
-    payload = {"data": [{"path": str(secret), "meta": {"_type": "gradio.FileData"}}, "none", "nlm", 1, True]}
+    payload = {"data": [{"path": str(secret), "meta": {"_type": "gradio.FileData"}}, "none", "nlm", 1, True, ""]}
     r = client.post("/gradio_api/call/restore", json=payload)
     assert r.status_code == 200, r.text
     stream = client.get(f"/gradio_api/call/restore/{r.json()['event_id']}").text
