@@ -46,4 +46,13 @@ for set in val eval; do
   done
 done
 $py scripts/summarize_results.py "$out"/scene_context/*.json > "$out/scene_context/SUMMARY.md"
+# told the degradation (--informed), as the classical baselines always are: told haze, SIPL ends with dehazing
+mkdir -p "$out/informed"
+for set in eval val; do
+  for spec in rain+haze haze; do
+    tag=$(echo "$spec" | tr ':+.' '__p')
+    for b in sipl sipl_ablation; do ev "$b" "$spec" "$photos/$set" "informed/${set}_${b}_$tag" --informed; done
+  done
+done
+$py scripts/summarize_results.py "$out"/informed/*.json > "$out/informed/SUMMARY.md"
 $py scripts/summarize_results.py "$out"/*.json > "$out/SUMMARY.md"; cat "$out/SUMMARY.md"
