@@ -91,9 +91,7 @@ def _check_options(kind: str, options: dict[str, Any], allowed: tuple[str, ...])
 
 
 def _load_sipl(path: Path, device: str, options: dict[str, Any]) -> Restorer:
-    from restoration.backbones.sipl import (
-        SIPLRestorer,  # lazy: the network module is large
-    )
+    from restoration.backbones.sipl import SIPLRestorer  # lazy: the network module is large
 
     options = _check_options("SIPL", options, SIPL_OPTIONS)
     told = options.pop("degradation", None)

@@ -69,8 +69,9 @@ class SIPLRestorer(Restorer):
     copies averaged (1, 2, 4 or 8; each costs one more restoration, see `ensemble.self_ensemble`); `post` the
     blind post-deconvolution step (`post_deconvolution.PostDeconvolver`, trained for this network) applied to
     the whole restored image, after the refined pass and after the single pass alike, or None; `post_dehaze` the
-    blind post-dehazing step (`post_dehaze.PostDehazer`) applied after it, or None. `*_name` and `*_hash` name their
-    files in `describe()`."""
+    blind post-dehazing step (`post_dehaze.PostDehazer`) applied after it, or None; `told_dehaze` (omega, t0) ends
+    every restoration with dark channel prior dehazing, set by the registry when the restorer is told the degradation
+    contains haze (`registry.TOLD_DEHAZE`), or None. `*_name` and `*_hash` name their files in `describe()`."""
 
     def __init__(self, net: SIPLNet, name: str = "sipl", weights_hash: str | None = None,
                  rounds: int | None = None, tile: int | None = None, overlap: int = DEFAULT_OVERLAP,
