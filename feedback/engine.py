@@ -281,7 +281,7 @@ class TTPOWorker:
         config = TPOConfig(backbone=name, prior=self.settings.prior, selector=tuple(selector or self.settings.selector),
                            device=self.settings.device)
         try:
-            restorer = get_restorer(name, self.settings.device, **({"degradation": hint} if hint else {}))
+            restorer = get_restorer(name, self.settings.device, degradation=hint or None)
         except (ValueError, FileNotFoundError) as exc:
             told = f" told {hint!r}" if hint else ""
             raise InputError(f"backbone {name!r} cannot be loaded{told}: {exc}") from None

@@ -141,7 +141,7 @@ def restore(service: FeedbackService, state: dict, image_path: str | None, degra
     data = Path(image_path).read_bytes()
     view = service.start_round(session_id, data, degradation=degradation, backbone=backbone,
                                seed=None if seed is None or seed < 0 else int(seed), origin=_origin(image_path),
-                               generate=False, fit=bool(fit), hint=(hint or "").strip())
+                               generate=False, fit=bool(fit), hint=hint)
     new_state = {"session_id": session_id, "round_id": view.round_id}
     told = f", told *{view.params['hint']}*" if view.params.get("hint") else ""
     msg = (f"Round {view.round_index} restored with **{backbone or 'default'}**{told} in "

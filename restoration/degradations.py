@@ -546,6 +546,12 @@ _NOISE_COMBOS: tuple[tuple[str, ...], ...] = (("blur", "noise"), ("noise", "blur
 _SINGLES: tuple[str, ...] = ("blur", "blur", "motion", "sr", "jpeg", "jpeg", "rain", "haze")
 
 
+#: The mixture's groups of degradation-name tuples, in `MixtureShares` order: clean (none), noise alone, noise with
+#: blur or jpeg, one other degradation, a composite. `random_spec` draws a group by its share, then one tuple of it.
+_MIXTURE_GROUPS: tuple[tuple[tuple[str, ...], ...], ...] = (
+    (), (("noise",),), _NOISE_COMBOS, tuple((n,) for n in _SINGLES), _COMPOSITES)
+
+
 @dataclass(frozen=True)
 class MixtureShares:
     """The blind training mixture's shares, in order: clean (identity), noise alone, noise with blur or jpeg
@@ -596,29 +602,17 @@ def random_spec(rng: random.Random, shares: MixtureShares = DEFAULT_MIXTURE) -> 
     40% noise (sigma 5-55), 15% noise with blur or jpeg, 25% one other degradation, 15% a composite."""
     u = rng.random()
     edges = list(itertools.accumulate(astuple(shares)))
-    if u < edges[0]:
+    group = _MIXTURE_GROUPS[next((k for k, edge in enumerate(edges) if u < edge), len(edges) - 1)]
+    if not group:
         return "none"
-    if u < edges[1]:
-        names: tuple[str, ...] = ("noise",)
-    elif u < edges[2]:
-        names = rng.choice(_NOISE_COMBOS)
-    elif u < edges[3]:
-        names = (rng.choice(_SINGLES),)
-    else:
-        names = rng.choice(_COMPOSITES)
+    names = group[0] if len(group) == 1 else rng.choice(group)
     return format_spec([random_step(n, rng) for n in names])
 
 
 def families_drawn(shares: MixtureShares = DEFAULT_MIXTURE) -> frozenset[str]:
     """The degradation names `random_spec` can draw under `shares` (those of the groups with a share > 0)."""
-    groups = (
-        (),
-        (("noise",),),
-        _NOISE_COMBOS,
-        tuple((n,) for n in _SINGLES),
-        _COMPOSITES,
-    )
-    return frozenset(n for share, combos in zip(astuple(shares), groups) if share > 0 for c in combos for n in c)
+    return frozenset(n for share, group in zip(astuple(shares), _MIXTURE_GROUPS) if share > 0
+                     for names in group for n in names)
 
 
 def random_spec_with(rng: random.Random, require: str, shares: MixtureShares = DEFAULT_MIXTURE) -> str:

@@ -196,7 +196,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--degradation", default="", help="degrade the input first, e.g. noise:25 (seeded)")
     p.add_argument("--gt", type=Path, help="ground-truth image for PSNR (implied by --degradation)")
     p.add_argument("--backbone", default="sipl")
-    p.add_argument("--hint", default="",
+    p.add_argument("--hint", default=None,
                    help="tell the restorer the degradation, e.g. haze (the classical baselines choose their method by "
                         "it; a SIPL backbone told haze dehazes its output at the end); default: blind")
     p.add_argument("--scene-context", action="store_true",
@@ -217,6 +217,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--json", action="store_true", help="print the result as one JSON object on stdout")
     a = p.parse_args(argv)
+    a.hint = (a.hint or "").strip() or None
     if not 1 <= a.candidates <= 64:
         p.error("--candidates must be in 1..64")
     if not 1 <= a.rounds <= 10:
@@ -261,9 +262,8 @@ def main(argv: list[str] | None = None) -> int:
                            candidates=replace(CandidateConfig(), num_candidates=a.candidates, seed=a.seed),
                            refine=replace(refine, seed=a.seed), device=a.device,
                            precision=resolve_precision(a.precision, a.device))
-        told = {"degradation": a.hint} if a.hint.strip() else {}
         engine = TPOEngine(config, restorer=create_restorer(a.backbone, a.device, scene_context=a.scene_context,
-                                                            **told), prior=None)
+                                                            degradation=a.hint), prior=None)
         engine.prior.set_inference_format(compile_mode=a.compile)
     except (ValueError, FileNotFoundError, KeyError) as exc:
         log(f"error: {exc}")
@@ -305,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     save_image(start, a.out / "final.png")
     result = {"rounds": rounds, "selector": "+".join(selector), "prior": engine.prior.describe(),
               "backbone": engine.restorer.describe(), "input": str(a.input), "degradation": a.degradation or None,
-              "hint": a.hint.strip() or None,
+              "hint": a.hint,
               "seed": a.seed}
     (a.out / "result.json").write_text(json.dumps(result, indent=2))
     if a.json:

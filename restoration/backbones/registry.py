@@ -98,6 +98,7 @@ def _load_sipl(path: Path, device: str, options: dict[str, Any]) -> Restorer:
     if told is not None:  # a spec that does not parse is a ValueError, as for the classical baselines
         from restoration.degradations import parse_spec
 
+        options["told"] = told
         if "haze" in {step.name for step in parse_spec(told)}:
             options["told_dehaze"] = TOLD_DEHAZE
     for option in SIPL_POST_STEPS:
@@ -106,9 +107,7 @@ def _load_sipl(path: Path, device: str, options: dict[str, Any]) -> Restorer:
             options.pop(option)
         elif post is not None and not isinstance(post, (str, Path)):
             raise TypeError(f"{option} must be a file path or False (none), got {post!r}")
-    restorer = SIPLRestorer.from_file(path, device=device, **options)
-    restorer.told = told
-    return restorer
+    return SIPLRestorer.from_file(path, device=device, **options)
 
 
 def _unknown_name_error(name: str) -> ValueError:

@@ -71,14 +71,15 @@ class SIPLRestorer(Restorer):
     the whole restored image, after the refined pass and after the single pass alike, or None; `post_dehaze` the
     blind post-dehazing step (`post_dehaze.PostDehazer`) applied after it, or None; `told_dehaze` (omega, t0) ends
     every restoration with dark channel prior dehazing, set by the registry when the restorer is told the degradation
-    contains haze (`registry.TOLD_DEHAZE`), or None. `*_name` and `*_hash` name their files in `describe()`."""
+    contains haze (`registry.TOLD_DEHAZE`), or None; `told` the spec it was told (None: blind). `*_name` and `*_hash` name their files in `describe()`."""
 
     def __init__(self, net: SIPLNet, name: str = "sipl", weights_hash: str | None = None,
                  rounds: int | None = None, tile: int | None = None, overlap: int = DEFAULT_OVERLAP,
                  facts: dict[str, Any] | None = None, ensemble: int | None = None,
                  post: PostDeconvolver | None = None, post_name: str | None = None, post_hash: str | None = None,
                  post_dehaze: PostDehazer | None = None, post_dehaze_name: str | None = None,
-                 post_dehaze_hash: str | None = None, told_dehaze: tuple[float, float] | None = None):
+                 post_dehaze_hash: str | None = None, told: str | None = None,
+                 told_dehaze: tuple[float, float] | None = None):
         self.ensemble = check_ensemble(1 if ensemble is None else ensemble)
         rounds = DEFAULT_ROUNDS if rounds is None else rounds
         if not isinstance(rounds, int) or not 0 <= rounds <= 4:
@@ -100,14 +101,13 @@ class SIPLRestorer(Restorer):
         self.post_dehaze_hash = post_dehaze_hash if post_dehaze is not None else None
         # the degradation spec the restorer was told (None: blind), and the dehazing (omega, t0) that ends each
         # restoration when it said haze (`registry.TOLD_DEHAZE`), or None
-        self.told: str | None = None
-        self.told_dehaze: tuple[float, float] | None = told_dehaze
+        self.told, self.told_dehaze = told, told_dehaze
 
     @classmethod
     def from_file(cls, path: str | Path, device: str = "cpu", rounds: int | None = None,
                   tile: int | None = None, name: str | None = None,
                   ensemble: int | None = None, post_deconvolution: str | Path | None = None,
-                  post_dehaze: str | Path | None = None,
+                  post_dehaze: str | Path | None = None, told: str | None = None,
                   told_dehaze: tuple[float, float] | None = None) -> SIPLRestorer:
         """`post_deconvolution`, `post_dehaze`: the paths of post-step files trained for this network, or None."""
         facts = json.loads(read_metadata(path).get("facts", "{}")) if Path(path).is_file() else {}
@@ -123,7 +123,7 @@ class SIPLRestorer(Restorer):
         return cls(net, name=name or Path(path).stem, weights_hash=weights_sha256(path), rounds=rounds,
                    tile=tile, facts=facts, ensemble=ensemble, post=post, post_name=post_name, post_hash=post_hash,
                    post_dehaze=dehaze, post_dehaze_name=dehaze_name, post_dehaze_hash=dehaze_hash,
-                   told_dehaze=told_dehaze)
+                   told=told, told_dehaze=told_dehaze)
 
     @property
     def device(self) -> torch.device:
