@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from restoration import train_prior
@@ -27,3 +28,82 @@ def test_train_prior_end_to_end_and_resume(tmp_path):
     card = json.loads((tmp_path / "prior" / "card.json").read_text())
     assert card["training"]["steps"] == 5
     assert load_prior(str(tmp_path / "prior")).weights_hash != prior.weights_hash
+
+
+def _photos(tmp_path):
+    rng = np.random.default_rng(0)
+    (tmp_path / "photos").mkdir(exist_ok=True)
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 255, (300, 340, 3), dtype=np.uint8)).save(tmp_path / "photos" / f"{i}.png")
+    return tmp_path / "photos"
+
+
+def _args(tmp_path, photos, name):
+    return ["--images", str(photos), "--out", str(tmp_path / name / "prior"), "--state", str(tmp_path / name / "s.pt"),
+            "--batch-size", "2", "--crop", "32", "--channels", "16,32", "--unshuffle", "2", "--threads", "1",
+            "--warmup", "2", "--steps", "6"]
+
+
+def _ema(tmp_path, name):
+    import torch
+
+    return torch.load(tmp_path / name / "s.pt", weights_only=False)["ema"]
+
+
+def _assert_same(a, b):
+    import torch
+
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+
+
+def test_a_signalled_run_resumes_to_the_uninterrupted_weights(tmp_path, monkeypatch):
+    import os
+    import signal
+
+    photos = _photos(tmp_path)
+    train_prior.main(_args(tmp_path, photos, "whole"))
+    lr_at = train_prior.lr_at
+
+    def interrupt_at_3(step, total, cfg):  # SIGINT while step 3 runs: the step finishes, the state is saved
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+        return lr_at(step, total, cfg)
+
+    monkeypatch.setattr(train_prior, "lr_at", interrupt_at_3)
+    train_prior.main(_args(tmp_path, photos, "cut"))
+    import torch
+
+    assert torch.load(tmp_path / "cut" / "s.pt", weights_only=False)["step"] == 4
+    monkeypatch.setattr(train_prior, "lr_at", lr_at)
+    train_prior.main(_args(tmp_path, photos, "cut") + ["--resume"])
+    _assert_same(_ema(tmp_path, "cut"), _ema(tmp_path, "whole"))
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the trainer put the handler back
+
+
+def test_a_killed_run_resumes_from_its_checkpoint_to_the_uninterrupted_weights(tmp_path, monkeypatch):
+    photos = _photos(tmp_path)
+    train_prior.main(_args(tmp_path, photos, "whole"))
+    save_pixel_prior = train_prior.save_pixel_prior
+
+    def die_after_save(*args, **kwargs):  # the process dies right after its checkpoint at step 3
+        save_pixel_prior(*args, **kwargs)
+        raise SystemExit(137)
+
+    monkeypatch.setattr(train_prior, "save_pixel_prior", die_after_save)
+    try:
+        train_prior.main(_args(tmp_path, photos, "cut") + ["--save-every", "3"])
+    except SystemExit:
+        pass
+    monkeypatch.setattr(train_prior, "save_pixel_prior", save_pixel_prior)
+    train_prior.main(_args(tmp_path, photos, "cut") + ["--resume"])
+    _assert_same(_ema(tmp_path, "cut"), _ema(tmp_path, "whole"))
+
+
+def test_the_schedule_warms_up_then_decays_to_its_floor():
+    cfg = train_prior.TrainConfig(lr=1e-3, warmup=10, final_lr_fraction=0.1)
+    lrs = [train_prior.lr_at(s, 100, cfg) for s in range(100)]
+    assert lrs[0] == pytest.approx(1e-4) and max(lrs) == pytest.approx(1e-3)
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+    assert train_prior.lr_at(100, 100, cfg) == pytest.approx(1e-4)

@@ -310,6 +310,7 @@ class PixelPriorConfig:
     norm_num_groups: int = 16
     num_train_timesteps: int = 1000
     beta_schedule: str = "linear"
+    prediction_type: str = "epsilon"  # or "v_prediction" (Salimans & Ho 2022): what the U-Net outputs
 
 
 def build_pixel_unet(config: PixelPriorConfig = PixelPriorConfig()) -> torch.nn.Module:
@@ -337,7 +338,7 @@ def build_scheduler(config: PixelPriorConfig = PixelPriorConfig()):
     return DDPMScheduler(
         num_train_timesteps=config.num_train_timesteps,
         beta_schedule=config.beta_schedule,
-        prediction_type="epsilon",
+        prediction_type=config.prediction_type,
         clip_sample=True,
     )
 
@@ -346,21 +347,32 @@ def save_pixel_prior(
     folder: str | Path, unet: torch.nn.Module, config: PixelPriorConfig, card: dict[str, Any] | None = None,
     half: bool = True,
 ) -> Path:
-    """Write unet/ (fp16 safetensors when `half`), scheduler/, prior_config.json and a README.md card."""
+    """Write unet/ (fp16 safetensors when `half`), scheduler/, prior_config.json and card.json, all at once: into
+    a sibling folder that then replaces `folder`, so a reader never sees half a prior. A README.md already in
+    `folder` (the hand-written model card) is kept."""
     import copy
+    import shutil
 
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    tmp, old = folder.with_name(folder.name + ".tmp"), folder.with_name(folder.name + ".old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
     to_save = copy.deepcopy(unet).to("cpu")
     if half:
         to_save = to_save.half()
-    to_save.save_pretrained(folder / "unet", safe_serialization=True)
-    build_scheduler(config).save_pretrained(folder / "scheduler")
+    to_save.save_pretrained(tmp / "unet", safe_serialization=True)
+    build_scheduler(config).save_pretrained(tmp / "scheduler")
     facts = {"kind": "pixel", "pixel_unshuffle": config.pixel_unshuffle, "architecture": _asdict(config)}
     facts.update(card or {})
-    (folder / PRIOR_CONFIG_NAME).write_text(json.dumps(facts, indent=2))
-    (folder / "card.json").write_text(json.dumps(facts, indent=2))
-    (folder / "README.md").write_text(_model_card(facts))
+    (tmp / PRIOR_CONFIG_NAME).write_text(json.dumps(facts, indent=2))
+    (tmp / "card.json").write_text(json.dumps(facts, indent=2))
+    readme = folder / "README.md"
+    (tmp / "README.md").write_text(readme.read_text() if readme.is_file() else _model_card(facts))
+    shutil.rmtree(old, ignore_errors=True)
+    if folder.exists():
+        folder.rename(old)
+    tmp.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
     return folder
 
 
@@ -379,6 +391,7 @@ def pixel_prior_from_unet(
         alphas_cumprod=build_scheduler(config).alphas_cumprod.float().to(device),
         prior_id=prior_id,
         weights_hash=h.hexdigest(),
+        prediction_type=config.prediction_type,
         pixel_unshuffle=config.pixel_unshuffle,
     )
 
