@@ -8,7 +8,7 @@ every `Round` keeps its lineage: parent round id, the selection that guided its 
 Headless:
     python -m restoration.tpo --input IMG [--degradation SPEC] [--gt IMG] [--backbone NAME] [--hint SPEC]
         [--scene-context] [--prior NAME_OR_PATH] [--selector METRIC[,METRIC...]] [--candidates N] [--rounds R] [--size N]
-        [--seed S] --out DIR --json
+        [--seed S] --out DIR [--sheet FILE.png] --json
 """
 from __future__ import annotations
 
@@ -216,6 +216,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                    help="torch.compile the prior's U-Net (each new image size compiles once)")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--json", action="store_true", help="print the result as one JSON object on stdout")
+    p.add_argument("--sheet", type=Path, default=None,
+                   help="write a contact sheet PNG of the last round: input, start, candidates, refined, and one "
+                        "region of each at 1:1 or 2x nearest")
     a = p.parse_args(argv)
     a.hint = (a.hint or "").strip() or None
     if not 1 <= a.candidates <= 64:
@@ -303,6 +306,10 @@ def main(argv: list[str] | None = None) -> int:
         rounds.append(row)
         start, parent = refined, rnd.id
     save_image(start, a.out / "final.png")
+    if a.sheet:
+        label = "restored" if a.rounds == 1 else f"start of round {a.rounds - 1}"
+        write_sheet(a.sheet, image, rnd, start, restored_label=label)
+        log(f"contact sheet: {a.sheet}")
     result = {"rounds": rounds, "selector": "+".join(selector), "prior": engine.prior.describe(),
               "backbone": engine.restorer.describe(), "input": str(a.input), "degradation": a.degradation or None,
               "hint": a.hint,
@@ -311,6 +318,28 @@ def main(argv: list[str] | None = None) -> int:
     if a.json:
         print(json.dumps(result))
     return 0
+
+
+def write_sheet(path: Path, image: torch.Tensor, rnd: Round, refined: torch.Tensor,
+                restored_label: str = "restored") -> Path:
+    """The contact sheet of one round (restoration.sheet) as a PNG at `path`; the input is shown resampled to the
+    round's size when they differ (an upscaling backbone)."""
+    from restoration.sheet import candidate_label, contact_sheet
+
+    size = tuple(rnd.start.shape[-2:])
+    if tuple(image.shape[-2:]) != size:
+        image = torch.nn.functional.interpolate(image, size=size, mode="nearest")
+    tiles = [("input", image.cpu()), (restored_label, rnd.start.cpu())]
+    tiles += [(candidate_label(c.id, c.meta.strength, c.meta.seed), c.image.cpu())
+              for c in rnd.candidates if not c.is_start]
+    tiles.append(("refined", refined.cpu()))
+    sheet, _ = contact_sheet(tiles)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    sheet.save(tmp, format="PNG")
+    tmp.replace(path)
+    return path
 
 
 def _mean_pairwise_psnr(images: torch.Tensor) -> float | None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from restoration.backbones import create_restorer
 from restoration.diffusion.candidates import CandidateConfig
@@ -78,7 +79,8 @@ def test_headless_command_json(tmp_path):
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "restoration.tpo", "--input", str(img), "--degradation", "noise:15",
            "--backbone", "nlm", "--prior", str(prior_dir), "--candidates", "2", "--rounds", "2", "--size", "32",
-           "--seed", "3", "--steps", "2", "--scene-context", "--hint", "noise:15", "--out", str(out), "--json"]
+           "--seed", "3", "--steps", "2", "--scene-context", "--hint", "noise:15", "--out", str(out), "--json",
+           "--sheet", str(out / "sheet.png")]
     res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert res.returncode == 0, res.stderr
     data = json.loads(res.stdout)
@@ -92,6 +94,9 @@ def test_headless_command_json(tmp_path):
     assert data["rounds"][1]["parent_id"] == r0["round_id"]
     for name in ("restored.png", "final.png", "round0_c0.png", "round1_refined.png"):
         assert (out / name).is_file()
+    # the contact sheet of the last round: 5 cells (input, start, c0, c1, refined) above their 2x details
+    with Image.open(out / "sheet.png") as sheet:
+        assert sheet.size == (6 + 5 * (64 + 6), 2 * 22 + (32 + 22) + (64 + 22) + 6)
 
 
 def test_headless_command_errors(tmp_path):
