@@ -2,6 +2,7 @@
 
     python app.py [--port 7860] [--data-dir data] [--db URL] [--admin-token T] [--host 127.0.0.1]
                   [--rate-limit 30] [--rate-burst 10] [--prior FOLDER] [--extra-prior NAME=FOLDER ...]
+                  [--backbone NAME=PATH_OR_BUILTIN ...] [--backbone DEFAULT] [--device auto]
 
 Handlers live in feedback/ui.py (annotation) and feedback/admin_ui.py (the admin tab: studies, analysis,
 export; behind the admin token), routes in feedback/api.py, the loop in feedback/service.py.
@@ -36,6 +37,7 @@ from feedback.uploads import UploadLimits
 
 OFFLINE_METRICS = ("piqe", "entropy")  # no downloaded weights needed
 PRIOR_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,39}")
+BACKBONE_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,39}")
 
 
 def build_demo(service: FeedbackService, studies: StudyService | None = None) -> gr.Blocks:
@@ -128,6 +130,7 @@ def annotate_tab(service: FeedbackService) -> None:
         refine_btn = gr.Button("Refine", variant="primary", elem_id="refine")
         next_btn = gr.Button("Next round", elem_id="next_round")
         download = gr.DownloadButton("Download refined image", value=None, elem_id="download")
+        sheet_download = gr.DownloadButton("Download contact sheet", value=None, elem_id="download_sheet")
     compare = gr.ImageSlider(label="Before (start image) / after (refined)", type="filepath", elem_id="compare")
 
     with gr.Accordion("Inspect detail: the same crop at 1:1 across candidates", open=False):
@@ -169,7 +172,7 @@ def annotate_tab(service: FeedbackService) -> None:
     auto.click(bind(ui.auto_choose), [state, metrics, blind], [status, auto_scores, gallery, history],
                api_name="auto_choose", **engine)
     refine_btn.click(bind(ui.refine), [state, refine_strength, refine_steps, guidance],
-                     [state, compare, download, status, history], api_name="refine", **engine)
+                     [state, compare, download, status, history, sheet_download], api_name="refine", **engine)
     next_btn.click(bind(ui.next_round), [state, n_candidates, seed, strengths, blind, prior], round_out,
                    api_name="next_round", **candidates)
     inspect.click(bind(ui.inspect_detail), [state, crop_x, crop_y, crop_size], [crops], api_name="inspect",
@@ -270,12 +273,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--db", default=None, help="database URL (default: $TTPO_DB_URL or SQLite in --data-dir)")
     p.add_argument("--admin-token", default=os.environ.get("TTPO_ADMIN_TOKEN"),
                    help="token for export and access to every session (default: $TTPO_ADMIN_TOKEN)")
-    p.add_argument("--backbone", default="auto", help="default backbone ('auto': sipl if installed, else nlm)")
+    p.add_argument("--backbone", action="append", default=[], metavar="NAME=PATH_OR_BUILTIN | DEFAULT",
+                   help="NAME=SOURCE offers a backbone by NAME (repeatable): SOURCE is a registry name (e.g. "
+                        "realesrgan) or a checkpoint file, read and checked now; a value without '=' names the "
+                        "default backbone ('auto', the default: sipl if installed, else nlm)")
     p.add_argument("--prior", default="default",
                    help="the diffusion prior offered as 'default': 'default' (assets/prior) or a folder")
     p.add_argument("--extra-prior", action="append", default=[], metavar="NAME=FOLDER",
                    help="another diffusion prior people may choose, by NAME (repeatable; loaded on first use)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="auto", help="auto (CUDA when torch sees a GPU, else cpu), cpu, cuda or cuda:N; "
+                                                    "recorded with every round")
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
                    help="the diffusion prior's compute precision ('auto': bf16 where the CPU/GPU has native "
                         "bfloat16, else fp32)")
@@ -316,7 +323,50 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if name in dict(a.extra_priors):
             p.error(f"--extra-prior {name} is given twice")
         a.extra_priors.append((name, str(Path(folder).resolve())))
+    a.extra_backbones, defaults = parse_backbones(p, a.backbone)
+    if len(defaults) > 1:
+        p.error(f"--backbone: name one default backbone, got {', '.join(defaults)}")
+    a.backbone = defaults[0] if defaults else "auto"
+    from restoration.backbones.registry import available_backbones
+
+    offered = [*available_backbones(), *dict(a.extra_backbones)]
+    if a.backbone != "auto" and a.backbone not in offered:
+        p.error(f"--backbone {a.backbone}: not a backbone name; offered: auto, {', '.join(offered)} (register a "
+                "checkpoint with --backbone NAME=PATH)")
+    from restoration.runtime import resolve_device
+
+    try:
+        a.device = resolve_device(a.device)
+    except ValueError as exc:
+        p.error(f"--device: {exc}")
     return a
+
+
+def parse_backbones(p: argparse.ArgumentParser, items: list[str]) -> tuple[list[tuple[str, str]], list[str]]:
+    """(registered (NAME, source) pairs, default names) of the --backbone values; every source is read and checked
+    now (a checkpoint is loaded weights-only, a wheel model converted), so a bad one stops the start."""
+    from restoration.backbones.registry import available_backbones, describe_backbone
+
+    registered: list[tuple[str, str]] = []
+    defaults = []
+    for item in items:
+        if "=" not in item:
+            defaults.append(item.strip().lower())
+            continue
+        name, _, source = (part.strip() for part in item.partition("="))
+        if not BACKBONE_NAME.fullmatch(name) or name == "auto" or not source:
+            p.error(f"--backbone {item!r}: expected NAME=PATH_OR_BUILTIN, NAME of lower-case letters, digits, '.', "
+                    "'_', '-' (at most 40, not 'auto')")
+        if name in available_backbones() or name in dict(registered):
+            p.error(f"--backbone {name}: the name is taken (built in or given twice); choose another")
+        builtin = source.lower() in available_backbones()
+        source = source.lower() if builtin else str(Path(source).expanduser().resolve())
+        try:
+            describe_backbone(source)
+        except (ValueError, FileNotFoundError) as exc:
+            p.error(f"--backbone {name}: {exc}")
+        registered.append((name, source))
+    return registered, defaults
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -330,7 +380,8 @@ def main(argv: list[str] | None = None) -> None:
         check_compile_mode(a.compile)
     except ValueError as exc:
         raise SystemExit(f"app.py: error: --compile: {exc}") from None
-    engine = EngineSettings(backbone=a.backbone, prior=a.prior, extra_priors=tuple(a.extra_priors), device=a.device,
+    engine = EngineSettings(backbone=a.backbone, prior=a.prior, extra_priors=tuple(a.extra_priors),
+                            extra_backbones=tuple(a.extra_backbones), device=a.device,
                             dtype=DTYPE_OF_PRECISION[precision], compile_mode=a.compile,
                             max_candidates=a.max_candidates,
                             round=RoundSettings(num_candidates=a.candidates, steps=a.candidate_steps),

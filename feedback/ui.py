@@ -322,7 +322,33 @@ def refine(service: FeedbackService, state: dict, strength: float, steps: float,
     refined_path = _path(service, result.image_id)
     new_state = {**state, "next_round_id": result.next_round.round_id, "refined_id": result.image_id}
     msg = f"Refined in {result.seconds:.1f} s. Compare with the slider, download it, or press *Next round*."
-    return new_state, (start_path, refined_path), refined_path, msg, history_rows(service, new_state)
+    sheet = contact_sheet_file(service, round_id, result.image_id)
+    return new_state, (start_path, refined_path), refined_path, msg, history_rows(service, new_state), sheet
+
+
+def contact_sheet_file(service: FeedbackService, round_id: str, refined_id: str | None) -> str:
+    """A PNG contact sheet of the round (input, start, every candidate with strength and seed, the refined image,
+    and one region of each at 1:1 or 2x nearest) in a temporary folder; its path, for a download."""
+    import tempfile
+
+    from restoration.sheet import candidate_label, round_sheet, save_png_atomically
+
+    view = service.get_round(round_id)
+    load = lambda image_id: _tensor(service.images.get_array(image_id))  # noqa: E731
+    cands = [(candidate_label(f"#{c.position + 1}", c.strength, c.seed), load(c.image_id))
+             for c in view.candidates if not c.is_restored]
+    start_label = "restored" if view.round_index == 0 else f"start of round {view.round_index}"
+    sheet = round_sheet(load(view.input_image_id), load(view.start_image_id), cands,
+                        load(refined_id) if refined_id else None, start_label)
+    path = Path(tempfile.gettempdir()) / "ttpo-lab-sheets" / f"round-{round_id}.png"
+    save_png_atomically(sheet, path)
+    return str(path)
+
+
+def _tensor(array: np.ndarray):
+    import torch
+
+    return torch.from_numpy(array.astype(np.float32) / 255.0).permute(2, 0, 1).unsqueeze(0)
 
 
 @user_errors

@@ -108,6 +108,31 @@ def contact_sheet(images: Sequence[tuple[str, torch.Tensor]], columns: int = 6, 
     return sheet, layout
 
 
+def round_sheet(input_image: torch.Tensor, start: torch.Tensor, candidates: Sequence[tuple[str, torch.Tensor]],
+                refined: torch.Tensor | None, start_label: str = "restored") -> Image.Image:
+    """The sheet of one round: input, start image, labelled candidates, refined (when there is one). The input is
+    shown resampled (nearest) to the round's size when they differ, as after an upscaling backbone."""
+    size = tuple(start.shape[-2:])
+    if tuple(input_image.shape[-2:]) != size:
+        input_image = F.interpolate(input_image.float(), size=size, mode="nearest")
+    tiles = [("input", input_image.cpu()), (start_label, start.cpu())]
+    tiles += [(label, img.cpu()) for label, img in candidates]
+    if refined is not None:
+        tiles.append(("refined", refined.cpu()))
+    return contact_sheet(tiles)[0]
+
+
+def save_png_atomically(image: Image.Image, path) -> None:
+    """Write a PIL image as PNG through a temporary sibling, so a reader never sees half a file."""
+    from pathlib import Path
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    image.save(tmp, format="PNG")
+    tmp.replace(path)
+
+
 def candidate_label(cid: str, strength: float | None, seed: int | None) -> str:
     """'c3 s=0.20 seed 3' for a candidate; the id alone for the start image."""
     if strength is None:

@@ -322,24 +322,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def write_sheet(path: Path, image: torch.Tensor, rnd: Round, refined: torch.Tensor,
                 restored_label: str = "restored") -> Path:
-    """The contact sheet of one round (restoration.sheet) as a PNG at `path`; the input is shown resampled to the
-    round's size when they differ (an upscaling backbone)."""
-    from restoration.sheet import candidate_label, contact_sheet
+    """The contact sheet of one round (restoration.sheet) as a PNG at `path`."""
+    from restoration.sheet import candidate_label, round_sheet, save_png_atomically
 
-    size = tuple(rnd.start.shape[-2:])
-    if tuple(image.shape[-2:]) != size:
-        image = torch.nn.functional.interpolate(image, size=size, mode="nearest")
-    tiles = [("input", image.cpu()), (restored_label, rnd.start.cpu())]
-    tiles += [(candidate_label(c.id, c.meta.strength, c.meta.seed), c.image.cpu())
-              for c in rnd.candidates if not c.is_start]
-    tiles.append(("refined", refined.cpu()))
-    sheet, _ = contact_sheet(tiles)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    sheet.save(tmp, format="PNG")
-    tmp.replace(path)
-    return path
+    cands = [(candidate_label(c.id, c.meta.strength, c.meta.seed), c.image) for c in rnd.candidates if not c.is_start]
+    save_png_atomically(round_sheet(image, rnd.start, cands, refined, restored_label), path)
+    return Path(path)
 
 
 def _mean_pairwise_psnr(images: torch.Tensor) -> float | None:

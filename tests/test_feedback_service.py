@@ -186,9 +186,11 @@ def test_ui_handlers(service):
     assert len(crops) == 3 and all(img.size == (16, 16) for img, _ in crops)
     msg, rows = ui.submit_pairwise(service, state, ["#2"], ["#1", "#3"], ["artefacts"])
     assert "2 preference pairs" in msg and rows[-1][5] == "pairwise" and rows[-1][3] == "default"
-    state, (_before, after), download, msg, rows = ui.refine(service, state, 0.3, 2, 0.05,
-                                                            progress=lambda *a, **k: None)
+    state, (_before, after), download, msg, rows, sheet = ui.refine(service, state, 0.3, 2, 0.05,
+                                                                   progress=lambda *a, **k: None)
     assert download == after and rows[-1][1] == "created"
+    with Image.open(sheet) as png:  # input, restored, 2 candidates, refined (48 px) above their 32 px details at 2x
+        assert png.size == (6 + 5 * (64 + 6), 2 * 22 + (48 + 22) + (64 + 22) + 6)
     state, items, *_ = ui.next_round(service, state, 2, -1, "", True)
     assert len(items) == 3 and "next_round_id" not in state
 
