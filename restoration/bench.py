@@ -1,6 +1,6 @@
 """Benchmark one TTPO round stage by stage, and the batched candidates against a naive per-candidate loop.
 
-    python -m restoration.bench --size N --candidates K [--device cpu|cuda] [--repeat R] [--backbone sipl]
+    python -m restoration.bench --size N --candidates K [--device auto|cpu|cuda] [--repeat R] [--backbone sipl]
         [--prior default] [--seed S] [--threads T] [--precision fp32|bf16|fp16] [--compile MODE] [--contiguous]
         [--tile PX] [--steps N] [--refine-steps N] [--warmup W] [--no-naive] [--label TEXT] --json
 
@@ -59,7 +59,7 @@ from restoration.diffusion.priors import (
 )
 from restoration.diffusion.refine import RefineConfig
 from restoration.diffusion.sampling import start_timestep, timestep_grid
-from restoration.runtime import allocator_settings, synchronize, tune_allocator
+from restoration.runtime import allocator_settings, resolve_device, synchronize, tune_allocator
 
 STAGES = ("restore", "candidates", "select", "refine")
 #: the sample the benchmark input is cut from (a synthetic image when it is missing).
@@ -488,7 +488,7 @@ def _parse(argv: list[str] | None) -> tuple[BenchConfig, bool]:
     p = argparse.ArgumentParser(prog="python -m restoration.bench", description=__doc__.split("\n")[0])
     p.add_argument("--size", type=int, default=64, help="square image side in pixels (16..4096)")
     p.add_argument("--candidates", type=int, default=CandidateConfig().num_candidates, help="1..64")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--device", default="auto", help="auto (CUDA when torch sees a GPU, else cpu), cpu, cuda or cuda:N")
     p.add_argument("--repeat", type=int, default=3, help="timed runs after the warm-up; medians are reported")
     p.add_argument("--backbone", default="sipl", help="registry name or checkpoint path (nlm is weight-free)")
     p.add_argument("--prior", default="default", help="diffusion prior name or folder")
@@ -526,10 +526,10 @@ def _parse(argv: list[str] | None) -> tuple[BenchConfig, bool]:
         p.error("--tile must be 0 (off) or at least 32 pixels")
     if a.steps < 0 or a.refine_steps < 0 or a.warmup < 0:
         p.error("--steps, --refine-steps and --warmup must be >= 0")
-    if not (a.device == "cpu" or a.device.startswith("cuda")):
-        p.error(f"--device must be cpu, cuda or cuda:N, got {a.device!r}")
-    if a.device.startswith("cuda") and not torch.cuda.is_available():
-        p.error("--device cuda asked for, but torch sees no CUDA device")
+    try:
+        a.device = resolve_device(a.device)
+    except ValueError as exc:
+        p.error(f"--device: {exc}")
     if a.gpu_memory_cap < 0 or (a.gpu_memory_cap and not a.device.startswith("cuda")):
         p.error("--gpu-memory-cap takes a positive number of GiB, with --device cuda")
     return BenchConfig(size=a.size, candidates=a.candidates, device=a.device, repeat=a.repeat,

@@ -76,3 +76,26 @@ def synchronize(device) -> None:
     device = torch.device(device)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+#: The device choices every command and the app take; 'auto' is the default.
+DEVICE_CHOICES = "auto, cpu, cuda or cuda:N"
+
+
+def resolve_device(device: str) -> str:
+    """'auto' -> 'cuda' when torch sees a GPU, else 'cpu'; 'cpu', 'cuda', 'cuda:N' are checked and returned as given
+    (ValueError for another name, or for CUDA where torch sees none). Recorded with every round and report."""
+    import torch
+
+    text = str(device).strip().lower()
+    if text == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        kind = torch.device(text).type
+    except RuntimeError:
+        raise ValueError(f"unknown device {device!r}; use {DEVICE_CHOICES}") from None
+    if kind not in ("cpu", "cuda"):
+        raise ValueError(f"device {device!r} is not supported; use {DEVICE_CHOICES}")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: torch sees no CUDA GPU here; use auto or cpu")
+    return text
