@@ -360,7 +360,10 @@ def parse_backbones(p: argparse.ArgumentParser, items: list[str]) -> tuple[list[
         if name in available_backbones() or name in dict(registered):
             p.error(f"--backbone {name}: the name is taken (built in or given twice); choose another")
         builtin = source.lower() in available_backbones()
-        source = source.lower() if builtin else str(Path(source).expanduser().resolve())
+        if builtin:
+            source = source.lower()
+        elif Path(source).expanduser().exists() or "/" in source or Path(source).suffix:
+            source = str(Path(source).expanduser().resolve())  # a file: the name keeps meaning it after a chdir
         try:
             describe_backbone(source)
         except (ValueError, FileNotFoundError) as exc:

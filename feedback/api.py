@@ -11,7 +11,8 @@ Contract (every error is JSON {"error": "..."}; input errors are 4xx, unknown id
   POST /api/v1/rounds/{round_id}/refine      {} -> {"image", "round_id" (the next round), "candidates"}
   GET  /api/v1/images/{id}                   image/png
   GET  /api/v1/export?format=jsonl           one preference pair per line (admin token)
-  GET  /api/v1/health                        {"status", "engine_ready", "priors"}
+  GET  /api/v1/health                        {"status", "engine_ready", "priors", "backbones": [{"name", "kind",
+                                              "architecture", "scale", "weights_sha256", ...}]}
 Round creation, auto and refine are rate-limited per session (429 + Retry-After; feedback.ratelimit).
 Unknown /api/v1 paths answer 404 (405 for a known path with another method), never the Gradio UI.
 Candidates include the round's start image (restored or refined) as one candidate, at a shuffled position:
@@ -255,7 +256,8 @@ def build_router(service: FeedbackService, limiter: RateLimiter) -> APIRouter:
     def health() -> dict[str, Any]:
         worker = service.worker
         return {"status": "ok", "engine_ready": worker.ready.is_set(), "engine_error": worker.warmup_error,
-                "code_version": worker.code_version, "priors": worker.prior_names()}
+                "code_version": worker.code_version, "priors": worker.prior_names(),
+                "backbones": worker.backbone_facts()}
 
     @router.post("/sessions", response_model=SessionOut, responses=errors(INPUT))
     def create_session(body: SessionIn) -> dict[str, str]:
@@ -265,7 +267,8 @@ def build_router(service: FeedbackService, limiter: RateLimiter) -> APIRouter:
     @router.post("/sessions/{session_id}/rounds", response_model=RoundOut, responses=errors(AUTH, 404, INPUT, ENGINE))
     def create_round(session_id: str, who: Who, image: Annotated[UploadFile, File()],
                      degradation: Annotated[str | None, Form()] = None,
-                     backbone: Annotated[str | None, Form()] = None,
+                     backbone: Annotated[str | None, Form(description="a name from GET /api/v1/health 'backbones' "
+                                                                       "(default: the process's backbone)")] = None,
                      prior: Annotated[str | None, Form(description="a name from GET /api/v1/health 'priors' "
                                                                    "(default: the process's prior)")] = None,
                      candidates: Annotated[str | None, Form()] = None,

