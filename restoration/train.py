@@ -57,7 +57,7 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 250
     dark_share: float = 0.15
-    fade_share: float = 0.3  # the shipped weights: 0.3 from the first step (assets/MODEL_CARD.md)
+    fade_share: float = 0.3  # the shipped weights: 0.3 from the first step (docs/history/sipl_model_card_2026-12-06.md)
     time_budget: float = 0.0  # seconds of training (0 = none): the run ends at `steps` or here, whichever is first
     workers: int = 0  # background processes making the degraded batches (0 = in the training loop itself)
     init: str = ""  # a weights file to fine-tune from (fresh optimizer and schedule); "" = from scratch
@@ -65,7 +65,7 @@ class TrainConfig:
     ema: float = 0.0  # decay of an exponential moving average of the weights, which is what is saved (0 = off)
     # each example is degraded on a region `degrade_context` x `crop` wide and a random `crop` window of it is kept,
     # so degradations that span their image (haze's depth map) vary at the scale of a whole evaluation scene
-    # (1 = degrade the crop itself, as the shipped weights were trained; assets/MODEL_CARD.md, Fifteenth session)
+    # (1 = degrade the crop itself, as the shipped weights were trained; docs/history/sipl_model_card_2026-12-06.md, Fifteenth session)
     degrade_context: int = 1
     # a specialist: every spec must contain this degradation (`degradations.random_spec_with`; "" = the blind mixture)
     require: str = ""

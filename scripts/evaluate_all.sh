@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduce the figures in assets/MODEL_CARD.md: evaluation JSON files under docs/results/.
+# Reproduce the figures in docs/history/sipl_model_card_2026-12-06.md: evaluation JSON files under docs/results/.
 # Usage: scripts/evaluate_all.sh PHOTOS_DIR   (PHOTOS_DIR from scripts/get_photos.sh: train/ val/ eval/)
 set -euo pipefail
 cd "$(dirname "$0")/.."

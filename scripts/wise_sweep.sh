@@ -7,7 +7,7 @@
 # (python -m restoration.interpolate), then prints one line per file (FIRST, the mixes, SECOND) and degradation:
 # the mean PSNR on VAL_DIR (default data/photos/val; 256 px, seed 0) of noise:25, noise:15+blur:1.5 and rain+haze,
 # with the single-pass PSNR and the input's. The lines also go to OUT_DIR/sweep.txt.
-# This is how the eighth session's shipped weights were chosen (assets/MODEL_CARD.md).
+# This is how the eighth session's shipped weights were chosen (docs/history/sipl_model_card_2026-12-06.md).
 set -euo pipefail
 if [ $# -lt 3 ]; then
   echo "usage: bash scripts/wise_sweep.sh FIRST.safetensors SECOND.safetensors OUT_DIR [VAL_DIR]" >&2

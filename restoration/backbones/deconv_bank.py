@@ -1,7 +1,7 @@
 """A bank of fixed Wiener deconvolutions: classical deblurring candidates a blind network chooses among.
 
 A small network trained for hours on a CPU does not learn to invert a blur beside everything else it must do
-(assets/MODEL_CARD.md: the shipped networks return `blur:1.5` images *worse* than their input, where Wiener
+(docs/history/sipl_model_card_2026-12-06.md: the shipped networks return `blur:1.5` images *worse* than their input, where Wiener
 deconvolution told the kernel gains 3.7 dB). Deep Wiener Deconvolution (Dong, Roth and Schiele, NeurIPS 2020)
 puts the inversion in closed form and leaves the learning to what follows it. Here the network is still blind:
 it sees the input deconvolved by a fixed set of Gaussian point spread functions (the stem's extra channels) and

@@ -1,6 +1,6 @@
 """Blind post-deconvolution: a Wiener step after the network, its blur chosen from the two images' spectra.
 
-The shipped networks do not learn to deblur (assets/MODEL_CARD.md, *Twelfth session*), yet on their output a
+The shipped networks do not learn to deblur (docs/history/sipl_model_card_2026-12-06.md, *Twelfth session*), yet on their output a
 Wiener filter told the blur undoes most of it: validation `noise:15+blur:1.5` 28.41 dB -> 30.29 dB, past the
 classical method told the spec (29.22). The network removes the noise, so the filter no longer amplifies it.
 What is missing is the blur, and whether there is one. `PostDeconvolver` predicts, for each filter of a small

@@ -1,6 +1,6 @@
 """Blind post-dehazing: a dark-channel-prior step after the network, its strength chosen from the two images.
 
-The shipped networks leave much of a haze on (assets/MODEL_CARD.md: `rain+haze` 17.1 dB against 19.3 for the
+The shipped networks leave much of a haze on (docs/history/sipl_model_card_2026-12-06.md: `rain+haze` 17.1 dB against 19.3 for the
 classical dehazer told the spec), while dehazing their output by the dark channel prior (He, Sun and Tang 2009;
 `classical.dark_channel_dehaze`) at a well-chosen strength omega would reach about 22 dB on the validation photos.
 The hard part is the choice: a bright, misty photo looks hazed, and dehazing it costs several dB. `PostDehazer`

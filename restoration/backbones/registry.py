@@ -33,7 +33,7 @@ SIPL_POST_STEPS = {"post_deconvolution": SIPL_POST_DECONVOLUTION, "post_dehaze":
 #: Told that the degradation contains haze (the `degradation` option, as the classical baselines are told it), a SIPL
 #: backbone ends with dark channel prior dehazing of its output at this (omega, t0): the haze a blind network leaves,
 #: removed where the person or the experiment says there is haze. Chosen on the training photos and adopted by a rule
-#: written before its validation figures (assets/MODEL_CARD.md, *Sixteenth session*). Blind, nothing changes.
+#: written before its validation figures (docs/history/sipl_model_card_2026-12-06.md, *Sixteenth session*). Blind, nothing changes.
 TOLD_DEHAZE = (0.75, 0.4)
 #: Registry names of the weight-free baselines -> `ClassicalRestorer` method.
 CLASSICAL_METHODS = {

@@ -12,7 +12,7 @@ photos their look, so a per-image weight turns it on only where
 
 Each weight is a linear ramp between two thresholds, fixed on training photos. Off by default: it gained 0.5 dB on
 validation `rain+haze` (1 dB on `haze`) and cost nothing without haze, but lost 0.1 dB on the evaluation photos'
-`rain+haze` (some scenes much better, others over-dehazed; assets/MODEL_CARD.md, *Fourteenth session*). Everything is computed at the coarse resolution (area-downscaled images, Gaussian low-pass
+`rain+haze` (some scenes much better, others over-dehazed; docs/history/sipl_model_card_2026-12-06.md, *Fourteenth session*). Everything is computed at the coarse resolution (area-downscaled images, Gaussian low-pass
 of `sigma` coarse px); the correction is upscaled bicubically and added, so a 4096 px image costs one 64 px
 restoration more and a few small convolutions.
 

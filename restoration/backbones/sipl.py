@@ -23,7 +23,7 @@ from restoration.backbones.sipl_net import SIPLConfig, SIPLNet, self_refine
 from restoration.backbones.tiling import tiled_apply
 
 #: Self-refinement rounds used when none is given. Chosen by measurement on held-out photos
-#: (see assets/MODEL_CARD.md: rounds 0/1/2 compared with `python -m restoration.evaluate --rounds R`).
+#: (see docs/history/sipl_model_card_2026-12-06.md: rounds 0/1/2 compared with `python -m restoration.evaluate --rounds R`).
 DEFAULT_ROUNDS = 1
 #: Images larger than this (either side) are restored tile by tile.
 DEFAULT_TILE = 512
