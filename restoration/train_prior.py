@@ -60,6 +60,7 @@ class TrainConfig:
     warmup: int = 200
     final_lr_fraction: float = 0.05
     prediction: str = "v_prediction"
+    min_snr: float = 5.0  # Min-SNR-gamma loss weighting (0: off)
 
 
 def load_photos(dirs: list[str], use_skimage: bool) -> tuple[list[torch.Tensor], list[str]]:
@@ -123,6 +124,15 @@ def training_target(x0: torch.Tensor, noise: torch.Tensor, a: torch.Tensor, pred
     raise ValueError(f"prediction must be epsilon or v_prediction, got {prediction_type!r}")
 
 
+def loss_weight(a: torch.Tensor, prediction_type: str, min_snr: float) -> torch.Tensor:
+    """Min-SNR-gamma weights (Hang et al. 2023, eq. 6) for the per-sample MSE of eps or v: the x0 error is then
+    weighted by min(SNR, gamma), so the near-clean timesteps stop dominating the gradient. 0: no reweighting."""
+    if min_snr <= 0:
+        return torch.ones_like(a)
+    snr = a / (1 - a)
+    return snr.clamp(max=min_snr) / (snr + 1 if prediction_type == "v_prediction" else snr)
+
+
 def _save_atomically(obj: dict, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -150,6 +160,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--warmup", type=int, default=TrainConfig.warmup)
     ap.add_argument("--max-t", type=int, default=TrainConfig.max_t)
     ap.add_argument("--prediction", default=TrainConfig.prediction, choices=("epsilon", "v_prediction"))
+    ap.add_argument("--min-snr", type=float, default=TrainConfig.min_snr,
+                    help="Min-SNR-gamma loss weighting: x0 errors weighted by min(SNR, gamma) (0: plain MSE)")
     ap.add_argument("--channels", default="32,64,128,128", help="UNet block_out_channels")
     ap.add_argument("--unshuffle", type=int, default=2, help="pixel-unshuffle factor before the U-Net")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
@@ -165,7 +177,8 @@ def main(argv: list[str] | None = None) -> None:
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, crop=args.crop, lr=args.lr, warmup=args.warmup,
-                      max_t=args.max_t, seed=args.seed, prediction=args.prediction)
+                      max_t=args.max_t, seed=args.seed, prediction=args.prediction,
+                      min_snr=args.min_snr)
     pcfg = PixelPriorConfig(block_out_channels=tuple(int(c) for c in args.channels.split(",")),
                             pixel_unshuffle=args.unshuffle, prediction_type=cfg.prediction,
                             norm_num_groups=min(16, int(args.channels.split(",")[0])))
@@ -221,7 +234,8 @@ def main(argv: list[str] | None = None) -> None:
             a = alphas[t].view(-1, 1, 1, 1)
             x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
             pred = F.pixel_shuffle(unet(F.pixel_unshuffle(x_t, r), t).sample, r)
-            loss = F.mse_loss(pred, training_target(x0, noise, a, cfg.prediction))
+            per_sample = (pred - training_target(x0, noise, a, cfg.prediction)).square().mean(dim=(1, 2, 3))
+            loss = (loss_weight(a.view(-1), cfg.prediction, cfg.min_snr) * per_sample).mean()
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, total or cfg.steps, cfg)
             opt.zero_grad(set_to_none=True)
@@ -276,6 +290,7 @@ def _card(cfg: TrainConfig, names: list[str], step: int, total: int | None, loss
             "steps": step,
             "schedule_steps": total,
             "prediction": cfg.prediction,
+            "loss_weighting": f"min-SNR-{cfg.min_snr:g}" if cfg.min_snr > 0 else "none",
             "batch_size": cfg.batch_size,
             "crop": cfg.crop,
             "lr": cfg.lr,

@@ -107,3 +107,15 @@ def test_the_schedule_warms_up_then_decays_to_its_floor():
     assert lrs[0] == pytest.approx(1e-4) and max(lrs) == pytest.approx(1e-3)
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
     assert train_prior.lr_at(100, 100, cfg) == pytest.approx(1e-4)
+
+
+def test_min_snr_weights_put_x0_errors_at_min_snr_gamma():
+    import torch
+
+    a = torch.tensor([0.999, 0.9, 0.5, 0.1])
+    snr = a / (1 - a)
+    for prediction, to_x0 in (("v_prediction", 1 / (1 - a)), ("epsilon", a / (1 - a))):
+        # MSE of v (of eps) = x0 MSE x (SNR + 1) (x SNR): the weight makes the x0 error count min(SNR, 5)
+        w = train_prior.loss_weight(a, prediction, 5.0)
+        torch.testing.assert_close(w * to_x0, snr.clamp(max=5.0))
+    assert torch.equal(train_prior.loss_weight(a, "v_prediction", 0.0), torch.ones(4))
