@@ -20,6 +20,7 @@ import sys
 import threading
 from pathlib import Path
 
+import restoration  # noqa: F401 - first: offline by default (restoration/offline.py) before gradio loads the hub
 import gradio as gr
 from fastapi import FastAPI
 

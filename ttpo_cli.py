@@ -2,11 +2,13 @@
 
     ttpo app --port 7860            ttpo batch --input-dir DIR --out-dir OUT      ttpo tpo --input IMG --out DIR
     ttpo evaluate ...               ttpo export --db URL --out DIR                ttpo --help
-Each subcommand's options are its module's own (`ttpo SUBCOMMAND --help`).
+Each subcommand's options are its module's own (`ttpo SUBCOMMAND --help`). Offline by default: no model hub is
+reached unless `ttpo --online SUBCOMMAND ...` (or TTPO_ONLINE=1) asks for it (restoration/offline.py).
 """
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 #: subcommand -> (module, one line). Modules are imported only when their subcommand runs.
@@ -30,13 +32,17 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 
 def usage() -> str:
     width = max(map(len, SUBCOMMANDS))
-    lines = ["usage: ttpo SUBCOMMAND [options]   (ttpo SUBCOMMAND --help for its options)", "", "subcommands:"]
+    lines = ["usage: ttpo [--online] SUBCOMMAND [options]   (ttpo SUBCOMMAND --help for its options)", "",
+             "--online: allow model hub downloads (default: offline)", "", "subcommands:"]
     lines += [f"  {name:<{width}}  {text}" for name, (_module, text) in SUBCOMMANDS.items()]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["--online"]:
+        os.environ["TTPO_ONLINE"] = "1"  # before restoration / feedback are imported
+        args = args[1:]
     if not args or args[0] in ("-h", "--help", "help"):
         print(usage())
         return 0
