@@ -23,7 +23,7 @@ def test_train_prior_end_to_end_and_resume(tmp_path):
     prior = load_prior(str(tmp_path / "prior"))
     card = json.loads((tmp_path / "prior" / "card.json").read_text())
     assert card["training"]["steps"] == 3 and len(card["training"]["data"]) == 2
-    assert prior.pixel_unshuffle == 2 and "Facts" in (tmp_path / "prior" / "README.md").read_text()
+    assert prior.pixel_unshuffle == 2 and "## Training facts" in (tmp_path / "prior" / "README.md").read_text()
     train_prior.main(args + ["--steps", "5", "--resume"])
     card = json.loads((tmp_path / "prior" / "card.json").read_text())
     assert card["training"]["steps"] == 5

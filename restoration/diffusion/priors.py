@@ -405,19 +405,31 @@ def _asdict(config: PixelPriorConfig) -> dict[str, Any]:
 
 
 def _model_card(facts: dict[str, Any]) -> str:
+    """A model card for a freshly trained prior folder: what it is, intended use, how to load it, its training
+    facts. The shipped prior's card (assets/prior/README.md) is written by hand with its evaluation table."""
+    arch = facts.get("architecture", {})
+    training = facts.get("training", {})
     lines = [
         "# ttpo-lab pixel diffusion prior",
         "",
-        "A small all-convolutional diffusers `UNet2DModel` (epsilon prediction, DDPM linear schedule, 1000",
-        "steps) trained from scratch on random 64 px crops of photos, with timesteps sampled mostly in",
-        "[0, 500]: it is meant for DDIM inversion / image-to-image from a restored image at low to",
-        "moderate noise, not for generation from pure noise. Load with",
-        "`restoration.diffusion.priors.load_prior('default')`.",
+        "## What it is",
+        f"A diffusers `UNet2DModel` ({arch.get('prediction_type', 'epsilon')} prediction, DDPM "
+        f"{arch.get('beta_schedule', 'linear')} schedule, {arch.get('num_train_timesteps', 1000)} steps, channels "
+        f"{arch.get('block_out_channels')}, pixel-unshuffle x{facts.get('pixel_unshuffle', 1)}) trained from scratch "
+        "on random crops of photos.",
         "",
-        "## Facts",
+        "## Intended use",
+        "Image-to-image from a restored image at low to moderate noise (strengths up to about 0.4): TTPO's candidates",
+        "and reward-guided refinement. Not for generation from pure noise.",
+        "",
+        "## How to load",
+        "`restoration.diffusion.priors.load_prior(FOLDER)`; measure it with",
+        "`python -m restoration.evaluate_prior --prior FOLDER --images DIR --size 256 --json`.",
+        "",
+        "## Training facts",
         "",
         "```json",
-        json.dumps(facts, indent=2),
+        json.dumps(training, indent=1),
         "```",
         "",
     ]
