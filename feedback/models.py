@@ -48,8 +48,11 @@ REASON_TAGS = (
 ROUND_STATUSES = ("created", "candidates", "chosen", "skipped", "refined", "failed")
 #: Role of a candidate in a choice (association table).
 CHOICE_ROLES = ("preferred", "rejected")
-#: Life of a study participant: active -> completed. Withdrawal deletes the participant's rows.
+#: Life of a study participant: active -> completed. Withdrawal deletes the participant's rows. A participant who
+#: failed an attention check of a study with a screen-out URL stays 'active' with `screened_out_at` set.
 PARTICIPANT_STATUSES = ("active", "completed")
+#: Which sampler chose a study item: the Latin-square plan or adaptive sampling (`feedback.study_sampling`).
+STUDY_SAMPLERS = ("latin", "adaptive")
 #: Answers of a pairwise study item; a gallery item's answer (and worst mark) is a position '1'..'6'.
 STUDY_ANSWERS = ("left", "right", "tie")
 GALLERY_POSITIONS = ("1", "2", "3", "4", "5", "6")
@@ -244,6 +247,9 @@ class Choice(Base):
     viewport_h: Mapped[int | None] = mapped_column(Integer)
     device_pixel_ratio: Mapped[float | None] = mapped_column(Float)
     consent_version: Mapped[str | None] = mapped_column(String(32))
+    # Where the person saw a problem: [{"on", "position", "x", "y", "w", "h", "tag"}] in [0, 1] image
+    # coordinates of the candidate at `position` (`feedback.study_regions`).
+    regions: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONType)
     created_at: Mapped[datetime] = _created_at()
 
     round: Mapped[Round] = relationship(back_populates="choices")
@@ -373,6 +379,7 @@ class Participant(Base):
     status: Mapped[str] = mapped_column(String(16), nullable=False, default="active")
     created_at: Mapped[datetime] = _created_at()
     completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    screened_out_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     items: Mapped[list[StudyItem]] = relationship(back_populates="participant", order_by="StudyItem.position")
 
@@ -394,6 +401,7 @@ class StudyItem(Base):
                         name="worst"),
         CheckConstraint("gallery IS NOT NULL OR (left_image_hash IS NOT NULL AND right_image_hash IS NOT NULL)",
                         name="shown"),
+        CheckConstraint("sampler IN ('latin', 'adaptive')", name="sampler"),
     )
 
     id: Mapped[str] = _id_column()
@@ -414,5 +422,10 @@ class StudyItem(Base):
     worst: Mapped[str | None] = mapped_column(String(8))
     choice_id: Mapped[str | None] = mapped_column(ForeignKey("choices.id"), index=True)
     answered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Which sampler chose the item (STUDY_SAMPLERS) and why: an adaptive main item's expected information gain
+    # (bits) and the number of votes its posterior saw; NULL for planned items.
+    sampler: Mapped[str] = mapped_column(String(16), nullable=False, default="latin", server_default="latin")
+    sampler_score: Mapped[float | None] = mapped_column(Float)
+    sampler_votes: Mapped[int | None] = mapped_column(Integer)
 
     participant: Mapped[Participant] = relationship(back_populates="items")

@@ -104,7 +104,7 @@ def test_migrations_create_the_models_schema(db: Database) -> None:
     with db.engine.connect() as c:
         diff = compare_metadata(MigrationContext.configure(c, opts={"compare_type": True}), Base.metadata)
     assert diff == [], f"migration and models differ: {diff}"
-    assert upgrade_to_head(db.engine) == "0004"  # idempotent on an up-to-date database
+    assert upgrade_to_head(db.engine) == "0005"  # idempotent on an up-to-date database
 
 
 def test_foreign_keys_are_enforced(db: Database) -> None:
@@ -136,7 +136,7 @@ def test_database_url_resolution_and_refusals(tmp_path, monkeypatch) -> None:
         with pytest.raises(InputError):
             make_engine(bad)
     url = f"sqlite:///{tmp_path / 'by-url.sqlite3'}"
-    assert upgrade_to_head(url) == "0004" and upgrade_to_head(url) == "0004"
+    assert upgrade_to_head(url) == "0005" and upgrade_to_head(url) == "0005"
 
 
 def test_the_database_layer_never_imports_torch() -> None:

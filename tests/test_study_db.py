@@ -110,10 +110,58 @@ def test_0003_makes_existing_studies_active_and_checks_the_status(url: str) -> N
 def test_0004_allows_gallery_items_and_refuses_to_drop_them(url: str) -> None:
     engine = make_engine(url)
     try:
-        assert upgrade_to_head(engine) == "0004"
+        _migrate(engine, "0004")
         columns = {c["name"]: c for c in inspect(engine).get_columns("study_items")}
         assert {"gallery", "worst"} <= set(columns) and columns["left_image_hash"]["nullable"]
         checks = {c["name"] for c in inspect(engine).get_check_constraints("study_items")}
         assert {"ck_study_items_answer", "ck_study_items_worst", "ck_study_items_shown"} <= checks
+    finally:
+        engine.dispose()
+
+
+def test_0005_records_samplers_regions_and_screen_outs_and_refuses_to_drop_them(url: str) -> None:
+    """Existing items become 'latin'; a sampler outside the table and a status outside the life cycle are refused;
+    downgrading with adaptive items is refused, without them it drops the columns."""
+    engine = make_engine(url)
+    try:
+        _migrate(engine, "0004")
+        with engine.begin() as c:  # a study with one participant and one pairwise item, as 0004 stores them
+            c.execute(text("INSERT INTO annotators (id, pseudonym, created_at) VALUES ('a', 'p', CURRENT_TIMESTAMP)"))
+            c.execute(text("INSERT INTO sessions (id, annotator_id, token_hash, created_at) "
+                           "VALUES ('s', 'a', 't', CURRENT_TIMESTAMP)"))
+            c.execute(text("INSERT INTO source_images (id, image_hash, width, height, origin, created_at) "
+                           "VALUES ('i', :h, 8, 8, 'study', CURRENT_TIMESTAMP)"), {"h": "0" * 64})
+            c.execute(text("INSERT INTO rounds (id, session_id, source_image_id, round_index, backbone_name, params, "
+                           "seeds, code_version, device, dtype, stage_seconds, status, created_at) VALUES ('r', 's', "
+                           "'i', 0, 'study', '{}', '[]', 'x', 'cpu', 'float32', '{}', 'candidates', "
+                           "CURRENT_TIMESTAMP)"))
+            c.execute(text("INSERT INTO studies (id, name, definition, consent_version, stimuli, created_at, status, "
+                           "progress_done, progress_total) VALUES ('st', 'n', '{}', 'v1', '[]', CURRENT_TIMESTAMP, "
+                           "'active', 0, 0)"))
+            c.execute(text("INSERT INTO participants (id, study_id, session_id, participant_index, consent_version, "
+                           "completion_code, status, created_at) VALUES ('p', 'st', 's', 0, 'v1', 'C', 'active', "
+                           "CURRENT_TIMESTAMP)"))
+            c.execute(text("INSERT INTO study_items (id, participant_id, position, stimulus, round_id, "
+                           "left_image_hash, right_image_hash, left_condition, right_condition, is_repeat, "
+                           "is_attention_check) VALUES ('it', 'p', 0, 0, 'r', :h, :h, 'a', 'b', false, false)"),
+                      {"h": "1" * 64})
+        assert upgrade_to_head(engine) == "0005"
+        with engine.connect() as c:
+            assert c.execute(text("SELECT sampler, sampler_score FROM study_items")).one() == ("latin", None)
+        assert "regions" in {c["name"] for c in inspect(engine).get_columns("choices")}
+        with pytest.raises(IntegrityError), engine.begin() as c:
+            c.execute(text("UPDATE study_items SET sampler = 'ucb'"))
+        with engine.begin() as c:
+            c.execute(text("UPDATE participants SET screened_out_at = CURRENT_TIMESTAMP"))
+            c.execute(text("UPDATE study_items SET sampler = 'adaptive', sampler_score = 0.4, sampler_votes = 3"))
+        with pytest.raises(RuntimeError, match="1 adaptive study items"):
+            _migrate(engine, "0004", down=True)
+        with engine.begin() as c:
+            c.execute(text("UPDATE participants SET screened_out_at = NULL"))
+            c.execute(text("UPDATE study_items SET sampler = 'latin'"))
+        _migrate(engine, "0004", down=True)
+        assert "sampler" not in {c["name"] for c in inspect(engine).get_columns("study_items")}
+        with engine.connect() as c:
+            assert c.execute(text("SELECT COUNT(*) FROM study_items")).scalar() == 1
     finally:
         engine.dispose()
