@@ -31,7 +31,8 @@ STUDY_COLUMNS = ["study id", "name", "conditions", "participants", "consent", "c
                  "status"]
 CONDITION_COLUMNS = ["condition", "win rate", "CI low", "CI high", "Bradley-Terry", "BT CI low", "BT CI high",
                      "votes", "ties"]
-AGREEMENT_COLUMNS = ["metric", "agrees with people", "votes"]
+AGREEMENT_COLUMNS = ["metric", "agrees with people", "CI low", "CI high", "comparisons", "gallery best agrees",
+                     "gallery votes"]
 PARTICIPANT_COLUMNS = ["participant", "status", "answered", "attention checks passed", "votes", "consistency",
                        "first-shown share", "flagged", "reasons"]
 MAX_RESAMPLES = 100_000
@@ -137,7 +138,8 @@ def analysis_tables(report: dict[str, Any]) -> tuple[list[list[Any]], list[list[
     """(conditions, metric agreement, participants) rows of a `StudyService.analysis` report."""
     conditions = [[name, _r(c["win_rate"]), _r(c["ci"][0]), _r(c["ci"][1]), _r(c["bt_score"]), _r(c["bt_ci"][0]),
                    _r(c["bt_ci"][1]), c["n"], c["ties"]] for name, c in report["conditions"].items()]
-    agreement = [[m, _r(rate), report["metric_agreement_n"][m]] for m, rate in report["metric_agreement"].items()]
+    agreement = [[m, _r(a["rate"]), _r(a["ci"][0]), _r(a["ci"][1]), a["n"], _r(a["gallery"]["rate"]),
+                  a["gallery"]["n"]] for m, a in report["metric_agreement"].items()]
     quality = report["participants"]  # by analysis pseudonym
     people = []
     for participant_id, p in report.get("study_participants", {}).items():
@@ -156,7 +158,28 @@ def _summary(report: dict[str, Any], study_id: str) -> str:
             f"participants. Krippendorff's alpha (agreement between people): "
             f"**{'n/a' if alpha is None else f'{alpha:.3f}'}**."
             + (f" Left out as flagged: {len(excluded)} participants." if excluded else "")
-            + " Win rates and Bradley-Terry scores with bootstrap 95% intervals below.")
+            + " Win rates and Bradley-Terry scores with bootstrap 95% intervals below."
+            + _tests_text(report.get("condition_tests") or {}) + _sampling_text(report.get("sampling")))
+
+
+def _tests_text(tests: dict[str, Any]) -> str:
+    """The pairwise condition tests as one line each (significant ones marked)."""
+    if not tests.get("pairs"):
+        return ""
+    lines = [f"- {r['a']} vs {r['b']}: BT difference {_r(r['bt_difference'], 2)}, p = {_r(r['p'])}, "
+             f"Holm p = {_r(r['p_holm'])}{' **(significant)**' if r['significant'] else ''}" for r in tests["pairs"]]
+    return (f"\n\nPairwise tests ({tests['method']}; {tests['correction']}, alpha {_r(tests['alpha'], 3)}):\n"
+            + "\n".join(lines))
+
+
+def _sampling_text(sampling: dict[str, Any] | None) -> str:
+    if not sampling:
+        return ""
+    text = f"\n\nSampling: **{sampling['sampler']}**, items per sampler {sampling['items']}"
+    if sampling["sampler"] == "adaptive":
+        text += (f"; {sampling['votes']} votes, {sampling['pending']} pending; next pair "
+                 f"{' vs '.join(sampling['next_pair'])} ({_r(sampling['next_score_bits'])} bits)")
+    return text + "."
 
 
 @user_errors

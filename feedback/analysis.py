@@ -37,8 +37,9 @@ from sqlalchemy.orm import Session
 from feedback import stats
 from feedback.db import DB_URL_ENV, Database, open_database, resolve_db_url
 from feedback.errors import InputError
-from feedback.models import Annotator, SessionRow
+from feedback.models import Annotator, Candidate, Choice, Round, SessionRow
 from feedback.store import export_pairs
+from feedback.study_regions import region_summary
 
 CONDITION_KEYS = ("method", "arm+method")
 BOOTSTRAP_UNITS = ("participant", "vote")
@@ -151,20 +152,43 @@ def _unit_win_matrices(votes: Sequence[Vote], names: list[str], unit: str) -> np
     return np.stack(list(units.values())) if units else np.zeros((0, len(names), len(names)))
 
 
-def condition_summary(votes: Sequence[Vote], config: AnalysisConfig = AnalysisConfig()) -> dict[str, dict]:
+@dataclass(frozen=True)
+class ConditionFit:
+    """Bradley-Terry over the votes between conditions and its bootstrap: `bt_replicates` (B, K) are the scores
+    of the resampled win matrices (participants or votes resampled together for every condition)."""
+
+    names: list[str]
+    wins: np.ndarray
+    resampled: np.ndarray
+    bt: np.ndarray
+    bt_replicates: np.ndarray
+
+
+def fit_conditions(votes: Sequence[Vote], config: AnalysisConfig = AnalysisConfig()) -> ConditionFit | None:
+    """The fit `condition_summary` and `condition_tests` read; None without votes between two conditions."""
+    between = [v for v in votes if v.chosen_condition != v.rejected_condition]
+    names = sorted({c for v in between for c in (v.chosen_condition, v.rejected_condition)})
+    if not names:
+        return None
+    unit_wins = _unit_win_matrices(between, names, config.bootstrap_unit)
+    resampled = stats.bootstrap_win_matrices(unit_wins, config.n_resamples, config.seed)
+    return ConditionFit(names, unit_wins.sum(axis=0), resampled, stats.bradley_terry(unit_wins.sum(axis=0)),
+                        np.stack([stats.bradley_terry(w) for w in resampled]))
+
+
+def condition_summary(votes: Sequence[Vote], config: AnalysisConfig = AnalysisConfig(),
+                      fit: ConditionFit | None = None) -> dict[str, dict]:
     """Per condition: win rate against the other conditions and Bradley-Terry log-strength, with bootstrap
     percentile intervals; `n` counts its votes against another condition (votes within one condition are
     left out: they say nothing about conditions)."""
     between = [v for v in votes if v.chosen_condition != v.rejected_condition]
-    names = sorted({c for v in between for c in (v.chosen_condition, v.rejected_condition)})
-    if not names:
+    fit = fit or fit_conditions(votes, config)
+    if fit is None:
         return {}
-    unit_wins = _unit_win_matrices(between, names, config.bootstrap_unit)
-    wins = unit_wins.sum(axis=0)
-    resampled = stats.bootstrap_win_matrices(unit_wins, config.n_resamples, config.seed)
-    rate, bt = stats.win_rates(wins), stats.bradley_terry(wins)
+    names, wins, resampled = fit.names, fit.wins, fit.resampled
+    rate, bt = stats.win_rates(wins), fit.bt
     rate_lo, rate_hi = stats.bootstrap_statistic(resampled, stats.win_rates, config.level)
-    bt_lo, bt_hi = stats.bootstrap_statistic(resampled, stats.bradley_terry, config.level)
+    bt_lo, bt_hi = stats.percentile_interval(fit.bt_replicates, config.level)
     ties = defaultdict(int)
     for v in between:
         if v.is_tie:
@@ -175,6 +199,36 @@ def condition_summary(votes: Sequence[Vote], config: AnalysisConfig = AnalysisCo
                    "bt_score": _num(bt[i]), "bt_ci": [_num(bt_lo[i]), _num(bt_hi[i])],
                    "n": round(float(games[i].sum())), "ties": ties[name]}
             for i, name in enumerate(names)}
+
+
+#: How `condition_tests` corrects for testing every pair of conditions.
+TEST_CORRECTION = "Holm-Bonferroni over all pairs of conditions (family-wise error rate 1 - level)"
+
+
+def condition_tests(fit: ConditionFit | None, config: AnalysisConfig = AnalysisConfig()) -> dict[str, Any]:
+    """Is condition a stronger than b? For each pair, the paired bootstrap of the Bradley-Terry difference
+    d = bt_a - bt_b (both scores from the same resample, so their dependence is kept): its percentile interval and
+    the two-sided p-value 2 * min(P(d* <= 0), P(d* >= 0)) with the (count + 1) / (B + 1) correction (Davison and
+    Hinkley 1997, eq. 4.11), Holm-Bonferroni adjusted over the pairs (Holm 1979)."""
+    alpha = 1 - config.level
+    if fit is None:
+        return {"method": "paired bootstrap of Bradley-Terry differences", "correction": TEST_CORRECTION,
+                "alpha": alpha, "pairs": []}
+    reps = fit.bt_replicates
+    b = reps.shape[0]
+    rows = []
+    for i in range(len(fit.names)):
+        for j in range(i + 1, len(fit.names)):
+            d = reps[:, i] - reps[:, j]
+            p = min(1.0, 2 * min((np.sum(d <= 0) + 1) / (b + 1), (np.sum(d >= 0) + 1) / (b + 1)))
+            low, high = stats.percentile_interval(d[:, None], config.level)
+            rows.append({"a": fit.names[i], "b": fit.names[j], "bt_difference": _num(fit.bt[i] - fit.bt[j]),
+                         "ci": [_num(low[0]), _num(high[0])], "p": float(p)})
+    for row, adjusted in zip(rows, stats.holm([r["p"] for r in rows]), strict=True):
+        row["p_holm"] = adjusted
+        row["significant"] = adjusted < alpha
+    return {"method": "paired bootstrap of Bradley-Terry differences", "correction": TEST_CORRECTION,
+            "alpha": alpha, "resamples": b, "unit": config.bootstrap_unit, "pairs": rows}
 
 
 # ------------------------------------------------------------------------------------ participants
@@ -267,45 +321,130 @@ def annotator_alpha(votes: Sequence[Vote]) -> float | None:
 
 
 # ------------------------------------------------------------------------------------------- metrics
-def metric_agreement(votes: Sequence[Vote],
-                     lower_better: frozenset[str] = LOWER_BETTER_METRICS) -> dict[str, dict[str, float | int]]:
-    """Per stored metric: how often it ranks the human-preferred image above the rejected one (equal scores
-    count half), over decisive votes where both images have a finite score."""
-    tally: dict[str, list[float]] = defaultdict(list)
+def _metric_pick_matches(metric: str, shown: Sequence[str], best: str, scores: Mapping[str, Mapping[str, Any]],
+                         lower_better: frozenset[str]) -> float | None:
+    """1 when the metric's best of the shown images is the people's best, 1/m when it ties m images including it,
+    0 otherwise; None when an image lacks a finite score."""
+    values = [scores.get(image, {}).get(metric) for image in shown]
+    if not all(_finite(v) for v in values):
+        return None
+    signed = [-v if metric in lower_better else v for v in values]
+    top = [image for image, v in zip(shown, signed, strict=True) if v == max(signed)]
+    return 1.0 / len(top) if best in top else 0.0
+
+
+def metric_agreement(votes: Sequence[Vote], config: AnalysisConfig = AnalysisConfig(),
+                     lower_better: frozenset[str] = LOWER_BETTER_METRICS) -> dict[str, dict[str, Any]]:
+    """Per stored metric, how often its pick matches the people's:
+      rate, ci, n   over decisive preference pairs (pairwise votes and the pairs gallery votes imply) where both
+                    images have a finite score: the share where the metric ranks the chosen image above the
+                    rejected one (equal scores count half; chance 0.5), with a bootstrap percentile interval
+                    (resampling `config.bootstrap_unit`s) and the number of comparisons;
+      pairwise      the same over pairwise (two-image) votes only;
+      gallery       over gallery votes: the share where the metric's best of the shown images is the one the
+                    person picked (chance 1/K, `chance` the mean over the votes)."""
+    scores: dict[str, dict[str, Any]] = {}
     for vote in votes:
+        scores.setdefault(vote.chosen_image, dict(vote.chosen_scores))
+        scores.setdefault(vote.rejected_image, dict(vote.rejected_scores))
+    pairs: dict[str, list[tuple[Any, float]]] = defaultdict(list)  # metric -> (unit, outcome)
+    pairwise: dict[str, list[float]] = defaultdict(list)
+    for n, vote in enumerate(votes):
         if vote.is_tie:
             continue
+        unit = vote.annotator if config.bootstrap_unit == "participant" else n
         for metric, chosen in vote.chosen_scores.items():
             rejected = vote.rejected_scores.get(metric)
             if not _finite(chosen) or not _finite(rejected):
                 continue
             margin = (rejected - chosen) if metric in lower_better else (chosen - rejected)
-            tally[metric].append(1.0 if margin > 0 else 0.5 if margin == 0 else 0.0)
-    return {metric: {"rate": sum(v) / len(v), "n": len(v)} for metric, v in sorted(tally.items())}
+            hit = 1.0 if margin > 0 else 0.5 if margin == 0 else 0.0
+            pairs[metric].append((unit, hit))
+            if not vote.gallery_size:
+                pairwise[metric].append(hit)
+    gallery: dict[str, list[tuple[float, int]]] = defaultdict(list)
+    for shown, best, _position, k in gallery_judgments(votes):
+        for metric in scores.get(best, {}):
+            hit = _metric_pick_matches(metric, shown, best, scores, lower_better)
+            if hit is not None:
+                gallery[metric].append((hit, k))
+    report = {}
+    for metric in sorted(set(pairs) | set(gallery)):
+        outcomes = pairs.get(metric, [])
+        low, high = _bootstrap_share(outcomes, config)
+        hits = [h for _u, h in outcomes]
+        judged = gallery.get(metric, [])
+        report[metric] = {
+            "rate": sum(hits) / len(hits) if hits else None, "ci": [low, high], "n": len(hits),
+            "pairwise": {"rate": _mean(pairwise.get(metric, [])), "n": len(pairwise.get(metric, []))},
+            "gallery": {"rate": _mean([h for h, _k in judged]), "n": len(judged),
+                        "chance": _mean([1 / k for _h, k in judged])}}
+    return report
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def _bootstrap_share(outcomes: Sequence[tuple[Any, float]], config: AnalysisConfig) -> tuple[float | None, float | None]:
+    """Percentile interval of the share of hits, resampling whole units (participants or votes)."""
+    if not outcomes:
+        return None, None
+    units: dict[Any, list[float]] = defaultdict(lambda: [0.0, 0.0])
+    for unit, hit in outcomes:
+        units[unit][0] += hit
+        units[unit][1] += 1
+    sums = np.array(list(units.values()))  # (U, 2): hits, comparisons
+    rng = np.random.default_rng(config.seed)
+    counts = rng.multinomial(len(sums), np.full(len(sums), 1.0 / len(sums)), size=config.n_resamples)
+    totals = counts @ sums
+    with np.errstate(invalid="ignore", divide="ignore"):
+        shares = totals[:, 0] / totals[:, 1]
+    low, high = stats.percentile_interval(shares[:, None], config.level)
+    return _num(low[0]), _num(high[0])
+
+
+def load_regions(s: Session, study_id: str | None = None) -> list[tuple[str, dict[str, Any]]]:
+    """(condition, box) of every region mark on a human vote (of one study): the condition is the method of the
+    candidate the box was drawn on (`feedback.study_regions`)."""
+    query = (select(Choice.round_id, Choice.regions).join(Round, Choice.round_id == Round.id)
+             .where(Choice.regions.is_not(None), Choice.selector == "human"))
+    if study_id is not None:
+        query = query.where(Round.study_id == study_id)
+    marks = []
+    for round_id, boxes in s.execute(query).all():
+        methods = dict(s.execute(select(Candidate.position, Candidate.method)
+                                 .where(Candidate.round_id == round_id)).all())
+        marks += [(methods.get(box["position"], "?"), box) for box in boxes or []]
+    return marks
 
 
 # -------------------------------------------------------------------------------------------- report
-def analyze(votes: Sequence[Vote], config: AnalysisConfig = AnalysisConfig()) -> dict[str, Any]:
+def analyze(votes: Sequence[Vote], config: AnalysisConfig = AnalysisConfig(),
+            regions: Sequence[tuple[str, Mapping[str, Any]]] = ()) -> dict[str, Any]:
     """The whole report as one JSON-ready dict (the `--json` contract); `participants` lists everyone,
-    the other parts use only unflagged participants when `config.exclude_flagged`."""
+    the other parts use only unflagged participants when `config.exclude_flagged`. `regions`: (condition, box)
+    region marks (`load_regions`), summarised per condition as a heat map."""
     participants = participant_quality(votes, config)
     excluded = sorted(p for p, r in participants.items() if r["flagged"]) if config.exclude_flagged else []
     kept = [v for v in votes if v.annotator not in set(excluded)]
-    agreement = metric_agreement(kept)
+    fit = fit_conditions(kept, config)
     return {
         "n_votes": len(kept),
         "n_participants": len({v.annotator for v in kept}),
         "excluded_participants": excluded,
-        "conditions": condition_summary(kept, config),
+        "conditions": condition_summary(kept, config, fit),
+        "condition_tests": condition_tests(fit, config),
         "krippendorff_alpha": annotator_alpha(kept),
         "participants": participants,
-        "metric_agreement": {m: a["rate"] for m, a in agreement.items()},
-        "metric_agreement_n": {m: a["n"] for m, a in agreement.items()},
+        "metric_agreement": metric_agreement(kept, config),
+        "regions": region_summary(regions),
     }
 
 
 def write_csv(report: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
-    """conditions.csv, participants.csv and metric_agreement.csv in `out_dir`; returns their paths."""
+    """conditions.csv, participants.csv, metric_agreement.csv and condition_tests.csv in `out_dir`; returns
+    their paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tables = {
@@ -316,9 +455,14 @@ def write_csv(report: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
         "participants.csv": (["participant", "votes", "repeats", "consistency", "position_bias", "flagged", "reasons"],
                              [[p, r["votes"], r["repeats"], r["consistency"], r["position_bias"], r["flagged"],
                                "; ".join(r["reasons"])] for p, r in report["participants"].items()]),
-        "metric_agreement.csv": (["metric", "agreement", "n"],
-                                 [[m, rate, report["metric_agreement_n"][m]]
-                                  for m, rate in report["metric_agreement"].items()]),
+        "metric_agreement.csv": (["metric", "agreement", "ci_low", "ci_high", "n", "pairwise_agreement",
+                                  "pairwise_n", "gallery_agreement", "gallery_n", "gallery_chance"],
+                                 [[m, a["rate"], *a["ci"], a["n"], a["pairwise"]["rate"], a["pairwise"]["n"],
+                                   a["gallery"]["rate"], a["gallery"]["n"], a["gallery"]["chance"]]
+                                  for m, a in report["metric_agreement"].items()]),
+        "condition_tests.csv": (["a", "b", "bt_difference", "ci_low", "ci_high", "p", "p_holm", "significant"],
+                                [[r["a"], r["b"], r["bt_difference"], *r["ci"], r["p"], r["p_holm"],
+                                  r["significant"]] for r in report.get("condition_tests", {}).get("pairs", [])]),
     }
     paths = []
     for name, (header, rows) in tables.items():
@@ -380,11 +524,22 @@ def write_plots(report: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
 
     agreement = report["metric_agreement"]
     fig, ax = plt.subplots(figsize=(max(4, 1.0 * len(agreement) + 2), 3.5))
-    ax.bar(list(agreement), list(agreement.values()), color="#55a868")
+    rates = np.array([_nan(a["rate"]) for a in agreement.values()])
+    low = np.array([_nan(a["ci"][0]) for a in agreement.values()])
+    high = np.array([_nan(a["ci"][1]) for a in agreement.values()])
+    ax.bar([f"{m}\n(n={a['n']})" for m, a in agreement.items()], rates, color="#55a868",
+           yerr=np.nan_to_num([rates - low, high - rates]), capsize=4)
     ax.axhline(0.5, color="grey", linewidth=0.8, linestyle="--")
-    ax.set(ylim=(0, 1), title="Metric agrees with the person")
-    ax.tick_params(axis="x", rotation=30)
+    ax.set(ylim=(0, 1), title="Metric agrees with the person (pairs, 95% interval)")
     save(fig, "metric_agreement.png")
+
+    regions = report.get("regions") or {}
+    if regions:
+        fig, axes = plt.subplots(1, len(regions), figsize=(2.6 * len(regions), 2.8), squeeze=False)
+        for ax, (condition, r) in zip(axes[0], regions.items(), strict=True):
+            ax.imshow(np.array(r["grid"]), cmap="magma", extent=(0, 1, 1, 0), vmin=0)
+            ax.set(title=f"{condition} ({r['boxes']} boxes)", xticks=[], yticks=[])
+        save(fig, "regions.png")
     return paths
 
 

@@ -3,7 +3,8 @@
 Variants:
   ttpo      degraded input, initial restoration, chosen, rejected (and the clean image when the
             degradation is synthetic), label (1.0 chosen beats rejected, 0.5 tie), degradation, annotator
-            pseudonym, study, condition, round, seeds and parameters.
+            pseudonym, study, condition, round, seeds and parameters, and the vote's region marks (`regions`,
+            boxes in [0, 1] image coordinates on the candidate at their `position`; `feedback.study_regions`).
   pickapic  the columns the Pick-a-Pic / Diffusion-DPO training scripts read: caption (the degradation in
             words), jpg_0, jpg_1 (image bytes, in display order), label_0 (1 if jpg_0 was preferred, 0 if
             jpg_1, 0.5 tie), label_1 = 1 - label_0; plus the degraded input as the conditioning image.
@@ -36,7 +37,7 @@ from sqlalchemy.orm import Session
 
 from feedback.errors import InputError, NotFound
 from feedback.images import ImageStore
-from feedback.models import Annotator, SessionRow
+from feedback.models import Annotator, Choice, SessionRow
 from feedback.store import export_pairs
 
 FORMATS = ("parquet", "jsonl")
@@ -94,10 +95,12 @@ def _tidy(number: str) -> str:
 # --------------------------------------------------------------------------------------------- rows
 def preference_rows(s: Session, *, human_only: bool = False, study_id: str | None = None) -> Iterator[dict[str, Any]]:
     """One dict per preference pair (ttpo columns; images as ids): `store.export_pairs` plus the annotator's
-    pseudonym and the session's study and condition where the round has none."""
+    pseudonym and the session's study and condition where the round has none, and the vote's region marks
+    (`regions`: [{"on", "position", "x", "y", "w", "h", "tag"}] on the candidate at `position`, [] without)."""
     sessions = {sid: (pseudonym, study, condition) for sid, pseudonym, study, condition in s.execute(
         select(SessionRow.id, Annotator.pseudonym, SessionRow.study_id, SessionRow.condition)
         .join(Annotator, SessionRow.annotator_id == Annotator.id))}
+    regions = dict(s.execute(select(Choice.id, Choice.regions).where(Choice.regions.is_not(None))).all())
     for pair in export_pairs(s):
         if human_only and pair["selector"] != "human":
             continue
@@ -124,6 +127,7 @@ def preference_rows(s: Session, *, human_only: bool = False, study_id: str | Non
             "prior_id": pair["prior_id"], "prior_weights_hash": pair["prior_weights_hash"],
             "params": json.dumps(pair["params"], sort_keys=True), "seeds": pair["seeds"],
             "code_version": pair["code_version"], "created_at": pair["created_at"],
+            "regions": [dict(box) for box in regions.get(pair["choice_id"]) or []],
         }
 
 
@@ -162,7 +166,9 @@ def _arrow_schema(variant: str) -> Any:
              "degradation_seed": integer, "chosen_seed": integer, "rejected_seed": integer,
              "chosen_strength": number, "rejected_strength": number, "chosen_position": integer,
              "rejected_position": integer, "chosen_is_restored": pa.bool_(), "rejected_is_restored": pa.bool_(),
-             "seeds": pa.list_(integer), **{name: image for name in TTPO_IMAGES}}
+             "seeds": pa.list_(integer), **{name: image for name in TTPO_IMAGES},
+             "regions": pa.list_(pa.struct([("on", text), ("position", integer), ("x", number), ("y", number),
+                                            ("w", number), ("h", number), ("tag", text)]))}
     fields = [(name, types.get(name, text)) for name in _TTPO_COLUMNS]
     features = {name: {"_type": "Image"} for name in TTPO_IMAGES}  # read by datasets.Features.from_arrow_schema
     return pa.schema(fields, metadata={"huggingface": json.dumps({"info": {"features": features}})})
@@ -175,7 +181,7 @@ _TTPO_COLUMNS = (
     *(f"{side}_{key}" for side in ("chosen", "rejected")
       for key in ("candidate_id", "method", "seed", "strength", "position", "is_restored")),
     "chosen_scores", "rejected_scores", "backbone_name", "backbone_weights_hash", "prior_id", "prior_weights_hash",
-    "params", "seeds", "code_version", "created_at",
+    "params", "seeds", "code_version", "created_at", "regions",
 )
 
 

@@ -141,3 +141,15 @@ def agreement_rate(pairs: Sequence[tuple[Hashable, Hashable]]) -> float | None:
     if not pairs:
         return None
     return sum(a == b for a, b in pairs) / len(pairs)
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values (Holm 1979), in the input order: the i-th smallest p times (m - i + 1),
+    made monotone, capped at 1."""
+    order = sorted(range(len(p_values)), key=lambda i: p_values[i])
+    adjusted = [0.0] * len(p_values)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(p_values) - rank) * float(p_values[i])))
+        adjusted[i] = running
+    return adjusted

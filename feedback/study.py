@@ -73,6 +73,12 @@ MAX_GUIDE_VOTES = 10_000
 CONDITION_SYNTAX = ("'<backbone>', 'ttpo-auto:<backbone>[;prior=<name>][;selector=<metric>+<metric>...]' or "
                     "'ttpo-human:<backbone>[;prior=<name>]'")
 MAX_CONDITION_CHARS = 64  # the width of the condition/method columns of the record
+#: How main items are chosen: 'latin' (the fixed plan above) or 'adaptive' (`feedback.study_sampling`).
+SAMPLINGS = ("latin", "adaptive")
+#: Offline metrics every stimulus is scored by at preparation (`metrics` adds cached pyiqa metrics).
+STIMULUS_METRICS = ("piqe", "entropy")
+MAX_STUDY_METRICS = 4
+MAX_URL_CHARS = 500
 GALLERY_INSTRUCTIONS = ("Several restorations of the same image are shown. Pick the one that looks best "
                         "(keys 1-{k}); you may also mark the one that looks worst (Shift + its key).")
 
@@ -98,6 +104,14 @@ class StudyDefinition:
     candidates; its items are galleries (candidates_per_round K in 3..6) of the restored image and K-1 diffusion
     candidates (seeds and strengths recorded), shown as conditions 'restored', 'c0'..'c<K-2>', with the same
     Latin square over positions, repeats, attention checks and completion codes as compare galleries.
+    sampling: 'latin' (the default: the Latin-square plan) or 'adaptive': each main item is the condition pair
+    with the highest expected information gain under the Bradley-Terry posterior of the study's votes so far
+    (`feedback.study_sampling`); pairwise compare studies only. Repeats and attention checks are planned as usual.
+    metrics: cached pyiqa metrics (no-reference, at most 4) scored on every stimulus at preparation besides
+    STIMULUS_METRICS (piqe, entropy); `feedback.analysis.metric_agreement` compares them with the people.
+    completion_url: where the page sends a participant who finished, the completion code appended (or put in
+    place of '{code}'), e.g. 'https://app.prolific.com/submissions/complete?cc='. screenout_url: where a
+    participant who fails an attention check is sent (the participant is then screened out: no more items).
     guide_study: the id of an active guide study; required by (and only with) 'ttpo-human:' conditions, which
     must name its backbone and prior. It must have this study's images, degradations, seed and size, and at
     least `min_guide_votes` (default 1) counted votes per stimulus (`feedback.study_guide`). In a study with a
@@ -121,6 +135,10 @@ class StudyDefinition:
     kind: str = "compare"
     guide_study: str | None = None
     min_guide_votes: int = 1
+    sampling: str = "latin"
+    metrics: tuple[str, ...] = ()
+    completion_url: str | None = None
+    screenout_url: str | None = None
 
     def __post_init__(self) -> None:
         _check(isinstance(self.name, str) and 0 < len(self.name.strip()) <= 200, "name must be text (1-200 chars)")
@@ -172,12 +190,30 @@ class StudyDefinition:
         _check(_is_int(self.seed) and 0 <= self.seed < 2**31, "seed must be an integer in [0, 2^31)")
         _check(self.size is None or (_is_int(self.size) and 16 <= self.size <= 2048),
                "size must be null or an integer in [16, 2048]")
+        _check(self.sampling in SAMPLINGS, f"sampling must be one of {', '.join(SAMPLINGS)}, "
+                                           f"got {str(self.sampling)[:20]!r}")
+        _check(self.sampling == "latin" or (self.kind == "compare" and not self.is_gallery),
+               "sampling 'adaptive' is offered for pairwise compare studies (candidates_per_round 2) only")
+        _check(len(self.metrics) <= MAX_STUDY_METRICS and all(isinstance(m, str) and 0 < len(m) <= 40
+                                                              for m in self.metrics),
+               f"metrics must be a list of at most {MAX_STUDY_METRICS} pyiqa metric names (besides "
+               f"{', '.join(STIMULUS_METRICS)}, which every study gets)")
+        for name in ("completion_url", "screenout_url"):
+            url = getattr(self, name)
+            _check(url is None or (isinstance(url, str) and url.startswith(("https://", "http://"))
+                                   and len(url) <= MAX_URL_CHARS and not any(c.isspace() for c in url)),
+                   f"{name} must be null or an http(s) URL of at most {MAX_URL_CHARS} characters without spaces")
 
     @property
     def stimuli(self) -> list[tuple[int, str]]:
         """(image index, degradation spec) of every stimulus; spec '' when the images are already degraded."""
         specs = self.degradations or ("",)
         return [(i, spec) for i in range(len(self.images)) for spec in specs]
+
+    @property
+    def stimulus_metrics(self) -> tuple[str, ...]:
+        """Every metric the stimuli are scored by: STIMULUS_METRICS, then the study's own (lower-cased)."""
+        return tuple(dict.fromkeys((*STIMULUS_METRICS, *(m.strip().lower() for m in self.metrics))))
 
     @property
     def is_gallery(self) -> bool:
@@ -310,7 +346,7 @@ def study_from_dict(data: Any, base_dir: str | Path | None = None) -> StudyDefin
     if missing := sorted(required - set(data)):
         raise InputError(f"study definition: missing field(s) {', '.join(missing)}; {expected_fields()}")
     values = dict(data)
-    for name in ("images", "conditions", "degradations"):
+    for name in ("images", "conditions", "degradations", "metrics"):
         if name in values:
             value = values[name]
             if isinstance(value, str) or not isinstance(value, (list, tuple)):
@@ -544,6 +580,13 @@ def position_balance(items: Sequence[GalleryItem]) -> dict[tuple[str, int], int]
 def new_completion_code(length: int = CODE_LENGTH) -> str:
     """A random completion code like 'K7QX3M9RTA' (log2(32) * 10 = 50 bits)."""
     return "".join(secrets.choice(CODE_ALPHABET) for _ in range(length))
+
+
+def completion_link(url: str | None, code: str) -> str | None:
+    """The completion URL with the code put in place of '{code}', or appended; None without a URL."""
+    if url is None:
+        return None
+    return url.replace("{code}", code) if "{code}" in url else url + code
 
 
 def normalise_code(code: Any) -> str:

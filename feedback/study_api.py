@@ -19,11 +19,16 @@ Participant:
   GET  /api/v1/studies/{id}/participants/{pid}/next          (Bearer token) -> the first unanswered item
                                           {"k", "n", "left": {"url"}, "right": {"url"}, "instructions"}
                                           (a gallery item: "gallery": [{"url"}, ...] in positions 1..K instead
-                                          of left/right) or {"done": true, "completion_code"}
+                                          of left/right) or {"done": true, "completion_code", "redirect"} (the
+                                          study's completion_url with the code; screened out: "screened_out")
   POST /api/v1/studies/{id}/participants/{pid}/items/{k}/vote (Bearer token)
                                           {"choice": left|right|tie, "decision_ms", "zoom_count", "viewport": [w, h],
                                            "dpr"} -> {"k", "n", "created"}; idempotent per item
-                                          (a gallery item: "choice": "1".."K" the best, "worst": "1".."K" optional)
+                                          (a gallery item: "choice": "1".."K" the best, "worst": "1".."K" optional;
+                                          "regions": boxes where the problem is, feedback.study_regions; a failed
+                                          attention check of a study with a screenout_url answers
+                                          "screened_out": true, "redirect")
+  POST /api/v1/studies/{id}/participants/{pid}/withdraw      (Bearer token) withdraw at any point: rows deleted
   POST /api/v1/studies/{id}/withdraw      {"completion_code"} -> rows deleted per table
   GET  /study/{id}                        the participant page (consent, instructions, k of n, keys <- -> T;
                                           galleries: 1..K best, Shift+1..K worst, Enter)
@@ -69,6 +74,8 @@ class VoteIn(BaseModel):
     zoom_count: int | None = None
     viewport: list[int] | None = Field(None, description="[width, height] in CSS pixels")
     dpr: float | None = Field(None, description="window.devicePixelRatio")
+    regions: Any = Field(None, description="where the problem is: [{\"on\": \"left\" | \"right\" | \"<position>\", "
+                                           "\"x\", \"y\", \"w\", \"h\" in [0, 1], \"tag\"?}]")
 
 
 class WithdrawIn(BaseModel):
@@ -147,7 +154,13 @@ def build_study_router(service: FeedbackService, studies: StudyService | None = 
                  responses=errors(AUTH, 404, 409, INPUT))
     def vote(study_id: str, participant_id: str, k: int, body: VoteIn, who: Who) -> dict[str, Any]:
         return studies.vote(who, study_id, participant_id, k, body.choice, decision_ms=body.decision_ms,
-                            zoom_count=body.zoom_count, viewport=body.viewport, dpr=body.dpr, worst=body.worst)
+                            zoom_count=body.zoom_count, viewport=body.viewport, dpr=body.dpr, worst=body.worst,
+                            regions=body.regions)
+
+    @router.post(f"{PREFIX}/studies/{{study_id}}/participants/{{participant_id}}/withdraw",
+                 responses=errors(AUTH, 404, 422))
+    def withdraw_now(study_id: str, participant_id: str, who: Who) -> dict[str, Any]:
+        return {"withdrawn": True, "deleted": studies.withdraw_participant(who, study_id, participant_id)}
 
     @router.post(f"{PREFIX}/studies/{{study_id}}/withdraw", responses=errors(404, INPUT))
     def withdraw(study_id: str, body: WithdrawIn) -> dict[str, Any]:

@@ -264,6 +264,39 @@ def compute_stimulus(fb: FeedbackService, study: StudyDefinition, j: int, clean:
     return stimulus | {"outputs": outputs, "facts": facts}
 
 
+def check_stimulus_metrics(fb: FeedbackService, study: StudyDefinition) -> tuple[str, ...]:
+    """The metrics every stimulus is scored by (`StudyDefinition.stimulus_metrics`), each usable offline; a
+    full-reference one needs degradations (it compares with the clean image). InputError naming what is wrong."""
+    from restoration.selection import metric_info
+
+    try:
+        names = fb.worker.check_metrics(list(study.stimulus_metrics))
+    except InputError as exc:
+        raise InputError(f"study definition: metrics: {exc.message}") from None
+    full_reference = [m for m in names if metric_info(m).kind == "FR"]
+    if full_reference and not study.degradations:
+        raise InputError(f"study definition: metrics {', '.join(full_reference)} compare with the clean image, "
+                         "so the study needs degradations (its images are then the clean ground truth)")
+    return names
+
+
+def score_stimulus(fb: FeedbackService, study: StudyDefinition, stimulus: dict[str, Any]) -> dict[str, Any]:
+    """The stimulus with `scores`: {output label: {metric: score}} of every output as stored (the PNG people see),
+    by `check_stimulus_metrics`' metrics; full-reference metrics against the clean image."""
+    from restoration.selection import metric_info, score_images
+
+    labels = list(stimulus["outputs"])
+    images = torch.cat([_to_tensor(fb.images.get_array(stimulus["outputs"][label])) for label in labels])
+    reference = _to_tensor(fb.images.get_array(stimulus["clean"]))
+    scores: dict[str, dict[str, float | None]] = {label: {} for label in labels}
+    for metric in check_stimulus_metrics(fb, study):
+        full = metric_info(metric).kind == "FR"
+        values = score_images(images, [metric], reference if full else None)[metric]
+        for label, value in zip(labels, values.tolist(), strict=True):
+            scores[label][metric] = value if np.isfinite(value) else None
+    return stimulus | {"scores": scores}
+
+
 # ------------------------------------------------------------------------------ the worker
 class StudyPreparer:
     """One background thread that prepares the studies handed to it (`submit`), one at a time, in order."""
@@ -341,7 +374,8 @@ class StudyPreparer:
             stimuli = []
             for j, (i, _spec) in enumerate(study.stimuli):
                 with self._engine_slot():
-                    stimuli.append(compute_stimulus(self.fb, study, j, clean_images[i], guide))
+                    stimuli.append(score_stimulus(self.fb, study,
+                                                  compute_stimulus(self.fb, study, j, clean_images[i], guide)))
                 with self.fb.db.sessions.begin() as s:
                     s.execute(update(Study).where(Study.id == study_id, Study.status == "preparing")
                               .values(progress_done=j + 1))

@@ -38,7 +38,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from feedback import store
-from feedback.analysis import AnalysisConfig, analyze, load_votes
+from feedback.analysis import AnalysisConfig, analyze, load_regions, load_votes
 from feedback.db import retry_transient
 from feedback.errors import Conflict, InputError, NotFound
 from feedback.models import (
@@ -63,8 +63,10 @@ from feedback.study import (
     ATTENTION_CLEAN,
     ATTENTION_CONTROL,
     GalleryItem,
+    PlannedItem,
     StudyDefinition,
     assign_items,
+    completion_link,
     gallery_answer,
     gallery_pairs,
     load_study,
@@ -77,7 +79,15 @@ from feedback.study_prepare import (
     check_conditions,
     check_degradations,
     check_guide,
+    check_stimulus_metrics,
     store_inputs,
+)
+from feedback.study_regions import check_regions
+from feedback.study_sampling import (
+    SamplerState,
+    adaptive_slots,
+    choose_adaptive_item,
+    repeat_item,
 )
 
 CHOICES = STUDY_ANSWERS  # left | right | tie
@@ -125,6 +135,7 @@ class StudyService:
         study = definition if isinstance(definition, StudyDefinition) else study_from_dict(definition)
         check_conditions(self.fb, study)
         check_degradations(self.fb, study)
+        check_stimulus_metrics(self.fb, study)
         inputs = store_inputs(self.fb, study)
         check_guide(self.fb, study, inputs)  # checked again (and its votes read) when the study is prepared
         with self.fb.db.sessions.begin() as s:
@@ -226,7 +237,7 @@ class StudyService:
             if platform_hash is not None and (old := s.scalar(select(Participant).where(
                     Participant.study_id == study_id, Participant.platform_id_hash == platform_hash))):
                 s.get(SessionRow, old.session_id).token_hash = hash_token(token)
-                return Enrolment(old.id, token, len(old.items), resumed=True)
+                return Enrolment(old.id, token, max(len(old.items), study.n_items), resumed=True)
             name = f"study:{study_id}:{platform_id.strip() if platform_id else new_token()}"
             session = store.create_annotator_session(s, pseudonym(name, self.fb.salt), hash_token(token),
                                                      study_id=study_id)
@@ -237,13 +248,60 @@ class StudyService:
                                       completion_code=new_completion_code(), status="active")
             s.add(participant)
             s.flush()
+            if study.sampling == "adaptive":  # items are chosen one at a time (`_add_adaptive_item`)
+                self._add_adaptive_item(s, row, study, participant)
+                return Enrolment(participant.id, token, study.n_items, resumed=False)
             planned = assign_items(study, index, study.seed)
             for item in planned:
                 self._add_item(s, row, participant, session.id, item)
             return Enrolment(participant.id, token, len(planned), resumed=False)
 
-    def _add_item(self, s: Session, row: Study, participant: Participant, session_id: str, item: Any) -> None:
+    def _sampler_state(self, s: Session, study_id: str, study: StudyDefinition) -> SamplerState:
+        """Every main (not repeated, not attention-check) item of the study, answered or pending."""
+        state = SamplerState(study.plan_conditions)
+        for stimulus, left, right, answer in s.execute(
+                select(StudyItem.stimulus, StudyItem.left_condition, StudyItem.right_condition, StudyItem.answer)
+                .join(Participant, StudyItem.participant_id == Participant.id)
+                .where(Participant.study_id == study_id, StudyItem.is_repeat.is_(False),
+                       StudyItem.is_attention_check.is_(False), StudyItem.gallery.is_(None))):
+            state.add(stimulus, left, right, answer)
+        return state
+
+    def _add_adaptive_item(self, s: Session, row: Study, study: StudyDefinition, participant: Participant) -> None:
+        """Add the participant's next item of an adaptive study when every earlier one is answered. The caller
+        holds the study row's lock (FOR UPDATE on PostgreSQL, SQLite's write lock), so replicas choose one at a
+        time from the same votes, and a second call for the same position finds the item made by the first."""
+        items = list(s.scalars(select(StudyItem).where(StudyItem.participant_id == participant.id)
+                               .order_by(StudyItem.position).execution_options(populate_existing=True)))
+        if len(items) >= study.n_items or any(i.answer is None for i in items):
+            return
+        position = len(items)
+        slot = adaptive_slots(study, participant.participant_index, study.seed)[position]
+        score = votes = None
+        if "attention" in slot:
+            item = slot["attention"]
+        elif "repeat_of_main" in slot:
+            mains = [i for i in items if not i.is_repeat and not i.is_attention_check]
+            first = mains[slot["repeat_of_main"]]
+            item = repeat_item(PlannedItem(first.position, first.stimulus, first.left_condition,
+                                           first.right_condition), position)
+        else:
+            seen: dict[int, int] = {}
+            for i in items:
+                if not i.is_repeat and not i.is_attention_check:
+                    seen[i.stimulus] = seen.get(i.stimulus, 0) + 1
+            choice = choose_adaptive_item(study, self._sampler_state(s, row.id, study),
+                                          participant.participant_index, position, study.seed, seen)
+            item, score, votes = choice.item, choice.score, choice.n_votes
+        self._add_item(s, row, participant, participant.session_id, item, sampler="adaptive", score=score,
+                       votes=votes)
+        s.flush()
+        s.expire(participant, ["items"])
+
+    def _add_item(self, s: Session, row: Study, participant: Participant, session_id: str, item: Any,
+                  sampler: str = "latin", score: float | None = None, votes: int | None = None) -> None:
         stim = row.stimuli[item.stimulus]
+        scores = stim.get("scores") or {}  # metric scores of each output, computed at preparation
         images = {**stim["outputs"], ATTENTION_CLEAN: stim["clean"], ATTENTION_CONTROL: stim["control"]}
         shown = item.shown if isinstance(item, GalleryItem) else (item.left, item.right)
         made_by = stim.get("guide") or {}  # a guide study's stimulus: how its candidates were made
@@ -255,26 +313,31 @@ class StudyService:
             prior_id=made_by.get("prior", {}).get("prior_id"),
             prior_weights_hash=made_by.get("prior", {}).get("weights_hash"),
             params={"study_item": item.to_dict(), "stimulus": {k: stim[k] for k in ("image", "degradation", "seed")},
+                    "sampler": {"name": sampler, "score": score, "votes": votes},
                     "facts": {c: stim["facts"].get(c) for c in dict.fromkeys(shown)},
                     **({"guide": {k: made_by[k] for k in ("condition", "candidates")}} if made_by else {})},
             seeds=[stim["seed"]])
         if isinstance(item, GalleryItem):
             store.add_candidates(s, rnd.id, [store.CandidateSpec(image_hash=images[c], method=c, position=p,
+                                                                 scores=dict(scores.get(c) or {}),
                                                                  **(_candidate_lineage(stim, c) if made_by else {}))
                                              for p, c in enumerate(shown)])
             s.add(StudyItem(participant_id=participant.id, position=item.position, stimulus=item.stimulus,
                             round_id=rnd.id, gallery=[{"condition": c, "image_hash": images[c]} for c in shown],
                             is_repeat=item.is_repeat, repeat_of=item.repeat_of,
-                            is_attention_check=item.is_attention_check, expected=item.expected))
+                            is_attention_check=item.is_attention_check, expected=item.expected, sampler=sampler,
+                            sampler_score=score, sampler_votes=votes))
             return
         store.add_candidates(s, rnd.id, [
-            store.CandidateSpec(image_hash=images[item.left], method=item.left, position=0),
-            store.CandidateSpec(image_hash=images[item.right], method=item.right, position=1)])
+            store.CandidateSpec(image_hash=images[item.left], method=item.left, position=0,
+                                scores=dict(scores.get(item.left) or {})),
+            store.CandidateSpec(image_hash=images[item.right], method=item.right, position=1,
+                                scores=dict(scores.get(item.right) or {}))])
         s.add(StudyItem(participant_id=participant.id, position=item.position, stimulus=item.stimulus,
                         round_id=rnd.id, left_image_hash=images[item.left], right_image_hash=images[item.right],
                         left_condition=item.left, right_condition=item.right, is_repeat=item.is_repeat,
                         repeat_of=item.repeat_of, is_attention_check=item.is_attention_check,
-                        expected=item.expected))
+                        expected=item.expected, sampler=sampler, sampler_score=score, sampler_votes=votes))
 
     def _participant(self, s: Session, who: Principal, study_id: str, participant_id: str) -> Participant:
         participant = s.get(Participant, participant_id) if isinstance(participant_id, str) else None
@@ -287,28 +350,40 @@ class StudyService:
     def next_item(self, who: Principal, study_id: str, participant_id: str) -> dict[str, Any]:
         """The first unanswered item (so a reload resumes), or {done, completion_code} when all are answered."""
         with self.fb.db.sessions.begin() as s:
-            _row, study = self._study(s, study_id, active=True)
+            row, study = self._study(s, study_id, active=True)
             participant = self._participant(s, who, study_id, participant_id)
+            if participant.screened_out_at is not None:
+                return {"done": True, "screened_out": True, "n": study.n_items, "redirect": study.screenout_url}
             items = participant.items
+            if (study.sampling == "adaptive" and len(items) < study.n_items
+                    and all(item.answer is not None for item in items)):
+                s.execute(select(Study.id).where(Study.id == study_id).with_for_update())
+                self._add_adaptive_item(s, row, study, participant)
+                items = participant.items
+            n = max(len(items), study.n_items) if study.sampling == "adaptive" else len(items)
             todo = next((item for item in items if item.answer is None), None)
             if todo is None:
                 if participant.status != "completed":
                     participant.status, participant.completed_at = "completed", utcnow()
-                return {"done": True, "completion_code": participant.completion_code, "n": len(items)}
+                done = {"done": True, "completion_code": participant.completion_code, "n": n}
+                link = completion_link(study.completion_url, participant.completion_code)
+                return done if link is None else {**done, "redirect": link}
             if todo.gallery is not None:
-                return {"done": False, "k": todo.position + 1, "n": len(items), "instructions": study.instructions,
+                return {"done": False, "k": todo.position + 1, "n": n, "instructions": study.instructions,
                         "gallery": [{"image_id": g["image_hash"]} for g in todo.gallery]}
-            return {"done": False, "k": todo.position + 1, "n": len(items), "instructions": study.instructions,
+            return {"done": False, "k": todo.position + 1, "n": n, "instructions": study.instructions,
                     "left": {"image_id": todo.left_image_hash}, "right": {"image_id": todo.right_image_hash}}
 
     def vote(self, who: Principal, study_id: str, participant_id: str, k: int, choice: Any,
              decision_ms: Any = None, zoom_count: Any = None, viewport: Any = None,
-             dpr: Any = None, worst: Any = None) -> dict[str, Any]:
+             dpr: Any = None, worst: Any = None, regions: Any = None) -> dict[str, Any]:
         """Record the answer to item k (1-based) with its viewing conditions; a repeat of the same answer is a
         no-op (created False), a different answer to an answered item is a Conflict.
 
         Pairwise items: `choice` left | right | tie. Gallery items: `choice` is the best image's position 1..K
-        (text or integer) and `worst` optionally another position."""
+        (text or integer) and `worst` optionally another position. `regions`: boxes where the participant saw a
+        problem (`feedback.study_regions.check_regions`). A failed attention check in a study with a
+        screen-out URL screens the participant out: the answer says so (`screened_out`, `redirect`)."""
         _int("zoom_count", zoom_count, 0, 1_000_000)
         width = height = None
         if viewport is not None:
@@ -321,12 +396,17 @@ class StudyService:
 
         def write() -> dict[str, Any]:
             with self.fb.db.sessions.begin() as s:
+                _row, study = self._study(s, study_id)
                 participant = self._participant(s, who, study_id, participant_id)
                 items = participant.items
-                if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= len(items):
+                valid = not isinstance(k, bool) and isinstance(k, int) and 1 <= k <= len(items)
+                if participant.screened_out_at is not None and not (valid and items[k - 1].answer is not None):
+                    raise Conflict("this participant was screened out by a failed attention check; no more answers")
+                if not valid:
                     raise NotFound(f"item k must be in 1..{len(items)}, got {k!r}")
                 item = items[k - 1]
                 answer, worst_mark = _answer(item, choice, worst)
+                marks = check_regions(regions, 2 if item.gallery is None else len(item.gallery))
                 if item.answer is not None:
                     if (item.answer, item.worst) != (answer, worst_mark):
                         raise Conflict(f"item {k} was already answered ({item.answer}"
@@ -360,9 +440,15 @@ class StudyService:
                 row.zoom_count, row.viewport_w, row.viewport_h = zoom_count, width, height
                 row.device_pixel_ratio = None if dpr is None else float(dpr)
                 row.consent_version = participant.consent_version
+                if marks is not None:  # left unset it stays SQL NULL (assigning None would store JSON null)
+                    row.regions = marks
                 item.answer, item.worst, item.choice_id, item.answered_at = answer, worst_mark, row.id, utcnow()
+                out = {"k": k, "n": len(items), "created": created, "choice_id": row.id}
+                if item.is_attention_check and answer != item.expected and study.screenout_url:
+                    participant.screened_out_at = utcnow()
+                    out |= {"screened_out": True, "redirect": study.screenout_url}
                 s.flush()
-                return {"k": k, "n": len(items), "created": created, "choice_id": row.id}
+                return out
         # One answer per item (a repeat is a no-op), so a transient database error is safely retried.
         return retry_transient(write)
 
@@ -378,32 +464,67 @@ class StudyService:
                 raise NotFound("no participant of this study has this completion code")
             return delete_participant(s, participant)
 
-    # ------------------------------------------------------------------------------ analysis
-    def analysis(self, study_id: str, config: AnalysisConfig | None = None) -> dict[str, Any]:
-        """`feedback.analysis.analyze` over the study's human votes, plus per participant: status, answers,
-        attention checks passed, and the analysis pseudonym (the key of `participants`)."""
+    def withdraw_participant(self, who: Principal, study_id: str, participant_id: str) -> dict[str, int]:
+        """Withdraw at any point (the participant's own token): delete their rows, as `withdraw` does."""
         with self.fb.db.sessions.begin() as s:
             self._study(s, study_id)
+            return delete_participant(s, self._participant(s, who, study_id, participant_id))
+
+    # ------------------------------------------------------------------------------ analysis
+    def analysis(self, study_id: str, config: AnalysisConfig | None = None) -> dict[str, Any]:
+        """`feedback.analysis.analyze` over the study's human votes (region marks included), plus per participant:
+        status, answers, attention checks passed, and the analysis pseudonym (the key of `participants`), and the
+        sampler's state (`sampling`)."""
+        with self.fb.db.sessions.begin() as s:
+            _row, study = self._study(s, study_id)
             votes = load_votes(s, study_id=study_id)
+            regions = load_regions(s, study_id)
+            sampling = self._sampling_report(s, study_id, study)
             people = {}
             for p, pseud in s.execute(select(Participant, Annotator.pseudonym)
                                       .join(SessionRow, Participant.session_id == SessionRow.id)
                                       .join(Annotator, SessionRow.annotator_id == Annotator.id)
                                       .where(Participant.study_id == study_id)):
                 checks = [i for i in p.items if i.is_attention_check and i.answer is not None]
-                people[p.id] = {"pseudonym": pseud, "index": p.participant_index, "status": p.status,
-                                "answered": sum(i.answer is not None for i in p.items), "n_items": len(p.items),
+                people[p.id] = {"pseudonym": pseud, "index": p.participant_index,
+                                "status": "screened_out" if p.screened_out_at is not None else p.status,
+                                "answered": sum(i.answer is not None for i in p.items),
+                                "n_items": max(len(p.items), study.n_items if study.sampling == "adaptive" else 0),
                                 "attention_checks": len(checks),
                                 "attention_passed": sum(i.answer == i.expected for i in checks)}
-        report = analyze(votes, config or AnalysisConfig())
+        report = analyze(votes, config or AnalysisConfig(), regions=regions)
         report["study_participants"] = people
+        report["sampling"] = sampling
         return report
 
+    def _sampling_report(self, s: Session, study_id: str, study: StudyDefinition) -> dict[str, Any]:
+        """How the study's items were chosen: items per sampler, the adaptive items' mean score, and for an
+        adaptive study the posterior now (mean and sd per condition) and the pair it would show next."""
+        counts = dict(s.execute(select(StudyItem.sampler, func.count()).join(Participant)
+                                .where(Participant.study_id == study_id).group_by(StudyItem.sampler)).all())
+        mean_score = s.scalar(select(func.avg(StudyItem.sampler_score)).join(Participant)
+                              .where(Participant.study_id == study_id))
+        out: dict[str, Any] = {"sampler": study.sampling, "items": counts,
+                               "mean_score_bits": None if mean_score is None else float(mean_score)}
+        if study.sampling == "adaptive":
+            state = self._sampler_state(s, study_id, study)
+            mean, cov = state.posterior()
+            choice = choose_adaptive_item(study, state, 0, 0, study.seed)
+            out |= {"votes": state.n_votes, "pending": int(state.pending.sum() // 2),
+                    "posterior": {c: {"mean": float(mean[i]), "sd": float(cov[i, i] ** 0.5)}
+                                  for i, c in enumerate(state.conditions)},
+                    "next_pair": sorted((choice.item.left, choice.item.right)), "next_score_bits": choice.score}
+        return out
+
     def export_rows(self, study_id: str) -> list[dict[str, Any]]:
-        """Every preference pair of the study (`store.export_pairs` rows), attention checks included."""
+        """Every preference pair of the study (`store.export_pairs` rows), attention checks included, each with its
+        vote's region marks (`regions`, [] without)."""
         with self.fb.db.sessions.begin() as s:
             self._study(s, study_id)
-            return [row for row in store.export_pairs(s) if row["study_id"] == study_id]
+            marks = dict(s.execute(select(Choice.id, Choice.regions).join(Round, Choice.round_id == Round.id)
+                                   .where(Round.study_id == study_id, Choice.regions.is_not(None))).all())
+            return [{**row, "regions": marks.get(row["choice_id"]) or []}
+                    for row in store.export_pairs(s) if row["study_id"] == study_id]
 
 
 def _candidate_lineage(stim: dict[str, Any], label: str) -> dict[str, Any]:

@@ -106,12 +106,17 @@ def test_list_and_analyse(studies, study_id):
         assert 0 <= low <= win <= high <= 1 and bt_low <= bt <= bt_high and n > 0, name
     assert [len(row) for row in people] == [len(admin_ui.PARTICIPANT_COLUMNS)] * 2
     assert all(row[2].split("/")[0] == row[2].split("/")[1] for row in people)  # every item answered
-    assert all(len(row) == 3 for row in agreement)
+    # every stimulus was scored (piqe, entropy) when the study was prepared: agreement is filled, with intervals
+    assert {row[0] for row in agreement} == {"piqe", "entropy"}
+    assert all(len(row) == len(admin_ui.AGREEMENT_COLUMNS) and row[4] > 0 and row[2] <= row[1] <= row[3]
+               for row in agreement)
+    assert "Pairwise tests" in summary and "Holm" in summary and "Sampling: **latin**" in summary
     assert sorted(Path(p).name for p in plots) == ["bt_scores.png", "metric_agreement.png", "participants.png",
                                                    "win_rates.png"]
     assert all(Path(p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in plots)
     names = {Path(f).name: Path(f) for f in files}
-    assert set(names) == {"conditions.csv", "participants.csv", "metric_agreement.csv", "report.json"}
+    assert set(names) == {"conditions.csv", "participants.csv", "metric_agreement.csv", "condition_tests.csv",
+                          "report.json"}
     csv_rows = names["conditions.csv"].read_text().splitlines()
     assert csv_rows[0].startswith("condition,win_rate,ci_low,ci_high") and len(csv_rows) == 3
     assert json.loads(names["report.json"].read_text())["n_participants"] == 2

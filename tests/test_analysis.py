@@ -180,10 +180,44 @@ def test_chance_consistency_is_flagged() -> None:
 def test_metric_agreement(report: dict) -> None:
     agreement = report["metric_agreement"]
     # the metrics follow the planted order (piqe is lower-better); the judges agree with it ~80% of the time
-    assert agreement["fused"] > 0.7 and agreement["piqe"] > 0.7
-    assert abs(agreement["fused"] - agreement["piqe"]) < 0.1
-    assert 0.3 < agreement["entropy"] < 0.7  # random scores
-    assert report["metric_agreement_n"]["piqe"] == report["n_votes"] - 1  # the tie has no winner
+    assert agreement["fused"]["rate"] > 0.7 and agreement["piqe"]["rate"] > 0.7
+    assert abs(agreement["fused"]["rate"] - agreement["piqe"]["rate"]) < 0.1
+    assert 0.3 < agreement["entropy"]["rate"] < 0.7  # random scores
+    assert agreement["piqe"]["n"] == report["n_votes"] - 1  # the tie has no winner
+    for a in agreement.values():  # a participant-bootstrap interval around each rate; these votes are pairwise
+        assert a["ci"][0] <= a["rate"] <= a["ci"][1] and a["ci"][1] - a["ci"][0] > 0.01
+        assert a["pairwise"] == {"rate": a["rate"], "n": a["n"]} and a["gallery"]["n"] == 0
+    # piqe agrees clearly above chance, entropy's interval holds chance
+    assert agreement["piqe"]["ci"][0] > 0.5 and agreement["entropy"]["ci"][0] < 0.5 < agreement["entropy"]["ci"][1]
+
+
+def test_gallery_metric_agreement_is_top_one_match() -> None:
+    """Gallery votes: the metric's best of the shown images against the person's pick (chance 1/K)."""
+    def vote(person, choice, best, other, scores):
+        return Vote(person, best, other, best[0], other[0], 0, 1, 1.0, {"m": scores[best]}, {"m": scores[other]},
+                    choice_id=choice, gallery_size=3)
+
+    scores = {"a1": 3.0, "b1": 2.0, "c1": 1.0, "a2": 1.0, "b2": 5.0, "c2": 0.0}
+    votes = [vote("p", "x", "a1", "b1", scores), vote("p", "x", "a1", "c1", scores),  # metric best a1 = picked
+             vote("q", "y", "a2", "b2", scores), vote("q", "y", "a2", "c2", scores)]  # metric best b2, picked a2
+    a = analyze(votes, AnalysisConfig(n_resamples=50))["metric_agreement"]["m"]
+    assert a["gallery"] == {"rate": 0.5, "n": 2, "chance": pytest.approx(1 / 3)}
+    assert a["n"] == 4 and a["rate"] == 0.75 and a["pairwise"]["n"] == 0  # pairs: 3 of 4 ranked as the person
+
+
+def test_condition_tests_are_holm_corrected(report: dict) -> None:
+    tests = report["condition_tests"]
+    assert "Holm" in tests["correction"] and tests["alpha"] == pytest.approx(0.05)
+    pairs = {(r["a"], r["b"]): r for r in tests["pairs"]}
+    assert len(pairs) == len(CONDITIONS) * (len(CONDITIONS) - 1) // 2
+    for r in pairs.values():
+        assert r["p"] <= r["p_holm"] <= 1 and r["ci"][0] <= r["bt_difference"] <= r["ci"][1]
+        assert r["significant"] == (r["p_holm"] < 0.05)
+    # the strongest and the weakest planted conditions differ clearly
+    extreme = pairs.get(("promptir", "ttpo-human"))
+    assert extreme["bt_difference"] < 0 and extreme["significant"]
+    assert stats.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert stats.holm([0.5, 0.9]) == [1.0, 1.0] and stats.holm([0.2, 0.01]) == pytest.approx([0.2, 0.02])
 
 
 def simulated_votes(annotators: int, units: int, p_correct: float, seed: int) -> list[Vote]:
@@ -243,8 +277,10 @@ def test_cli_json_csv_and_plots(study: Study, tmp_path: Path, capsys: pytest.Cap
         assert {"win_rate", "ci", "bt_score", "bt_ci", "n"} <= set(condition)
     for person in out["participants"].values():
         assert {"votes", "consistency", "position_bias", "flagged", "reasons"} <= set(person)
-    assert sorted(p.name for p in (tmp_path / "csv").iterdir()) == ["conditions.csv", "metric_agreement.csv",
-                                                                     "participants.csv"]
+    assert sorted(p.name for p in (tmp_path / "csv").iterdir()) == ["condition_tests.csv", "conditions.csv",
+                                                                     "metric_agreement.csv", "participants.csv"]
+    agreement_csv = (tmp_path / "csv" / "metric_agreement.csv").read_text().splitlines()
+    assert agreement_csv[0].startswith("metric,agreement,ci_low,ci_high,n,") and len(agreement_csv) > 1
     assert len((tmp_path / "csv" / "conditions.csv").read_text().splitlines()) == 1 + len(CONDITIONS)
     plots = sorted((tmp_path / "plots").glob("*.png"))
     assert len(plots) == 4 and all(p.read_bytes().startswith(b"\x89PNG") for p in plots)

@@ -168,3 +168,57 @@ def test_study_assignment_stays_consistent_across_replicas(replicas, replica_db,
         rows = conn.execute(text("SELECT participant_index FROM participants WHERE study_id = :s"),
                             {"s": study_id}).scalars().all()
     assert sorted(rows) == list(range(12))
+
+
+@pytest.mark.postgres
+@pytest.mark.timeout(900)
+def test_adaptive_assignment_stays_consistent_across_replicas(replicas, replica_db, tmp_path):
+    """sampling 'adaptive' on two replicas: participants enrol and answer at the same time through both; each item
+    is chosen under the study row's lock, so every participant gets one item per position, the same item from
+    either replica, and the choices (recorded with the votes they saw) follow one order."""
+    a, b = replicas
+    paths = []
+    for i in range(2):
+        (tmp_path / f"ad{i}.png").write_bytes(png_bytes(32, seed=70 + i))
+        paths.append(str(tmp_path / f"ad{i}.png"))
+    definition = {"name": "adaptive replicas", "images": paths, "conditions": ["bicubic", "nlm", "median"],
+                  "degradations": ["noise:20"], "items_per_participant": 5, "repeat_share": 0.2,
+                  "attention_checks": 0, "consent_text": "ok", "consent_version": "v1", "seed": 4,
+                  "sampling": "adaptive"}
+    with httpx.Client(timeout=600) as client:
+        study_id = create_study(client, definition, base_url=a.url)["study_id"]
+
+    def participant(i: int) -> int:
+        with httpx.Client(timeout=120) as c:
+            r = c.post(f"{(a, b)[i % 2].url}{API}/studies/{study_id}/participants",
+                       json={"consent_version": "v1", "platform_id": f"ad{i}"})
+            assert r.status_code == 200, r.text
+            e = r.json()
+            auth = {"Authorization": f"Bearer {e['token']}"}
+            route = f"{API}/studies/{study_id}/participants/{e['participant_id']}"
+            for step in range(20):
+                nexts = [c.get(s.url + route + "/next", headers=auth).json() for s in ((a, b) if step % 2 else (b, a))]
+                assert nexts[0] == nexts[1], nexts  # the same item through either replica
+                if nexts[0]["done"]:
+                    return step  # items answered
+                choice = "left" if (i + step) % 3 else "right"
+                v = c.post((a, b)[(i + step) % 2].url + route + f"/items/{nexts[0]['k']}/vote", headers=auth,
+                           json={"choice": choice})
+                assert v.status_code == 200, v.text
+            raise AssertionError("a participant never finished")
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        answered = list(pool.map(participant, range(8)))
+    assert answered == [6] * 8
+    with create_engine(replica_db).connect() as conn:
+        rows = conn.execute(text(
+            "SELECT i.participant_id, i.position, i.sampler, i.sampler_votes, i.is_repeat, i.answer "
+            "FROM study_items i JOIN participants p ON i.participant_id = p.id JOIN rounds r ON i.round_id = r.id "
+            "WHERE p.study_id = :s ORDER BY r.created_at, r.id"), {"s": study_id}).all()
+    by_person: dict[str, list[int]] = {}
+    for pid, position, *_rest in rows:
+        by_person.setdefault(pid, []).append(position)
+    assert len(by_person) == 8 and all(sorted(p) == list(range(6)) for p in by_person.values())
+    assert {r.sampler for r in rows} == {"adaptive"} and all(r.answer is not None for r in rows)
+    seen = [r.sampler_votes for r in rows if not r.is_repeat]
+    assert seen == sorted(seen) and seen[-1] > 0  # one order of choices, each seeing at least the earlier votes

@@ -372,3 +372,50 @@ def test_gallery_analysis_recovers_the_planted_order(client, server, gallery, tm
                              "AND is_attention_check = 0", (attentive[0][0],)).fetchall()
     assert all(a in {"1", "2", "3"} and w in {"1", "2", "3"} and w != a and len(json.loads(g)) == 3
                for a, w, g in answers)
+
+
+# ------------------------------------------------------------------------------------------- an adaptive study
+def test_adaptive_study_with_region_marks_through_the_api(client, server, tmp_path) -> None:
+    """sampling 'adaptive' over REST: items come one at a time, votes carry region marks (bad boxes: 400 saying
+    what is allowed), the study export has the regions, the analysis fills metric_agreement and the sampler's
+    state; a participant withdraws mid-way with their own token."""
+    paths = []
+    for i in range(3):
+        (tmp_path / f"a{i}.png").write_bytes(png_bytes(40, seed=60 + i))
+        paths.append(str(tmp_path / f"a{i}.png"))
+    definition = {"name": "adaptive", "images": paths, "conditions": ["bicubic", "nlm", "median"],
+                  "degradations": ["noise:20"], "items_per_participant": 6, "repeat_share": 0.0,
+                  "attention_checks": 1, "consent_text": "ok", "consent_version": "v2", "seed": 11,
+                  "sampling": "adaptive", "completion_url": "https://example.test/c?cc="}
+    sid = create_study(client, definition)["study_id"]
+    box = {"on": "left", "x": 0.0, "y": 0.5, "w": 0.5, "h": 0.5, "tag": "residual-noise"}
+    for n in range(4):
+        pid, headers, body = _enrol(client, sid)
+        assert body["n_items"] == 7
+        while not (item := _next(client, sid, pid, headers))["done"]:
+            assert item["n"] == 7
+            methods = _methods(server)  # adaptive items (and their candidates) are made when they are reached
+            left, right = methods[item["left"]["image_id"]], methods[item["right"]["image_id"]]
+            url = f"{API}/studies/{sid}/participants/{pid}/items/{item['k']}/vote"
+            bad = client.post(url, headers=headers, json={"choice": "left", "regions": [{**box, "w": 0}]})
+            assert bad.status_code == 400 and "0 < w, h" in bad.json()["error"], bad.text
+            choice = "left" if RANK[left] < RANK[right] else "right"
+            r = client.post(url, headers=headers, json={"choice": choice, "regions": [box]})
+            assert r.status_code == 200, r.text
+            if n == 3 and item["k"] == 3:  # withdraws in the middle, with the participant's own token
+                gone = client.post(f"{API}/studies/{sid}/participants/{pid}/withdraw", headers=headers)
+                assert gone.status_code == 200 and gone.json()["deleted"]["study_items"] == 3, gone.text
+                break
+        else:
+            assert item["redirect"] == "https://example.test/c?cc=" + item["completion_code"]
+    lines = [json.loads(line) for line in client.get(f"{API}/studies/{sid}/export", headers=ADMIN).text.splitlines()]
+    assert lines and all(row["regions"] == [{**box, "position": 0}] for row in lines)
+    report = client.get(f"{API}/studies/{sid}/analysis?n_resamples=50", headers=ADMIN).json()
+    assert report["metric_agreement"] and all(a["n"] > 0 for a in report["metric_agreement"].values())
+    assert report["sampling"]["sampler"] == "adaptive" and report["sampling"]["items"] == {"adaptive": 3 * 7}
+    # attention checks are not human preferences: their boxes stay out of the heat maps
+    assert set(report["regions"]) <= set(PLANTED) and sum(r["boxes"] for r in report["regions"].values()) == 3 * 6
+    with sqlite3.connect(server.db_path) as db:
+        scores = db.execute("SELECT sampler_score FROM study_items i JOIN participants p ON i.participant_id = p.id "
+                            "WHERE p.study_id = ? AND i.is_attention_check = 0", (sid,)).fetchall()
+    assert len(scores) == 3 * 6 and all(s > 0 for (s,) in scores)

@@ -7,6 +7,7 @@ Skips when /usr/bin/chromium is missing (never downloads a browser).
 
 from __future__ import annotations
 
+import json
 import sqlite3
 
 import httpx
@@ -114,3 +115,47 @@ def test_participant_walks_a_gallery_study(browser, tmp_path):
             pairs = db.execute("SELECT COUNT(*) FROM preference_pairs").fetchone()[0]
         assert answers == [("2", "3"), ("1", None), ("3", None)]
         assert pairs == 3 + 2 + 2  # best > 2 others (+ the other > the worst on item 1)
+
+
+def test_participant_marks_regions_in_an_adaptive_study_and_withdraws_midway(browser, tmp_path):
+    """M turns marking on; a drag on the right image draws a box, tagged from its list, sent with the vote in
+    [0, 1] image coordinates; the participant then withdraws at item 2 and every row of theirs is deleted."""
+    images = []
+    for i in range(2):
+        images.append(tmp_path / f"img{i}.png")
+        images[-1].write_bytes(png_bytes(40, seed=i))
+    definition = {"name": "Adaptive study", "images": [str(p) for p in images], "conditions": ["nlm", "bicubic"],
+                  "degradations": ["noise:20"], "repeat_share": 0, "attention_checks": 0, "sampling": "adaptive",
+                  "consent_text": "We store your choices under a pseudonym.", "consent_version": "v1"}
+    with running_app(tmp_path / "data") as server:
+        with httpx.Client(base_url=server.url, timeout=300) as client:
+            sid = create_study(client, definition)["study_id"]
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        page.goto(f"{server.url}/study/{sid}")
+        page.locator("#consent-box").check()
+        page.locator("#consent-button").click()
+        _wait_progress(page, "1 of 2")
+        page.wait_for_function("document.querySelector('#right').naturalWidth > 0", timeout=STEP_TIMEOUT_MS)
+        page.keyboard.press("m")
+        box = page.locator("#right").bounding_box()
+        page.mouse.move(box["x"] + 0.25 * box["width"], box["y"] + 0.5 * box["height"])
+        page.mouse.down()
+        page.mouse.move(box["x"] + 0.5 * box["width"], box["y"] + 0.75 * box["height"], steps=5)
+        page.mouse.up()
+        assert page.locator(".mark").count() == 1 and page.locator("#right.zoomed").count() == 0
+        page.locator(".mark select").select_option("residual-noise")
+        page.locator("#choose-left").click()
+        _wait_progress(page, "2 of 2")
+        assert page.locator(".mark").count() == 0  # marks belong to one item
+        with sqlite3.connect(server.db_path) as db:
+            (regions,) = db.execute("SELECT regions FROM choices WHERE regions IS NOT NULL").fetchone()
+        (mark,) = json.loads(regions)
+        assert mark["on"] == "right" and mark["position"] == 1 and mark["tag"] == "residual-noise"
+        assert mark["x"] == pytest.approx(0.25, abs=0.02) and mark["y"] == pytest.approx(0.5, abs=0.02)
+        assert mark["w"] == pytest.approx(0.25, abs=0.02) and mark["h"] == pytest.approx(0.25, abs=0.02)
+        page.locator("#withdraw-now").click()
+        page.locator("#withdraw-yes").click()
+        page.locator("#withdrawn-screen").wait_for(state="visible", timeout=STEP_TIMEOUT_MS)
+        with sqlite3.connect(server.db_path) as db:
+            assert db.execute("SELECT COUNT(*) FROM choices").fetchone()[0] == 0
+            assert db.execute("SELECT COUNT(*) FROM participants").fetchone()[0] == 0

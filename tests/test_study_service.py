@@ -8,16 +8,19 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, select
+from sqlalchemy import create_engine, func, select
 
-from feedback import study_prepare
+from feedback import export, study_prepare
+from feedback.analysis import AnalysisConfig
 from feedback.db import open_database
 from feedback.engine import EngineSettings
 from feedback.errors import Conflict, InputError, NotFound
 from feedback.integrity import integrity_check
-from feedback.models import Choice, SourceImage, Study
-from feedback.service import FeedbackService, Principal
+from feedback.models import Choice, Participant, SourceImage, Study, StudyItem
+from feedback.service import AuthError, FeedbackService, Principal
 from feedback.store import count_rows
+from feedback.study import study_from_dict
+from feedback.study_sampling import SamplerState, choose_adaptive_item
 from feedback.study_service import StudyService
 
 try:
@@ -217,3 +220,104 @@ def test_gallery_study_on_both_databases(studies: StudyService, tmp_path) -> Non
         assert count_rows(s)["preference_pairs"] == 4 * 3 and count_rows(s)["candidates"] == 4 * 3
     deleted = studies.withdraw(sid, item["completion_code"])
     assert deleted["preference_pairs"] == 12 and deleted["study_items"] == 4
+
+
+# ------------------------------------------------------------------------------ adaptive studies
+def _item_row(studies: StudyService, participant_id: str, k: int) -> StudyItem:
+    with studies.fb.db.sessions.begin() as s:
+        row = s.scalar(select(StudyItem).where(StudyItem.participant_id == participant_id,
+                                               StudyItem.position == k - 1))
+        s.expunge(row)
+        return row
+
+
+def test_adaptive_study_regions_metrics_and_prolific_flow(studies: StudyService, tmp_path) -> None:
+    """Adaptive sampling on both databases: items made one at a time (the first one reproducible from the seed),
+    recorded with their sampler and score; metric scores at preparation fill metric_agreement; region marks are
+    checked, stored, exported and mapped; a failed attention check screens out; withdrawal at any point."""
+    definition = _definition(tmp_path, conditions=["nlm", "median", "bicubic"], degradations=["noise:20"],
+                             sampling="adaptive", items_per_participant=4, repeat_share=0.25, attention_checks=1,
+                             completion_url="https://example.test/done?cc=",
+                             screenout_url="https://example.test/screened-out")
+    sid = studies.create_study(definition)["study_id"]
+    assert studies.wait_until_ready(sid, timeout_s=120)["status"] == "active"
+    with studies.fb.db.sessions.begin() as s:
+        stimuli = s.get(Study, sid).stimuli
+    for stim in stimuli:  # every output scored by piqe and entropy at preparation
+        assert set(stim["scores"]) == {"nlm", "median", "bicubic"}
+        assert all(set(v) == {"piqe", "entropy"} and all(isinstance(x, float) for x in v.values())
+                   for v in stim["scores"].values())
+    people = [studies.enrol(sid, "v1") for _ in range(4)]
+    assert [p.n_items for p in people] == [6] * 4
+    study = study_from_dict(definition)
+    first = choose_adaptive_item(study, SamplerState(study.conditions), 0, 0, study.seed).item
+    row = _item_row(studies, people[0].participant_id, 1)
+    if not row.is_attention_check:  # the first main item is the sampler's pure function of (no votes, seed)
+        assert (row.stimulus, row.left_condition, row.right_condition) == (first.stimulus, first.left, first.right)
+    rank = {"nlm": 0, "median": 1, "bicubic": 2}
+    box = {"on": "right", "x": 0.1, "y": 0.2, "w": 0.3, "h": 0.3, "tag": "artefacts"}
+    screened = people[3].participant_id
+    for _turn in range(6):  # the participants take turns, so each choice sees the others' votes
+        for p in people:
+            item = studies.next_item(ADMIN, sid, p.participant_id)
+            if item["done"]:
+                continue
+            row = _item_row(studies, p.participant_id, item["k"])
+            if row.is_attention_check:
+                answer = row.expected if p.participant_id != screened else {"left": "right", "right": "left"}[
+                    row.expected]
+                out = studies.vote(ADMIN, sid, p.participant_id, item["k"], answer)
+                assert out.get("screened_out", False) == (p.participant_id == screened)
+                continue
+            with pytest.raises(InputError, match=r"x \+ w <= 1"):
+                studies.vote(ADMIN, sid, p.participant_id, item["k"], "left", regions=[{**box, "x": 0.9}])
+            with pytest.raises(InputError, match="'left' or 'right'"):
+                studies.vote(ADMIN, sid, p.participant_id, item["k"], "left", regions=[{**box, "on": "3"}])
+            better = "left" if rank[row.left_condition] < rank[row.right_condition] else "right"
+            studies.vote(ADMIN, sid, p.participant_id, item["k"], better, regions=[box])
+    out = studies.next_item(ADMIN, sid, screened)
+    assert out["screened_out"] and out["redirect"] == "https://example.test/screened-out"
+    with pytest.raises(Conflict, match="screened out"):
+        studies.vote(ADMIN, sid, screened, out["n"], "left")
+    for p in people[:3]:
+        done = studies.next_item(ADMIN, sid, p.participant_id)
+        assert done["done"] and done["n"] == 6
+        assert done["redirect"] == "https://example.test/done?cc=" + done["completion_code"]
+    with studies.fb.db.sessions.begin() as s:
+        items = list(s.scalars(select(StudyItem).join(Participant).where(Participant.study_id == sid)))
+        assert {i.sampler for i in items} == {"adaptive"}
+        for person in people[:3]:
+            own = sorted((i for i in items if i.participant_id == person.participant_id), key=lambda i: i.position)
+            assert [i.position for i in own] == list(range(6))
+            mains = [i for i in own if not i.is_repeat and not i.is_attention_check]
+            assert len(mains) == 4 and all(i.sampler_score > 0 and i.sampler_votes is not None for i in mains)
+            for i in own:
+                if i.is_repeat:  # sides swapped, after its first showing
+                    original = own[i.repeat_of]
+                    assert (i.stimulus, i.left_condition, i.right_condition) == (
+                        original.stimulus, original.right_condition, original.left_condition)
+        assert max(i.sampler_votes or 0 for i in items) > 0  # later choices saw earlier votes
+        assert integrity_check(s, studies.fb.images) == []
+    report = studies.analysis(sid, AnalysisConfig(n_resamples=50))
+    agreement = report["metric_agreement"]
+    assert set(agreement) == {"piqe", "entropy"} and all(a["n"] > 0 for a in agreement.values())
+    assert all(a["ci"][0] <= a["rate"] <= a["ci"][1] for a in agreement.values())
+    marked = report["regions"]
+    with studies.fb.db.reads.begin() as s:
+        marked_votes = s.scalar(select(func.count()).select_from(Choice).where(Choice.regions.is_not(None)))
+    assert marked_votes >= 3 * 4 and sum(r["boxes"] for r in marked.values()) == marked_votes
+    assert set(marked) <= set(rank)  # each box counted for the condition it was drawn on
+    assert all(r["tags"] == {"artefacts": r["boxes"]} and len(r["grid"]) == 8 for r in marked.values())
+    assert report["sampling"]["sampler"] == "adaptive" and set(report["sampling"]["posterior"]) == set(rank)
+    posterior = report["sampling"]["posterior"]
+    assert posterior["nlm"]["mean"] > posterior["bicubic"]["mean"]
+    with studies.fb.db.reads.begin() as s:
+        rows = list(export.preference_rows(s, human_only=True, study_id=sid))
+    assert rows and all(r["regions"] and r["regions"][0]["tag"] == "artefacts" for r in rows)
+    assert all(r["chosen_scores"] != "{}" for r in rows)
+    # withdraw at any point with the participant's own token; another participant's token may not
+    own = studies.fb.authenticate(people[1].token)
+    with pytest.raises(AuthError):
+        studies.withdraw_participant(studies.fb.authenticate(people[2].token), sid, people[1].participant_id)
+    deleted = studies.withdraw_participant(own, sid, people[1].participant_id)
+    assert deleted["participants"] == 1 and deleted["study_items"] == 6
