@@ -106,6 +106,9 @@ def annotate_tab(service: FeedbackService) -> None:
                                label="Tell the restorer the degradation (optional; empty: blind). The classical "
                                      "methods choose by it; SIPL, told haze, dehazes its output",
                                elem_id="hint")
+            upscale = gr.Checkbox(False, elem_id="upscale",
+                                  label="Upscale: a super-resolution backbone (e.g. realesrgan, x4) enlarges the image "
+                                        "and the round continues at that size; off: restore at the image's size")
             restore_btn = gr.Button("Restore", variant="primary", elem_id="restore")
         input_view = gr.Image(label="Input", interactive=False, elem_id="input_view", height=256)
         restored_view = gr.Image(label="Restored", interactive=False, elem_id="restored_view", height=256)
@@ -153,7 +156,7 @@ def annotate_tab(service: FeedbackService) -> None:
     start.click(bind(ui.sign_in), [name, state], [state, status], api_name="sign_in")
     name.submit(bind(ui.sign_in), [name, state], [state, status], api_name="sign_in_enter")
     sample.change(ui.load_sample, [sample], [image], api_name="load_sample")
-    restore_btn.click(bind(ui.restore), [state, image, degradation, backbone, seed, fit, hint],
+    restore_btn.click(bind(ui.restore), [state, image, degradation, backbone, seed, fit, hint, upscale],
                       [state, input_view, restored_view, status, history, gallery, preferred, rejected],
                       api_name="restore", **engine)
     round_out = [state, gallery, preferred, rejected, status, history]

@@ -3,7 +3,8 @@
 Contract (every error is JSON {"error": "..."}; input errors are 4xx, unknown ids 404, a full engine queue 503):
   POST /api/v1/sessions                      {"annotator"} -> {"session_id", "token"}
   POST /api/v1/sessions/{session_id}/rounds  multipart image + degradation, backbone, prior, candidates, seed,
-                                             parent_round_id -> {"round_id", "restored", "candidates"}
+                                             parent_round_id, fit, hint, upscale -> {"round_id", "restored",
+                                             "candidates", "scale_mode", "scale"}
   GET  /api/v1/rounds/{round_id}             the round, its candidates (display order) and status
   POST /api/v1/rounds/{round_id}/choices     {"preferred", "rejected", "tie", "skip", "tags", "decision_ms"}
                                              (+ Idempotency-Key header) -> {"choice_id", "pairs"}
@@ -91,6 +92,9 @@ class RoundOut(BaseModel):
     restored: ImageRef = Field(description="the round's start image: restored (round 0) or refined (later)")
     candidates: list[CandidateRef] = Field(description="display order; includes the start image")
     upload: UploadFit | None = Field(None, description="present when the upload was downscaled to fit (fit=true)")
+    scale_mode: str = Field("same_size", description="'upscale': the backbone enlarged the input by `scale` and the "
+                                                     "round is at that size; 'same_size': restored at the input's size")
+    scale: int = Field(1, description="the backbone's scale (output / input size of the model itself)")
 
 
 class ChoiceIn(KnownFields):
@@ -171,7 +175,8 @@ def _round_out(view: RoundView) -> dict[str, Any]:
             "status": view.status, "input": _image(view.input_image_id), "restored": _image(view.start_image_id),
             "candidates": [{"id": c.id, "image_id": c.image_id, "url": f"{PREFIX}/images/{c.image_id}",
                             "position": c.position} for c in view.candidates],
-            "upload": view.params.get("upload")}
+            "upload": view.params.get("upload"), "scale_mode": view.params.get("scale_mode", "same_size"),
+            "scale": view.params.get("scale", view.params.get("backbone", {}).get("scale", 1))}
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -280,7 +285,13 @@ def build_router(service: FeedbackService, limiter: RateLimiter) -> APIRouter:
                      = False,
                      hint: Annotated[str | None, Form(description="a degradation spec the restorer is told (e.g. "
                                                                    "'haze'); empty: blind. Recorded in the round's "
-                                                                   "params")] = None) -> dict[str, Any]:
+                                                                   "params")] = None,
+                     upscale: Annotated[bool, Form(description="real super-resolution by a backbone of scale s > 1 "
+                                                               "(GET /api/v1/health 'backbones'): the restoration is "
+                                                               "s x the upload's size, and so are the candidates and "
+                                                               "refinement; the output must fit the upload limits. "
+                                                               "Default: restore at the upload's size")]
+                     = False) -> dict[str, Any]:
         service.check_session(who, session_id)
         if parent_round_id:  # lineage stays inside one session: no linking to another session's rounds
             service.check_round(who, parent_round_id)
@@ -290,7 +301,7 @@ def build_router(service: FeedbackService, limiter: RateLimiter) -> APIRouter:
             data = image.file.read(service.limits.max_bytes + 1)
             view = service.start_round(session_id, data, degradation=degradation, backbone=backbone,
                                        candidates=candidates, seed=seed, parent_round_id=parent_round_id or None,
-                                       prior=prior, fit=fit, hint=hint)
+                                       prior=prior, fit=fit, hint=hint, upscale=upscale)
         return _round_out(view)
 
     @router.get("/rounds/{round_id}", response_model=RoundOut, responses=errors(AUTH, 404, 422))

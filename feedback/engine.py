@@ -203,6 +203,18 @@ class TTPOWorker:
             told = f" told {hint!r}" if hint else ""
             raise InputError(f"backbone {name!r} cannot be loaded{told}: {exc}") from None
 
+    def upscale_factor(self, name: str, hint: str = "") -> int:
+        """The scale s > 1 an offered backbone upscales by (its output is s x the input's size); InputError for a
+        backbone that restores at scale 1, naming those that can upscale."""
+        facts = {f["name"]: f for f in self.backbone_facts()}
+        scale = int(facts.get(name, {}).get("scale") or self.restorer(name, hint).scale)
+        if scale <= 1:
+            able = [n for n, f in facts.items() if int(f.get("scale") or 1) > 1]
+            offer = f"choose one that can: {', '.join(able)}" if able else "this server offers none that can"
+            raise InputError(f"backbone {name!r} restores at scale 1 and cannot upscale; {offer} "
+                             "(or leave upscale off)")
+        return scale
+
     def default_backbone(self) -> str:
         if self.settings.backbone != "auto":
             return self.settings.backbone
@@ -341,10 +353,12 @@ class TTPOWorker:
         except ValueError as exc:
             raise InputError(f"degradation: {exc}") from None
 
-    def restore(self, degraded: torch.Tensor, backbone: str,
-                hint: str = "") -> tuple[torch.Tensor, dict[str, Any], float]:
+    def restore(self, degraded: torch.Tensor, backbone: str, hint: str = "",
+                upscale: bool = False) -> tuple[torch.Tensor, dict[str, Any], float]:
+        """(restored, the backbone's facts, seconds): at the input's size, or with `upscale` at scale x its size
+        (`upscale_factor` checks that the backbone can)."""
         engine = self.engine(backbone, hint=hint)
-        restored, seconds = engine.restore(degraded)
+        restored, seconds = engine.restore(degraded, upscale=upscale)
         # the offered name, not the registered file path the shared restorer was loaded from
         return restored.clamp(0, 1), {**engine.restorer.describe(), "name": backbone}, seconds
 

@@ -128,6 +128,8 @@ class ChoiceView:
     rejected: list[str]
     selector: str
     scores: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: Choices of the round this one superseded when it was recorded (0: the round's first choice, or a retry).
+    superseded: int = 0
 
 
 @dataclass(frozen=True)
@@ -270,7 +272,8 @@ class FeedbackService:
                     backbone: str | None = None, candidates: Any = None, seed: Any = None,
                     parent_round_id: str | None = None, origin: str = "upload",
                     strengths: Sequence[float] | None = None, generate: bool = True,
-                    prior: str | None = None, fit: bool = False, hint: str | None = None) -> RoundView:
+                    prior: str | None = None, fit: bool = False, hint: str | None = None,
+                    upscale: bool = False) -> RoundView:
         """Decode and check the upload, degrade it when asked (the clean image kept as ground truth), restore,
         and record the round; then generate its candidates unless `generate=False`. `prior` names one of the
         worker's `prior_names()` (default: the process's prior); it is used for the candidates and refinement.
@@ -279,6 +282,11 @@ class FeedbackService:
         `hint` is a degradation spec the restorer is told (blind when None or empty): the classical baselines
         choose their method by it, and a SIPL backbone told haze dehazes its output at the end; recorded as
         `params["hint"]`.
+        `upscale=True` asks a super-resolution backbone (scale s > 1) for real upscaling: the upload is the small
+        image, the restoration is s times its size and the round (candidates, refinement, later rounds) continues
+        at that size. The output must fit the upload limits, so the upload may be at most 1/s of them (`fit`
+        downscales to that). Every round records `params["scale_mode"]` (`same_size` or `upscale`) and
+        `params["scale"]`, the backbone's.
 
         Everything a client sent is checked before anything is computed or stored: a refused request
         leaves no rows and no image files behind."""
@@ -290,17 +298,23 @@ class FeedbackService:
             hint = self.worker.check_degradation(hint)
         except InputError as exc:
             raise InputError(f"hint (the degradation the restorer is told): {exc}") from None
+        limits = self.limits  # upscaling: the output must fit them, so the upload may be 1/s of them
+        if upscale:
+            if spec:
+                raise InputError("upscale takes the upload as the small image to enlarge; a synthesized degradation "
+                                 "is restored at the photo's own size: leave out either the degradation or upscale")
+            limits = self.limits.for_output_scale(self.worker.upscale_factor(backbone, hint))
         with self.db.sessions.begin() as s:  # fail early on unknown session / parent
             store._get(s, store.SessionRow, session_id, "session")
             if parent_round_id is not None and store.get_round(s, parent_round_id).session_id != session_id:
                 raise InputError(f"parent round {parent_round_id} belongs to another session; "
                                  "name a round of this session or none")
-        decoded = decode_upload(image, self.limits, fit=bool(fit))
+        decoded = decode_upload(image, limits, fit=bool(fit))
         array = decoded.array
         clean = _to_tensor(array)
         with self.gate.slot():
             degraded, record = self.worker.degrade(clean, spec, settings.seed)
-            restored, restorer_facts, t_restore = self.worker.restore(degraded, backbone, hint)
+            restored, restorer_facts, t_restore = self.worker.restore(degraded, backbone, hint, upscale=bool(upscale))
             prior_facts = self.worker.prior_facts(prior)  # loads a prior not used before (outside any transaction)
         image_id = self.images.put_array(array)
         degraded_id = self.images.put_array(_to_uint8(degraded)) if record else image_id
@@ -311,6 +325,8 @@ class FeedbackService:
             record_fields["params"]["upload"] = upload
         if hint:
             record_fields["params"]["hint"] = hint
+        record_fields["params"] |= {"scale_mode": "upscale" if upscale else "same_size",
+                                    "scale": int(restorer_facts.get("scale", 1))}
         with self.db.sessions.begin() as s:
             src = store.add_source_image(
                 s, image_hash=image_id, width=width, height=height, origin=origin, session_id=session_id,
@@ -327,12 +343,13 @@ class FeedbackService:
         return self.get_round(round_id)
 
     def _round_record(self, settings: RoundSettings, start: str, backbone_facts: dict[str, Any], prior: str,
-                      prior_facts: dict[str, Any]) -> dict[str, Any]:
-        """create_round fields of a new round; `prior` is the prior's name, `prior_facts` its describe()."""
+                      prior_facts: dict[str, Any], extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """create_round fields of a new round; `prior` is the prior's name, `prior_facts` its describe(); `extra`
+        params are added (a later round carries its lineage's scale mode)."""
         return dict(prior_id=prior_facts["prior_id"], prior_weights_hash=prior_facts["weights_hash"],
                     params={"candidates": settings.to_dict(), "refine": self.worker.settings.refine.to_dict(),
                             "start": start, "backbone": backbone_facts, "shuffle_seed": settings.seed,
-                            "prior": prior},
+                            "prior": prior, **(extra or {})},
                     seeds=settings.seeds(), code_version=self.worker.code_version, device=self.worker.settings.device,
                     dtype=self.worker.settings.dtype)
 
@@ -380,7 +397,8 @@ class FeedbackService:
     def record_choice(self, round_id: str, preferred: Sequence[str] = (), rejected: Sequence[str] = (),
                       tie: bool = False, skip: bool = False, tags: Sequence[str] = (), decision_ms: int | None = None,
                       idempotency_key: str | None = None, selector: str = "human") -> ChoiceView:
-        """Record a choice (one transaction): pairwise, a tie (all given ids equal), or a skip."""
+        """Record a choice (one transaction): pairwise, a tie (all given ids equal), or a skip. It supersedes the
+        round's previous choice (a correction); a repeated `idempotency_key` returns the first, recording nothing."""
         kind = "skip" if skip else "tie" if tie else "pairwise"
         if kind == "tie" and isinstance(preferred, Sequence) and isinstance(rejected, Sequence) \
                 and len(preferred) + len(rejected) == 0:
@@ -392,8 +410,10 @@ class FeedbackService:
                 choice, created = store.record_choice(s, round_id, preferred, rejected, kind, tags=tags,
                                                       decision_ms=decision_ms, selector=selector,
                                                       idempotency_key=idempotency_key)
+                superseded = s.scalar(select(func.count()).select_from(Choice).where(
+                    Choice.round_id == round_id, Choice.superseded_at == choice.created_at)) if created else 0
                 return ChoiceView(choice.id, len(choice.pairs), created, choice.kind, choice.preferred_ids,
-                                  choice.rejected_ids, choice.selector)
+                                  choice.rejected_ids, choice.selector, superseded=superseded or 0)
         # With an idempotency key a repeat cannot record twice, so transient database errors are retried.
         return retry_transient(write, attempts=3 if idempotency_key else 1)
 
@@ -452,12 +472,13 @@ class FeedbackService:
         refined_id = self.images.put_array(_to_uint8(refined))
         next_settings = replace(round_settings, seed=(round_settings.seed + 1000) % 2**31)
         backbone_facts = parent.params.get("backbone", {})
+        carried = {k: parent.params[k] for k in ("scale_mode", "scale") if k in parent.params}
         with self.db.sessions.begin() as s:
             old = store.get_round(s, round_id)
             nxt = store.create_round(
                 s, session_id=old.session_id, source_image_id=old.source_image_id, parent_round_id=round_id,
                 backbone_name=old.backbone_name, backbone_weights_hash=old.backbone_weights_hash,
-                **self._round_record(next_settings, "refined", backbone_facts, prior, prior_facts),
+                **self._round_record(next_settings, "refined", backbone_facts, prior, prior_facts, carried),
                 restored_image_hash=refined_id)
             params = {**settings.to_dict(), "choice_kind": "tie" if not preferred else "pairwise",
                       "preferred": preferred, "rejected": rejected}

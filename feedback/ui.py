@@ -131,20 +131,25 @@ def _origin(image_path: str) -> str:
 
 @user_errors
 def restore(service: FeedbackService, state: dict, image_path: str | None, degradation: str, backbone: str,
-            seed: float | None, fit: bool = True, hint: str | None = "") -> tuple:
+            seed: float | None, fit: bool = True, hint: str | None = "", upscale: bool = False) -> tuple:
     """Restore the uploaded (optionally degraded) image: a new round without candidates yet (old tiles cleared).
     `fit`: downscale an image larger than the upload limits to fit them (said in the status) instead of refusing.
-    `hint`: the degradation the restorer is told (a spec; empty: blind)."""
+    `hint`: the degradation the restorer is told (a spec; empty: blind). `upscale`: a super-resolution backbone
+    enlarges the image by its scale and the round continues at that size (said in the status)."""
     session_id = _need(state, "session_id", "Enter your name and press Start first.")
     if not image_path:
         raise gr.Error("Upload an image or pick a sample first.")
     data = Path(image_path).read_bytes()
     view = service.start_round(session_id, data, degradation=degradation, backbone=backbone,
                                seed=None if seed is None or seed < 0 else int(seed), origin=_origin(image_path),
-                               generate=False, fit=bool(fit), hint=hint)
+                               generate=False, fit=bool(fit), hint=hint, upscale=bool(upscale))
     new_state = {"session_id": session_id, "round_id": view.round_id}
     told = f", told *{view.params['hint']}*" if view.params.get("hint") else ""
-    msg = (f"Round {view.round_index} restored with **{backbone or 'default'}**{told} in "
+    did = "restored"
+    if view.params.get("scale_mode") == "upscale":
+        (h0, w0), (h, w) = (service.images.get_array(i).shape[:2] for i in (view.input_image_id, view.start_image_id))
+        did = f"upscaled x{view.params['scale']} from {w0}x{h0} to {w}x{h} pixels"
+    msg = (f"Round {view.round_index} {did} with **{backbone or 'default'}**{told} in "
            f"{view.seconds['restore']:.2f} s. "
            "Now press *Generate candidates*.")
     if view.params.get("upload"):

@@ -19,7 +19,7 @@ UI; the result is always an RGB uint8 array (H, W, 3):
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -37,7 +37,8 @@ class UploadLimits:
 
     max_bytes: size of the encoded file; max_pixels: width * height; min_side / max_side: pixels;
     background: RGB (0..255) that transparent pixels are composited on (white by default);
-    fit_max_pixels: the largest input (width * height) that fitting downscales rather than refuses.
+    fit_max_pixels: the largest input (width * height) that fitting downscales rather than refuses;
+    upscaling: why the limits are smaller than the server's (`for_output_scale`), said with every size error.
     """
 
     max_bytes: int = 16 * 1024 * 1024
@@ -46,6 +47,7 @@ class UploadLimits:
     max_side: int = 2048
     background: tuple[int, int, int] = (255, 255, 255)
     fit_max_pixels: int = 64 * 1024 * 1024  # 8192 x 8192; a 50 Mpx phone photo fits
+    upscaling: str = ""
 
     def __post_init__(self) -> None:
         if (min(self.max_bytes, self.max_pixels, self.min_side, self.fit_max_pixels) < 1
@@ -55,6 +57,22 @@ class UploadLimits:
         if len(bg) != 3 or not all(isinstance(c, int) and 0 <= c <= 255 for c in bg):
             raise ValueError(f"background must be three integers in 0..255 (RGB), got {self.background!r}")
         object.__setattr__(self, "background", bg)
+
+    def for_output_scale(self, scale: int) -> UploadLimits:
+        """The limits of an input that a backbone will upscale by `scale`, so that its output meets these: sides up
+        to max_side // scale, max_pixels // scale**2 pixels (min_side and the rest unchanged). InputError when no
+        input of at least min_side px a side would fit."""
+        if not isinstance(scale, int) or scale < 1:
+            raise ValueError(f"scale must be an integer >= 1, got {scale!r}")
+        if scale == 1:
+            return self
+        side, pixels = self.max_side // scale, self.max_pixels // (scale * scale)
+        if side < self.min_side or pixels < self.min_side * self.min_side:
+            raise InputError(f"x{scale} upscaling cannot fit the upload limits (sides up to {self.max_side} px, "
+                             f"{self.max_pixels} pixels) from an input of at least {self.min_side} px a side")
+        why = (f"x{scale} upscaling: its output must fit sides up to {self.max_side} px and {self.max_pixels} "
+               "pixels")
+        return replace(self, max_side=side, max_pixels=pixels, upscaling=why)
 
     def background_name(self) -> str:
         return {(255, 255, 255): "white", (0, 0, 0): "black"}.get(self.background, f"RGB {self.background}")
@@ -137,13 +155,17 @@ def identify_unsupported(data: bytes) -> str:
 
 
 # ------------------------------------------------------------------------------------------ pixels
+def _why(limits: UploadLimits) -> str:
+    return f" ({limits.upscaling})" if limits.upscaling else ""
+
+
 def _check_size(width: int, height: int, limits: UploadLimits) -> None:
     if min(width, height) < limits.min_side or max(width, height) > limits.max_side:
         raise InputError(f"image is {width}x{height} pixels; sides must be {limits.min_side}..{limits.max_side} "
-                         "pixels (crop or resize it first)")
+                         f"pixels{_why(limits)} (crop or resize it first)")
     if width * height > limits.max_pixels:
         raise InputError(f"image is {width}x{height} = {width * height} pixels; at most {limits.max_pixels} "
-                         "pixels are allowed (resize it first)")
+                         f"pixels are allowed{_why(limits)} (resize it first)")
 
 
 def fit_size(width: int, height: int, limits: UploadLimits) -> tuple[int, int]:
@@ -161,7 +183,8 @@ def fit_size(width: int, height: int, limits: UploadLimits) -> tuple[int, int]:
     w, h = max(1, int(width * scale)), max(1, int(height * scale))  # rounded down: never over a limit
     if min(w, h) < limits.min_side:
         raise InputError(f"image is {width}x{height} pixels; downscaled to fit sides of at most {limits.max_side} "
-                         f"px it would be {w}x{h}, under the {limits.min_side} px minimum (crop it first)")
+                         f"px{_why(limits)} it would be {w}x{h}, under the {limits.min_side} px minimum "
+                         "(crop it first)")
     return w, h
 
 

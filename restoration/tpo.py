@@ -8,7 +8,7 @@ every `Round` keeps its lineage: parent round id, the selection that guided its 
 Headless:
     python -m restoration.tpo --input IMG [--degradation SPEC] [--gt IMG] [--backbone NAME] [--hint SPEC]
         [--scene-context] [--prior NAME_OR_PATH] [--selector METRIC[,METRIC...]] [--candidates N] [--rounds R] [--size N]
-        [--seed S] --out DIR [--sheet FILE.png] --json
+        [--seed S] [--upscale] [--device auto] --out DIR [--sheet FILE.png] --json
 """
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ from restoration.diffusion.priors import (
     resolve_precision,
 )
 from restoration.diffusion.refine import RefineConfig, reward_guided_denoise
-from restoration.runtime import synchronize, tune_allocator
+from restoration.runtime import DEVICE_CHOICES, resolve_device, synchronize, tune_allocator
 from restoration.selection import (
     DEFAULT_SELECTOR,
     Selection,
@@ -48,6 +48,11 @@ from restoration.selection import (
 )
 
 RESTORED_ID = "restored"
+#: The two uses of a backbone, recorded with every round: `same_size` (a super-resolution model of scale s first
+#: resamples its input by 1/s, what a synthesized `sr:s` undoes) and `upscale` (s times the input's size).
+SCALE_MODES = ("same_size", "upscale")
+#: The largest side (px) an upscaled round may have in the headless command (the same bound as `--size`).
+MAX_UPSCALED_SIDE = 4096
 
 
 @dataclass(frozen=True)
@@ -121,10 +126,11 @@ class TPOEngine:
     def describe(self) -> dict[str, Any]:
         return {"backbone": self.restorer.describe(), "prior": self.prior.describe(), "config": self.config.to_dict()}
 
-    def restore(self, degraded: torch.Tensor) -> tuple[torch.Tensor, float]:
-        """(1, 3, H, W) in [0, 1] -> restored (1, 3, H, W), seconds."""
+    def restore(self, degraded: torch.Tensor, upscale: bool = False) -> tuple[torch.Tensor, float]:
+        """(1, 3, H, W) in [0, 1] -> restored (1, 3, H, W), seconds. `upscale=True`: real super-resolution to
+        (1, 3, H * s, W * s) by a backbone of scale s > 1 (ValueError for others); the round continues at that size."""
         t0 = time.perf_counter()
-        restored = self.restorer.restore(degraded)
+        restored = self.restorer.upscale(degraded) if upscale else self.restorer.restore(degraded)
         synchronize(restored.device)
         return restored, time.perf_counter() - t0
 
@@ -187,6 +193,20 @@ def _score_and_fuse(images: torch.Tensor, metrics: Sequence[str], reference: tor
     return raw, fuse_zscores(raw, {m: metric_info(m).lower_better for m in metrics})
 
 
+def upscaled_size(restorer: Restorer, height: int, width: int, max_side: int = MAX_UPSCALED_SIDE) -> tuple[int, int]:
+    """(height * s, width * s): the size an upscaling round by `restorer` (scale s) continues at. ValueError when the
+    backbone cannot upscale (scale 1) or a side would pass `max_side` px."""
+    s = restorer.scale
+    if s <= 1:
+        raise ValueError(f"backbone {restorer.name!r} restores at scale {s} and cannot upscale; choose a "
+                         "super-resolution backbone (scale > 1, e.g. realesrgan)")
+    out = (height * s, width * s)
+    if max(out) > max_side:
+        raise ValueError(f"upscaling {width}x{height} px by x{s} gives {out[1]}x{out[0]} px; sides of at most "
+                         f"{max_side} px are allowed (input sides up to {max_side // s} px)")
+    return out
+
+
 # ---- the headless command -----------------------------------------------------------------------------
 
 
@@ -209,7 +229,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=0, help="override refine steps")
     p.add_argument("--strength", type=float, default=0.0, help="override refine strength")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="auto", help=f"{DEVICE_CHOICES} (default auto: CUDA when torch sees a GPU)")
+    p.add_argument("--upscale", action="store_true",
+                   help="real super-resolution: the backbone (scale s > 1, e.g. realesrgan) outputs s x the input's "
+                        "size and the round continues there; default: restore at the input's size")
     p.add_argument("--precision", default="fp32", choices=("auto", "fp32", "bf16", "fp16"),
                    help="the prior's compute precision ('auto': bf16 where the device has native bfloat16)")
     p.add_argument("--compile", default="none", choices=COMPILE_MODES,
@@ -227,6 +250,15 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         p.error("--rounds must be in 1..10")
     if a.size and not 16 <= a.size <= 4096:
         p.error("--size must be in 16..4096")
+    if a.upscale and a.scene_context:
+        p.error("--upscale and --scene-context: the scene-context pass restores at the input's size")
+    if a.upscale and a.degradation:
+        p.error("--upscale takes a real small input; --degradation makes a degraded image of the photo's own size, "
+                "which the backbone restores at that size (leave out --upscale)")
+    try:
+        a.device = resolve_device(a.device)
+    except ValueError as exc:
+        p.error(f"--device: {exc}")
     return a
 
 
@@ -242,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
         image = load_image(a.input)
         if a.size:
             image = resize_short_side_center_crop(image, a.size)
+        restorer = create_restorer(a.backbone, a.device, scene_context=a.scene_context, degradation=a.hint)
+        out_size = upscaled_size(restorer, *image.shape[-2:]) if a.upscale else tuple(image.shape[-2:])
         gt = None
         if a.degradation:
             gt = image
@@ -250,9 +284,10 @@ def main(argv: list[str] | None = None) -> int:
         elif a.gt:
             gt = load_image(a.gt)
             if a.size:
-                gt = resize_short_side_center_crop(gt, a.size)
-            if gt.shape != image.shape:
-                raise ValueError(f"--gt size {tuple(gt.shape[-2:])} differs from the input {tuple(image.shape[-2:])}")
+                gt = resize_short_side_center_crop(gt, a.size * (restorer.scale if a.upscale else 1))
+            if tuple(gt.shape[-2:]) != out_size:
+                what = f"the x{restorer.scale} output" if a.upscale else "the input"
+                raise ValueError(f"--gt size {tuple(gt.shape[-2:])} differs from {what} {out_size}")
         selector = tuple(m.strip() for m in a.selector.split(",") if m.strip())
         for m in selector:
             metric_info(m)  # unknown metric names fail before any work
@@ -265,8 +300,7 @@ def main(argv: list[str] | None = None) -> int:
                            candidates=replace(CandidateConfig(), num_candidates=a.candidates, seed=a.seed),
                            refine=replace(refine, seed=a.seed), device=a.device,
                            precision=resolve_precision(a.precision, a.device))
-        engine = TPOEngine(config, restorer=create_restorer(a.backbone, a.device, scene_context=a.scene_context,
-                                                            degradation=a.hint), prior=None)
+        engine = TPOEngine(config, restorer=restorer, prior=None)
         engine.prior.set_inference_format(compile_mode=a.compile)
     except (ValueError, FileNotFoundError, KeyError) as exc:
         log(f"error: {exc}")
@@ -274,7 +308,9 @@ def main(argv: list[str] | None = None) -> int:
 
     a.out.mkdir(parents=True, exist_ok=True)
     save_image(image, a.out / "input.png")
-    restored, t_restore = engine.restore(image)
+    restored, t_restore = engine.restore(image, upscale=a.upscale)
+    mode = "upscale" if a.upscale else "same_size"
+    log(f"{mode}: {restorer.name} (scale {restorer.scale}) {tuple(image.shape[-2:])} -> {tuple(restored.shape[-2:])}")
     save_image(restored, a.out / "restored.png")
     start, parent, rounds = restored, None, []
     for r in range(a.rounds):
@@ -312,7 +348,8 @@ def main(argv: list[str] | None = None) -> int:
         log(f"contact sheet: {a.sheet}")
     result = {"rounds": rounds, "selector": "+".join(selector), "prior": engine.prior.describe(),
               "backbone": engine.restorer.describe(), "input": str(a.input), "degradation": a.degradation or None,
-              "hint": a.hint,
+              "hint": a.hint, "device": a.device, "scale_mode": mode, "scale": engine.restorer.scale,
+              "input_size": [image.shape[-1], image.shape[-2]], "output_size": [restored.shape[-1], restored.shape[-2]],
               "seed": a.seed}
     (a.out / "result.json").write_text(json.dumps(result, indent=2))
     if a.json:

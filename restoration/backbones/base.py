@@ -25,6 +25,12 @@ class Restorer(abc.ABC):
     def restore(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) float32 in [0, 1] -> (B, 3, H, W) float32 in [0, 1]."""
 
+    def upscale(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) float32 in [0, 1] -> (B, 3, H * scale, W * scale): real super-resolution of an input smaller
+        than what the model outputs. Only models with scale > 1 upscale; the others raise ValueError."""
+        raise ValueError(f"backbone {self.name!r} restores at scale {self.scale} and cannot upscale; choose a "
+                         "super-resolution backbone (scale > 1, e.g. realesrgan)")
+
     def describe(self) -> dict[str, Any]:
         """JSON-serialisable facts recorded with every result (name, weights hash, options)."""
         return {"name": self.name, "weights_hash": self.weights_hash, "scale": self.scale}

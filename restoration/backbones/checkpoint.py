@@ -107,9 +107,10 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> spandrel
 class SpandrelRestorer(Restorer):
     """A spandrel-loaded model behind the `Restorer` interface.
 
-    Super-resolution models (scale s > 1) are treated as restorers of a bicubic-upsampled image (what the
-    `sr` degradation produces): the input is first downscaled by s (bicubic, antialiased), the model
+    Super-resolution models (scale s > 1) serve two uses. `restore` treats them as restorers of a bicubic-upsampled
+    image (what the `sr` degradation produces): the input is first downscaled by s (bicubic, antialiased), the model
     upscales it back, and the result is resized to the exact input size if rounding left it off by a pixel.
+    `upscale` runs the model on the input as it is: real super-resolution, s times the input's size.
     Grayscale models run on each RGB channel separately. Large images are tiled (`tile`, `overlap` in the
     model's input pixels) unless the architecture does its own tiling; tile=0 disables tiling.
     """
@@ -165,15 +166,17 @@ class SpandrelRestorer(Restorer):
             y = y.expand(-1, 3, -1, -1)
         return y[:, :3]
 
-    def restore(self, x: torch.Tensor) -> torch.Tensor:
+    def _run(self, x: torch.Tensor, resample: bool) -> torch.Tensor:
+        """The model over `x` (tiled): at x's size when `resample` (the input first resampled by 1/scale), else at
+        scale x its size."""
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"expected a (B, 3, H, W) tensor, got shape {tuple(x.shape)}")
         h, w = x.shape[-2:]
+        s = self.scale
         device = self.model.device
         with torch.inference_mode():
             inp = x.to(device=device, dtype=torch.float32).clamp(0, 1)
-            s = self.scale
-            if s > 1:
+            if resample and s > 1:
                 size = (max(1, round(h / s)), max(1, round(w / s)))
                 inp = F.interpolate(
                     inp, size=size, mode="bicubic", align_corners=False, antialias=True
@@ -183,11 +186,21 @@ class SpandrelRestorer(Restorer):
                 out = tiled_apply(self._forward, inp, self.tile, self.overlap, multiple=multiple, scale=s)
             else:
                 out = self._forward(inp)
-            if tuple(out.shape[-2:]) != (h, w):
-                out = F.interpolate(out, size=(h, w), mode="bicubic", align_corners=False)
+            target = (h, w) if resample else (h * s, w * s)
+            if tuple(out.shape[-2:]) != target:
+                out = F.interpolate(out, size=target, mode="bicubic", align_corners=False)
             out = out.clamp(0, 1).to(device=x.device, dtype=torch.float32)
         # Cloned outside inference mode so callers may use the result in autograd (e.g. guidance).
         return out.clone()
+
+    def restore(self, x: torch.Tensor) -> torch.Tensor:
+        return self._run(x, resample=True)
+
+    def upscale(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, 3, H * scale, W * scale): the model on the input as it is (tiled by `tile` input px)."""
+        if self.scale == 1:
+            return super().upscale(x)
+        return self._run(x, resample=False)
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -116,6 +116,14 @@ class SceneContextRestorer(Restorer):
     def restore(self, x: torch.Tensor) -> torch.Tensor:
         return self._run(x, self.inner.restore)
 
+    @property
+    def scale(self) -> int:
+        return self.inner.scale
+
+    def upscale(self, x: torch.Tensor) -> torch.Tensor:
+        raise ValueError("the scene-context pass restores at the input's size and does not upscale; "
+                         "upscale without it")
+
     def describe(self) -> dict[str, Any]:
         return {**self.inner.describe(), "scene_context": asdict(self.config)}
 
