@@ -3,6 +3,7 @@
     python -m restoration.evaluate --backbone sipl --degradation noise:25 --images DIR --size 128 \
         --seed 0 --json [--rounds R] [--ensemble N] [--no-post-deconvolution | --post-deconvolution F]
         [--no-post-dehaze | --post-dehaze F] [--scene-context] [--informed] [--device auto] [--limit K]
+        [--nr-metrics piqe[,...]]
 
 Each image is resized so its short side is --size (bicubic, antialiased), center-cropped to a square,
 degraded with the spec and seed (seed + image index), restored, and scored with PSNR/SSIM on RGB in
@@ -10,8 +11,11 @@ degraded with the spec and seed (seed + image index), restored, and scored with 
 
     {"backbone", "degradation", "size", "seed", "device", "informed", "restorer": {...},
      "images": [{"name", "seed", "input_psnr", "input_ssim", "psnr", "ssim", "input_hf_ratio", "hf_ratio",
-                 ["psnr_single_pass", "ssim_single_pass"], "seconds"}],
-     "mean": {same numeric keys}}
+                 ["clean_piqe", "input_piqe", "piqe"], ["psnr_single_pass", "ssim_single_pass"], "seconds"}],
+     "mean": {same numeric keys}, "nr_metrics": [...]}
+
+`--nr-metrics piqe` adds no-reference pyiqa scores of the clean photo, the input and the restoration
+(`restoration/selection.py`; only metrics that need no downloaded weights; PIQE: lower is better).
 
 `hf_ratio` is the restoration's high-frequency energy over the clean image's (`high_frequency_ratio`: luminance above
 1/4 cycle per pixel, the upper half of the spectrum, where a x4 bicubic upsampling leaves almost nothing): near 0 a blurred result, near 1 as much detail
@@ -72,6 +76,8 @@ class EvalConfig:
     # tell SIPL backbones the degradation spec too, as the classical baselines always are (told haze, they end with
     # dehazing: `registry.TOLD_DEHAZE`)
     informed: bool = False
+    # no-reference pyiqa metrics scored on input and restoration (offline ones only, e.g. piqe)
+    nr_metrics: tuple[str, ...] = ()
 
 
 #: Each post step's option (an `EvalConfig` field and a `create_restorer` option) -> its name in help texts and its
@@ -100,8 +106,33 @@ def _score(restored: torch.Tensor, clean: torch.Tensor) -> dict[str, float]:
             "hf_ratio": high_frequency_ratio(restored, clean)}
 
 
-def evaluate_image(restorer: Restorer, clean: torch.Tensor, spec: str, seed: int) -> dict[str, Any]:
-    """Degrade (1, 3, N, N) `clean` with (spec, seed), restore it, and return the scores and timing."""
+def check_nr_metrics(names: tuple[str, ...]) -> tuple[str, ...]:
+    """The names if each is a no-reference pyiqa metric usable offline; ValueError saying what is wrong."""
+    from restoration.selection import MetricUnavailableError, metric_info, missing_weight_files
+
+    for name in names:
+        try:
+            info = metric_info(name)
+        except MetricUnavailableError as exc:
+            raise ValueError(str(exc)) from None
+        if info.kind != "NR":
+            raise ValueError(f"--nr-metrics: {name!r} is a full-reference metric; name no-reference ones (e.g. piqe)")
+        if missing := missing_weight_files(info):
+            raise ValueError(f"--nr-metrics: {name!r} needs weights that are not installed ({', '.join(missing)}); "
+                             "piqe needs none")
+    return names
+
+
+def _nr_scores(images: dict[str, torch.Tensor], metrics: tuple[str, ...]) -> dict[str, float]:
+    from restoration.selection import score_images
+
+    return {f"{prefix}{m}": float(v[0]) for prefix, x in images.items() for m, v in score_images(x, metrics).items()}
+
+
+def evaluate_image(restorer: Restorer, clean: torch.Tensor, spec: str, seed: int,
+                   nr_metrics: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Degrade (1, 3, N, N) `clean` with (spec, seed), restore it, and return the scores and timing (plus the
+    no-reference `nr_metrics` of input and restoration)."""
     degraded, record = degrade(clean, spec, seed)
     row: dict[str, Any] = {"seed": record.seed}
     inp = _score(degraded, clean)
@@ -116,6 +147,8 @@ def evaluate_image(restorer: Restorer, clean: torch.Tensor, spec: str, seed: int
     if callable(single_pass):
         once = _score(single_pass(degraded), clean)
         row.update({"psnr_single_pass": once["psnr"], "ssim_single_pass": once["ssim"]})
+    if nr_metrics:
+        row.update(_nr_scores({"clean_": clean, "input_": degraded, "": restored}, nr_metrics))
     row["seconds"] = seconds
     return row
 
@@ -162,6 +195,7 @@ def _run_evaluation(config: EvalConfig) -> dict[str, Any]:
     if config.limit is not None and config.limit < 1:
         raise ValueError(f"--limit must be >= 1, got {config.limit}")
     parse_spec(config.degradation)  # fail on a bad spec before loading anything
+    check_nr_metrics(config.nr_metrics)
     files = list_images(config.images)
     if config.limit is not None:
         files = files[: config.limit]
@@ -174,7 +208,8 @@ def _run_evaluation(config: EvalConfig) -> dict[str, Any]:
     rows = []
     for i, path in enumerate(files):
         clean = resize_short_side_center_crop(load_image(path), config.size).to(config.device)
-        row = {"name": path.name, **evaluate_image(restorer, clean, config.degradation, config.seed + i)}
+        row = {"name": path.name, **evaluate_image(restorer, clean, config.degradation, config.seed + i,
+                                                    config.nr_metrics)}
         log.info(
             "%s: input %.2f dB -> %.2f dB (SSIM %.4f) in %.2fs",
             path.name,
@@ -196,6 +231,7 @@ def _run_evaluation(config: EvalConfig) -> dict[str, Any]:
         "restorer": restorer.describe(),
         "images": rows,
         "mean": mean,
+        "nr_metrics": list(config.nr_metrics),
     }
 
 
@@ -230,15 +266,19 @@ def parse_args(argv: list[str] | None = None) -> tuple[EvalConfig, bool]:
                         "dehazes its output at the end (default: blind)")
     p.add_argument("--device", default="auto", help=f"{DEVICE_CHOICES} (default auto: CUDA when torch sees a GPU)")
     p.add_argument("--limit", type=int, default=None, help="evaluate at most this many images")
+    p.add_argument("--nr-metrics", default="", metavar="METRIC[,METRIC]",
+                   help="no-reference pyiqa metrics to score input and restoration with (offline ones, e.g. piqe)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     a = p.parse_args(argv)
+    nr_metrics = tuple(dict.fromkeys(m.strip().lower() for m in a.nr_metrics.split(",") if m.strip()))
     steps = {option: _post_step(getattr(a, f"no_{option}"), getattr(a, option)) for option in POST_STEP_FLAGS}
     try:
         device = resolve_device(a.device)
     except ValueError as exc:
         p.error(f"--device: {exc}")
     config = EvalConfig(a.backbone, a.degradation, a.images, a.size, a.seed, a.rounds, device, a.limit,
-                        a.ensemble, scene_context=a.scene_context, informed=a.informed, **steps)
+                        a.ensemble, scene_context=a.scene_context, informed=a.informed, nr_metrics=nr_metrics,
+                        **steps)
     return config, a.json
 
 

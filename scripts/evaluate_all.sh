@@ -55,4 +55,6 @@ for set in eval val; do
   done
 done
 $py scripts/summarize_results.py "$out"/informed/*.json > "$out/informed/SUMMARY.md"
+# the backbone table for study designers (docs/BACKBONES.md): SIPL, ablation, classical, Real-ESRGAN, with PIQE
+bash scripts/evaluate_backbones.sh "$photos"
 $py scripts/summarize_results.py "$out"/*.json > "$out/SUMMARY.md"; cat "$out/SUMMARY.md"
