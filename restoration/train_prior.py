@@ -270,6 +270,10 @@ def main(argv: list[str] | None = None) -> None:
             if stop["signal"]:
                 print(f"stopped by signal {stop['signal']} at step {step}; resume with --resume", file=sys.stderr)
                 break
+            if args.time_budget and elapsed() >= args.time_budget and step != total:  # slower than fitted
+                save()
+                print(f"time budget spent at step {step} of {total}", file=sys.stderr)
+                break
         bar.close()
     finally:
         for sig, handler in previous.items():

@@ -13,8 +13,13 @@
 #      (`restoration.bench --size 4096 --gpu-memory-cap 16`: an allocation past the cap fails the run, so a
 #      finished run proves the fit; if the default 1024 px denoiser tiles do not fit, once more with 512 px), and
 #      the throughput of 8 concurrent sessions at 512 px, batching on and off (`scripts/bench_sessions.py`).
-# STAGES picks the parts, comma-separated: bench, train, eval, scale (default bench,train,eval: the eleventh
-# session's run; STAGES=scale alone fits one call with room).
+#   0. (STAGES=prior, the default's first part) the pixel diffusion prior trained from scratch for PRIOR_SECONDS
+#      (about 8-9 minutes) at a GPU's batch and crop, with the shipped architecture (`restoration.train_prior`, its
+#      schedule fitted to the budget, EMA weights saved every 2 minutes): the weights come back in the archive as
+#      session/prior/ and are measured here afterwards (`restoration.evaluate_prior`).
+# STAGES picks the parts, comma-separated: prior, bench, train, eval, scale (default prior,train,eval: the prior
+# first, then the networks with whatever time is left; STAGES=bench,train,eval is the eleventh session's run;
+# STAGES=scale alone fits one call with room).
 # Every stage has its own time limit, so one that hangs or fails costs only its own share; everything lands in
 # $OUT/device_session.tar.gz (JSON, logs, the weights files) and $OUT/session.log.
 #
@@ -44,7 +49,10 @@ MIXTURE="${MIXTURE:-0.05,0.35,0.2,0.2,0.2}"
 EVAL_LIMIT="${EVAL_LIMIT:-0}"        # photos per evaluation (0 = all 12)
 EVAL_SIZE="${EVAL_SIZE:-256}"
 PY="${PY:-python3}"
-STAGES="${STAGES:-bench,train,eval}"  # which parts run: bench, train, eval, scale
+STAGES="${STAGES:-prior,train,eval}"  # which parts run: prior, bench, train, eval, scale
+PRIOR_SECONDS="${PRIOR_SECONDS:-510}"  # the prior's training budget (seconds)
+PRIOR_BATCH="${PRIOR_BATCH:-64}"
+PRIOR_CROP="${PRIOR_CROP:-128}"
 SCALE_SIZE="${SCALE_SIZE:-4096}"      # the large image's side (scale part)
 GPU_CAP_GB="${GPU_CAP_GB:-16}"         # issue 6's cap on GPU memory for that round, GiB
 SESSIONS_SIZE="${SESSIONS_SIZE:-512}"  # image side of the concurrent sessions (scale part)
@@ -94,6 +102,18 @@ command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,clo
 
 host="$DEVICE"
 [ "$DEVICE" = cpu ] || host="$("$PY" -c 'import torch; print(torch.cuda.get_device_name(0))' 2>/dev/null)"
+
+# -- 0. the diffusion prior, first ------------------------------------------------------------------------------
+if want prior; then
+  sources=(--images data/photos/train)
+  "$PY" -c "from restoration.data import skimage_photos; skimage_photos()" 2>/dev/null && sources+=(--skimage)
+  budget=$((DEADLINE - SECONDS - 15 - 40))  # 40 s: start-up and the last save
+  [ "$budget" -gt "$PRIOR_SECONDS" ] && budget=$PRIOR_SECONDS
+  stage train_prior $((budget + 40)) "$PY" -m restoration.train_prior "${sources[@]}" --device "$DEVICE" \
+    --time-budget "$budget" --batch-size "$PRIOR_BATCH" --crop "$PRIOR_CROP" --threads 2 --checkpoint-minutes 2 \
+    --out "$work/prior" --state "$work/prior_state.pt"
+  rm -f "$work/prior_state.pt"  # the optimizer state stays behind; the EMA prior comes back
+fi
 
 # -- 1. benchmark rows ----------------------------------------------------------------------------------------
 if want bench; then
