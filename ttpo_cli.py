@@ -24,6 +24,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "export": ("feedback.export", "the preference dataset (Parquet or JSONL)"),
     "analysis": ("feedback.analysis", "study analysis: win rates, Bradley-Terry, agreement"),
     "study": ("feedback.study_service", "create and manage user studies"),
+    "regenerate": ("feedback.regenerate", "recompute a recorded round and compare it with the stored images"),
     "integrity": ("feedback.integrity", "check a database and its image files"),
     "loadtest": ("feedback.loadtest", "load-test a running app"),
     "db": ("feedback.db", "database migrations"),

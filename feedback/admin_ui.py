@@ -225,4 +225,5 @@ def export_preferences(studies: StudyService, token: str, format: str, variant: 
     scope = f"study {study_id}" if study_id else "all sessions"
     archive = shutil.make_archive(str(out / f"preferences-{variant}-{format}"), "zip", result.out_dir)
     shutil.rmtree(result.out_dir, ignore_errors=True)
-    return archive, f"Exported {result.rows} preference pairs ({variant}, {format}, {scope})."
+    return archive, (f"Exported {result.rows} preference pairs ({variant}, {format}, {scope}); "
+                     f"{result.superseded_choices} superseded choices left out.")

@@ -38,7 +38,7 @@ from feedback import stats
 from feedback.db import DB_URL_ENV, Database, open_database, resolve_db_url
 from feedback.errors import InputError
 from feedback.models import Annotator, Candidate, Choice, Round, SessionRow
-from feedback.store import export_pairs
+from feedback.store import export_pairs, superseded_choices
 from feedback.study_regions import region_summary
 
 CONDITION_KEYS = ("method", "arm+method")
@@ -408,7 +408,7 @@ def load_regions(s: Session, study_id: str | None = None) -> list[tuple[str, dic
     """(condition, box) of every region mark on a human vote (of one study): the condition is the method of the
     candidate the box was drawn on (`feedback.study_regions`)."""
     query = (select(Choice.round_id, Choice.regions).join(Round, Choice.round_id == Round.id)
-             .where(Choice.regions.is_not(None), Choice.selector == "human"))
+             .where(Choice.regions.is_not(None), Choice.selector == "human", Choice.superseded_at.is_(None)))
     if study_id is not None:
         query = query.where(Round.study_id == study_id)
     marks = []
@@ -587,9 +587,10 @@ def main(argv: list[str] | None = None) -> None:
         try:
             with database.sessions() as s:
                 votes = load_votes(s, condition_by=args.condition_by, study_id=args.study)
+                superseded = superseded_choices(s, study_id=args.study)
         finally:
             database.engine.dispose()
-        report = analyze(votes, config)
+        report = analyze(votes, config) | {"superseded_choices": superseded}
         if args.csv:
             write_csv(report, args.csv)
         if args.plots:

@@ -13,10 +13,12 @@ Formats:
             `datasets.load_dataset("parquet", data_files=...)` decodes them; pickapic images are raw bytes.
   jsonl     OUTDIR/train.jsonl with image columns holding paths relative to OUTDIR (images/<id>.png).
 
-The dataset is written to a temporary folder beside OUTDIR and renamed into place, so a failure leaves
+Only each round's latest choice is exported; `export_info.json` says how many superseded (corrected) choices were
+left out. The dataset is written to a temporary folder beside OUTDIR and renamed into place, so a failure leaves
 nothing half-written.
 
-    python -m feedback.export --db sqlite:///data/ttpo.sqlite3 --data-dir data --format parquet --out out/prefs
+    python -m feedback.export --db sqlite:///data/ttpo.sqlite3 --format parquet --out out/prefs
+    (--data-dir defaults to the SQLite file's folder; name it for PostgreSQL)
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from sqlalchemy.orm import Session
 from feedback.errors import InputError, NotFound
 from feedback.images import ImageStore
 from feedback.models import Annotator, Choice, SessionRow
-from feedback.store import export_pairs
+from feedback.store import export_pairs, superseded_choices
 
 FORMATS = ("parquet", "jsonl")
 VARIANTS = ("ttpo", "pickapic")
@@ -68,6 +70,7 @@ class ExportResult:
     rows: int
     variant: str
     format: str
+    superseded_choices: int = 0
 
 
 def caption(spec: str | None) -> str:
@@ -249,8 +252,11 @@ def export_dataset(s: Session, images: ImageStore, out_dir: str | os.PathLike[st
     if variant not in VARIANTS:
         raise InputError(f"unknown variant {variant!r}; allowed: {', '.join(VARIANTS)}")
     out = Path(out_dir).resolve()
-    if out.exists() and not overwrite:
-        raise InputError(f"{out} already exists; choose a new --out folder or pass --overwrite")
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out} exists and is not a folder; choose a folder for --out")
+    if out.exists() and not overwrite and any(out.iterdir()):
+        raise InputError(f"{out} already exists and is not empty; choose a new or empty --out folder or pass "
+                         "--overwrite")
     rows = preference_rows(s, human_only=human_only, study_id=study_id)
     first = next(rows, None)
     if first is None:
@@ -266,26 +272,49 @@ def export_dataset(s: Session, images: ImageStore, out_dir: str | os.PathLike[st
         data_name = f"train.{format}"
         writer = _write_parquet if format == "parquet" else _write_jsonl
         count = writer(rows, images, variant, tmp / data_name)
+        superseded = superseded_choices(s, study_id=study_id)
         info = {"rows": count, "variant": variant, "format": format, "data_file": data_name,
-                "human_only": human_only, "study_id": study_id}
+                "human_only": human_only, "study_id": study_id, "superseded_choices": superseded}
         (tmp / "export_info.json").write_text(json.dumps(info, indent=2) + "\n")
         os.chmod(tmp, 0o755)
-        if out.exists():  # overwrite: move the old export aside first, so the rename is the only switch
+        if out.exists() and any(out.iterdir()):  # overwrite: move the old export aside, the rename is the switch
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
             os.replace(out, old / out.name)
             os.replace(tmp, out)
             shutil.rmtree(old, ignore_errors=True)
         else:
-            os.replace(tmp, out)
+            os.replace(tmp, out)  # onto an empty folder too (rename(2) replaces an empty directory)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return ExportResult(out_dir=out, data_file=out / data_name, rows=count, variant=variant, format=format)
+    return ExportResult(out_dir=out, data_file=out / data_name, rows=count, variant=variant, format=format,
+                        superseded_choices=superseded)
 
 
 def _chain(first: dict[str, Any], rest: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
     yield first
     yield from rest
+
+
+def default_data_dir(url: str | None) -> Path:
+    """The app's data folder when only the database is named: the folder of a SQLite file (where the app keeps
+    the database beside images/). Other databases do not say where the images are: InputError."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    from feedback.db import DB_URL_ENV
+
+    url = url or os.environ.get(DB_URL_ENV)
+    if not url:
+        raise InputError(f"no database given: pass --db URL (or set ${DB_URL_ENV}) or --data-dir DIR")
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise InputError(f"--db {url[:80]!r} is not a database URL (e.g. sqlite:///data/ttpo.sqlite3)") from None
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
+        raise InputError(f"a {parsed.get_backend_name()} database does not say where its images are; pass the "
+                         "app's --data-dir (the folder that holds images/)")
+    return Path(parsed.database).resolve().parent
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -294,10 +323,11 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(prog="python -m feedback.export", description=__doc__.splitlines()[0])
     parser.add_argument("--db", default=None, help=f"database URL (default: ${DB_URL_ENV} or DATA_DIR)")
-    parser.add_argument("--data-dir", required=True, help="the app's data folder (holds images/)")
+    parser.add_argument("--data-dir", default=None,
+                        help="the app's data folder (holds images/; default: the SQLite file's folder)")
     parser.add_argument("--format", default="parquet", help=f"one of {', '.join(FORMATS)}")
     parser.add_argument("--variant", default="ttpo", help=f"one of {', '.join(VARIANTS)}")
-    parser.add_argument("--out", required=True, help="output folder (must not exist unless --overwrite)")
+    parser.add_argument("--out", required=True, help="output folder (new or empty, unless --overwrite)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     parser.add_argument("--human-only", action="store_true", help="leave out choices made by metric selectors")
     parser.add_argument("--study", default=None, help="only pairs of this study id")
@@ -307,12 +337,13 @@ def main(argv: Sequence[str] | None = None) -> None:
             raise InputError(f"unknown format {args.format!r}; allowed: {', '.join(FORMATS)}")
         if args.variant not in VARIANTS:
             raise InputError(f"unknown variant {args.variant!r}; allowed: {', '.join(VARIANTS)}")
-        if not (Path(args.data_dir) / "images").is_dir():
-            raise InputError(f"{args.data_dir} has no images/ folder; pass the app's --data-dir")
-        database = open_existing_database(args.db, args.data_dir)
+        data_dir = args.data_dir if args.data_dir is not None else default_data_dir(args.db)
+        if not (Path(data_dir) / "images").is_dir():
+            raise InputError(f"{data_dir} has no images/ folder; pass the app's --data-dir")
+        database = open_existing_database(args.db, data_dir)
         try:
             with database.sessions() as s:
-                result = export_dataset(s, ImageStore(args.data_dir), args.out, format=args.format,
+                result = export_dataset(s, ImageStore(data_dir), args.out, format=args.format,
                                         variant=args.variant, human_only=args.human_only, study_id=args.study,
                                         overwrite=args.overwrite)
         finally:
@@ -322,7 +353,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     except SQLAlchemyError as exc:
         parser.exit(2, f"error: cannot read the preference database ({type(exc).__name__}: "
                        f"{str(exc).splitlines()[0]}); is it migrated? python -m feedback.db upgrade --db URL\n")
-    print(f"wrote {result.rows} {result.variant} rows to {result.data_file}")
+    print(f"wrote {result.rows} {result.variant} rows to {result.data_file} ({result.superseded_choices} "
+          "superseded choices left out: a later choice on the same round replaced each)")
 
 
 if __name__ == "__main__":

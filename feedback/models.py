@@ -25,6 +25,7 @@ from sqlalchemy import (
     MetaData,
     String,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -223,7 +224,9 @@ class Choice(Base):
     """What was chosen in a round: preferred over rejected, a tie, or a skip; by a person or a metric.
 
     The candidates of a choice live in `choice_candidates` (role preferred|rejected) so foreign keys
-    guard them. `idempotency_key` is unique per round: a retried request records once.
+    guard them. `idempotency_key` is unique per round: a retried request records once. A new choice on a round
+    supersedes the previous one (kept, `superseded_at` set): a round has at most one live choice, the one export,
+    analysis and refinement read.
     """
 
     __tablename__ = "choices"
@@ -232,6 +235,8 @@ class Choice(Base):
         CheckConstraint("kind IN ('pairwise', 'tie', 'skip')", name="kind"),
         CheckConstraint("decision_ms IS NULL OR decision_ms >= 0", name="decision_ms"),
         Index("ix_choices_round_id_created_at", "round_id", "created_at"),
+        Index("ix_choices_round_id_live", "round_id", unique=True, sqlite_where=text("superseded_at IS NULL"),
+              postgresql_where=text("superseded_at IS NULL")),
     )
 
     id: Mapped[str] = _id_column()
@@ -251,6 +256,8 @@ class Choice(Base):
     # coordinates of the candidate at `position` (`feedback.study_regions`).
     regions: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONType)
     created_at: Mapped[datetime] = _created_at()
+    # When a later choice on the same round replaced this one; NULL for the round's live choice.
+    superseded_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     round: Mapped[Round] = relationship(back_populates="choices")
     members: Mapped[list[ChoiceCandidate]] = relationship(

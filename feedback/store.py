@@ -41,6 +41,7 @@ from feedback.models import (
     Round,
     SessionRow,
     SourceImage,
+    utcnow,
 )
 
 ModelT = TypeVar("ModelT", bound=Base)
@@ -302,14 +303,18 @@ def _same_choice(existing: Choice, kind: str, preferred: list[str], rejected: li
 
 def record_choice(s: Session, round_id: str, preferred: Sequence[str], rejected: Sequence[str], kind: str,
                   tags: Sequence[str] = (), decision_ms: int | None = None, selector: str = "human",
-                  idempotency_key: str | None = None) -> tuple[Choice, bool]:
-    """Record a choice and its preference pairs; returns (choice, created).
+                  idempotency_key: str | None = None, zoom_count: int | None = None,
+                  viewport: Sequence[int] | None = None, device_pixel_ratio: float | None = None
+                  ) -> tuple[Choice, bool]:
+    """Record a choice and its preference pairs; returns (choice, created). A new choice supersedes the round's
+    previous one (kept, `superseded_at` set to now): export, analysis and refinement read only the latest.
 
     kind 'pairwise': every preferred beats every rejected (label 1.0); 'tie': all unordered pairs of the
     given ids (preferred + rejected, at least two) at 0.5; 'skip': no ids, no pairs. `selector` is
     'human' or the metric name(s). A repeated `idempotency_key` in the same round returns the first
     choice with created=False (also under concurrent retries: the unique constraint decides, caught in
-    a SAVEPOINT); reusing it for a different choice raises Conflict.
+    a SAVEPOINT); reusing it for a different choice raises Conflict. `zoom_count`, `viewport` ([width, height] in
+    CSS pixels) and `device_pixel_ratio` say how the person looked (zoom and compare interactions on the page).
     """
     if kind not in CHOICE_KINDS:
         raise InputError(f"kind must be one of {', '.join(CHOICE_KINDS)}, got {kind!r}")
@@ -332,8 +337,20 @@ def record_choice(s: Session, round_id: str, preferred: Sequence[str], rejected:
         raise InputError(f"selector must be 'human' or metric name(s) like 'piqe+entropy' "
                          f"(letters, digits, _.:+,-; at most 200), got {str(selector)[:80]!r}")
     _text("idempotency_key", idempotency_key, MAX_IDEMPOTENCY_KEY, optional=True)
+    _int("zoom_count", zoom_count, 0, 1_000_000, optional=True)
+    if viewport is not None:
+        if isinstance(viewport, str) or not isinstance(viewport, Sequence) or len(viewport) != 2:
+            raise InputError(f"viewport must be [width, height] in CSS pixels, got {str(viewport)[:40]!r}")
+        viewport = [_int("viewport width", viewport[0], 1, 100_000), _int("viewport height", viewport[1], 1, 100_000)]
+    if device_pixel_ratio is not None and (isinstance(device_pixel_ratio, bool)
+                                           or not isinstance(device_pixel_ratio, (int, float))
+                                           or not 0 < device_pixel_ratio <= 16):
+        raise InputError(f"device_pixel_ratio must be a number in (0, 16], got {str(device_pixel_ratio)[:20]!r}")
 
     rnd = get_round(s, round_id)
+    # Choices of one round are recorded one at a time (PostgreSQL: the round's row is locked until commit; SQLite
+    # transactions hold the write lock), so a retry sees the first attempt and only one choice stays live.
+    s.execute(select(Round.id).where(Round.id == round_id).with_for_update())
     if idempotency_key is not None and (existing := _choice_by_key(s, round_id, idempotency_key)):
         return _same_choice(existing, kind, preferred, rejected), False
     in_round = set(s.scalars(select(Candidate.id).where(Candidate.round_id == round_id)))
@@ -342,15 +359,21 @@ def record_choice(s: Session, round_id: str, preferred: Sequence[str], rejected:
         shown += f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
         raise InputError(f"candidates {shown} are not candidates of round {round_id}")
 
+    now = utcnow()  # the new choice's time is the time its predecessor was superseded
     choice = Choice(round_id=round_id, kind=kind, reason_tags=tags, decision_ms=decision_ms, selector=selector,
-                    idempotency_key=idempotency_key)
+                    idempotency_key=idempotency_key, created_at=now, zoom_count=zoom_count,
+                    viewport_w=viewport[0] if viewport else None, viewport_h=viewport[1] if viewport else None,
+                    device_pixel_ratio=None if device_pixel_ratio is None else float(device_pixel_ratio))
     choice.members = [ChoiceCandidate(candidate_id=c, role=role, rank=rank)
                       for role, ids in (("preferred", preferred), ("rejected", rejected))
                       for rank, c in enumerate(ids)]
     choice.pairs = [PreferencePair(chosen_candidate_id=a, rejected_candidate_id=b, label=label)
                     for a, b, label in preference_pairs(kind, preferred, rejected)]
     try:
-        with s.begin_nested():
+        with s.begin_nested():  # superseding and the new choice, or neither
+            for live in s.scalars(select(Choice).where(Choice.round_id == round_id, Choice.superseded_at.is_(None))):
+                live.superseded_at = now
+            s.flush()  # before the insert: the partial unique index allows one live choice per round
             s.add(choice)
     except IntegrityError:
         # A concurrent request with the same key committed first; ours was rolled back to the savepoint.
@@ -365,10 +388,18 @@ def record_choice(s: Session, round_id: str, preferred: Sequence[str], rejected:
 
 
 def latest_choice(s: Session, round_id: str) -> Choice | None:
-    """The most recent choice of a round (None when nothing was chosen yet)."""
+    """The live (latest, not superseded) choice of a round (None when nothing was chosen yet)."""
     get_round(s, round_id)
-    return s.scalars(select(Choice).where(Choice.round_id == round_id)
+    return s.scalars(select(Choice).where(Choice.round_id == round_id, Choice.superseded_at.is_(None))
                      .order_by(Choice.created_at.desc(), Choice.id.desc()).limit(1)).first()
+
+
+def superseded_choices(s: Session, *, study_id: str | None = None) -> int:
+    """How many choices a later choice on the same round replaced (kept, but read by no export or analysis)."""
+    query = select(func.count()).select_from(Choice).where(Choice.superseded_at.is_not(None))
+    if study_id is not None:
+        query = query.join(Round, Choice.round_id == Round.id).where(Round.study_id == study_id)
+    return s.scalar(query) or 0
 
 
 # ------------------------------------------------------------------------------ refinement, lineage
@@ -418,7 +449,8 @@ def round_lineage(s: Session, round_id: str) -> list[Round]:
 
 # ------------------------------------------------------------------------------------------ export
 def export_pairs(s: Session, *, session_id: str | None = None, batch_size: int = 500) -> Iterator[dict[str, Any]]:
-    """One dict per preference pair: label, both candidates' images and settings, the choice, round and source."""
+    """One dict per preference pair of a live choice (superseded choices left out): label, both candidates' images
+    and settings, the choice, round and source."""
     chosen, rejected = aliased(Candidate), aliased(Candidate)
     query = (
         select(PreferencePair, Choice, Round, SourceImage, SessionRow.annotator_id, chosen, rejected)
@@ -428,6 +460,7 @@ def export_pairs(s: Session, *, session_id: str | None = None, batch_size: int =
         .join(SessionRow, Round.session_id == SessionRow.id)
         .join(chosen, PreferencePair.chosen_candidate_id == chosen.id)
         .join(rejected, PreferencePair.rejected_candidate_id == rejected.id)
+        .where(Choice.superseded_at.is_(None))
         .order_by(Choice.created_at, Choice.id, PreferencePair.id)
     )
     if session_id is not None:

@@ -273,6 +273,7 @@ def test_cli_json_csv_and_plots(study: Study, tmp_path: Path, capsys: pytest.Cap
           "--plots", str(tmp_path / "plots")])
     out = json.loads(capsys.readouterr().out)
     assert {"conditions", "krippendorff_alpha", "participants", "metric_agreement"} <= set(out)
+    assert out["superseded_choices"] == 0
     for condition in out["conditions"].values():
         assert {"win_rate", "ci", "bt_score", "bt_ci", "n"} <= set(condition)
     for person in out["participants"].values():

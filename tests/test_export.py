@@ -142,3 +142,52 @@ def test_caption() -> None:
                                                  "then jpeg compression quality 30")
     assert export.caption(None) == "restore a photo"
     assert export.caption("motion:15,45") == "restore a photo degraded by motion blur length 15 angle 45"
+
+
+def corrected_round(data_dir: Path) -> tuple[str, list[str]]:
+    """A database in `data_dir` (as the app keeps it) with one round whose choice was corrected once:
+    -> (database URL, the candidate ids); the first choice preferred 0 over 1, the second 1 over 0."""
+    import numpy as np
+
+    from feedback import store
+    from feedback.store import CandidateSpec
+
+    data_dir.mkdir(parents=True)
+    url = f"sqlite:///{data_dir / 'ttpo.sqlite3'}"
+    db = open_database(url)
+    images = ImageStore(data_dir)
+    ids = [images.put_array(np.full((8, 8, 3), v, np.uint8)) for v in (10, 20, 30)]
+    with db.sessions.begin() as s:
+        session = store.create_annotator_session(s, "a" * 64, "b" * 64)
+        src = store.add_source_image(s, image_hash=ids[0], width=8, height=8, origin="upload", session_id=session.id,
+                                     degraded_image_hash=ids[0])
+        rnd = store.create_round(s, session_id=session.id, source_image_id=src.id, backbone_name="nlm",
+                                 code_version="t", device="cpu", dtype="float32", restored_image_hash=ids[1])
+        cands = [c.id for c in store.add_candidates(s, rnd.id, [CandidateSpec(image_hash=i, method="m")
+                                                                for i in ids[1:]])]
+        store.record_choice(s, rnd.id, [cands[0]], [cands[1]], "pairwise", idempotency_key="first")
+    with db.sessions.begin() as s:
+        store.record_choice(s, rnd.id, [cands[1]], [cands[0]], "pairwise", idempotency_key="second")
+    db.engine.dispose()
+    return url, cands
+
+
+def test_cli_reads_images_beside_the_sqlite_file_writes_into_an_empty_out_and_counts_superseded(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    url, cands = corrected_round(tmp_path / "data")
+    out = tmp_path / "out"
+    out.mkdir()  # an existing empty folder is fine
+    export.main(["--db", url, "--format", "jsonl", "--out", str(out)])
+    said = capsys.readouterr().out
+    assert "wrote 1 ttpo rows" in said and "1 superseded choices left out" in said
+    rows = [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines()]
+    assert [(r["chosen_candidate_id"], r["rejected_candidate_id"]) for r in rows] == [(cands[1], cands[0])]
+    assert json.loads((out / "export_info.json").read_text())["superseded_choices"] == 1
+    for args, needle in ((["--db", url, "--out", str(out)], "is not empty"),  # not empty any more
+                         (["--db", url, "--out", str(out / "train.jsonl")], "is not a folder"),
+                         (["--db", "postgresql+psycopg://u@h/db", "--out", str(tmp_path / "pg")], "--data-dir"),
+                         (["--db", "not a url", "--out", str(tmp_path / "x")], "not a database URL")):
+        with pytest.raises(SystemExit) as exit_info:
+            export.main(args)
+        assert exit_info.value.code == 2 and needle in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "out"]  # nothing half-written

@@ -16,11 +16,11 @@ from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.exc import IntegrityError
 
-from feedback import store
+from feedback import access, store
 from feedback.db import DB_URL_ENV, Database, make_engine, open_database, resolve_db_url, upgrade_to_head
 from feedback.errors import Conflict, InputError, NotFound
 from feedback.images import ImageStore
-from feedback.models import Base, Candidate, PreferencePair
+from feedback.models import Base, Candidate, Choice, PreferencePair
 from feedback.store import CandidateSpec
 
 try:
@@ -104,7 +104,7 @@ def test_migrations_create_the_models_schema(db: Database) -> None:
     with db.engine.connect() as c:
         diff = compare_metadata(MigrationContext.configure(c, opts={"compare_type": True}), Base.metadata)
     assert diff == [], f"migration and models differ: {diff}"
-    assert upgrade_to_head(db.engine) == "0005"  # idempotent on an up-to-date database
+    assert upgrade_to_head(db.engine) == "0006"  # idempotent on an up-to-date database
 
 
 def test_foreign_keys_are_enforced(db: Database) -> None:
@@ -136,7 +136,7 @@ def test_database_url_resolution_and_refusals(tmp_path, monkeypatch) -> None:
         with pytest.raises(InputError):
             make_engine(bad)
     url = f"sqlite:///{tmp_path / 'by-url.sqlite3'}"
-    assert upgrade_to_head(url) == "0005" and upgrade_to_head(url) == "0005"
+    assert upgrade_to_head(url) == "0006" and upgrade_to_head(url) == "0006"
 
 
 def test_the_database_layer_never_imports_torch() -> None:
@@ -185,6 +185,49 @@ def test_skip_records_no_pairs_and_latest_choice_wins(db: Database) -> None:
     with db.sessions.begin() as s:
         assert store.latest_choice(s, round_id).id == skip.id
         assert store.count_rows(s)["preference_pairs"] == 1
+
+
+def test_a_new_choice_supersedes_the_previous_one_and_only_the_latest_is_read(db: Database) -> None:
+    """Both choices are kept, the first marked superseded at the time of the second; export, latest_choice and the
+    history read the second only; a retry of the first (same key) changes nothing."""
+    with db.sessions.begin() as s:
+        session_id = new_session(s)
+        round_id, cands = new_round(s, session_id)
+        first, _ = store.record_choice(s, round_id, [cands[0]], [cands[1], cands[2]], "pairwise",
+                                       idempotency_key="page:1")
+        first_id = first.id
+    with db.sessions.begin() as s:
+        second, created = store.record_choice(s, round_id, [cands[2]], [cands[0]], "pairwise",
+                                              idempotency_key="page:2")
+        assert created
+        second_id = second.id
+    with db.sessions.begin() as s:  # SQLite hands back naive UTC, PostgreSQL aware
+        naive = lambda moment: moment.replace(tzinfo=None)  # noqa: E731
+        assert naive(s.get(Choice, first_id).superseded_at) == naive(s.get(Choice, second_id).created_at)
+    with db.sessions.begin() as s:  # a late retry of the first submission records nothing and revives nothing
+        again, created = store.record_choice(s, round_id, [cands[0]], [cands[1], cands[2]], "pairwise",
+                                             idempotency_key="page:1")
+        assert (again.id, created) == (first_id, False)
+    with db.sessions.begin() as s:
+        assert store.latest_choice(s, round_id).id == second_id
+        assert s.get(Choice, second_id).superseded_at is None
+        rows = list(store.export_pairs(s))
+        assert [(r["choice_id"], r["chosen_candidate_id"], r["rejected_candidate_id"]) for r in rows] == \
+            [(second_id, cands[2], cands[0])]
+        assert store.superseded_choices(s) == 1 and store.count_rows(s)["choices"] == 2
+        assert store.count_rows(s)["preference_pairs"] == 3  # the superseded pairs are kept, not exported
+        history = access.session_history(s, session_id)
+        assert history[0]["pairs"] == 1
+        assert store.integrity_check(s) == []
+
+
+def test_the_database_allows_one_live_choice_per_round(db: Database) -> None:
+    with db.sessions.begin() as s:
+        round_id, cands = new_round(s, new_session(s))
+        store.record_choice(s, round_id, [cands[0]], [cands[1]], "pairwise")
+    with pytest.raises(IntegrityError), db.sessions.begin() as s:  # bypassing record_choice
+        s.add(Choice(round_id=round_id, kind="skip", selector="human"))
+        s.flush()
 
 
 INVALID_CHOICES = [
@@ -332,9 +375,11 @@ def test_export_gives_one_row_per_pair_with_images_and_round_metadata(db: Databa
     with db.sessions.begin() as s:
         session_id = new_session(s)
         r0, c0 = new_round(s, session_id)
+        r1, c1 = new_round(s, session_id)
+        r2, _ = new_round(s, session_id)
         store.record_choice(s, r0, [c0[0]], c0[1:3], "pairwise", tags=["color-shift"], decision_ms=900)
-        store.record_choice(s, r0, c0[:3], [], "tie")
-        store.record_choice(s, r0, [], [], "skip")
+        store.record_choice(s, r1, c1[:3], [], "tie")
+        store.record_choice(s, r2, [], [], "skip")
         rows = list(store.export_pairs(s))
         hashes = {c.id: c.image_hash for c in s.query(Candidate)}
     assert len(rows) == 2 + 3

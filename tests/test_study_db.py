@@ -145,7 +145,7 @@ def test_0005_records_samplers_regions_and_screen_outs_and_refuses_to_drop_them(
                            "left_image_hash, right_image_hash, left_condition, right_condition, is_repeat, "
                            "is_attention_check) VALUES ('it', 'p', 0, 0, 'r', :h, :h, 'a', 'b', false, false)"),
                       {"h": "1" * 64})
-        assert upgrade_to_head(engine) == "0005"
+        assert upgrade_to_head(engine) in ("0005", "0006")
         with engine.connect() as c:
             assert c.execute(text("SELECT sampler, sampler_score FROM study_items")).one() == ("latin", None)
         assert "regions" in {c["name"] for c in inspect(engine).get_columns("choices")}
@@ -163,5 +163,46 @@ def test_0005_records_samplers_regions_and_screen_outs_and_refuses_to_drop_them(
         assert "sampler" not in {c["name"] for c in inspect(engine).get_columns("study_items")}
         with engine.connect() as c:
             assert c.execute(text("SELECT COUNT(*) FROM study_items")).scalar() == 1
+    finally:
+        engine.dispose()
+
+
+def test_0006_marks_all_but_the_latest_choice_of_a_round_superseded_and_refuses_to_drop_them(url: str) -> None:
+    """A round with three choices (as 0005 stored corrections: side by side) keeps them all; the first two are
+    superseded at the time of the next; a round with one choice keeps it live; downgrading is refused while
+    superseded choices exist."""
+    engine = make_engine(url)
+    try:
+        _migrate(engine, "0005")
+        with engine.begin() as c:
+            c.execute(text("INSERT INTO annotators (id, pseudonym, created_at) VALUES ('a', 'p', CURRENT_TIMESTAMP)"))
+            c.execute(text("INSERT INTO sessions (id, annotator_id, token_hash, created_at) "
+                           "VALUES ('s', 'a', 't', CURRENT_TIMESTAMP)"))
+            c.execute(text("INSERT INTO source_images (id, image_hash, width, height, origin, created_at) "
+                           "VALUES ('i', :h, 8, 8, 'upload', CURRENT_TIMESTAMP)"), {"h": "0" * 64})
+            for rnd in ("r", "q"):
+                c.execute(text("INSERT INTO rounds (id, session_id, source_image_id, round_index, backbone_name, "
+                               "params, seeds, code_version, device, dtype, stage_seconds, status, created_at) VALUES "
+                               "(:r, 's', 'i', 0, 'nlm', '{}', '[]', 'x', 'cpu', 'float32', '{}', 'chosen', "
+                               "CURRENT_TIMESTAMP)"), {"r": rnd})
+            for cid, rnd, when in (("c1", "r", "2026-01-01 10:00:00"), ("c2", "r", "2026-01-01 10:05:00"),
+                                   ("c3", "r", "2026-01-01 10:09:00"), ("d1", "q", "2026-01-01 11:00:00")):
+                c.execute(text("INSERT INTO choices (id, round_id, kind, reason_tags, selector, created_at) "
+                               "VALUES (:id, :r, 'skip', '[]', 'human', :t)"), {"id": cid, "r": rnd, "t": when})
+        assert upgrade_to_head(engine) == "0006"
+        with engine.connect() as c:
+            rows = dict(c.execute(text("SELECT id, superseded_at FROM choices")).all())
+        stamp = lambda v: None if v is None else str(v)[:19]  # noqa: E731 - SQLite text, PostgreSQL datetime
+        assert {k: stamp(v) for k, v in rows.items()} == {
+            "c1": "2026-01-01 10:05:00", "c2": "2026-01-01 10:09:00", "c3": None, "d1": None}
+        with pytest.raises(IntegrityError), engine.begin() as c:  # a second live choice on round q
+            c.execute(text("INSERT INTO choices (id, round_id, kind, reason_tags, selector, created_at) "
+                           "VALUES ('d2', 'q', 'skip', '[]', 'human', CURRENT_TIMESTAMP)"))
+        with pytest.raises(RuntimeError, match="2 superseded choices"):
+            _migrate(engine, "0005", down=True)
+        with engine.begin() as c:
+            c.execute(text("DELETE FROM choices WHERE superseded_at IS NOT NULL"))
+        _migrate(engine, "0005", down=True)
+        assert "superseded_at" not in {c["name"] for c in inspect(engine).get_columns("choices")}
     finally:
         engine.dispose()
