@@ -24,7 +24,7 @@ import restoration  # noqa: F401 - first: offline by default (restoration/offlin
 import gradio as gr
 from fastapi import FastAPI
 
-from feedback import admin_ui, ui
+from feedback import admin_ui, ui, ui_sessions
 from feedback.api import build_api
 from feedback.db import open_database
 from feedback.engine import DEFAULT_PRIOR, DTYPE_OF_PRECISION, EngineSettings, RefineSettings, RoundSettings
@@ -37,6 +37,8 @@ from feedback.study_service import StudyService
 from feedback.uploads import UploadLimits
 
 OFFLINE_METRICS = ("piqe", "entropy")  # no downloaded weights needed
+PAGE_JS = Path(ui.__file__).resolve().parent / "page.js"  # keyboard shortcuts, the 1:1 compare view
+PAGE_CSS = Path(ui.__file__).resolve().parent / "page.css"
 PRIOR_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,39}")
 BACKBONE_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,39}")
 
@@ -46,9 +48,12 @@ def build_demo(service: FeedbackService, studies: StudyService | None = None) ->
     studies = studies or StudyService(service)
     with gr.Blocks(title="TTPO: restore, compare, refine") as demo:
         with gr.Tab("Annotate", id="annotate", elem_id="annotate_tab"):
-            annotate_tab(service)
+            browser, blind, shown = annotate_tab(service)
         with gr.Tab("Admin", id="admin", elem_id="admin_tab"):
             admin_tab(studies)
+        # a reload continues the session this browser keeps, where it was
+        demo.load(ui.bind(service, ui_sessions.resume), [browser, blind], shown, api_name="resume",
+                  concurrency_limit=None)
     return demo
 
 
@@ -60,16 +65,25 @@ def candidate_concurrency(service: FeedbackService) -> int:
 
 
 def annotate_tab(service: FeedbackService) -> None:
-    """Restore -> candidates -> mark tiles -> refine, with the settings panel and the session's history."""
+    """Restore -> candidates -> compare and mark tiles -> refine, with settings, progress and cancel, keyboard
+    shortcuts, the 1:1 compare view (feedback/page.js) and the sessions this browser keeps (feedback/ui_sessions.py)."""
     eng = service.worker.settings
     bind = lambda fn: ui.bind(service, fn)  # noqa: E731 - handlers take the service first
     state = gr.State({})
-    gr.Markdown("# Restore, compare, refine\nRestore an image, pick the candidates you prefer, and the "
-                "diffusion prior is steered toward them (test-time preference optimization).")
-    with gr.Row():
-        name = gr.Textbox(label="Your name or nickname (stored only as a pseudonym)", elem_id="name", scale=4)
-        start = gr.Button("Start", variant="primary", elem_id="start", scale=1)
+    browser = gr.BrowserState(ui_sessions.EMPTY_BROWSER, storage_key="ttpo-lab-sessions",
+                              secret=service.browser_secret())
+    with gr.Row(equal_height=True):
+        gr.Markdown("### Restore, compare, refine", elem_id="title")
+        name = gr.Textbox(show_label=False, placeholder="Your name or nickname (stored only as a pseudonym)",
+                          elem_id="name", scale=3, container=False)
+        start = gr.Button("Start", variant="primary", elem_id="start", scale=0, min_width=80)
+        sessions = gr.Dropdown([], value=None, show_label=False, elem_id="sessions", scale=3, container=False,
+                               info=None, allow_custom_value=False)
+        zip_btn = gr.Button("Session zip", elem_id="session_zip", scale=0, min_width=110, size="sm")
     status = gr.Markdown("Enter a name and press Start.", elem_id="status")
+    gr.HTML("<b>Keys</b>: <kbd>1</kbd>-<kbd>9</kbd> mark a tile (preferred, rejected, none) · <kbd>Enter</kbd> "
+            "submit · <kbd>R</kbd> refine · <kbd>N</kbd> next round · <kbd>Esc</kbd> clear marks · in the compare "
+            "view: drag or arrows pan, wheel or <kbd>+</kbd>/<kbd>-</kbd> zoom", elem_id="keys", js_on_load=None)
 
     with gr.Accordion("Settings", open=False):
         with gr.Row():
@@ -87,12 +101,13 @@ def annotate_tab(service: FeedbackService) -> None:
         with gr.Row():
             guidance = gr.Slider(0.0, 0.5, value=eng.refine.guidance_scale, step=0.005, label="Guidance scale")
             refine_strength = gr.Slider(0.05, 1.0, value=eng.refine.strength, step=0.05, label="Refine strength")
-            refine_steps = gr.Slider(1, 50, value=eng.refine.steps, step=1, label="Refine steps")
+            refine_steps = gr.Slider(1, 50, value=eng.refine.steps, step=1, label="Refine steps",
+                                     elem_id="refine_steps")
             metrics = gr.Dropdown(list(OFFLINE_METRICS), value=list(eng.selector), multiselect=True,
                                   allow_custom_value=True, label="Selector metrics (auto mode)")
 
     with gr.Row():
-        with gr.Column():
+        with gr.Column(scale=1, min_width=260):
             sample = gr.Dropdown(ui.sample_names(), value=None, label="Bundled sample", elem_id="sample")
             image = ui.UploadedImage(type="filepath", label="Image to restore", sources=["upload", "clipboard"],
                                      elem_id="upload", height=256)
@@ -109,33 +124,50 @@ def annotate_tab(service: FeedbackService) -> None:
             upscale = gr.Checkbox(False, elem_id="upscale",
                                   label="Upscale: a super-resolution backbone (e.g. realesrgan, x4) enlarges the image "
                                         "and the round continues at that size; off: restore at the image's size")
-            restore_btn = gr.Button("Restore", variant="primary", elem_id="restore")
-        input_view = gr.Image(label="Input", interactive=False, elem_id="input_view", height=256)
-        restored_view = gr.Image(label="Restored", interactive=False, elem_id="restored_view", height=256)
+            with gr.Row():
+                restore_btn = gr.Button("Restore", variant="primary", elem_id="restore")
+                generate_btn = gr.Button("Generate candidates", variant="primary", elem_id="generate")
+                cancel_btn = gr.Button("Cancel", elem_id="cancel", variant="stop", size="sm")
+        input_view = gr.Image(label="Input", interactive=False, elem_id="input_view", height=384, scale=2)
+        restored_view = gr.Image(label="Restored", interactive=False, elem_id="restored_view", height=384, scale=2)
 
-    generate_btn = gr.Button("Generate candidates", variant="primary", elem_id="generate")
-    # A click on a tile cycles its mark (no enlarged preview: the fullscreen button and the crops show detail).
-    gallery = gr.Gallery(label="Candidates: click a tile to mark it preferred, again for rejected, again to clear "
-                               "(one of them is the restored image)", columns=5, height=320, elem_id="gallery",
-                         allow_preview=False)
+    # A click on a tile cycles its mark (no enlarged preview: the compare view below shows detail at 1:1 and more).
+    gallery = gr.Gallery(label="Candidates: click a tile (or press its number) to mark it preferred, again for "
+                               "rejected, again to clear (one of them is the restored image)", columns=4, height="auto",
+                         elem_id="gallery", allow_preview=False, object_fit="contain")
+    gr.HTML('<div class="compare-tools"><b>Compare at 1:1</b> <span>click tiles to add them:</span>'
+            '<button id="compare_zoom_out">-</button><span id="compare_zoom">2x</span>'
+            '<button id="compare_zoom_in">+</button><button id="compare_one">1:1</button>'
+            '<button id="compare_mode">before/after slider</button><button id="compare_swap">other pair</button>'
+            '</div><div id="compare_strip"></div><div id="compare_panes"></div>',
+            elem_id="compare_view", js_on_load=None)
     with gr.Row():
         preferred = gr.CheckboxGroup([], label="Preferred tiles", elem_id="preferred")
         rejected = gr.CheckboxGroup([], label="Rejected tiles", elem_id="rejected")
-    tags = gr.CheckboxGroup(list(REASON_TAGS), label="Why were the rejected ones worse? (optional)")
+        tags = gr.CheckboxGroup(list(REASON_TAGS), label="Why were the rejected ones worse? (optional)")
     with gr.Row():
         submit = gr.Button("Submit choice", variant="primary", elem_id="submit")
-        tie = gr.Button("All similar", elem_id="tie")
-        skip = gr.Button("Skip", elem_id="skip")
-        auto = gr.Button("Auto mode: let the metric choose", elem_id="auto")
-    auto_scores = gr.Dataframe(headers=["tile", "score", "pick"], label="Metric scores (auto mode)",
-                               interactive=False)
-
-    with gr.Row():
+        tie = gr.Button("All similar", elem_id="tie", size="sm")
+        skip = gr.Button("Skip", elem_id="skip", size="sm")
+        auto = gr.Button("Auto mode: let the metric choose", elem_id="auto", size="sm")
         refine_btn = gr.Button("Refine", variant="primary", elem_id="refine")
         next_btn = gr.Button("Next round", elem_id="next_round")
-        download = gr.DownloadButton("Download refined image", value=None, elem_id="download")
-        sheet_download = gr.DownloadButton("Download contact sheet", value=None, elem_id="download_sheet")
-    compare = gr.ImageSlider(label="Before (start image) / after (refined)", type="filepath", elem_id="compare")
+    # set by feedback/page.js: a mark from the compare view, Esc, and the viewing facts sent with each choice
+    mark_request = gr.Textbox(visible="hidden", elem_id="mark_request")
+    mark_apply = gr.Button(visible="hidden", elem_id="mark_apply")
+    clear_btn = gr.Button(visible="hidden", elem_id="clear_marks")
+    viewing = gr.Textbox(visible="hidden", elem_id="viewing")
+    with gr.Row():
+        compare = gr.ImageSlider(label="Before (start image) / after (refined)", type="filepath", elem_id="compare",
+                                 height=480, scale=3)
+        with gr.Column(scale=1, min_width=220):
+            download = gr.DownloadButton("Download refined image", value=None, elem_id="download", size="sm")
+            sheet_download = gr.DownloadButton("Download contact sheet", value=None, elem_id="download_sheet",
+                                               size="sm")
+            session_file = gr.File(label="Session zip (images + JSON record)", interactive=False,
+                                   elem_id="session_file", height=80)
+    auto_scores = gr.Dataframe(headers=["tile", "score", "pick"], label="Metric scores (auto mode)",
+                               interactive=False)
 
     with gr.Accordion("Inspect detail: the same crop at 1:1 across candidates", open=False):
         with gr.Row():
@@ -145,6 +177,8 @@ def annotate_tab(service: FeedbackService) -> None:
             inspect = gr.Button("Inspect", elem_id="inspect")
         crops = gr.Gallery(label="Crops", columns=6, height=200)
 
+    rounds = gr.Gallery(label="Rounds of this session: click one to continue it", columns=8, height=150,
+                        elem_id="rounds", allow_preview=False, object_fit="cover")
     history = gr.Dataframe(headers=ui.HISTORY_COLUMNS, label="Rounds of this session", interactive=False,
                            elem_id="history")
 
@@ -153,26 +187,41 @@ def annotate_tab(service: FeedbackService) -> None:
     # candidate events of several users may wait at the engine together, so that the batcher runs them as one
     # batch; the engine gate still computes one thing at a time (and the engine slot above may hold one more)
     candidates = dict(concurrency_id="candidates", concurrency_limit=candidate_concurrency(service))
-    start.click(bind(ui.sign_in), [name, state], [state, status], api_name="sign_in")
-    name.submit(bind(ui.sign_in), [name, state], [state, status], api_name="sign_in_enter")
+    shown = [state, input_view, restored_view, gallery, preferred, rejected, status, history, rounds, sessions,
+             compare, browser]  # ui_sessions.ROUND_OUTPUTS
+    start.click(bind(ui_sessions.start_session), [name, browser, blind], shown, api_name="sign_in")
+    name.submit(bind(ui_sessions.start_session), [name, browser, blind], shown, api_name="sign_in_enter")
+    sessions.input(bind(ui_sessions.switch_session), [browser, sessions, blind], shown, api_name="switch_session",
+                   concurrency_limit=None)
+    rounds.select(bind(ui_sessions.open_round), [state, browser, blind], shown, api_name="open_round",
+                  concurrency_limit=None)
+    zip_btn.click(bind(ui_sessions.session_zip), [state], [session_file], api_name="session_zip",
+                  concurrency_limit=None)
     sample.change(ui.load_sample, [sample], [image], api_name="load_sample")
     restore_btn.click(bind(ui.restore), [state, image, degradation, backbone, seed, fit, hint, upscale],
                       [state, input_view, restored_view, status, history, gallery, preferred, rejected],
                       api_name="restore", **engine)
+    cancel_btn.click(bind(ui.cancel), [state], [status], api_name="cancel", concurrency_limit=None, queue=False)
     round_out = [state, gallery, preferred, rejected, status, history]
     generate_btn.click(bind(ui.generate), [state, n_candidates, seed, strengths, blind, prior], round_out,
                        api_name="generate", **candidates)
     marks = [state, preferred, rejected, blind]
     gallery.select(bind(ui.click_tile), marks, [preferred, rejected, gallery], api_name="click_tile",
                    concurrency_limit=None)
+    mark_apply.click(bind(ui.set_mark), [*marks, mark_request], [preferred, rejected, gallery], api_name="set_mark",
+                     concurrency_limit=None)
+    clear_btn.click(bind(ui.clear_marks), [state, blind], [preferred, rejected, gallery], api_name="clear_marks",
+                    concurrency_limit=None)
     # .input, not .change: a tile click sets the checkboxes itself and must not re-caption twice
     for widget, api in ((preferred, "mark_preferred"), (rejected, "mark_rejected")):
         widget.input(bind(ui.mark), marks, [gallery], api_name=api, concurrency_limit=None)
     blind.change(bind(ui.mark), marks, [gallery], api_name="toggle_blind", concurrency_limit=None)
-    submit.click(bind(ui.submit_pairwise), [state, preferred, rejected, tags], [status, history],
+    submit.click(bind(ui.submit_pairwise), [state, preferred, rejected, tags, viewing], [status, history],
                  api_name="submit_choice", concurrency_limit=None)
-    tie.click(bind(ui.submit_tie), [state, tags], [status, history], api_name="submit_tie", concurrency_limit=None)
-    skip.click(bind(ui.submit_skip), [state], [status, history], api_name="submit_skip", concurrency_limit=None)
+    tie.click(bind(ui.submit_tie), [state, tags, viewing], [status, history], api_name="submit_tie",
+              concurrency_limit=None)
+    skip.click(bind(ui.submit_skip), [state, viewing], [status, history], api_name="submit_skip",
+               concurrency_limit=None)
     auto.click(bind(ui.auto_choose), [state, metrics, blind], [status, auto_scores, gallery, history],
                api_name="auto_choose", **engine)
     refine_btn.click(bind(ui.refine), [state, refine_strength, refine_steps, guidance],
@@ -181,6 +230,7 @@ def annotate_tab(service: FeedbackService) -> None:
                    api_name="next_round", **candidates)
     inspect.click(bind(ui.inspect_detail), [state, crop_x, crop_y, crop_size], [crops], api_name="inspect",
                   concurrency_limit=None)
+    return browser, blind, shown
 
 
 def admin_tab(studies: StudyService) -> None:
@@ -260,6 +310,7 @@ def build_app(service: FeedbackService, queue_size: int = 16, rate_limit: RateLi
     demo = build_demo(service, studies).queue(default_concurrency_limit=1, max_size=queue_size)
     # Gradio serves files only from the image store (plus its own upload cache), never the data folder itself.
     app = gr.mount_gradio_app(api, demo, path="/", allowed_paths=[str(service.images.root)], ssr_mode=False,
+                              css=PAGE_CSS.read_text(), head=f"<script>{PAGE_JS.read_text()}</script>",
                               footer_links=["api"], max_file_size=service.limits.max_bytes)
     # Gradio checks that a file path sent to an event (e.g. the image input) was uploaded by a user only once
     # the Blocks count as launched, which `launch()` marks and `mount_gradio_app` does not: without this, a

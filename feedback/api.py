@@ -5,9 +5,15 @@ Contract (every error is JSON {"error": "..."}; input errors are 4xx, unknown id
   POST /api/v1/sessions/{session_id}/rounds  multipart image + degradation, backbone, prior, candidates, seed,
                                              parent_round_id, fit, hint, upscale -> {"round_id", "restored",
                                              "candidates", "scale_mode", "scale"}
+  GET  /api/v1/sessions                       the calling session's annotator's sessions (metadata, newest first)
+  GET  /api/v1/sessions/{session_id}/rounds  the session's rounds with input, start and refined images
+  GET  /api/v1/sessions/{session_id}/download  application/zip: session.json + images/<id>.png
+  GET  /api/v1/sessions/{session_id}/progress  running stages: step, total, seconds left
+  POST /api/v1/sessions/{session_id}/cancel  stop them at their next step (they answer 409, store nothing)
   GET  /api/v1/rounds/{round_id}             the round, its candidates (display order) and status
   POST /api/v1/rounds/{round_id}/choices     {"preferred", "rejected", "tie", "skip", "tags", "decision_ms"}
-                                             (+ Idempotency-Key header) -> {"choice_id", "pairs"}
+                                             (+ Idempotency-Key header) -> {"choice_id", "pairs", "superseded"}; a
+                                             new choice supersedes the round's previous one (kept, marked)
   POST /api/v1/rounds/{round_id}/auto        {"metrics"} -> the metric selector's choice and scores
   POST /api/v1/rounds/{round_id}/refine      {} -> {"image", "round_id" (the next round), "candidates"}
   GET  /api/v1/images/{id}                   image/png
@@ -24,15 +30,19 @@ Every call after session creation sends `Authorization: Bearer <token>`; the adm
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, FastAPI, File, Form, Header, Query, Request, Security, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field, model_validator
+from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
@@ -97,6 +107,62 @@ class RoundOut(BaseModel):
     scale: int = Field(1, description="the backbone's scale (output / input size of the model itself)")
 
 
+class SessionSummary(BaseModel):
+    session_id: str
+    created_at: str
+    rounds: int
+    last_round_at: str | None
+    current: bool = Field(description="the session of the calling token")
+
+
+class SessionsOut(BaseModel):
+    sessions: list[SessionSummary] = Field(description="the calling session's annotator's sessions, newest first "
+                                                       "(metadata only: each session's images need its own token)")
+
+
+class SessionRound(BaseModel):
+    round_id: str
+    round_index: int
+    parent_round_id: str | None
+    status: str
+    created_at: str
+    backbone: str
+    prior: str | None
+    candidates: int
+    choice: str | None = Field(description="kind of the round's live choice (null: none yet)")
+    selector: str | None
+    pairs: int
+    superseded: int = Field(description="earlier choices of the round that a later one replaced")
+    next_round_id: str | None
+    input: ImageRef
+    start: ImageRef | None
+    refined: ImageRef | None
+
+
+class SessionRoundsOut(BaseModel):
+    session_id: str
+    rounds: list[SessionRound] = Field(description="oldest first")
+
+
+class StageProgress(BaseModel):
+    stage: str = Field(description="restore, candidates or refine")
+    step: int = Field(description="network evaluations done (restorer or diffusion U-Net)")
+    total: int | None = Field(description="steps this stage takes (null until one such stage has completed)")
+    elapsed_s: float
+    eta_s: float | None = Field(description="estimated seconds left (null while `total` is unknown)")
+    fraction: float | None
+    cancelled: bool
+
+
+class ProgressOut(BaseModel):
+    running: list[StageProgress] = Field(description="the session's running stages (empty: none)")
+
+
+class CancelOut(BaseModel):
+    cancelled: int = Field(description="running stages told to stop; each stops at its next step, its request "
+                                       "answers 409 and nothing of it is stored")
+
+
 class ChoiceIn(KnownFields):
     preferred: list[str] = []
     rejected: list[str] = []
@@ -104,6 +170,9 @@ class ChoiceIn(KnownFields):
     skip: bool = False
     tags: list[str] = []
     decision_ms: int | None = None
+    zoom_count: int | None = Field(None, description="zoom, pan and compare interactions before the choice")
+    viewport: list[int] | None = Field(None, description="[width, height] of the viewport in CSS pixels")
+    dpr: float | None = Field(None, description="the device pixel ratio")
 
 
 class ChoiceOut(BaseModel):
@@ -111,6 +180,8 @@ class ChoiceOut(BaseModel):
     pairs: int
     kind: str
     created: bool
+    superseded: int = Field(0, description="earlier choices of the round this one replaced (kept, marked "
+                                           "superseded; export, analysis and refine read only the latest)")
 
 
 class AutoIn(KnownFields):
@@ -304,6 +375,46 @@ def build_router(service: FeedbackService, limiter: RateLimiter) -> APIRouter:
                                        prior=prior, fit=fit, hint=hint, upscale=upscale)
         return _round_out(view)
 
+    @router.get("/sessions", response_model=SessionsOut, responses=errors(AUTH, 400, 422))
+    def list_sessions(who: Who) -> dict[str, Any]:
+        if who.session_id is None:
+            raise InputError("the admin token has no annotator; list a session's rounds with its id")
+        return {"sessions": service.annotator_sessions(who.session_id)}
+
+    @router.get("/sessions/{session_id}/rounds", response_model=SessionRoundsOut, responses=errors(AUTH, 404, 422))
+    def list_rounds(session_id: str, who: Who) -> dict[str, Any]:
+        service.check_session(who, session_id)
+        rounds = [{**{k: r[k] for k in ("round_id", "round_index", "parent_round_id", "status", "created_at",
+                                        "backbone", "prior", "candidates", "choice", "selector", "pairs",
+                                        "superseded", "next_round_id")},
+                   "input": _image(r["input_image"]), "start": r["start_image"] and _image(r["start_image"]),
+                   "refined": r["refined_image"] and _image(r["refined_image"])}
+                  for r in service.history(session_id)]
+        return {"session_id": session_id, "rounds": rounds}
+
+    @router.get("/sessions/{session_id}/download", response_class=FileResponse,
+                responses={200: {"content": {"application/zip": {}}}, **errors(AUTH, 404, 422)})
+    def download_session(session_id: str, who: Who) -> FileResponse:
+        service.check_session(who, session_id)
+        folder = tempfile.mkdtemp(prefix="ttpo-session-")
+        try:
+            path = service.session_zip(session_id, folder)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        return FileResponse(path, media_type="application/zip", filename=Path(path).name,
+                            background=BackgroundTask(shutil.rmtree, folder, ignore_errors=True))
+
+    @router.get("/sessions/{session_id}/progress", response_model=ProgressOut, responses=errors(AUTH, 404, 422))
+    def session_progress(session_id: str, who: Who) -> dict[str, Any]:
+        service.check_session(who, session_id)
+        return {"running": service.progress(session_id)}
+
+    @router.post("/sessions/{session_id}/cancel", response_model=CancelOut, responses=errors(AUTH, 404, 422))
+    def cancel(session_id: str, who: Who) -> dict[str, Any]:
+        service.check_session(who, session_id)
+        return {"cancelled": service.cancel(session_id)}
+
     @router.get("/rounds/{round_id}", response_model=RoundOut, responses=errors(AUTH, 404, 422))
     def get_round(round_id: str, who: Who) -> dict[str, Any]:
         service.check_round(who, round_id)
@@ -314,8 +425,11 @@ def build_router(service: FeedbackService, limiter: RateLimiter) -> APIRouter:
                       idempotency_key: Annotated[str | None, Header()] = None) -> dict[str, Any]:
         service.check_round(who, round_id)
         view = service.record_choice(round_id, body.preferred, body.rejected, tie=body.tie, skip=body.skip,
-                                     tags=body.tags, decision_ms=body.decision_ms, idempotency_key=idempotency_key)
-        return {"choice_id": view.choice_id, "pairs": view.pairs, "kind": view.kind, "created": view.created}
+                                     tags=body.tags, decision_ms=body.decision_ms, idempotency_key=idempotency_key,
+                                     viewing={k: v for k in ("zoom_count", "viewport", "dpr")
+                                              if (v := getattr(body, k)) is not None})
+        return {"choice_id": view.choice_id, "pairs": view.pairs, "kind": view.kind, "created": view.created,
+                "superseded": view.superseded}
 
     @router.post("/rounds/{round_id}/auto", response_model=AutoOut, responses=errors(AUTH, 404, 409, INPUT, ENGINE))
     def auto_choice(round_id: str, who: Who, body: Annotated[AutoIn | None, Body()] = None) -> dict[str, Any]:
@@ -354,7 +468,9 @@ def build_router(service: FeedbackService, limiter: RateLimiter) -> APIRouter:
         if format != "jsonl":
             raise InputError(f"unknown export format {format[:20]!r}; allowed: jsonl")
         lines = (json.dumps(row, separators=(",", ":")) + "\n" for row in service.export_jsonl())
-        return StreamingResponse(lines, media_type="application/x-ndjson")
+        # only each round's latest choice is exported; the header says how many earlier ones were left out
+        return StreamingResponse(lines, media_type="application/x-ndjson",
+                                 headers={"X-Superseded-Choices": str(service.superseded_choices())})
 
     return router
 

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from feedback.engine import RoundSettings, TTPOWorker
+from feedback.jobs import shared_computation
 
 
 @dataclass(eq=False)
@@ -78,8 +79,9 @@ class CandidateBatcher:
 
     def _run(self, batch: list[_Job]) -> None:
         try:
-            made, seconds = self.worker.candidates_many([j.start for j in batch], [j.settings for j in batch],
-                                                        batch[0].prior)
+            with shared_computation(len(batch) > 1):  # a session's cancel must not stop the others' candidates
+                made, seconds = self.worker.candidates_many([j.start for j in batch], [j.settings for j in batch],
+                                                            batch[0].prior)
         except BaseException as exc:  # noqa: BLE001 - every job of the batch gets the error; each caller re-raises it
             for j in batch:
                 j.error = exc

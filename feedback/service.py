@@ -14,10 +14,16 @@ Round life: `start_round` restores (round 0) and, unless told otherwise, generat
 creates the next round starting from the refined image (its candidates generated unless told otherwise).
 The start image of a round (the restored image in round 0, the refined image later) is itself one of
 the round's candidates (`is_restored=True`), shown at a shuffled position like every other candidate.
+A new choice on a round supersedes the previous one (kept, marked); refine, export and analysis read the latest.
+Restore, candidates and refine report each network step with an estimate and stop at the next step when the
+session cancels them, storing nothing (`feedback.jobs`).
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
 import random
 import secrets
 import threading
@@ -28,6 +34,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from sqlalchemy import func, select
 
 from feedback import access, store
 from feedback.batching import CandidateBatcher
@@ -35,11 +42,13 @@ from feedback.db import Database, retry_transient
 from feedback.engine import DEFAULT_PRIOR, EngineSettings, RefineSettings, RoundSettings, TTPOWorker
 from feedback.errors import Conflict, FeedbackError, InputError, NotFound
 from feedback.images import ImageStore, is_image_id
-from feedback.models import Round
+from feedback.jobs import Job, Jobs, network_modules
+from feedback.models import Choice, Round
 from feedback.pseudonym import hash_token, load_or_create_salt, new_token, pseudonym, tokens_match
 from feedback.uploads import UploadLimits, decode_upload
 
-Progress = Callable[[float, str], None]
+#: progress(fraction done, or None while the stage's step count is unknown; what is happening)
+Progress = Callable[[float | None, str], None]
 
 
 class Busy(FeedbackError):
@@ -130,6 +139,8 @@ class ChoiceView:
     scores: dict[str, dict[str, float]] = field(default_factory=dict)
     #: Choices of the round this one superseded when it was recorded (0: the round's first choice, or a retry).
     superseded: int = 0
+    #: Whether it is the round's live choice (False: a retry returned a choice a later one has superseded).
+    live: bool = True
 
 
 @dataclass(frozen=True)
@@ -150,6 +161,13 @@ def _round_view(rnd: Round) -> RoundView:
         candidates=[CandidateView(c.id, c.image_hash, c.position, c.is_restored, c.seed, c.strength, dict(c.scores))
                     for c in sorted(rnd.candidates, key=lambda c: c.position)],
         seconds=dict(rnd.stage_seconds), params=dict(rnd.params))
+
+
+def _reporter(progress: Progress | None) -> Callable[[Job], None] | None:
+    """A job's steps as progress(fraction or None while the stage's step count is unknown, message)."""
+    if progress is None:
+        return None
+    return lambda job: progress(job.snapshot()["fraction"], job.describe())
 
 
 def _to_uint8(t: torch.Tensor) -> np.ndarray:
@@ -187,6 +205,7 @@ class FeedbackService:
         self.limits = limits
         self.gate = EngineGate(max_waiting)
         self.batcher = CandidateBatcher(self.gate, self.worker, max_jobs=batch_sessions)
+        self.jobs = Jobs()
         self._admin_hash = hash_token(admin_token) if admin_token else None
 
     # ------------------------------------------------------------------------------ sessions, access
@@ -212,6 +231,11 @@ class FeedbackService:
                 return Principal(store.session_by_token_hash(s, hash_token(token)).id)
             except NotFound:
                 raise AuthError("unknown token; create a session with POST /api/v1/sessions", 401) from None
+
+    def browser_secret(self) -> str:
+        """The key the page encrypts what it keeps in the browser with (session tokens): derived from the data
+        folder's salt, so it survives restarts and differs between deployments."""
+        return hmac.new(self.salt, b"ttpo-lab browser state", hashlib.sha256).hexdigest()
 
     @property
     def admin_enabled(self) -> bool:
@@ -258,6 +282,29 @@ class FeedbackService:
         with self.db.reads.begin() as s:
             return access.session_history(s, session_id)
 
+    def live_choice(self, round_id: str) -> ChoiceView | None:
+        """The round's live (latest) choice, None when nothing was chosen yet."""
+        with self.db.reads.begin() as s:
+            choice = store.latest_choice(s, round_id)
+            if choice is None:
+                return None
+            return ChoiceView(choice.id, len(choice.pairs), False, choice.kind, choice.preferred_ids,
+                              choice.rejected_ids, choice.selector)
+
+    def annotator_sessions(self, session_id: str) -> list[dict[str, Any]]:
+        """The sessions of this session's annotator, newest first (`access.annotator_sessions`: metadata only)."""
+        with self.db.reads.begin() as s:
+            return access.annotator_sessions(s, session_id)
+
+    def session_zip(self, session_id: str, folder: str) -> str:
+        """Write the session's zip (`feedback.session_archive`) into `folder`; its path."""
+        from feedback.session_archive import session_record, write_session_zip
+
+        with self.db.reads.begin() as s:
+            record, image_ids = session_record(s, session_id)
+        path = f"{folder}/ttpo-session-{session_id[:12]}.zip"
+        return str(write_session_zip(record, image_ids, self.images, path))
+
     def round_settings(self, candidates: Any = None, seed: Any = None,
                        strengths: Sequence[float] | None = None) -> RoundSettings:
         """Validated candidate settings; None keeps the process defaults; a missing seed is drawn at random."""
@@ -273,7 +320,7 @@ class FeedbackService:
                     parent_round_id: str | None = None, origin: str = "upload",
                     strengths: Sequence[float] | None = None, generate: bool = True,
                     prior: str | None = None, fit: bool = False, hint: str | None = None,
-                    upscale: bool = False) -> RoundView:
+                    upscale: bool = False, progress: Progress | None = None) -> RoundView:
         """Decode and check the upload, degrade it when asked (the clean image kept as ground truth), restore,
         and record the round; then generate its candidates unless `generate=False`. `prior` names one of the
         worker's `prior_names()` (default: the process's prior); it is used for the candidates and refinement.
@@ -289,7 +336,8 @@ class FeedbackService:
         `params["scale"]`, the backbone's.
 
         Everything a client sent is checked before anything is computed or stored: a refused request
-        leaves no rows and no image files behind."""
+        leaves no rows and no image files behind. `progress(fraction, message)` hears each step of the restorer's
+        network (`feedback.jobs`); `cancel(session_id)` stops it, and nothing is stored."""
         settings = self.round_settings(candidates, seed, strengths)
         backbone = self.worker.check_backbone(backbone)
         prior = self.worker.check_prior(prior)
@@ -312,10 +360,14 @@ class FeedbackService:
         decoded = decode_upload(image, limits, fit=bool(fit))
         array = decoded.array
         clean = _to_tensor(array)
-        with self.gate.slot():
+        key = json.dumps(["restore", backbone, hint, bool(upscale), list(clean.shape)])
+        with self.jobs.run(session_id, "restore", key, report=_reporter(progress)) as job, self.gate.slot():
+            job.check()  # cancelled while waiting for the engine
+            job.watch(network_modules(self.worker.restorer(backbone, hint)))
             degraded, record = self.worker.degrade(clean, spec, settings.seed)
             restored, restorer_facts, t_restore = self.worker.restore(degraded, backbone, hint, upscale=bool(upscale))
             prior_facts = self.worker.prior_facts(prior)  # loads a prior not used before (outside any transaction)
+            job.check()  # the last point of no return: nothing is stored before it
         image_id = self.images.put_array(array)
         degraded_id = self.images.put_array(_to_uint8(degraded)) if record else image_id
         restored_id = self.images.put_array(_to_uint8(restored))
@@ -339,7 +391,7 @@ class FeedbackService:
                 **record_fields, stage_seconds={"restore": t_restore}, restored_image_hash=restored_id)
             round_id = rnd.id
         if generate:
-            return self.generate_candidates(round_id)
+            return self.generate_candidates(round_id, progress=progress)
         return self.get_round(round_id)
 
     def _round_record(self, settings: RoundSettings, start: str, backbone_facts: dict[str, Any], prior: str,
@@ -354,32 +406,38 @@ class FeedbackService:
                     dtype=self.worker.settings.dtype)
 
     def generate_candidates(self, round_id: str, candidates: Any = None, seed: Any = None,
-                            strengths: Sequence[float] | None = None, prior: str | None = None) -> RoundView:
+                            strengths: Sequence[float] | None = None, prior: str | None = None,
+                            progress: Progress | None = None) -> RoundView:
         """Stage (i): candidates around the round's start image, shown in a shuffled (recorded) order.
 
         Settings given here (the prior included) replace the recorded ones (allowed only before any candidate
-        exists); the round then records the prior actually used, its id and weights hash."""
+        exists); the round then records the prior actually used, its id and weights hash. `progress` hears each
+        U-Net step; a cancelled stage (`cancel`) stores nothing, its new settings included."""
         if prior is not None:
             prior = self.worker.check_prior(prior)
-        with self.db.sessions.begin() as s:
+        with self.db.reads.begin() as s:
             rnd = store.get_round(s, round_id)
             if rnd.candidates:
                 raise Conflict(f"round {round_id} already has candidates; start a new round instead")
             if rnd.restored_image_hash is None:
                 raise Conflict(f"round {round_id} has no start image")
             settings = RoundSettings.from_dict(rnd.params["candidates"])
+            changed = {}  # new settings are recorded with the candidates, in one transaction
             if candidates not in (None, "") or seed not in (None, "") or strengths:
                 settings = self.round_settings(candidates if candidates not in (None, "") else settings.num_candidates,
                                                seed if seed not in (None, "") else settings.seed,
                                                strengths or settings.strengths)
-                rnd.params = {**rnd.params, "candidates": settings.to_dict(), "shuffle_seed": settings.seed}
-                rnd.seeds = settings.seeds()
+                changed = {"candidates": settings.to_dict(), "shuffle_seed": settings.seed}
             if prior is not None:
-                rnd.params = {**rnd.params, "prior": prior}
-            prior = rnd.params.get("prior", DEFAULT_PRIOR)
-            start_id = rnd.restored_image_hash
+                changed["prior"] = prior
+            prior = changed.get("prior", rnd.params.get("prior", DEFAULT_PRIOR))
+            start_id, session_id = rnd.restored_image_hash, rnd.session_id
         start = _to_tensor(self.images.get_array(start_id))
-        made, t_cand = self.batcher.candidates(start, settings, prior)  # with other sessions' waiting requests
+        key = json.dumps(["candidates", prior, list(start.shape), {**settings.to_dict(), "seed": 0}])
+        with self.jobs.run(session_id, "candidates", key, [self.worker.prior(prior).unet],
+                           _reporter(progress)) as job:
+            made, t_cand = self.batcher.candidates(start, settings, prior)  # with other sessions' waiting requests
+            job.check()  # cancelled (or its share of a batch dropped): nothing is stored
         prior_facts = self.worker.prior_facts(prior)  # loaded by now
         specs = [store.CandidateSpec(image_hash=start_id, method="restored", is_restored=True)]
         specs += [store.CandidateSpec(image_hash=self.images.put_array(_to_uint8(img)), method=meta.method,
@@ -388,6 +446,11 @@ class FeedbackService:
         random.Random(settings.seed).shuffle(positions)  # the display order; recorded per candidate
         specs = [replace(spec, position=p) for spec, p in zip(specs, positions)]
         with self.db.sessions.begin() as s:
+            if changed:
+                rnd = store.get_round(s, round_id)
+                rnd.params = {**rnd.params, **changed}
+                if "candidates" in changed:
+                    rnd.seeds = settings.seeds()
             store.add_candidates(s, round_id, specs)
             store.update_round(s, round_id, stage_seconds={"candidates": t_cand}, prior_id=prior_facts["prior_id"],
                                prior_weights_hash=prior_facts["weights_hash"])
@@ -396,9 +459,14 @@ class FeedbackService:
     # ------------------------------------------------------------------------------ choices
     def record_choice(self, round_id: str, preferred: Sequence[str] = (), rejected: Sequence[str] = (),
                       tie: bool = False, skip: bool = False, tags: Sequence[str] = (), decision_ms: int | None = None,
-                      idempotency_key: str | None = None, selector: str = "human") -> ChoiceView:
+                      idempotency_key: str | None = None, selector: str = "human",
+                      viewing: dict[str, Any] | None = None) -> ChoiceView:
         """Record a choice (one transaction): pairwise, a tie (all given ids equal), or a skip. It supersedes the
-        round's previous choice (a correction); a repeated `idempotency_key` returns the first, recording nothing."""
+        round's previous choice (a correction); a repeated `idempotency_key` returns the first, recording nothing.
+        `viewing`: {"zoom_count", "viewport": [w, h], "dpr"} of the page (zoom and compare interactions)."""
+        viewing = dict(viewing or {})
+        if unknown := set(viewing) - {"zoom_count", "viewport", "dpr"}:
+            raise InputError(f"viewing takes zoom_count, viewport and dpr; got {sorted(unknown)[:5]}")
         kind = "skip" if skip else "tie" if tie else "pairwise"
         if kind == "tie" and isinstance(preferred, Sequence) and isinstance(rejected, Sequence) \
                 and len(preferred) + len(rejected) == 0:
@@ -409,11 +477,15 @@ class FeedbackService:
             with self.db.sessions.begin() as s:
                 choice, created = store.record_choice(s, round_id, preferred, rejected, kind, tags=tags,
                                                       decision_ms=decision_ms, selector=selector,
-                                                      idempotency_key=idempotency_key)
+                                                      idempotency_key=idempotency_key,
+                                                      zoom_count=viewing.get("zoom_count"),
+                                                      viewport=viewing.get("viewport"),
+                                                      device_pixel_ratio=viewing.get("dpr"))
                 superseded = s.scalar(select(func.count()).select_from(Choice).where(
                     Choice.round_id == round_id, Choice.superseded_at == choice.created_at)) if created else 0
                 return ChoiceView(choice.id, len(choice.pairs), created, choice.kind, choice.preferred_ids,
-                                  choice.rejected_ids, choice.selector, superseded=superseded or 0)
+                                  choice.rejected_ids, choice.selector, superseded=superseded or 0,
+                                  live=choice.superseded_at is None)
         # With an idempotency key a repeat cannot record twice, so transient database errors are retried.
         return retry_transient(write, attempts=3 if idempotency_key else 1)
 
@@ -461,14 +533,17 @@ class FeedbackService:
             choice_id, start_id, parent = choice.id, rnd.restored_image_hash, _round_view(rnd)
             round_settings = RoundSettings.from_dict(rnd.params["candidates"])
             prior = rnd.params.get("prior", DEFAULT_PRIOR)
-        progress(0.05, "loading images")
+        progress(0.0, "loading images")
         load = lambda ids: torch.cat([_to_tensor(self.images.get_array(by_id[i])) for i in ids]) if ids else None  # noqa: E731
         start = _to_tensor(self.images.get_array(start_id))
-        progress(0.15, "reward-guided denoising")
-        with self.gate.slot():
+        key = json.dumps(["refine", prior, list(start.shape), settings.to_dict(), bool(preferred), bool(rejected)])
+        with self.jobs.run(parent.session_id, "refine", key, report=_reporter(progress)) as job, self.gate.slot():
+            job.check()  # cancelled while waiting for the engine
+            job.watch([self.worker.prior(prior).unet])
             refined, seconds = self.worker.refine(start, load(preferred), load(rejected), settings, prior)
             prior_facts = self.worker.prior_facts(prior)
-        progress(0.8, "saving")
+            job.check()  # nothing is stored before this point
+        progress(1.0, "saving")
         refined_id = self.images.put_array(_to_uint8(refined))
         next_settings = replace(round_settings, seed=(round_settings.seed + 1000) % 2**31)
         backbone_facts = parent.params.get("backbone", {})
@@ -486,9 +561,7 @@ class FeedbackService:
                                                  next_round_id=nxt.id)
             store.update_round(s, round_id, stage_seconds={"refine": seconds})
             refinement_id, next_id = refinement.id, nxt.id
-        progress(0.9, "next round")
-        next_view = self.generate_candidates(next_id) if generate_next else self.get_round(next_id)
-        progress(1.0, "done")
+        next_view = self.generate_candidates(next_id, progress=progress) if generate_next else self.get_round(next_id)
         return RefineView(round_id, refinement_id, refined_id, next_view, seconds)
 
     def export_jsonl(self, session_id: str | None = None) -> Iterator[dict[str, Any]]:
@@ -499,6 +572,20 @@ class FeedbackService:
         with self.db.sessions.begin() as s:
             rows = list(store.export_pairs(s, session_id=session_id))
         yield from rows
+
+    def cancel(self, session_id: str) -> int:
+        """Cancel the session's running restore, candidates or refine stages (`feedback.jobs`); how many there were.
+        Each stops at its next step and stores nothing."""
+        return self.jobs.cancel(session_id)
+
+    def progress(self, session_id: str) -> list[dict[str, Any]]:
+        """The session's running stages: stage, step, total (once learnt), elapsed and estimated seconds left."""
+        return self.jobs.progress(session_id)
+
+    def superseded_choices(self) -> int:
+        """How many choices later choices replaced (left out of every export and analysis)."""
+        with self.db.reads.begin() as s:
+            return store.superseded_choices(s)
 
     def describe(self) -> dict[str, Any]:
         return {"engine": asdict(self.worker.settings), "code_version": self.worker.code_version,

@@ -9,8 +9,11 @@ fix (bad image, unknown spec, busy engine) become `gr.Error` messages.
 from __future__ import annotations
 
 import functools
+import hashlib
 import inspect
+import json
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,6 +33,8 @@ DEGRADATION_EXAMPLES = ("none", "noise:25", "blur:2.0", "jpeg:20", "sr:4", "moti
 HISTORY_COLUMNS = ["round", "status", "backbone", "prior", "candidates", "choice", "selector", "pairs", "refined",
                    "round id"]
 PREFERRED_MARK, REJECTED_MARK = "✓ preferred", "✗ rejected"
+#: How often one submission may find its key on a superseded choice (A, B, A, B, ... on one showing) before giving up.
+MAX_RESUBMITS = 64
 #: A click on a tile moves its mark one step along this cycle.
 NEXT_MARK = {None: "preferred", "preferred": "rejected", "rejected": None}
 
@@ -131,7 +136,8 @@ def _origin(image_path: str) -> str:
 
 @user_errors
 def restore(service: FeedbackService, state: dict, image_path: str | None, degradation: str, backbone: str,
-            seed: float | None, fit: bool = True, hint: str | None = "", upscale: bool = False) -> tuple:
+            seed: float | None, fit: bool = True, hint: str | None = "", upscale: bool = False,
+            progress: gr.Progress = gr.Progress()) -> tuple:
     """Restore the uploaded (optionally degraded) image: a new round without candidates yet (old tiles cleared).
     `fit`: downscale an image larger than the upload limits to fit them (said in the status) instead of refusing.
     `hint`: the degradation the restorer is told (a spec; empty: blind). `upscale`: a super-resolution backbone
@@ -142,7 +148,8 @@ def restore(service: FeedbackService, state: dict, image_path: str | None, degra
     data = Path(image_path).read_bytes()
     view = service.start_round(session_id, data, degradation=degradation, backbone=backbone,
                                seed=None if seed is None or seed < 0 else int(seed), origin=_origin(image_path),
-                               generate=False, fit=bool(fit), hint=hint, upscale=bool(upscale))
+                               generate=False, fit=bool(fit), hint=hint, upscale=bool(upscale),
+                               progress=_gradio_progress(progress))
     new_state = {"session_id": session_id, "round_id": view.round_id}
     told = f", told *{view.params['hint']}*" if view.params.get("hint") else ""
     did = "restored"
@@ -164,7 +171,15 @@ def _show_round(service: FeedbackService, state: dict, view: RoundView) -> dict:
     return {**state, "round_id": view.round_id, "candidate_ids": [c.id for c in view.candidates],
             "image_ids": [c.image_id for c in view.candidates],
             "restored_index": next(i for i, c in enumerate(view.candidates) if c.is_restored),
-            "shown_at": time.time()}
+            "shown_at": time.time(), "shown_key": uuid.uuid4().hex}
+
+
+def submission_key(state: dict, kind: str, preferred: list[str], rejected: list[str], tags: list[str]) -> str:
+    """The idempotency key of a submission: the same marks and tags on the same showing of a round give the same
+    key, so a double click (or a retried event) records once; other marks or tags give a new key."""
+    content = json.dumps([state.get("round_id"), state.get("shown_key"), kind, sorted(preferred), sorted(rejected),
+                          sorted(tags)])
+    return "page:" + hashlib.sha256(content.encode()).hexdigest()[:40]
 
 
 def gallery_items(service: FeedbackService, state: dict, preferred: list[str] | None = None,
@@ -192,20 +207,37 @@ def _tile_choices(state: dict) -> dict:
 
 @user_errors
 def generate(service: FeedbackService, state: dict, candidates: float, seed: float | None, strengths: str,
-             blind: bool, prior: str | None = None) -> tuple:
+             blind: bool, prior: str | None = None, progress: gr.Progress = gr.Progress()) -> tuple:
     """Generate the round's candidates (the restored image is one of them, at a shuffled position) under the
     chosen diffusion prior (None: the process default)."""
     round_id = _need(state, "round_id", "Restore an image first.")
-    view = _generate(service, round_id, candidates, seed, strengths, prior)
+    view = _generate(service, round_id, candidates, seed, strengths, prior, progress)
     return _after_candidates(service, state, view, blind)
 
 
+def _gradio_progress(progress: Any) -> Callable[[float | None, str], None]:
+    """The service's progress(fraction or None, message) as a Gradio progress bar: 'refine: step 12 of 50, about
+    3 s left' once the stage's step count is known; before, a count of steps (Gradio draws no text for a bar of
+    unknown length, only the count of a (done, None) pair, and each call is one step)."""
+    steps = 0
+
+    def report(fraction: float | None, message: str) -> None:
+        nonlocal steps
+        if fraction is not None:
+            progress(fraction, desc=message)
+        else:
+            steps += 1
+            progress((steps, None), desc=message, unit="steps")
+    return report
+
+
 def _generate(service: FeedbackService, round_id: str, candidates: float, seed: float | None,
-              strengths: str, prior: str | None) -> RoundView:
+              strengths: str, prior: str | None, progress: Any = None) -> RoundView:
     """Candidates for a round from the settings widgets (seed < 0 or empty: a random, recorded seed)."""
     return service.generate_candidates(round_id, candidates=int(candidates),
                                        seed=None if seed is None or seed < 0 else int(seed),
-                                       strengths=parse_strengths(strengths), prior=prior)
+                                       strengths=parse_strengths(strengths), prior=prior,
+                                       progress=None if progress is None else _gradio_progress(progress))
 
 
 def _after_candidates(service: FeedbackService, state: dict, view: RoundView, blind: bool) -> tuple:
@@ -251,6 +283,14 @@ def click_tile(service: FeedbackService, state: dict, preferred: list[str] | Non
     return preferred, rejected, gallery_items(service, state, preferred, rejected, blind)
 
 
+def _by_tile(labels: list[str] | None) -> list[str]:
+    """Tile labels '#k' in tile order, each once; gr.Error for anything else."""
+    for label in labels or []:
+        if not isinstance(label, str) or not label.startswith("#") or not label[1:].isdigit():
+            raise gr.Error(f"tiles are named #1, #2, ...; got {str(label)[:20]!r}")
+    return sorted(set(labels or []), key=lambda t: int(t[1:]))
+
+
 def _ids(state: dict, labels: list[str]) -> list[str]:
     ids = state.get("candidate_ids", [])
     out = []
@@ -264,32 +304,87 @@ def _ids(state: dict, labels: list[str]) -> list[str]:
 
 @user_errors
 def submit_choice(service: FeedbackService, state: dict, preferred: list[str], rejected: list[str],
-                  tags: list[str], kind: str = "pairwise") -> tuple[str, list]:
-    """Record the choice of this round: 'pairwise' (marks), 'tie' (all similar) or 'skip'."""
+                  tags: list[str], kind: str = "pairwise", viewing: str | None = "") -> tuple[str, list]:
+    """Record the choice of this round: 'pairwise' (marks), 'tie' (all similar) or 'skip'. `viewing`: the page's
+    JSON {"zoom_count", "viewport", "dpr"} (zoom and compare interactions), recorded with the choice."""
     round_id = _need(state, "round_id", "Generate candidates first.")
     if not state.get("candidate_ids"):
         raise gr.Error("Generate candidates first.")
     decision_ms = int(max(0.0, time.time() - state.get("shown_at", time.time())) * 1000)
     if kind == "pairwise" and (not preferred or not rejected):
         raise gr.Error("Mark at least one tile as preferred and one as rejected (or press All similar / Skip).")
-    view = service.record_choice(round_id, _ids(state, preferred) if kind == "pairwise" else [],
-                                 _ids(state, rejected) if kind == "pairwise" else [], tie=kind == "tie",
-                                 skip=kind == "skip", tags=tags or [], decision_ms=decision_ms)
+    preferred, rejected = _by_tile(preferred), _by_tile(rejected)  # canonical order: the same marks, the same key
+    preferred_ids = _ids(state, preferred) if kind == "pairwise" else []
+    rejected_ids = _ids(state, rejected) if kind == "pairwise" else []
+    key = submission_key(state, kind, preferred_ids, rejected_ids, tags or [])
+    for _ in range(MAX_RESUBMITS):
+        view = service.record_choice(round_id, preferred_ids, rejected_ids, tie=kind == "tie", skip=kind == "skip",
+                                     tags=tags or [], decision_ms=decision_ms, idempotency_key=key,
+                                     viewing=parse_viewing(viewing))
+        if view.live:
+            break
+        # The key named an earlier submission of these marks that a later choice superseded: choosing them
+        # again is a new choice. The next key follows from the one found, so a double click still records once.
+        key = "page:" + hashlib.sha256(f"{key}:{view.choice_id}".encode()).hexdigest()[:40]
+    else:
+        raise gr.Error("these marks were submitted and superseded too many times; reload the round")
     what = {"pairwise": "Choice recorded", "tie": "Recorded: all similar", "skip": "Skipped"}[kind]
+    if view.superseded:
+        what += ", replacing the earlier choice of this round"
     hint = " Press *Refine* to apply it." if kind != "skip" else " Restore another image or generate again."
     return f"{what} ({view.pairs} preference pairs).{hint}", history_rows(service, state)
 
 
-def submit_pairwise(service, state, preferred, rejected, tags):
-    return submit_choice(service, state, preferred, rejected, tags, "pairwise")
+def submit_pairwise(service, state, preferred, rejected, tags, viewing=""):
+    return submit_choice(service, state, preferred, rejected, tags, "pairwise", viewing)
 
 
-def submit_tie(service, state, tags):
-    return submit_choice(service, state, [], [], tags, "tie")
+def submit_tie(service, state, tags, viewing=""):
+    return submit_choice(service, state, [], [], tags, "tie", viewing)
 
 
-def submit_skip(service, state):
-    return submit_choice(service, state, [], [], [], "skip")
+def submit_skip(service, state, viewing=""):
+    return submit_choice(service, state, [], [], [], "skip", viewing)
+
+
+def parse_viewing(text: str | None) -> dict[str, Any] | None:
+    """The page's viewing JSON -> {"zoom_count", "viewport", "dpr"} (None when empty); gr.Error when malformed."""
+    if not text or not text.strip():
+        return None
+    try:
+        viewing = json.loads(text)
+    except json.JSONDecodeError:
+        raise gr.Error("the page sent malformed viewing facts; reload the page") from None
+    if not isinstance(viewing, dict):
+        raise gr.Error("the page sent malformed viewing facts; reload the page")
+    return {k: viewing[k] for k in ("zoom_count", "viewport", "dpr") if viewing.get(k) is not None}
+
+
+def set_mark(service: FeedbackService, state: dict, preferred: list[str] | None, rejected: list[str] | None,
+             blind: bool, request: str) -> tuple[list[str], list[str], list]:
+    """Set one tile's mark, as the compare view asks: request 'k:preferred|rejected|none' (k from 1)
+    -> (preferred labels, rejected labels, re-captioned tiles)."""
+    n = len(state.get("image_ids", []))
+    number, _, mark_name = str(request or "").partition(":")
+    if not number.isdigit() or not 1 <= int(number) <= n or mark_name not in ("preferred", "rejected", "none"):
+        raise gr.Error(f"a mark request is 'k:preferred', 'k:rejected' or 'k:none' with k in 1..{n}, "
+                       f"got {str(request)[:40]!r}")
+    label = f"#{int(number)}"
+    preferred = _by_tile([t for t in preferred or [] if t != label] + ([label] if mark_name == "preferred" else []))
+    rejected = _by_tile([t for t in rejected or [] if t != label] + ([label] if mark_name == "rejected" else []))
+    return preferred, rejected, gallery_items(service, state, preferred, rejected, blind)
+
+
+def clear_marks(service: FeedbackService, state: dict, blind: bool) -> tuple[list[str], list[str], list]:
+    """Every tile unmarked (Esc)."""
+    return [], [], gallery_items(service, state, [], [], blind)
+
+
+def cancel(service: FeedbackService, state: dict) -> str:
+    """Stop this session's running restore, candidates or refine at its next step; it stores nothing."""
+    if not state.get("session_id") or not service.cancel(state["session_id"]):
+        return "Nothing is running."
+    return "Cancelling: the running stage stops at its next step and stores nothing."
 
 
 @user_errors
@@ -321,8 +416,7 @@ def refine(service: FeedbackService, state: dict, strength: float, steps: float,
     settings = RefineSettings(**{**service.worker.settings.refine.to_dict(), "strength": float(strength),
                                  "steps": int(steps), "guidance_scale": float(guidance_scale)})
     progress(0.0, desc="starting")
-    result = service.refine(round_id, settings, generate_next=False,
-                            progress=lambda f, m: progress(f, desc=m))
+    result = service.refine(round_id, settings, generate_next=False, progress=_gradio_progress(progress))
     start_path = _path(service, service.get_round(round_id).start_image_id)
     refined_path = _path(service, result.image_id)
     new_state = {**state, "next_round_id": result.next_round.round_id, "refined_id": result.image_id}
@@ -358,10 +452,10 @@ def _tensor(array: np.ndarray):
 
 @user_errors
 def next_round(service: FeedbackService, state: dict, candidates: float, seed: float | None, strengths: str,
-               blind: bool, prior: str | None = None) -> tuple:
+               blind: bool, prior: str | None = None, progress: gr.Progress = gr.Progress()) -> tuple:
     """Start the next round from the refined image and generate its candidates (under the chosen prior)."""
     next_id = _need(state, "next_round_id", "Refine first; the next round starts from the refined image.")
-    view = _generate(service, next_id, candidates, seed, strengths, prior)
+    view = _generate(service, next_id, candidates, seed, strengths, prior, progress)
     base = {k: v for k, v in state.items() if k not in ("next_round_id", "refined_id")}
     return _after_candidates(service, base, view, blind)
 

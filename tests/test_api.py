@@ -135,6 +135,71 @@ def test_tie_skip_and_refine_rules(client, first_round):
     assert foreign.status_code == 400
 
 
+def test_a_corrected_choice_supersedes_the_first_and_refine_and_export_use_only_it(client, server, first_round):
+    session_id, headers, _ = first_round
+    body = _round(client, session_id, headers).json()
+    ids = [c["id"] for c in body["candidates"]]
+    url = f"{API}/rounds/{body['round_id']}"
+    first = client.post(f"{url}/choices", json={"preferred": [ids[0]], "rejected": [ids[1]]},
+                        headers={**headers, "Idempotency-Key": "page-1"})
+    assert first.status_code == 200 and first.json()["superseded"] == 0
+    second = client.post(f"{url}/choices", json={"preferred": [ids[2]], "rejected": [ids[0]], "zoom_count": 4,
+                                                 "viewport": [1280, 720], "dpr": 2},
+                         headers={**headers, "Idempotency-Key": "page-2"})
+    assert second.status_code == 200 and second.json()["superseded"] == 1, second.text
+    bad = client.post(f"{url}/choices", json={"preferred": [ids[2]], "rejected": [ids[0]], "viewport": [0, 5]},
+                      headers=headers)
+    assert bad.status_code == 400 and "viewport width" in bad.json()["error"]
+    retry = client.post(f"{url}/choices", json={"preferred": [ids[0]], "rejected": [ids[1]]},
+                        headers={**headers, "Idempotency-Key": "page-1"})  # a late retry of the first
+    assert retry.json() == {**first.json(), "created": False}
+    with sqlite3.connect(server.db_path) as db:
+        rows = db.execute("select id, superseded_at from choices where round_id = ?", (body["round_id"],)).fetchall()
+    assert sorted(r[0] for r in rows if r[1] is None) == [second.json()["choice_id"]] and len(rows) == 2
+    with sqlite3.connect(server.db_path) as db:
+        assert db.execute("select zoom_count, viewport_w, viewport_h, device_pixel_ratio from choices where id = ?",
+                          (second.json()["choice_id"],)).fetchone() == (4, 1280, 720, 2.0)
+    assert client.post(f"{url}/refine", headers=headers).status_code == 200
+    with sqlite3.connect(server.db_path) as db:
+        choice_id, params = db.execute("select choice_id, params from refinements where round_id = ?",
+                                       (body["round_id"],)).fetchone()
+    assert choice_id == second.json()["choice_id"] and json.loads(params)["preferred"] == [ids[2]]
+    export = client.get(f"{API}/export", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    mine = [row for line in export.text.splitlines() if (row := json.loads(line))["round_id"] == body["round_id"]]
+    assert [(r["chosen_candidate_id"], r["rejected_candidate_id"]) for r in mine] == [(ids[2], ids[0])]
+    assert int(export.headers["x-superseded-choices"]) >= 1
+
+
+def test_session_lists_and_zip_download(client, first_round):
+    import io
+    import zipfile
+
+    session_id, headers, body = first_round
+    later_id, later = _session(client, "Ada")  # the same name: the same annotator, a second session
+    _other_id, other = _session(client, "Grace")
+    listed = client.get(f"{API}/sessions", headers=later).json()["sessions"]
+    assert [s["session_id"] for s in listed][:2] == [later_id, session_id] and listed[0]["current"]
+    assert listed[1]["rounds"] >= 1 and listed[0]["rounds"] == 0
+    assert session_id not in {s["session_id"] for s in client.get(f"{API}/sessions", headers=other).json()["sessions"]}
+    rounds = client.get(f"{API}/sessions/{session_id}/rounds", headers=headers)
+    assert rounds.status_code == 200, rounds.text
+    first = rounds.json()["rounds"][0]
+    assert first["round_id"] == body["round_id"] and first["start"]["id"] == body["restored"]["id"]
+    assert client.get(first["start"]["url"], headers=headers).status_code == 200
+    assert client.get(f"{API}/sessions/{session_id}/rounds", headers=other).status_code == 403
+    assert client.get(f"{API}/sessions/{session_id}/download", headers=other).status_code == 403
+    zipped = client.get(f"{API}/sessions/{session_id}/download", headers=headers)
+    assert zipped.status_code == 200 and zipped.headers["content-type"] == "application/zip"
+    with zipfile.ZipFile(io.BytesIO(zipped.content)) as archive:
+        record = json.loads(archive.read("session.json"))
+        names = set(archive.namelist())
+        assert record["session"]["id"] == session_id
+        assert [r["round_id"] for r in record["rounds"]] == [r["round_id"] for r in rounds.json()["rounds"]]
+        shown = {c["image"] for r in record["rounds"] for c in r["candidates"]}
+        assert {f"images/{i}.png" for i in shown} <= names
+        assert archive.read(f"images/{body['restored']['id']}.png").startswith(b"\x89PNG")
+
+
 def test_images_404_and_traversal(client, first_round):
     _sid, headers, _ = first_round
     assert client.get(f"{API}/images/{'0' * 64}", headers=headers).status_code == 404

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import threading
 
 import gradio as gr
@@ -13,12 +14,12 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from sqlalchemy import select
 
-from feedback import ui
+from feedback import store, ui
 from feedback.api import build_api
 from feedback.db import open_database
 from feedback.engine import EngineSettings, RefineSettings, RoundSettings
 from feedback.errors import Conflict, InputError
-from feedback.models import Candidate, Refinement, Round, SourceImage
+from feedback.models import Candidate, Choice, Refinement, Round, SourceImage
 from feedback.service import Busy, EngineGate, FeedbackService
 from feedback.uploads import UploadLimits, check_image_array, decode_image_bytes
 from restoration.diffusion.priors import build_pixel_unet, save_pixel_prior
@@ -193,6 +194,78 @@ def test_ui_handlers(service):
         assert png.size == (6 + 5 * (64 + 6), 2 * 22 + (48 + 22) + (64 + 22) + 6)
     state, items, *_ = ui.next_round(service, state, 2, -1, "", True)
     assert len(items) == 3 and "next_round_id" not in state
+
+
+def test_page_submissions_record_once_per_click_and_a_changed_mind_supersedes(service):
+    """Submit twice with the same marks (a double click): one choice. Change the marks and submit: it supersedes the
+    first. Back to the first marks: a third choice (not the first one revived), which refine then uses."""
+    state, _msg = ui.sign_in(service, "Lin", {})
+    path = str(service.images.path_for(service.images.put_array(_image(32, seed=5))))
+    state, *_ = ui.restore(service, state, path, "none", "nlm", 4)
+    state, *_ = ui.generate(service, state, 2, 4, "", True)
+    round_id, ids = state["round_id"], state["candidate_ids"]
+
+    def live() -> tuple[int, int, list[str]]:
+        with service.db.reads.begin() as s:
+            choices = s.scalars(select(Choice).where(Choice.round_id == round_id)).all()
+            current = store.latest_choice(s, round_id)
+            return len(choices), sum(c.superseded_at is not None for c in choices), current.preferred_ids
+
+    msg, _ = ui.submit_pairwise(service, state, ["#1"], ["#3", "#2"], [])
+    ui.submit_pairwise(service, state, ["#1"], ["#2", "#3"], [])  # the same marks, listed in another order
+    assert live() == (1, 0, [ids[0]]) and "replacing" not in msg
+    msg, _ = ui.submit_pairwise(service, state, ["#2"], ["#1"], [])
+    assert live() == (2, 1, [ids[1]]) and "replacing the earlier choice" in msg
+    ui.submit_pairwise(service, state, ["#1"], ["#2", "#3"], [])
+    ui.submit_pairwise(service, state, ["#1"], ["#2", "#3"], [])
+    assert live() == (3, 2, [ids[0]])
+    with pytest.raises(gr.Error, match="tiles are named"):
+        ui.submit_pairwise(service, state, ["1"], ["#2"], [])
+    result = service.refine(round_id, generate_next=False)
+    with service.db.reads.begin() as s:
+        assert s.get(Refinement, result.refinement_id).params["preferred"] == [ids[0]]
+
+
+def test_the_browser_keeps_its_sessions_and_the_page_continues_any_of_them(service):
+    """Two sessions started in one browser: a reload resumes the current one at its latest round with the live
+    choice's marks; the other one and an earlier round can be continued; a token the server does not know is
+    forgotten; the session zip holds the record and the images."""
+    import zipfile
+
+    from feedback import ui_sessions
+
+    quiet = lambda *a, **k: None  # noqa: E731 - no progress bar outside a page
+    path = str(service.images.path_for(service.images.put_array(_image(32, seed=9))))
+    out = ui_sessions.start_session(service, "Mo", None, True)
+    first_state, browser = out[0], out[-1]
+    state = ui.restore(service, first_state, path, "none", "nlm", 5, progress=quiet)[0]
+    state = ui.generate(service, state, 2, 5, "", True, progress=quiet)[0]
+    ui.submit_pairwise(service, state, ["#2"], ["#1"], [])
+    first_round = state["round_id"]
+    out = ui_sessions.start_session(service, "Mo", browser, True)  # a second session in the same browser
+    browser = out[-1]
+    assert [s["id"] for s in browser["sessions"]] == [first_state["session_id"], out[0]["session_id"]]
+    assert out[0]["rounds"] == [] and out[3] == []
+
+    resumed = ui_sessions.resume(service, {**browser, "current": first_state["session_id"]}, True)
+    assert resumed[0]["round_id"] == first_round and "Welcome back" in resumed[6]
+    assert resumed[4]["value"] == ["#2"] and resumed[5]["value"] == ["#1"]  # the live choice's marks
+    assert len(resumed[8]) == 1 and resumed[8][0][1].startswith("round 0 · chosen")
+    switched = ui_sessions.switch_session(service, browser, out[0]["session_id"], True)
+    assert switched[0] == {"session_id": out[0]["session_id"], "rounds": []} and switched[-1]["current"] == \
+        out[0]["session_id"]
+    opened = ui_sessions.open_round(service, resumed[0], browser, True, gr.SelectData(None, {"index": 0,
+                                                                                            "value": None}))
+    assert opened[0]["round_id"] == first_round
+    with pytest.raises(gr.Error):
+        ui_sessions.switch_session(service, browser, "f" * 32, True)
+    stale = {"current": "x" * 32, "sessions": [{"id": "x" * 32, "token": "not-a-token", "at": "2026"}]}
+    assert all(isinstance(v, type(gr.skip())) for v in ui_sessions.resume(service, stale, True))
+    with zipfile.ZipFile(ui_sessions.session_zip(service, resumed[0])) as archive:
+        record = json.loads(archive.read("session.json"))
+        assert [r["round_id"] for r in record["rounds"]] == [first_round]
+        assert record["rounds"][0]["live_choice_id"] and len(archive.namelist()) == 1 + 4  # input, start, 2 cands
+        assert record["rounds"][0]["candidates"][0]["image"] + ".png" in " ".join(archive.namelist())
 
 
 def _click(service, state, preferred, rejected, index):

@@ -32,6 +32,8 @@ MAX_EXAMPLES = 25
 #: Every operation of GET /openapi.json; test_every_route_is_fuzzed fails when this list is out of date.
 OPERATIONS = [
     "GET /api/v1/health", "POST /api/v1/sessions", "POST /api/v1/sessions/{session_id}/rounds",
+    "GET /api/v1/sessions", "GET /api/v1/sessions/{session_id}/rounds", "GET /api/v1/sessions/{session_id}/download",
+    "GET /api/v1/sessions/{session_id}/progress", "POST /api/v1/sessions/{session_id}/cancel",
     "GET /api/v1/rounds/{round_id}", "POST /api/v1/rounds/{round_id}/choices", "POST /api/v1/rounds/{round_id}/auto",
     "POST /api/v1/rounds/{round_id}/refine", "GET /api/v1/images/{id}", "GET /api/v1/export",
     "POST /api/v1/studies", "GET /api/v1/studies", "GET /api/v1/studies/{study_id}",

@@ -82,6 +82,11 @@ def _request(env, label: str) -> tuple[str, str, dict]:
         "GET /api/v1/health": ("GET", f"{API}/health", {}),
         "POST /api/v1/sessions": ("POST", f"{API}/sessions", {"json": {"annotator": "someone"}}),
         "POST /api/v1/sessions/{session_id}/rounds": ("POST", f"{API}/sessions/{sid}/rounds", png),
+        "GET /api/v1/sessions": ("GET", f"{API}/sessions", {}),
+        "GET /api/v1/sessions/{session_id}/rounds": ("GET", f"{API}/sessions/{sid}/rounds", {}),
+        "GET /api/v1/sessions/{session_id}/download": ("GET", f"{API}/sessions/{sid}/download", {}),
+        "GET /api/v1/sessions/{session_id}/progress": ("GET", f"{API}/sessions/{sid}/progress", {}),
+        "POST /api/v1/sessions/{session_id}/cancel": ("POST", f"{API}/sessions/{sid}/cancel", {}),
         "GET /api/v1/rounds/{round_id}": ("GET", f"{API}/rounds/{rnd['round_id']}", {}),
         "POST /api/v1/rounds/{round_id}/choices": ("POST", f"{API}/rounds/{rnd['round_id']}/choices",
                                                    {"json": {"preferred": cands[:1], "rejected": cands[1:]}}),
@@ -114,6 +119,11 @@ ACCESS = {
     "GET /api/v1/health": "public",
     "POST /api/v1/sessions": "public",
     "POST /api/v1/sessions/{session_id}/rounds": "session",
+    "GET /api/v1/sessions": "self",  # any session: the sessions of its own annotator
+    "GET /api/v1/sessions/{session_id}/rounds": "session",
+    "GET /api/v1/sessions/{session_id}/download": "session",
+    "GET /api/v1/sessions/{session_id}/progress": "session",
+    "POST /api/v1/sessions/{session_id}/cancel": "session",
     "GET /api/v1/rounds/{round_id}": "session",
     "POST /api/v1/rounds/{round_id}/choices": "session",
     "POST /api/v1/rounds/{round_id}/auto": "session",
@@ -163,7 +173,7 @@ def test_no_valid_token_is_401(env, label, caller):
     assert r.json()["error"] and r.headers["www-authenticate"] == "Bearer"
 
 
-@pytest.mark.parametrize("label", [k for k, v in ACCESS.items() if v != "public"])
+@pytest.mark.parametrize("label", [k for k, v in ACCESS.items() if v not in ("public", "self")])
 def test_another_sessions_token_is_refused(env, label):
     kind = ACCESS[label]
     others = [env["sessions"]["B"][1]]  # a plain session that owns nothing here
@@ -180,11 +190,14 @@ def test_another_sessions_token_is_refused(env, label):
 @pytest.mark.parametrize("label", list(ACCESS))
 def test_owner_and_admin_are_allowed(env, label):
     kind = ACCESS[label]
-    owner = {"session": env["sessions"]["A"][1], "participant": env["participants"]["P"][1]}.get(kind)
+    owner = {"session": env["sessions"]["A"][1], "self": env["sessions"]["A"][1],
+             "participant": env["participants"]["P"][1]}.get(kind)
     for headers in ([owner] if owner else []) + [ADMIN]:
         r = _call(env, label, headers)
         assert r.status_code not in (401, 403), (label, r.text)
-        if label == "POST /api/v1/studies":
+        if kind == "self" and headers is ADMIN:
+            assert r.status_code == 400 and "no annotator" in r.json()["error"]
+        elif label == "POST /api/v1/studies":
             assert r.status_code == 400  # the definition is invalid on purpose; access was granted
         elif label == "POST /api/v1/studies/{study_id}/withdraw":
             assert r.status_code == 404  # no participant has that code
