@@ -41,6 +41,7 @@ OPERATIONS = [
     "GET /api/v1/studies/{study_id}/analysis", "GET /api/v1/studies/{study_id}/export",
     "POST /api/v1/studies/{study_id}/participants", "GET /api/v1/studies/{study_id}/participants/{participant_id}/next",
     "POST /api/v1/studies/{study_id}/participants/{participant_id}/items/{k}/vote",
+    "POST /api/v1/studies/{study_id}/participants/{participant_id}/withdraw",
     "POST /api/v1/studies/{study_id}/withdraw", "GET /study/{study_id}", "GET /study-admin",
 ]
 CHECKS = [schemathesis.checks.not_a_server_error, openapi_checks.status_code_conformance,
