@@ -90,10 +90,10 @@ def test_command_prints_the_json_contract(tmp_path, tiny_prior):
     assert result["naive_candidates_seconds"] > 0 and result["speedup_vs_naive"] > 0
     assert result["peak_memory_mb"] > 10
     assert result["prior"]["kind"] == "pixel"
-    # 2 candidates (strengths 0.1, 0.2): ladder to 0.2 once (4) + 2 x 4 steps; naive 2 + 4 rungs + 2 x 4
-    assert result["unet_samples"] == {"candidates": 12, "refine": 16, "naive_candidates": 14}
-    # the candidates' U-Net passes: 12 images of the tiny U-Net's FLOPs at 32 px, over the stage's median time
-    assert result["unet_tflop"]["candidates"] == pytest.approx(12 * unet_flops(tiny_prior, (12, 16, 16)) / 1e12)
+    # 2 candidates (strengths 0.05, 0.1): ladder to 0.1 once (2 rungs) + 2 x 3 steps; naive 1 + 2 rungs + 2 x 3
+    assert result["unet_samples"] == {"candidates": 8, "refine": 16, "naive_candidates": 9}
+    # the candidates' U-Net passes: 8 images of the tiny U-Net's FLOPs at 32 px, over the stage's median time
+    assert result["unet_tflop"]["candidates"] == pytest.approx(8 * unet_flops(tiny_prior, (12, 16, 16)) / 1e12)
     assert result["unet_tflops"]["candidates"] == pytest.approx(
         result["unet_tflop"]["candidates"] / result["seconds"]["candidates"])
     assert result["peak_tflops"] is None and result["peak_fraction"] is None  # no known peak for a CPU
@@ -109,8 +109,8 @@ def test_large_image_options_tile_and_skip_the_naive_loop(tmp_path, tiny_prior):
     assert result["naive_candidates_seconds"] is None and result["speedup_vs_naive"] is None
     assert result["naive_max_abs_diff"] is None and result["tile"] == 48
     # tile 48 with overlap 6 -> 4 rounded to the U-Net multiple: 3 x 3 tiles of a 96 px image per call;
-    # candidates: ladder to 0.2 (4 rungs) + 2 steps x 2 rows; refine: 2 + 2 steps of one row
-    assert result["unet_samples"] == {"candidates": 9 * (4 + 4), "refine": 9 * 4}
+    # candidates: ladder to 0.1 (2 rungs) + 2 steps x 2 rows; refine: 2 + 2 steps of one row
+    assert result["unet_samples"] == {"candidates": 9 * (2 + 4), "refine": 9 * 4}
     assert result["candidate_config"]["steps"] == 2 and result["refine_config"]["steps"] == 2
 
 
