@@ -24,7 +24,7 @@ from PIL import Image
 
 from feedback.engine import RefineSettings
 from feedback.errors import FeedbackError
-from feedback.service import Busy, FeedbackService, RoundView
+from feedback.service import Busy, FeedbackService, RoundView, _to_tensor
 
 SAMPLES_DIR = Path(__file__).resolve().parents[1] / "assets" / "samples"
 #: Degradation specs offered in the dropdown (any spec can be typed; see restoration.degradations).
@@ -433,7 +433,7 @@ def contact_sheet_file(service: FeedbackService, round_id: str, refined_id: str 
     from restoration.sheet import candidate_label, round_sheet, save_png_atomically
 
     view = service.get_round(round_id)
-    load = lambda image_id: _tensor(service.images.get_array(image_id))  # noqa: E731
+    load = lambda image_id: _to_tensor(service.images.get_array(image_id))  # noqa: E731
     cands = [(candidate_label(f"#{c.position + 1}", c.strength, c.seed), load(c.image_id))
              for c in view.candidates if not c.is_restored]
     start_label = "restored" if view.round_index == 0 else f"start of round {view.round_index}"
@@ -442,12 +442,6 @@ def contact_sheet_file(service: FeedbackService, round_id: str, refined_id: str 
     path = Path(tempfile.gettempdir()) / "ttpo-lab-sheets" / f"round-{round_id}.png"
     save_png_atomically(sheet, path)
     return str(path)
-
-
-def _tensor(array: np.ndarray):
-    import torch
-
-    return torch.from_numpy(array.astype(np.float32) / 255.0).permute(2, 0, 1).unsqueeze(0)
 
 
 @user_errors

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -124,8 +125,6 @@ def round_sheet(input_image: torch.Tensor, start: torch.Tensor, candidates: Sequ
 
 def save_png_atomically(image: Image.Image, path) -> None:
     """Write a PIL image as PNG through a temporary sibling, so a reader never sees half a file."""
-    from pathlib import Path
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
