@@ -35,6 +35,7 @@ from restoration.diffusion.priors import DiffusionPrior, PriorNotFoundError, loa
 from restoration.diffusion.sampling import start_timestep
 from restoration.io import list_images, load_image, resize_short_side_center_crop
 from restoration.metrics import psnr
+from restoration.runtime import resolve_device
 
 
 def noise_sigma(prior: DiffusionPrior, t: int) -> float:
@@ -151,9 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         files = list_images(a.images)[: a.limit or None]
         if a.threads:
             torch.set_num_threads(a.threads)
-        device = "cuda" if a.device == "auto" and torch.cuda.is_available() else (
-            "cpu" if a.device == "auto" else a.device)
-        prior = load_prior(a.prior, device)
+        prior = load_prior(a.prior, resolve_device(a.device))
         photos = [(f.name, resize_short_side_center_crop(load_image(f), a.size)) for f in files]
     except (ValueError, FileNotFoundError, PriorNotFoundError) as exc:
         log(f"error: {exc}")

@@ -38,7 +38,7 @@ from restoration.diffusion.priors import (
     save_pixel_prior,
 )
 from restoration.io import list_images
-from restoration.runtime import tune_allocator
+from restoration.runtime import resolve_device, tune_allocator
 
 #: scikit-image's bundled colour photographs (no downloads needed).
 SKIMAGE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry")
@@ -174,8 +174,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     tune_allocator()
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    device = torch.device(resolve_device(args.device))
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, crop=args.crop, lr=args.lr, warmup=args.warmup,
                       max_t=args.max_t, seed=args.seed, prediction=args.prediction,
                       min_snr=args.min_snr)
