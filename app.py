@@ -4,8 +4,8 @@
                   [--rate-limit 30] [--rate-burst 10] [--prior FOLDER] [--extra-prior NAME=FOLDER ...]
                   [--backbone NAME=PATH_OR_BUILTIN ...] [--backbone DEFAULT] [--device auto]
 
-Handlers live in feedback/ui.py (annotation) and feedback/admin_ui.py (the admin tab: studies, analysis,
-export; behind the admin token), routes in feedback/api.py, the loop in feedback/service.py.
+Handlers live in feedback/web/ui.py (annotation) and feedback/web/admin_ui.py (the admin tab: studies, analysis,
+export; behind the admin token), routes in feedback/web/api.py, the loop in feedback/loop/service.py.
 Small engine settings for tests and demos: `--candidates 2 --candidate-steps 2 --refine-steps 2`, or
 TTPO_FAST=1 (the same). The admin token may also come from $TTPO_ADMIN_TOKEN; the database URL from
 $TTPO_DB_URL (default: SQLite in the data directory). Alembic migrations are applied on start.
@@ -24,17 +24,17 @@ import restoration  # noqa: F401 - first: offline by default (restoration/offlin
 import gradio as gr
 from fastapi import FastAPI
 
-from feedback import admin_ui, ui, ui_sessions
-from feedback.api import build_api
-from feedback.db import open_database
-from feedback.engine import DEFAULT_PRIOR, DTYPE_OF_PRECISION, EngineSettings, RefineSettings, RoundSettings
-from feedback.export import FORMATS, VARIANTS
-from feedback.models import REASON_TAGS
-from feedback.ratelimit import RateLimit
-from feedback.service import FeedbackService
-from feedback.study_api import build_study_router
-from feedback.study_service import StudyService
-from feedback.uploads import UploadLimits
+from feedback.analysis.export import FORMATS, VARIANTS
+from feedback.loop.engine import DEFAULT_PRIOR, DTYPE_OF_PRECISION, EngineSettings, RefineSettings, RoundSettings
+from feedback.loop.ratelimit import RateLimit
+from feedback.loop.service import FeedbackService
+from feedback.loop.uploads import UploadLimits
+from feedback.record.db import open_database
+from feedback.record.models import REASON_TAGS
+from feedback.studies.service import StudyService
+from feedback.web import admin_ui, ui, ui_sessions
+from feedback.web.api import build_api
+from feedback.web.study_api import build_study_router
 
 OFFLINE_METRICS = ("piqe", "entropy")  # no downloaded weights needed
 PAGE_JS = Path(ui.__file__).resolve().parent / "page.js"  # keyboard shortcuts, the 1:1 compare view
@@ -66,7 +66,8 @@ def candidate_concurrency(service: FeedbackService) -> int:
 
 def annotate_tab(service: FeedbackService) -> None:
     """Restore -> candidates -> compare and mark tiles -> refine, with settings, progress and cancel, keyboard
-    shortcuts, the 1:1 compare view (feedback/page.js) and the sessions this browser keeps (feedback/ui_sessions.py)."""
+    shortcuts, the 1:1 compare view (feedback/web/page.js) and the sessions this browser keeps
+    (feedback/web/ui_sessions.py)."""
     eng = service.worker.settings
     bind = lambda fn: ui.bind(service, fn)  # noqa: E731 - handlers take the service first
     state = gr.State({})
@@ -152,7 +153,7 @@ def annotate_tab(service: FeedbackService) -> None:
         auto = gr.Button("Auto mode: let the metric choose", elem_id="auto", size="sm")
         refine_btn = gr.Button("Refine", variant="primary", elem_id="refine")
         next_btn = gr.Button("Next round", elem_id="next_round")
-    # set by feedback/page.js: a mark from the compare view, Esc, and the viewing facts sent with each choice
+    # set by feedback/web/page.js: a mark from the compare view, Esc, and the viewing facts sent with each choice
     mark_request = gr.Textbox(visible="hidden", elem_id="mark_request")
     mark_apply = gr.Button(visible="hidden", elem_id="mark_apply")
     clear_btn = gr.Button(visible="hidden", elem_id="clear_marks")
@@ -275,7 +276,7 @@ def admin_tab(studies: StudyService) -> None:
         export_file = gr.File(label="Dataset (zip)", interactive=False, elem_id="admin_export_file")
 
     with gr.Accordion("Create a study", open=False):
-        gr.Markdown("A study definition in JSON or YAML (fields: see `feedback/study.py`); image paths are read on "
+        gr.Markdown("A study definition in JSON or YAML (fields: see `feedback/studies/study.py`); image paths are read on "
                     "the server and checked now; every stimulus x condition is then computed in the background "
                     "(the study list shows the progress).")
         with gr.Row():

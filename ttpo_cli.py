@@ -21,13 +21,13 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("restoration.bench", "time one round, stage by stage"),
     "train": ("restoration.train", "train the SIPL network"),
     "train-prior": ("restoration.train_prior", "train the pixel diffusion prior"),
-    "export": ("feedback.export", "the preference dataset (Parquet or JSONL)"),
-    "analysis": ("feedback.analysis", "study analysis: win rates, Bradley-Terry, agreement"),
-    "study": ("feedback.study_service", "create and manage user studies"),
-    "regenerate": ("feedback.regenerate", "recompute a recorded round and compare it with the stored images"),
-    "integrity": ("feedback.integrity", "check a database and its image files"),
-    "loadtest": ("feedback.loadtest", "load-test a running app"),
-    "db": ("feedback.db", "database migrations"),
+    "export": ("feedback.analysis.export", "the preference dataset (Parquet or JSONL)"),
+    "analysis": ("feedback.analysis.report", "study analysis: win rates, Bradley-Terry, agreement"),
+    "study": ("feedback.studies.service", "create and manage user studies"),
+    "regenerate": ("feedback.loop.regenerate", "recompute a recorded round and compare it with the stored images"),
+    "integrity": ("feedback.ops.integrity", "check a database and its image files"),
+    "loadtest": ("feedback.ops.loadtest", "load-test a running app"),
+    "db": ("feedback.record.db", "database migrations"),
 }
 
 

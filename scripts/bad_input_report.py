@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from feedback.uploads import UploadLimits, decode_image_bytes
+from feedback.loop.uploads import UploadLimits, decode_image_bytes
 from tests.bad_inputs import corpus, outcome
 
 

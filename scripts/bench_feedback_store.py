@@ -15,9 +15,9 @@ import uuid
 
 import numpy as np
 
-from feedback import store
-from feedback.db import open_database
-from feedback.store import CandidateSpec
+from feedback.record import store
+from feedback.record.db import open_database
+from feedback.record.store import CandidateSpec
 
 
 def fake_hash(label: str) -> str:

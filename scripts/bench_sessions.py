@@ -6,7 +6,7 @@
 Each session is a thread calling the real `FeedbackService` (shipped SIPL weights, default prior, SQLite in a
 temporary folder, images on disk): upload + degrade (`noise:25`, seeded) + restore, candidates, automated
 choice (piqe), refinement. The engine runs one computation at a time; candidate requests that wait together
-share batches (`feedback.batching`, at most --batch-sessions images; 1 turns batching off). Prints one JSON
+share batches (`feedback.loop.batching`, at most --batch-sessions images; 1 turns batching off). Prints one JSON
 object: rounds per minute, round latency percentiles, and the sizes of the candidate batches that ran.
 """
 from __future__ import annotations
@@ -44,9 +44,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from feedback.db import open_database
-    from feedback.engine import DTYPE_OF_PRECISION, EngineSettings
-    from feedback.service import FeedbackService
+    from feedback.loop.engine import DTYPE_OF_PRECISION, EngineSettings
+    from feedback.loop.service import FeedbackService
+    from feedback.record.db import open_database
     from restoration.bench import available_cpus, bench_input, peak_memory_mb
     from restoration.diffusion.priors import resolve_precision
 

@@ -2,7 +2,7 @@
 
     python scripts/reliability_drills.py [--clients 32] [--votes 25] [--kills 3] [--no-postgres] [--out FILE]
 
-1. load on SQLite: one app, `--clients` x `--votes` votes (feedback.loadtest), then a generation burst;
+1. load on SQLite: one app, `--clients` x `--votes` votes (feedback.ops.loadtest), then a generation burst;
 2. crash: `--kills` times, SIGKILL the app while 4 clients stream votes, restart it on the same files,
    check the database and that every acknowledged vote is stored once, then resend what got no answer;
 3. PostgreSQL: a throwaway server (tests/pg.py), two app replicas sharing it and one image store, the
@@ -23,7 +23,7 @@ from tempfile import TemporaryDirectory
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from feedback.loadtest import (
+from feedback.ops.loadtest import (
     LoadConfig,
     create_session_round,
     generation_burst,

@@ -3,7 +3,7 @@
 Engine settings are tiny (2 candidates, 2 diffusion steps each way); the backbone is sipl when its
 weights are installed, else the weight-free nlm. `running_app(tmp)` yields an `AppServer` once
 /api/v1/health reports the engine loaded, and kills the process (by its pid) at the end.
-`crash_drill` kills one with SIGKILL in a stream of votes (used by tests/test_reliability.py and
+`crash_drill` kills one with SIGKILL in a stream of votes (used by tests/feedback/ops/test_reliability.py and
 scripts/reliability_drills.py).
 """
 
@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 from sqlalchemy import create_engine, text
 
-from feedback.loadtest import (
+from feedback.ops.loadtest import (
     LoadConfig,
     LoadReport,
     Vote,

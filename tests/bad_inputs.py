@@ -1,4 +1,4 @@
-"""A corpus of uploads, good and bad, for `feedback.uploads.decode_image_bytes` and the REST API.
+"""A corpus of uploads, good and bad, for `feedback.loop.uploads.decode_image_bytes` and the REST API.
 
 `corpus(limits)` returns `Case`s: (name, kind, data, expected) with expected "ok" or "refused", plus for
 "ok" cases the decoded shape and a few probe pixels. Every image has the same picture: a 48x32 (W x H)
@@ -23,7 +23,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
-from feedback.uploads import UploadLimits
+from feedback.loop.uploads import UploadLimits
 
 WIDTH, HEIGHT, BLOCK = 48, 32, 8
 RED, BLUE = (220, 40, 40), (40, 120, 200)
@@ -277,7 +277,7 @@ def check_decoded(case: Case, array: np.ndarray) -> list[str]:
 
 def outcome(case: Case, decode: Callable[[bytes], np.ndarray]) -> tuple[str, str]:
     """Run one case -> (actual outcome "ok"/"refused", detail: the refusal message or the problems found)."""
-    from feedback.errors import InputError
+    from feedback.record.errors import InputError
 
     try:
         array = decode(case.data)

@@ -10,10 +10,10 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-from feedback.db import open_database
-from feedback.engine import EngineSettings, RefineSettings, RoundSettings
-from feedback.ratelimit import RateLimit
-from feedback.service import FeedbackService
+from feedback.loop.engine import EngineSettings, RefineSettings, RoundSettings
+from feedback.loop.ratelimit import RateLimit
+from feedback.loop.service import FeedbackService
+from feedback.record.db import open_database
 from restoration.diffusion.priors import DiffusionPrior, save_pixel_prior
 
 try:

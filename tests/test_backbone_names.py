@@ -15,11 +15,11 @@ from PIL import Image
 from safetensors.torch import save_file
 from spandrel.architectures.Compact import Compact
 
-from feedback.api import build_api
-from feedback.db import open_database
-from feedback.engine import EngineSettings, RefineSettings, RoundSettings
-from feedback.errors import InputError
-from feedback.service import FeedbackService
+from feedback.loop.engine import EngineSettings, RefineSettings, RoundSettings
+from feedback.loop.service import FeedbackService
+from feedback.record.db import open_database
+from feedback.record.errors import InputError
+from feedback.web.api import build_api
 from restoration.backbones.registry import create_restorer
 from restoration.diffusion.priors import save_pixel_prior
 from restoration.runtime import resolve_device
@@ -132,8 +132,8 @@ def test_rest_round_with_a_registered_backbone_records_it(service, tmp_path):
 
 
 def test_study_conditions_take_registered_names(service):
-    from feedback.study import study_from_dict
-    from feedback.study_prepare import check_conditions
+    from feedback.studies.prepare import check_conditions
+    from feedback.studies.study import study_from_dict
 
     base = {"name": "s", "images": ["x"], "consent_text": "ok", "consent_version": "1"}
     study = study_from_dict({**base, "conditions": ["tiny4", "ttpo-auto:tiny4", "nlm"]})

@@ -17,13 +17,13 @@ from PIL import Image
 from safetensors.torch import save_file
 from spandrel.architectures.Compact import Compact
 
-from feedback import ui
-from feedback.api import build_api
-from feedback.db import open_database
-from feedback.engine import EngineSettings, RefineSettings, RoundSettings
-from feedback.errors import InputError
-from feedback.service import FeedbackService
-from feedback.uploads import UploadLimits
+from feedback.loop.engine import EngineSettings, RefineSettings, RoundSettings
+from feedback.loop.service import FeedbackService
+from feedback.loop.uploads import UploadLimits
+from feedback.record.db import open_database
+from feedback.record.errors import InputError
+from feedback.web import ui
+from feedback.web.api import build_api
 from restoration.backbones.registry import create_restorer
 from restoration.diffusion.candidates import CandidateConfig
 from restoration.diffusion.priors import save_pixel_prior
@@ -178,7 +178,7 @@ def service(tmp_path, prior):
 def _count_rounds(service) -> int:
     from sqlalchemy import func, select
 
-    from feedback.models import Round
+    from feedback.record.models import Round
 
     with service.db.reads.begin() as s:
         return s.scalar(select(func.count()).select_from(Round))

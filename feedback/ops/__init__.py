@@ -1,0 +1,1 @@
+"""Operations: integrity checks of a record and the load test."""

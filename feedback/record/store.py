@@ -1,0 +1,498 @@
+"""Recording the preference loop: functions that take a Session and never open, commit or close one.
+
+The caller owns the transaction, one per user event:
+
+    with sessions.begin() as s:
+        choice, created = record_choice(s, round_id, preferred=[a], rejected=[b, c], kind="pairwise")
+
+Invalid input raises `InputError` (message says what is allowed), unknown ids raise `NotFound`.
+Image ids are the sha256 hex ids of `feedback.record.images`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from itertools import combinations
+from typing import Any, TypeVar
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, aliased
+
+from feedback.record.errors import Conflict, InputError, NotFound
+from feedback.record.models import (
+    CHOICE_KINDS,
+    ORIGINS,
+    REASON_TAGS,
+    ROUND_STATUSES,
+    Annotator,
+    Base,
+    Candidate,
+    Choice,
+    ChoiceCandidate,
+    PreferencePair,
+    Refinement,
+    Round,
+    SessionRow,
+    SourceImage,
+    utcnow,
+)
+
+ModelT = TypeVar("ModelT", bound=Base)
+
+HEX64 = re.compile(r"[0-9a-f]{64}")
+SELECTOR_PATTERN = re.compile(r"[A-Za-z0-9_.:+,\-]{1,200}")
+MAX_IDEMPOTENCY_KEY = 128
+MAX_DECISION_MS = 24 * 3600 * 1000
+TIE_LABEL = 0.5
+MAX_SEED = 2**63 - 1  # BIGINT
+WIN_LABEL = 1.0
+
+
+# ----------------------------------------------------------------------------------------- checks
+def _hash(name: str, value: Any, *, optional: bool = False) -> str | None:
+    if value is None and optional:
+        return None
+    if not isinstance(value, str) or not HEX64.fullmatch(value):
+        raise InputError(f"{name} must be a sha256 hex digest (64 lowercase hex characters), got {str(value)[:80]!r}")
+    return value
+
+
+def _text(name: str, value: Any, max_len: int, *, optional: bool = False) -> str | None:
+    if value is None and optional:
+        return None
+    if not isinstance(value, str) or not value.strip() or len(value) > max_len:
+        raise InputError(f"{name} must be non-empty text of at most {max_len} characters, got {str(value)[:80]!r}")
+    return value
+
+
+def _json(name: str, value: Any) -> Any:
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"{name} must be JSON (no NaN/inf; use null for missing scores): {exc}") from None
+    return value
+
+
+def _int(name: str, value: Any, low: int, high: int, *, optional: bool = False) -> int | None:
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise InputError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
+    return value
+
+
+def _get(s: Session, model: type[ModelT], object_id: Any, what: str) -> ModelT:
+    if not isinstance(object_id, str) or not object_id:
+        raise NotFound(f"{what} id must be a non-empty string, got {object_id!r}")
+    obj = s.get(model, object_id)
+    if obj is None:
+        raise NotFound(f"no {what} with id {object_id[:80]!r}")
+    return obj
+
+
+# ------------------------------------------------------------------------------ sessions, images
+def create_annotator_session(s: Session, pseudonym: str, token_hash: str, *, study_id: str | None = None,
+                             condition: str | None = None) -> SessionRow:
+    """Start a session for the annotator with this pseudonym (created on first visit); store only the token hash."""
+    _hash("pseudonym", pseudonym)
+    _hash("token_hash", token_hash)
+    annotator = s.scalar(select(Annotator).where(Annotator.pseudonym == pseudonym))
+    if annotator is None:
+        try:
+            with s.begin_nested():  # two first visits at once: the unique pseudonym lets one win
+                annotator = Annotator(pseudonym=pseudonym)
+                s.add(annotator)
+        except IntegrityError:
+            annotator = s.scalars(select(Annotator).where(Annotator.pseudonym == pseudonym)).one()
+    row = SessionRow(annotator=annotator, token_hash=token_hash,
+                     study_id=_text("study_id", study_id, 64, optional=True),
+                     condition=_text("condition", condition, 64, optional=True))
+    s.add(row)
+    s.flush()
+    return row
+
+
+def session_by_token_hash(s: Session, token_hash: str) -> SessionRow:
+    """The session authenticated by this token hash; NotFound when none."""
+    row = s.scalar(select(SessionRow).where(SessionRow.token_hash == _hash("token_hash", token_hash)))
+    if row is None:
+        raise NotFound("no session for this token")
+    return row
+
+
+def add_source_image(s: Session, *, image_hash: str, width: int, height: int, origin: str,
+                     session_id: str | None = None, degradation_spec: str | None = None,
+                     degradation_seed: int | None = None, degradation_params: dict[str, Any] | None = None,
+                     gt_image_hash: str | None = None, degraded_image_hash: str | None = None) -> SourceImage:
+    """Record an image a round can start from; for synthetic degradations, how to regenerate it."""
+    if origin not in ORIGINS:
+        raise InputError(f"origin must be one of {', '.join(ORIGINS)}, got {origin!r}")
+    if session_id is not None:
+        _get(s, SessionRow, session_id, "session")
+    image = SourceImage(
+        session_id=session_id, image_hash=_hash("image_hash", image_hash),
+        width=_int("width", width, 1, 1 << 16), height=_int("height", height, 1, 1 << 16), origin=origin,
+        degradation_spec=_text("degradation_spec", degradation_spec, 512, optional=True),
+        degradation_seed=_int("degradation_seed", degradation_seed, 0, MAX_SEED, optional=True),
+        degradation_params=_json("degradation_params", degradation_params),
+        gt_image_hash=_hash("gt_image_hash", gt_image_hash, optional=True),
+        degraded_image_hash=_hash("degraded_image_hash", degraded_image_hash, optional=True),
+    )
+    s.add(image)
+    s.flush()
+    return image
+
+
+# ------------------------------------------------------------------------------ rounds, candidates
+def create_round(s: Session, *, session_id: str, source_image_id: str, backbone_name: str, code_version: str,
+                 device: str, dtype: str, parent_round_id: str | None = None,
+                 backbone_weights_hash: str | None = None, prior_id: str | None = None,
+                 prior_weights_hash: str | None = None, params: dict[str, Any] | None = None,
+                 seeds: list[int] | None = None, stage_seconds: dict[str, float] | None = None,
+                 restored_image_hash: str | None = None, status: str = "created",
+                 study_id: str | None = None, condition: str | None = None) -> Round:
+    """Record a round; its index is the parent's + 1 (0 without parent). The parent must be in the same session."""
+    _get(s, SessionRow, session_id, "session")
+    _get(s, SourceImage, source_image_id, "source image")
+    index = 0
+    if parent_round_id is not None:
+        parent = _get(s, Round, parent_round_id, "parent round")
+        if parent.session_id != session_id:
+            raise InputError(f"parent round {parent_round_id} belongs to another session")
+        index = parent.round_index + 1
+    if status not in ROUND_STATUSES:
+        raise InputError(f"status must be one of {', '.join(ROUND_STATUSES)}, got {status!r}")
+    seeds = list(seeds or [])
+    for seed in seeds:
+        _int("each seed", seed, 0, MAX_SEED)
+    rnd = Round(
+        session_id=session_id, source_image_id=source_image_id, parent_round_id=parent_round_id,
+        round_index=index, backbone_name=_text("backbone_name", backbone_name, 128),
+        backbone_weights_hash=_hash("backbone_weights_hash", backbone_weights_hash, optional=True),
+        prior_id=_text("prior_id", prior_id, 128, optional=True),
+        prior_weights_hash=_hash("prior_weights_hash", prior_weights_hash, optional=True),
+        params=_json("params", dict(params or {})), seeds=seeds,
+        code_version=_text("code_version", code_version, 64), device=_text("device", device, 64),
+        dtype=_text("dtype", dtype, 32), stage_seconds=_json("stage_seconds", dict(stage_seconds or {})),
+        restored_image_hash=_hash("restored_image_hash", restored_image_hash, optional=True), status=status,
+        study_id=_text("study_id", study_id, 64, optional=True),
+        condition=_text("condition", condition, 64, optional=True),
+    )
+    s.add(rnd)
+    s.flush()
+    return rnd
+
+
+def get_round(s: Session, round_id: str) -> Round:
+    """The round with this id; NotFound when none."""
+    return _get(s, Round, round_id, "round")
+
+
+def update_round(s: Session, round_id: str, *, restored_image_hash: str | None = None,
+                 stage_seconds: dict[str, float] | None = None, status: str | None = None,
+                 prior_id: str | None = None, prior_weights_hash: str | None = None) -> Round:
+    """Fill in what a round computed: the restored image, seconds per stage (merged), a new status, the
+    diffusion prior its candidates used."""
+    rnd = get_round(s, round_id)
+    if prior_id is not None:
+        rnd.prior_id = _text("prior_id", prior_id, 128)
+    if prior_weights_hash is not None:
+        rnd.prior_weights_hash = _hash("prior_weights_hash", prior_weights_hash)
+    if restored_image_hash is not None:
+        rnd.restored_image_hash = _hash("restored_image_hash", restored_image_hash)
+    if stage_seconds is not None:
+        rnd.stage_seconds = {**rnd.stage_seconds, **_json("stage_seconds", dict(stage_seconds))}
+    if status is not None:
+        if status not in ROUND_STATUSES:
+            raise InputError(f"status must be one of {', '.join(ROUND_STATUSES)}, got {status!r}")
+        rnd.status = status
+    s.flush()
+    return rnd
+
+
+@dataclass(frozen=True)
+class CandidateSpec:
+    """One image to show; `position` defaults to the next free slot of the round."""
+
+    image_hash: str
+    method: str
+    seed: int | None = None
+    strength: float | None = None
+    is_restored: bool = False
+    scores: dict[str, float | None] = field(default_factory=dict)
+    position: int | None = None
+
+
+def add_candidates(s: Session, round_id: str, specs: Sequence[CandidateSpec]) -> list[Candidate]:
+    """Record the candidates shown in a round, in order; sets the round's status to 'candidates'."""
+    rnd = get_round(s, round_id)
+    if not specs:
+        raise InputError("add_candidates needs at least one candidate")
+    taken = set(s.scalars(select(Candidate.position).where(Candidate.round_id == round_id)))
+    next_free = max(taken, default=-1) + 1
+    rows = []
+    for spec in specs:
+        position = spec.position
+        if position is None:
+            position, next_free = next_free, next_free + 1
+        _int("position", position, 0, 10_000)
+        if position in taken:
+            raise InputError(f"position {position} is already used in round {round_id}")
+        taken.add(position)
+        if spec.strength is not None and (isinstance(spec.strength, bool) or not math.isfinite(spec.strength)):
+            raise InputError(f"strength must be a finite number, got {spec.strength!r}")
+        rows.append(Candidate(
+            round_id=round_id, image_hash=_hash("image_hash", spec.image_hash),
+            method=_text("method", spec.method, 64), seed=_int("seed", spec.seed, 0, MAX_SEED, optional=True),
+            strength=None if spec.strength is None else float(spec.strength), is_restored=bool(spec.is_restored),
+            scores=_json("scores", dict(spec.scores)), position=position,
+        ))
+    s.add_all(rows)
+    if rnd.status == "created":
+        rnd.status = "candidates"
+    s.flush()
+    return rows
+
+
+def set_candidate_scores(s: Session, candidate_id: str, scores: dict[str, float | None]) -> Candidate:
+    """Merge automated metric scores into a candidate's scores."""
+    candidate = _get(s, Candidate, candidate_id, "candidate")
+    candidate.scores = {**candidate.scores, **_json("scores", dict(scores))}
+    s.flush()
+    return candidate
+
+
+# ---------------------------------------------------------------------------------------- choices
+def preference_pairs(kind: str, preferred: Sequence[str], rejected: Sequence[str]) -> list[tuple[str, str, float]]:
+    """(chosen, rejected, label) pairs of a choice: preferred x rejected at 1.0; a tie: all unordered pairs at 0.5."""
+    if kind == "pairwise":
+        return [(p, r, WIN_LABEL) for p in preferred for r in rejected]
+    if kind == "tie":
+        return [(a, b, TIE_LABEL) for a, b in combinations([*preferred, *rejected], 2)]
+    return []
+
+
+def _choice_ids(name: str, ids: Sequence[str]) -> list[str]:
+    if isinstance(ids, str) or not isinstance(ids, Sequence):
+        raise InputError(f"{name} must be a list of candidate ids, got {type(ids).__name__}")
+    ids = list(ids)
+    if not all(isinstance(i, str) and i for i in ids):
+        raise InputError(f"{name} must contain candidate id strings")
+    if len(set(ids)) != len(ids):
+        raise InputError(f"{name} lists a candidate more than once")
+    return ids
+
+
+def _choice_by_key(s: Session, round_id: str, key: str) -> Choice | None:
+    return s.scalar(select(Choice).where(Choice.round_id == round_id, Choice.idempotency_key == key))
+
+
+def _same_choice(existing: Choice, kind: str, preferred: list[str], rejected: list[str]) -> Choice:
+    if (existing.kind, existing.preferred_ids, existing.rejected_ids) != (kind, preferred, rejected):
+        raise Conflict(f"idempotency key {existing.idempotency_key!r} was already used for a different choice "
+                       f"({existing.id}) in this round; use a new key for a new choice")
+    return existing
+
+
+def record_choice(s: Session, round_id: str, preferred: Sequence[str], rejected: Sequence[str], kind: str,
+                  tags: Sequence[str] = (), decision_ms: int | None = None, selector: str = "human",
+                  idempotency_key: str | None = None, zoom_count: int | None = None,
+                  viewport: Sequence[int] | None = None, device_pixel_ratio: float | None = None
+                  ) -> tuple[Choice, bool]:
+    """Record a choice and its preference pairs; returns (choice, created). A new choice supersedes the round's
+    previous one (kept, `superseded_at` set to now): export, analysis and refinement read only the latest.
+
+    kind 'pairwise': every preferred beats every rejected (label 1.0); 'tie': all unordered pairs of the
+    given ids (preferred + rejected, at least two) at 0.5; 'skip': no ids, no pairs. `selector` is
+    'human' or the metric name(s). A repeated `idempotency_key` in the same round returns the first
+    choice with created=False (also under concurrent retries: the unique constraint decides, caught in
+    a SAVEPOINT); reusing it for a different choice raises Conflict. `zoom_count`, `viewport` ([width, height] in
+    CSS pixels) and `device_pixel_ratio` say how the person looked (zoom and compare interactions on the page).
+    """
+    if kind not in CHOICE_KINDS:
+        raise InputError(f"kind must be one of {', '.join(CHOICE_KINDS)}, got {kind!r}")
+    preferred, rejected = _choice_ids("preferred", preferred), _choice_ids("rejected", rejected)
+    if overlap := set(preferred) & set(rejected):
+        raise InputError(f"candidates {sorted(overlap)} are both preferred and rejected")
+    if kind == "pairwise" and not (preferred and rejected):
+        raise InputError("a pairwise choice needs at least one preferred and one rejected candidate")
+    if kind == "tie" and len(preferred) + len(rejected) < 2:
+        raise InputError("a tie needs at least two candidate ids")
+    if kind == "skip" and (preferred or rejected):
+        raise InputError("a skip names no candidates; send empty preferred and rejected lists")
+    tags = list(tags)
+    if unknown := [t for t in tags if t not in REASON_TAGS]:
+        raise InputError(f"unknown reason tags {unknown}; allowed: {', '.join(REASON_TAGS)}")
+    if len(set(tags)) != len(tags):
+        raise InputError("reason tags list a tag more than once")
+    _int("decision_ms", decision_ms, 0, MAX_DECISION_MS, optional=True)
+    if not isinstance(selector, str) or not SELECTOR_PATTERN.fullmatch(selector):
+        raise InputError(f"selector must be 'human' or metric name(s) like 'piqe+entropy' "
+                         f"(letters, digits, _.:+,-; at most 200), got {str(selector)[:80]!r}")
+    _text("idempotency_key", idempotency_key, MAX_IDEMPOTENCY_KEY, optional=True)
+    _int("zoom_count", zoom_count, 0, 1_000_000, optional=True)
+    if viewport is not None:
+        if isinstance(viewport, str) or not isinstance(viewport, Sequence) or len(viewport) != 2:
+            raise InputError(f"viewport must be [width, height] in CSS pixels, got {str(viewport)[:40]!r}")
+        viewport = [_int("viewport width", viewport[0], 1, 100_000), _int("viewport height", viewport[1], 1, 100_000)]
+    if device_pixel_ratio is not None and (isinstance(device_pixel_ratio, bool)
+                                           or not isinstance(device_pixel_ratio, (int, float))
+                                           or not 0 < device_pixel_ratio <= 16):
+        raise InputError(f"device_pixel_ratio must be a number in (0, 16], got {str(device_pixel_ratio)[:20]!r}")
+
+    rnd = get_round(s, round_id)
+    # Choices of one round are recorded one at a time (PostgreSQL: the round's row is locked until commit; SQLite
+    # transactions hold the write lock), so a retry sees the first attempt and only one choice stays live.
+    s.execute(select(Round.id).where(Round.id == round_id).with_for_update())
+    if idempotency_key is not None and (existing := _choice_by_key(s, round_id, idempotency_key)):
+        return _same_choice(existing, kind, preferred, rejected), False
+    in_round = set(s.scalars(select(Candidate.id).where(Candidate.round_id == round_id)))
+    if foreign := [i for i in [*preferred, *rejected] if i not in in_round]:
+        shown = ", ".join(repr(i[:40]) for i in foreign[:3])  # ids are echoed shortened, at most three
+        shown += f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+        raise InputError(f"candidates {shown} are not candidates of round {round_id}")
+
+    now = utcnow()  # the new choice's time is the time its predecessor was superseded
+    choice = Choice(round_id=round_id, kind=kind, reason_tags=tags, decision_ms=decision_ms, selector=selector,
+                    idempotency_key=idempotency_key, created_at=now, zoom_count=zoom_count,
+                    viewport_w=viewport[0] if viewport else None, viewport_h=viewport[1] if viewport else None,
+                    device_pixel_ratio=None if device_pixel_ratio is None else float(device_pixel_ratio))
+    choice.members = [ChoiceCandidate(candidate_id=c, role=role, rank=rank)
+                      for role, ids in (("preferred", preferred), ("rejected", rejected))
+                      for rank, c in enumerate(ids)]
+    choice.pairs = [PreferencePair(chosen_candidate_id=a, rejected_candidate_id=b, label=label)
+                    for a, b, label in preference_pairs(kind, preferred, rejected)]
+    try:
+        with s.begin_nested():  # superseding and the new choice, or neither
+            for live in s.scalars(select(Choice).where(Choice.round_id == round_id, Choice.superseded_at.is_(None))):
+                live.superseded_at = now
+            s.flush()  # before the insert: the partial unique index allows one live choice per round
+            s.add(choice)
+    except IntegrityError:
+        # A concurrent request with the same key committed first; ours was rolled back to the savepoint.
+        existing = _choice_by_key(s, round_id, idempotency_key) if idempotency_key is not None else None
+        if existing is None:
+            raise
+        return _same_choice(existing, kind, preferred, rejected), False
+    if rnd.status in ("created", "candidates", "chosen", "skipped"):
+        rnd.status = "skipped" if kind == "skip" else "chosen"
+    s.flush()
+    return choice, True
+
+
+def latest_choice(s: Session, round_id: str) -> Choice | None:
+    """The live (latest, not superseded) choice of a round (None when nothing was chosen yet)."""
+    get_round(s, round_id)
+    return s.scalars(select(Choice).where(Choice.round_id == round_id, Choice.superseded_at.is_(None))
+                     .order_by(Choice.created_at.desc(), Choice.id.desc()).limit(1)).first()
+
+
+def superseded_choices(s: Session, *, study_id: str | None = None) -> int:
+    """How many choices a later choice on the same round replaced (kept, but read by no export or analysis)."""
+    query = select(func.count()).select_from(Choice).where(Choice.superseded_at.is_not(None))
+    if study_id is not None:
+        query = query.join(Round, Choice.round_id == Round.id).where(Round.study_id == study_id)
+    return s.scalar(query) or 0
+
+
+# ------------------------------------------------------------------------------ refinement, lineage
+def record_refinement(s: Session, round_id: str, choice_id: str, result_image_hash: str, params: dict[str, Any],
+                      seconds: float, next_round_id: str | None = None) -> Refinement:
+    """Record the reward-guided refinement of a round guided by `choice_id`; sets the round to 'refined'."""
+    rnd = get_round(s, round_id)
+    choice = _get(s, Choice, choice_id, "choice")
+    if choice.round_id != round_id:
+        raise InputError(f"choice {choice_id} belongs to round {choice.round_id}, not {round_id}")
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 <= seconds < math.inf:
+        raise InputError(f"seconds must be a finite number >= 0, got {seconds!r}")
+    refinement = Refinement(round_id=round_id, choice_id=choice_id,
+                            result_image_hash=_hash("result_image_hash", result_image_hash),
+                            params=_json("params", dict(params)), seconds=float(seconds))
+    s.add(refinement)
+    if next_round_id is not None:
+        link_next_round(s, refinement, next_round_id)
+    rnd.status = "refined"
+    s.flush()
+    return refinement
+
+
+def link_next_round(s: Session, refinement: Refinement | str, next_round_id: str) -> Refinement:
+    """Point a refinement at the round it started; that round's parent must be the refined round."""
+    if isinstance(refinement, str):
+        refinement = _get(s, Refinement, refinement, "refinement")
+    nxt = get_round(s, next_round_id)
+    if nxt.parent_round_id != refinement.round_id:
+        raise InputError(f"round {next_round_id} is not a child of round {refinement.round_id}")
+    refinement.next_round_id = next_round_id
+    s.flush()
+    return refinement
+
+
+def round_lineage(s: Session, round_id: str) -> list[Round]:
+    """The chain of rounds from the first (index 0) to `round_id`, following parent links."""
+    chain = [get_round(s, round_id)]
+    seen = {round_id}
+    while (parent_id := chain[-1].parent_round_id) is not None:
+        if parent_id in seen:
+            raise RuntimeError(f"round lineage of {round_id} has a cycle at {parent_id}; run integrity_check")
+        seen.add(parent_id)
+        chain.append(get_round(s, parent_id))
+    return chain[::-1]
+
+
+# ------------------------------------------------------------------------------------------ export
+def export_pairs(s: Session, *, session_id: str | None = None, batch_size: int = 500) -> Iterator[dict[str, Any]]:
+    """One dict per preference pair of a live choice (superseded choices left out): label, both candidates' images
+    and settings, the choice, round and source."""
+    chosen, rejected = aliased(Candidate), aliased(Candidate)
+    query = (
+        select(PreferencePair, Choice, Round, SourceImage, SessionRow.annotator_id, chosen, rejected)
+        .join(Choice, PreferencePair.choice_id == Choice.id)
+        .join(Round, Choice.round_id == Round.id)
+        .join(SourceImage, Round.source_image_id == SourceImage.id)
+        .join(SessionRow, Round.session_id == SessionRow.id)
+        .join(chosen, PreferencePair.chosen_candidate_id == chosen.id)
+        .join(rejected, PreferencePair.rejected_candidate_id == rejected.id)
+        .where(Choice.superseded_at.is_(None))
+        .order_by(Choice.created_at, Choice.id, PreferencePair.id)
+    )
+    if session_id is not None:
+        query = query.where(Round.session_id == session_id)
+    for pair, choice, rnd, src, annotator_id, a, b in s.execute(query.execution_options(yield_per=batch_size)):
+        yield {
+            "pair_id": pair.id, "label": pair.label, "choice_id": choice.id, "kind": choice.kind,
+            "reason_tags": list(choice.reason_tags), "decision_ms": choice.decision_ms, "selector": choice.selector,
+            "chosen_candidate_id": a.id, "chosen_image": a.image_hash, "chosen_seed": a.seed,
+            "chosen_strength": a.strength, "chosen_method": a.method, "chosen_position": a.position,
+            "chosen_is_restored": a.is_restored, "chosen_scores": dict(a.scores),
+            "rejected_candidate_id": b.id, "rejected_image": b.image_hash, "rejected_seed": b.seed,
+            "rejected_strength": b.strength, "rejected_method": b.method, "rejected_position": b.position,
+            "rejected_is_restored": b.is_restored, "rejected_scores": dict(b.scores),
+            "round_id": rnd.id, "round_index": rnd.round_index, "parent_round_id": rnd.parent_round_id,
+            "session_id": rnd.session_id, "annotator_id": annotator_id, "study_id": rnd.study_id,
+            "condition": rnd.condition, "backbone_name": rnd.backbone_name,
+            "backbone_weights_hash": rnd.backbone_weights_hash, "prior_id": rnd.prior_id,
+            "prior_weights_hash": rnd.prior_weights_hash, "params": dict(rnd.params), "seeds": list(rnd.seeds),
+            "code_version": rnd.code_version, "device": rnd.device, "dtype": rnd.dtype,
+            "restored_image": rnd.restored_image_hash, "source_image_id": src.id, "source_image": src.image_hash,
+            "degraded_image": src.degraded_image_hash, "gt_image": src.gt_image_hash, "origin": src.origin,
+            "degradation_spec": src.degradation_spec, "degradation_seed": src.degradation_seed,
+            "created_at": _iso(choice.created_at),
+        }
+
+
+def _iso(moment: datetime) -> str:
+    # SQLite returns naive datetimes (stored as UTC); PostgreSQL aware ones. Export both as UTC.
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).isoformat()
+
+
+def count_rows(s: Session) -> dict[str, int]:
+    """Number of rows per table (for status pages and tests)."""
+    return {table.name: s.scalar(select(func.count()).select_from(table)) or 0
+            for table in Base.metadata.sorted_tables}
