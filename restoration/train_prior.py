@@ -201,6 +201,8 @@ def main(argv: list[str] | None = None) -> None:
         step, losses, elapsed_before = st["step"], st["losses"], st.get("elapsed_s", 0.0)
         if args.time_budget:  # the fitted length; an explicit --steps may lengthen a run instead
             total = st.get("total_steps", total)
+            if total is not None and step >= total and elapsed_before < args.time_budget:
+                total = None  # a finished run given a larger budget: re-fit its schedule on this machine's speed
         rng.setstate(st["py_rng"]); gen.set_state(st["torch_rng"])
         print(f"resumed at step {step} of {total}", file=sys.stderr)
     r = pcfg.pixel_unshuffle
@@ -222,7 +224,7 @@ def main(argv: list[str] | None = None) -> None:
         save_pixel_prior(args.out, ema, pcfg, card=_card(cfg, names, step, total, losses, elapsed(), device))
 
     try:
-        last_save, last_save_step, probe_from = time.time(), step, None
+        last_save, last_save_step, probe_from, first_step = time.time(), step, None, step
         bar = tqdm(total=total, initial=step, desc="train_prior", mininterval=10, file=sys.stderr)
         running = None
         while total is None or step < total:
@@ -251,7 +253,7 @@ def main(argv: list[str] | None = None) -> None:
             bar.update(1)
             bar.set_postfix(loss=f"{running:.4f}")
             if total is None:  # fit the schedule to the time budget from the speed of steps 5..25
-                if step == 5:
+                if step == first_step + 5:
                     probe_from = (time.time(), step)
                 elif probe_from and step == probe_from[1] + 20:
                     per_step = (time.time() - probe_from[0]) / 20

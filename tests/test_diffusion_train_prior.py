@@ -119,3 +119,17 @@ def test_min_snr_weights_put_x0_errors_at_min_snr_gamma():
         w = train_prior.loss_weight(a, prediction, 5.0)
         torch.testing.assert_close(w * to_x0, snr.clamp(max=5.0))
     assert torch.equal(train_prior.loss_weight(a, "v_prediction", 0.0), torch.ones(4))
+
+
+def test_a_finished_budgeted_run_given_more_time_trains_on(tmp_path):
+    import torch
+
+    photos = _photos(tmp_path)
+    args = [a for a in _args(tmp_path, photos, "budget") if a not in ("--steps", "6")]
+    train_prior.main(args + ["--time-budget", "2"])
+    first = torch.load(tmp_path / "budget" / "s.pt", weights_only=False)
+    assert first["step"] >= 1
+    train_prior.main(args + ["--time-budget", str(first["elapsed_s"] + 2), "--resume"])
+    second = torch.load(tmp_path / "budget" / "s.pt", weights_only=False)
+    assert second["step"] > first["step"] and second["total_steps"] >= second["step"]
+    assert second["elapsed_s"] > first["elapsed_s"]
