@@ -607,21 +607,3 @@ def random_spec(rng: random.Random, shares: MixtureShares = DEFAULT_MIXTURE) -> 
         return "none"
     names = group[0] if len(group) == 1 else rng.choice(group)
     return format_spec([random_step(n, rng) for n in names])
-
-
-def families_drawn(shares: MixtureShares = DEFAULT_MIXTURE) -> frozenset[str]:
-    """The degradation names `random_spec` can draw under `shares` (those of the groups with a share > 0)."""
-    return frozenset(n for share, group in zip(astuple(shares), _MIXTURE_GROUPS) if share > 0
-                     for names in group for n in names)
-
-
-def random_spec_with(rng: random.Random, require: str, shares: MixtureShares = DEFAULT_MIXTURE) -> str:
-    """`random_spec` conditioned on a step named `require` being in the spec (drawn again until one is): the
-    training mixture of a specialist for one degradation, e.g. every haze-bearing spec of the blind mixture, at
-    their relative frequencies there."""
-    if require not in families_drawn(shares):
-        raise ValueError(f"the mixture never draws {require!r}; it draws: {', '.join(sorted(families_drawn(shares)))}")
-    while True:
-        spec = random_spec(rng, shares)
-        if any(step.name == require for step in parse_spec(spec)):
-            return spec

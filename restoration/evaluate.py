@@ -2,8 +2,7 @@
 
     python -m restoration.evaluate --backbone sipl --degradation noise:25 --images DIR --size 128 \
         --seed 0 --json [--rounds R] [--ensemble N] [--no-post-deconvolution | --post-deconvolution F]
-        [--no-post-dehaze | --post-dehaze F] [--scene-context] [--informed] [--device auto] [--limit K]
-        [--nr-metrics piqe[,...]]
+        [--informed] [--device auto] [--limit K] [--nr-metrics piqe[,...]]
 
 Each image is resized so its short side is --size (bicubic, antialiased), center-cropped to a square,
 degraded with the spec and seed (seed + image index), restored, and scored with PSNR/SSIM on RGB in
@@ -23,13 +22,12 @@ as the photo (not necessarily the photo's detail; PSNR says how far). `--device 
 torch sees a GPU, else the CPU; the JSON's `device` says which ran.
 
 `*_single_pass` (SIPL self-refinement turned off) appear only for backbones with `restore_single_pass`.
-The shipped SIPL networks end with their blind post steps (post-deconvolution, then post-dehazing; `restorer` names
-their files), in the refined and in the single pass alike; --no-post-deconvolution and --no-post-dehaze measure
-them without, --post-deconvolution FILE and --post-dehaze FILE with other files. --scene-context adds the
-scene-context pass (`backbones/scene_context.py`, any backbone, off by default). The classical baselines are told
-the degradation; SIPL backbones are blind unless --informed (`"informed"` in the JSON says which), and then a
-SIPL backbone told a spec with haze ends with dark channel prior dehazing of its output (`registry.TOLD_DEHAZE`).
-Logs go to stderr.
+The shipped SIPL networks end with their blind post-deconvolution step (`restorer` names its file), in the refined
+and in the single pass alike; --no-post-deconvolution measures them without it, --post-deconvolution FILE with
+another file. The classical baselines are told the degradation; SIPL backbones are blind unless --informed
+(`"informed"` in the JSON says which), and then a SIPL backbone told a spec with haze ends with dark channel prior
+dehazing of its output (`told.TOLD_DEHAZE`). Logs go to stderr. `main(argv, wrap)` evaluates a step around the
+backbone (the experiments' commands use it).
 """
 
 from __future__ import annotations
@@ -40,6 +38,7 @@ import logging
 import sys
 import time
 from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -69,21 +68,18 @@ class EvalConfig:
     device: str = "cpu"  # resolved: 'cpu' or 'cuda[:N]' (the command line's 'auto' is resolved before)
     limit: int | None = None
     ensemble: int | None = None
-    # each post step: True the shipped file (if any), False none, a path that file
-    post_deconvolution: bool | Path = True
-    post_dehaze: bool | Path = True
-    scene_context: bool = False
+    # SIPL's post step: the shipped one unless `no_post_deconvolution` (none) or a file in `post_deconvolution`
+    no_post_deconvolution: bool = False
+    post_deconvolution: Path | None = None
     # tell SIPL backbones the degradation spec too, as the classical baselines always are (told haze, they end with
-    # dehazing: `registry.TOLD_DEHAZE`)
+    # dehazing: `told.TOLD_DEHAZE`)
     informed: bool = False
     # no-reference pyiqa metrics scored on input and restoration (offline ones only, e.g. piqe)
     nr_metrics: tuple[str, ...] = ()
 
 
-#: Each post step's option (an `EvalConfig` field and a `create_restorer` option) -> its name in help texts and its
-#: trainer; each gets the flags --no-OPTION and --OPTION FILE.
-POST_STEP_FLAGS = {"post_deconvolution": ("post-deconvolution", "train_post_deconvolution"),
-                   "post_dehaze": ("post-dehazing", "train_post_dehaze")}
+#: A restorer -> a step around it (`main`'s `wrap`).
+Wrap = Callable[[Restorer], Restorer]
 
 
 def high_frequency_energy(x: torch.Tensor, cutoff: float = 0.25) -> torch.Tensor:
@@ -160,36 +156,41 @@ def build_restorer(config: EvalConfig) -> Restorer:
     flags = {"--rounds": ("rounds", config.rounds), "--ensemble": ("ensemble", config.ensemble),
              "--informed": ("degradation", config.degradation if config.informed and name not in CLASSICAL_METHODS
                             else None)}
-    for option in POST_STEP_FLAGS:
-        value = getattr(config, option)
-        flags[f"--no-{_flag(option)} / --{_flag(option)}"] = (option, None if value is True else value)
     sipl_only = {flag: option for flag, option in flags.items() if option[1] is not None}
+    if config.no_post_deconvolution or config.post_deconvolution is not None:  # none, or the file given
+        sipl_only["--no-post-deconvolution / --post-deconvolution"] = ("post", None)
     known = name in available_backbones() or Path(config.backbone).expanduser().is_file()
     if sipl_only and known and not is_sipl_backbone(config.backbone):  # unknown names get the registry's error
         raise ValueError(f"{next(iter(sipl_only))} applies only to SIPL backbones, not {config.backbone!r}")
     options: dict[str, Any] = dict(sipl_only.values())
+    if config.post_deconvolution is not None:
+        from restoration.backbones.post_deconvolution import PostDeconvolver
+        from restoration.backbones.post_step import PostStep
+
+        options["post"] = PostStep.from_file(config.post_deconvolution, PostDeconvolver)
     if name in CLASSICAL_METHODS:
         options["degradation"] = config.degradation
-    return create_restorer(config.backbone, device=config.device, scene_context=config.scene_context, **options)
+    return create_restorer(config.backbone, device=config.device, **options)
 
 
-def run_evaluation(config: EvalConfig) -> dict[str, Any]:
-    """Evaluate `config.backbone` on every image of `config.images`; returns the JSON-ready report.
+def run_evaluation(config: EvalConfig, wrap: Wrap | None = None) -> dict[str, Any]:
+    """Evaluate `config.backbone` (inside `wrap(backbone)` when given) on every image of `config.images`; returns
+    the JSON-ready report.
 
     On CUDA the convolutions and matmuls run in full float32 (TF32 off, cuDNN's default is on), so that a GPU
     gives the CPU's figures; the previous settings come back afterwards.
     """
     if torch.device(config.device).type != "cuda":
-        return _run_evaluation(config)
+        return _run_evaluation(config, wrap)
     previous = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     try:
-        return _run_evaluation(config)
+        return _run_evaluation(config, wrap)
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = previous
 
 
-def _run_evaluation(config: EvalConfig) -> dict[str, Any]:
+def _run_evaluation(config: EvalConfig, wrap: Wrap | None = None) -> dict[str, Any]:
     if config.size < 16:
         raise ValueError(f"--size must be at least 16 px (SSIM uses an 11 px window), got {config.size}")
     if config.limit is not None and config.limit < 1:
@@ -200,6 +201,8 @@ def _run_evaluation(config: EvalConfig) -> dict[str, Any]:
     if config.limit is not None:
         files = files[: config.limit]
     restorer = build_restorer(config)
+    if wrap is not None:
+        restorer = wrap(restorer)
     if torch.device(config.device).type == "cuda":
         # one untimed restoration first: CUDA context, cuDNN / cuBLAS handles and lazily loaded kernels would
         # otherwise land in the first image's seconds (and dominate the mean)
@@ -235,14 +238,6 @@ def _run_evaluation(config: EvalConfig) -> dict[str, Any]:
     }
 
 
-def _flag(option: str) -> str:
-    return option.replace("_", "-")
-
-
-def _post_step(off: bool, path: Path | None) -> bool | Path:
-    return False if off else (path if path is not None else True)
-
-
 def parse_args(argv: list[str] | None = None) -> tuple[EvalConfig, bool]:
     p = argparse.ArgumentParser(prog="python -m restoration.evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("--backbone", default="sipl", help="registry name or checkpoint path (default: sipl)")
@@ -253,14 +248,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[EvalConfig, bool]:
     p.add_argument("--rounds", type=int, default=None, help="SIPL self-refinement rounds (SIPL only)")
     p.add_argument("--ensemble", type=int, default=None,
                    help="SIPL geometric self-ensemble: 1, 2, 4 or 8 flipped/rotated copies averaged (default 1)")
-    for option, (words, trainer) in POST_STEP_FLAGS.items():
-        group = p.add_mutually_exclusive_group()
-        group.add_argument(f"--no-{_flag(option)}", action="store_true",
-                           help=f"shipped SIPL networks: leave out the blind {words} step")
-        group.add_argument(f"--{_flag(option)}", type=Path, default=None, metavar="FILE",
-                           help=f"SIPL: run this {words} file ({trainer}) instead of the shipped one")
-    p.add_argument("--scene-context", action="store_true",
-                   help="add the scene-context pass: a coarse run's low frequencies where it sees haze (off by default)")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--no-post-deconvolution", action="store_true",
+                       help="shipped SIPL networks: leave out the blind post-deconvolution step")
+    group.add_argument("--post-deconvolution", type=Path, default=None, metavar="FILE",
+                       help="SIPL: run this post-deconvolution file (train_post_deconvolution) instead of the "
+                            "shipped one")
     p.add_argument("--informed", action="store_true",
                    help="tell a SIPL backbone the degradation, as the classical ones always are: told haze, it "
                         "dehazes its output at the end (default: blind)")
@@ -271,23 +264,23 @@ def parse_args(argv: list[str] | None = None) -> tuple[EvalConfig, bool]:
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     a = p.parse_args(argv)
     nr_metrics = tuple(dict.fromkeys(m.strip().lower() for m in a.nr_metrics.split(",") if m.strip()))
-    steps = {option: _post_step(getattr(a, f"no_{option}"), getattr(a, option)) for option in POST_STEP_FLAGS}
     try:
         device = resolve_device(a.device)
     except ValueError as exc:
         p.error(f"--device: {exc}")
     config = EvalConfig(a.backbone, a.degradation, a.images, a.size, a.seed, a.rounds, device, a.limit,
-                        a.ensemble, scene_context=a.scene_context, informed=a.informed, nr_metrics=nr_metrics,
-                        **steps)
+                        a.ensemble, no_post_deconvolution=a.no_post_deconvolution,
+                        post_deconvolution=a.post_deconvolution, informed=a.informed, nr_metrics=nr_metrics)
     return config, a.json
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, wrap: Wrap | None = None) -> int:
+    """The command; `wrap` puts a step around the backbone under test (its `describe()` lands in `restorer`)."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     config, as_json = parse_args(argv)
     tune_allocator()
     try:
-        report = run_evaluation(config)
+        report = run_evaluation(config, wrap)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -5,9 +5,7 @@ theta = (1 - alpha) * theta_a + alpha * theta_b.
 
 When B is a fine-tune of A (say, on larger crops that teach dehazing), B gains one skill and loses
 another; the weights on the straight line between them often keep most of both, because a fine-tune
-stays in the basin of its start. Both files must hold the same network (same `SIPLConfig`), or B may add
-what a fine-tune can add to A (a deconvolution bank, a gain head: `sipl_net.widen`), which A then holds as
-zeros. The output
+stays in the basin of its start. Both files must hold the same network (same `SIPLConfig`). The output
 records alpha and both parents (file name, sha256, training facts), so it can be remade exactly.
 """
 from __future__ import annotations
@@ -21,7 +19,7 @@ import torch
 
 from restoration.backbones.hashing import weights_sha256
 from restoration.backbones.sipl import load_network, read_metadata, save_weights
-from restoration.backbones.sipl_net import SIPLNet, widen
+from restoration.backbones.sipl_net import SIPLNet
 
 
 def weight_space_ensemble(a: SIPLNet, b: SIPLNet, alpha: float) -> SIPLNet:
@@ -29,10 +27,7 @@ def weight_space_ensemble(a: SIPLNet, b: SIPLNet, alpha: float) -> SIPLNet:
     if not 0.0 <= float(alpha) <= 1.0:
         raise ValueError(f"alpha must be in [0, 1] (0 = the first network, 1 = the second), got {alpha}")
     if a.config != b.config:
-        try:
-            a, _ = widen(a, b.config)
-        except ValueError as e:
-            raise ValueError(f"the two networks differ in config: {e}") from None
+        raise ValueError(f"the two networks differ in config (first, second): {a.config.differences(b.config)}")
     sa, sb = a.state_dict(), b.state_dict()
     mixed = {k: torch.lerp(sa[k].float(), sb[k].float(), float(alpha)) if sa[k].is_floating_point() else sa[k]
              for k in sa}

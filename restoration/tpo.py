@@ -7,7 +7,7 @@ every `Round` keeps its lineage: parent round id, the selection that guided its 
 
 Headless:
     python -m restoration.tpo --input IMG [--degradation SPEC] [--gt IMG] [--backbone NAME] [--hint SPEC]
-        [--scene-context] [--prior NAME_OR_PATH] [--selector METRIC[,METRIC...]] [--candidates N] [--rounds R] [--size N]
+        [--prior NAME_OR_PATH] [--selector METRIC[,METRIC...]] [--candidates N] [--rounds R] [--size N]
         [--seed S] [--upscale] [--device auto] --out DIR [--sheet FILE.png] --json
 """
 from __future__ import annotations
@@ -219,8 +219,6 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--hint", default=None,
                    help="tell the restorer the degradation, e.g. haze (the classical baselines choose their method by "
                         "it; a SIPL backbone told haze dehazes its output at the end); default: blind")
-    p.add_argument("--scene-context", action="store_true",
-                   help="add the scene-context pass to the backbone (a coarse run's low frequencies where it sees haze)")
     p.add_argument("--prior", default="default")
     p.add_argument("--selector", default=",".join(DEFAULT_SELECTOR), help="pyiqa metrics, comma-separated")
     p.add_argument("--candidates", type=int, default=CandidateConfig().num_candidates)
@@ -250,8 +248,6 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         p.error("--rounds must be in 1..10")
     if a.size and not 16 <= a.size <= 4096:
         p.error("--size must be in 16..4096")
-    if a.upscale and a.scene_context:
-        p.error("--upscale and --scene-context: the scene-context pass restores at the input's size")
     if a.upscale and a.degradation:
         p.error("--upscale takes a real small input; --degradation makes a degraded image of the photo's own size, "
                 "which the backbone restores at that size (leave out --upscale)")
@@ -274,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         image = load_image(a.input)
         if a.size:
             image = resize_short_side_center_crop(image, a.size)
-        restorer = create_restorer(a.backbone, a.device, scene_context=a.scene_context, degradation=a.hint)
+        restorer = create_restorer(a.backbone, a.device, degradation=a.hint)
         out_size = upscaled_size(restorer, *image.shape[-2:]) if a.upscale else tuple(image.shape[-2:])
         gt = None
         if a.degradation:

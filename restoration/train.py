@@ -17,7 +17,6 @@ rate schedule following whichever of `--steps` and the budget is nearer its end 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import math
 import random
@@ -31,15 +30,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from restoration.backbones.sipl import load_network, save_weights
-from restoration.backbones.sipl_net import SIPLConfig, SIPLNet, widen
+from restoration.backbones.sipl_net import SIPLConfig, SIPLNet
 from restoration.data import CropConfig, CropSampler
-from restoration.degradations import (
-    DEFAULT_MIXTURE,
-    MixtureShares,
-    degrade,
-    random_spec,
-    random_spec_with,
-)
+from restoration.degradations import DEFAULT_MIXTURE, MixtureShares, degrade, random_spec
 from restoration.runtime import tune_allocator
 
 
@@ -61,14 +54,6 @@ class TrainConfig:
     time_budget: float = 0.0  # seconds of training (0 = none): the run ends at `steps` or here, whichever is first
     workers: int = 0  # background processes making the degraded batches (0 = in the training loop itself)
     init: str = ""  # a weights file to fine-tune from (fresh optimizer and schedule); "" = from scratch
-    fresh_lr_scale: float = 10.0  # learning-rate factor of the modules the init file lacks (`sipl_net.widen`)
-    ema: float = 0.0  # decay of an exponential moving average of the weights, which is what is saved (0 = off)
-    # each example is degraded on a region `degrade_context` x `crop` wide and a random `crop` window of it is kept,
-    # so degradations that span their image (haze's depth map) vary at the scale of a whole evaluation scene
-    # (1 = degrade the crop itself, as the shipped weights were trained; docs/history/sipl_model_card_2026-12-06.md, Fifteenth session)
-    degrade_context: int = 1
-    # a specialist: every spec must contain this degradation (`degradations.random_spec_with`; "" = the blind mixture)
-    require: str = ""
     mixture: MixtureShares = field(default_factory=MixtureShares)  # the blind degradation mixture's shares
     model: SIPLConfig = field(default_factory=SIPLConfig)
 
@@ -111,13 +96,12 @@ def fade_some(clean: torch.Tensor, rng: random.Random, share: float) -> torch.Te
     return out
 
 
-def degrade_batch(clean: torch.Tensor, rng: random.Random, shares: MixtureShares = DEFAULT_MIXTURE,
-                  require: str = "") -> tuple[torch.Tensor, list[str]]:
-    """Each crop gets its own random spec and seed (all-in-one, blind to the degradation type); with `require`,
-    only the mixture's specs that contain that degradation (a specialist's training)."""
+def degrade_batch(clean: torch.Tensor, rng: random.Random,
+                  shares: MixtureShares = DEFAULT_MIXTURE) -> tuple[torch.Tensor, list[str]]:
+    """Each crop gets its own random spec and seed (all-in-one, blind to the degradation type)."""
     out, specs = [], []
     for i in range(clean.shape[0]):
-        spec = random_spec_with(rng, require, shares) if require else random_spec(rng, shares)
+        spec = random_spec(rng, shares)
         y, _ = degrade(clean[i:i + 1], spec, rng.randrange(2**31))
         out.append(y)
         specs.append(spec)
@@ -125,25 +109,10 @@ def degrade_batch(clean: torch.Tensor, rng: random.Random, shares: MixtureShares
 
 
 def make_batch(sampler: CropSampler, rng: random.Random, cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """One training batch on the CPU: (clean, degraded), each (batch, 3, crop, crop) in [0, 1]. The sampler's
-    crops are `degrade_context` x `crop` wide: degraded whole, then cut to a random `crop` window (`windows`)."""
-    if sampler.config.crop != cfg.crop * cfg.degrade_context:
-        raise ValueError(f"the sampler's crops are {sampler.config.crop} px; degrade_context {cfg.degrade_context} "
-                         f"x crop {cfg.crop} needs {cfg.crop * cfg.degrade_context}")
+    """One training batch on the CPU: (clean, degraded), each (batch, 3, crop, crop) in [0, 1]."""
     clean = fade_some(darken_some(sampler.sample(cfg.batch, rng), rng, cfg.dark_share), rng, cfg.fade_share)
-    degraded, _ = degrade_batch(clean, rng, cfg.mixture, cfg.require)
-    if cfg.degrade_context > 1:
-        clean, degraded = windows((clean, degraded), cfg.crop, rng)
+    degraded, _ = degrade_batch(clean, rng, cfg.mixture)
     return clean, degraded
-
-
-def windows(batches: tuple[torch.Tensor, ...], size: int, rng: random.Random) -> tuple[torch.Tensor, ...]:
-    """The same random `size` x `size` window of each example, in every tensor of `batches` (B, C, H, W)."""
-    b, _, h, w = batches[0].shape
-    if size > min(h, w):
-        raise ValueError(f"a {size} px window does not fit {h} x {w} crops")
-    at = [(rng.randrange(h - size + 1), rng.randrange(w - size + 1)) for _ in range(b)]
-    return tuple(torch.stack([x[i, :, y:y + size, z:z + size] for i, (y, z) in enumerate(at)]) for x in batches)
 
 
 class BatchStream(torch.utils.data.IterableDataset):
@@ -161,16 +130,6 @@ class BatchStream(torch.utils.data.IterableDataset):
             yield make_batch(self.sampler, rng, self.cfg)
 
 
-def update_ema(ema: SIPLNet, net: SIPLNet, decay: float, step: int) -> None:
-    """Polyak averaging of the weights: ema <- d * ema + (1 - d) * net, d = min(decay, (1 + step) / (10 + step))
-    (the warm-up keeps the first steps from being averaged with the starting point for long). Small batches on a
-    CPU make each step's weights noisy; their average is what the run saves (`TrainConfig.ema`)."""
-    d = min(decay, (1 + step) / (10 + step))
-    with torch.no_grad():
-        for e, p in zip(ema.parameters(), net.parameters()):
-            e.lerp_(p, 1 - d)
-
-
 def training_loss(net: SIPLNet, degraded: torch.Tensor, clean: torch.Tensor, aux: float) -> torch.Tensor:
     """L1 restoration loss; with Proxy Fusion, on the privileged pass plus `aux` x the dictionary-only pass."""
     enc = net.encode(degraded)
@@ -184,16 +143,12 @@ def training_loss(net: SIPLNet, degraded: torch.Tensor, clean: torch.Tensor, aux
     return loss
 
 
-def initial_weights(path: str | Path, model: SIPLConfig) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """The state dict of a weights file to fine-tune from, and the names of the parameters it lacks. Its config
-    must be the one being trained, or one that `model` only widens (a deconvolution bank or a gain head added,
-    zero-initialised, `sipl_net.widen`)."""
+def initial_weights(path: str | Path, model: SIPLConfig) -> dict[str, torch.Tensor]:
+    """The state dict of a weights file to fine-tune from; its config must be the one being trained."""
     net = load_network(path)
-    try:
-        wide, fresh = widen(net, model)
-    except ValueError as e:
-        raise ValueError(f"--init {path} has a different model config: {e}") from None
-    return wide.state_dict(), fresh
+    if net.config != model:
+        raise ValueError(f"--init {path} has a different model config (file, wanted): {net.config.differences(model)}")
+    return net.state_dict()
 
 
 def train(cfg: TrainConfig, sampler: CropSampler, out: Path, resume: bool, device: torch.device,
@@ -205,19 +160,10 @@ def train(cfg: TrainConfig, sampler: CropSampler, out: Path, resume: bool, devic
     net = SIPLNet(cfg.model).to(device)
     ckpt_path = out / "checkpoint.pt"
     resuming = resume and ckpt_path.exists()
-    fresh: list[str] = []
-    if cfg.init:  # a resumed fine-tune needs the same parameter groups, so `fresh` is found either way
-        state, fresh = initial_weights(cfg.init, cfg.model)
-        if not resuming:
-            net.load_state_dict(state)
-            log(f"fine-tuning from {cfg.init}" + (f" ({len(fresh)} fresh tensors at {cfg.fresh_lr_scale:g} x lr)"
-                                                   if fresh else ""))
-    ema = copy.deepcopy(net).eval().requires_grad_(False) if cfg.ema > 0 else None
-    params = dict(net.named_parameters())
-    groups = [{"params": [p for k, p in params.items() if k not in fresh], "lr_scale": 1.0}]
-    if fresh:
-        groups.append({"params": [params[k] for k in fresh], "lr_scale": cfg.fresh_lr_scale})
-    opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99),
+    if cfg.init and not resuming:
+        net.load_state_dict(initial_weights(cfg.init, cfg.model))
+        log(f"fine-tuning from {cfg.init}")
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99),
                             fused=device.type == "cuda")  # one kernel for all parameters on a GPU
     rng = random.Random(cfg.seed)
     step, history, elapsed = 0, [], 0.0
@@ -226,10 +172,6 @@ def train(cfg: TrainConfig, sampler: CropSampler, out: Path, resume: bool, devic
         if _config_record(state["model_config"]) != _config_record(cfg.model.to_dict()):
             raise ValueError(f"{ckpt_path} was trained with a different model config: {state['model_config']}")
         net.load_state_dict(state["model"])
-        if ema is not None:
-            if "ema" not in state:
-                raise ValueError(f"{ckpt_path} has no weight average to resume with --ema {cfg.ema:g}")
-            ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["optimizer"])
         for group in opt.param_groups:  # the state dict carries the saving machine's choice; use this one's
             group["fused"] = device.type == "cuda"
@@ -250,7 +192,7 @@ def train(cfg: TrainConfig, sampler: CropSampler, out: Path, resume: bool, devic
     while step < cfg.steps and not out_of_time:
         lr = learning_rate(step, cfg, elapsed + time.time() - t0)
         for group in opt.param_groups:
-            group["lr"] = lr * group.get("lr_scale", 1.0)
+            group["lr"] = lr
         batch = make_batch(sampler, rng, cfg) if batches is None else next(batches)
         clean, degraded = (t.to(device, non_blocking=True) for t in batch)
         loss = loss_fn(net, degraded, clean, cfg.aux)
@@ -258,8 +200,6 @@ def train(cfg: TrainConfig, sampler: CropSampler, out: Path, resume: bool, devic
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
         opt.step()
-        if ema is not None:
-            update_ema(ema, net, cfg.ema, step)
         step += 1
         # the running loss stays on the device; the host reads it every `LOSS_READ_EVERY` steps, not each step
         running = loss.detach().float() if running is None else 0.98 * running + 0.02 * loss.detach().float()
@@ -273,28 +213,25 @@ def train(cfg: TrainConfig, sampler: CropSampler, out: Path, resume: bool, devic
         if step % cfg.checkpoint_every == 0 or step == cfg.steps or out_of_time:
             now = time.time()
             elapsed, t0 = elapsed + now - t0, now
-            _save_checkpoint(ckpt_path, net, opt, step, history, elapsed, rng, cfg, ema)
-            save_weights(net if ema is None else ema, out / "weights.safetensors",
-                         _training_facts(cfg, step, elapsed, history))
+            _save_checkpoint(ckpt_path, net, opt, step, history, elapsed, rng, cfg)
+            save_weights(net, out / "weights.safetensors", _training_facts(cfg, step, elapsed, history))
     bar.close()
     if out_of_time:
         log(f"time budget of {cfg.time_budget:g} s reached at step {step} of {cfg.steps}")
-    return net if ema is None else ema
+    return net
 
 
 def _training_facts(cfg: TrainConfig, step: int, elapsed: float, history: list) -> dict:
     return {"steps": step, "seconds": round(elapsed, 1), "batch": cfg.batch, "crop": cfg.crop, "lr": cfg.lr,
-            "aux": cfg.aux, "seed": cfg.seed, "init": cfg.init, "fresh_lr_scale": cfg.fresh_lr_scale, "ema": cfg.ema,
-            "dark_share": cfg.dark_share, "fade_share": cfg.fade_share,
-            "mixture": cfg.mixture.format(), "time_budget": cfg.time_budget, "workers": cfg.workers,
-            "degrade_context": cfg.degrade_context, "require": cfg.require,
-            "final_loss": history[-1][1] if history else None}
+            "aux": cfg.aux, "seed": cfg.seed, "init": cfg.init, "dark_share": cfg.dark_share,
+            "fade_share": cfg.fade_share, "mixture": cfg.mixture.format(), "time_budget": cfg.time_budget,
+            "workers": cfg.workers, "final_loss": history[-1][1] if history else None}
 
 
 def _config_record(config: dict) -> dict:
-    """A model config as a checkpoint stores it: sequences as lists, and the fields added since older
-    checkpoints were written filled in with their defaults (so those still resume)."""
-    full = SIPLConfig().to_dict() | config
+    """A model config as a checkpoint stores it: sequences as lists, the fields added since older checkpoints were
+    written filled in with their defaults and those of retired variants left out (so those still resume)."""
+    full = SIPLConfig.from_dict(config).to_dict()
     return {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in full.items()}
 
 
@@ -302,12 +239,12 @@ def _tuple_state(obj):
     return tuple(_tuple_state(o) for o in obj) if isinstance(obj, list) else obj
 
 
-def _save_checkpoint(path: Path, net, opt, step, history, elapsed, rng, cfg: TrainConfig, ema=None) -> None:
+def _save_checkpoint(path: Path, net, opt, step, history, elapsed, rng, cfg: TrainConfig) -> None:
     tmp = path.with_suffix(".tmp")
     model_config = _config_record(cfg.model.to_dict())
     torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(), "step": step, "history": history,
                 "elapsed": elapsed, "rng": _list_state(rng.getstate()), "torch_rng": torch.get_rng_state(),
-                "model_config": model_config, **({} if ema is None else {"ema": ema.state_dict()})}, tmp)
+                "model_config": model_config}, tmp)
     tmp.replace(path)
 
 
@@ -346,15 +283,6 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--steps and --batch must be positive; --crop a multiple of 8, at least 16")
     if cfg.workers < 0 or not math.isfinite(cfg.time_budget) or cfg.time_budget < 0:
         p.error("--workers and --time-budget must be >= 0 (0: none)")
-    if not 1 <= cfg.degrade_context <= 8:
-        p.error("--degrade-context must be in 1..8 (1: degrade the crop itself)")
-    if cfg.require:
-        try:
-            random_spec_with(random.Random(0), cfg.require, cfg.mixture)
-        except ValueError as e:
-            p.error(f"--require: {e}")
-    if not 0 <= cfg.ema < 1 or not cfg.fresh_lr_scale > 0:
-        p.error("--ema must be in [0, 1) (0: off) and --fresh-lr-scale > 0")
     if cfg.init:
         try:
             initial_weights(cfg.init, cfg.model)
@@ -369,8 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.backends.cudnn.benchmark = True  # fixed crop size: let cuDNN pick its fastest convolutions
         torch.set_float32_matmul_precision("high")  # TF32 matmuls
     exclude = tuple(s for s in a.exclude.split(",") if s)
-    crops = CropConfig(crop=cfg.crop * cfg.degrade_context)  # degraded whole, then windowed (make_batch)
-    sampler = CropSampler.from_sources(a.images, a.skimage, crops, exclude)
+    sampler = CropSampler.from_sources(a.images, a.skimage, CropConfig(crop=cfg.crop), exclude)
     print(f"{len(sampler.images)} training images (all scales); device {device}; config {asdict(cfg)}",
           file=sys.stderr)
     train(cfg, sampler, a.out, a.resume, device, log=lambda m: print(m, file=sys.stderr), compile_step=a.compile)

@@ -133,7 +133,7 @@ def fit(features: torch.Tensor, gains: torch.Tensor, cfg: PostTrainConfig, post:
 
 
 def add_common_arguments(p: argparse.ArgumentParser, samples: int, crop: int, batch: int, sample_seed: int) -> None:
-    """The flags every post-step trainer takes (this one and `train_post_dehaze`), with its own defaults."""
+    """The flags every post-step trainer takes (this one and the experiments'), with its own defaults."""
     p.add_argument("--images", action="append", default=[], help="folder of clean training photos (repeatable)")
     p.add_argument("--skimage", action="store_true", help="add scikit-image's bundled photos")
     p.add_argument("--exclude", default="", help="comma-separated photo stems to leave out")
@@ -186,8 +186,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                          PostTrainConfig.sample_seed)
     p.add_argument("--blur-share", type=float, default=PostTrainConfig.blur_share)
     p.add_argument("--grid", choices=sorted(GRIDS), default="fine",
-                   help="the filter grid: 'fine' (9 widths x 2 weights, shipped since the thirteenth session) or "
-                        "'first' (7 widths, one weight: the twelfth session's step)")
+                   help="the filter grid: 'fine' (9 widths x 2 weights, the shipped step's) or 'first' (7 widths, "
+                        "one weight: the step first shipped)")
     args = p.parse_args(argv)
     check_common_arguments(p, args)
     if not 0.0 <= args.blur_share <= 1.0:
@@ -213,8 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         exclude = tuple(s for s in args.exclude.split(",") if s)
         sampler = CropSampler.from_sources(args.images, args.skimage, CropConfig(crop=cfg.crop), exclude=exclude)
         # the step learns the network's own output: a shipped SIPL name must not bring its post step along
-        restorer = create_restorer(args.backbone, **({"post_deconvolution": False, "post_dehaze": False}
-                                                      if is_sipl_backbone(args.backbone) else {}))
+        restorer = create_restorer(args.backbone, **({"post": None} if is_sipl_backbone(args.backbone) else {}))
         features, gains = make_samples(restorer, sampler, cfg, post)
         if cache is not None:
             save_atomically({"features": features, "gains": gains}, cache)

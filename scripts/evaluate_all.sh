@@ -7,11 +7,11 @@ photos="${1:-data/photos}"
 out=docs/results
 mkdir -p "$out"
 py=.venv/bin/python
-ev() { # backbone spec images tag [extra]
+ev() { # backbone spec images tag [extra]   ($module: restoration.evaluate unless set, e.g. by an experiment's block)
   local b="$1" s="$2" d="$3" tag="$4"; shift 4
   echo "evaluate $b $s on $d" >&2
-  $py -m restoration.evaluate --backbone "$b" --degradation "$s" --images "$d" --size 256 --seed 0 --json "$@" \
-    > "$out/$tag.json"
+  $py -m "${module:-restoration.evaluate}" --backbone "$b" --degradation "$s" --images "$d" --size 256 --seed 0 \
+    --json "$@" > "$out/$tag.json"
 }
 # choosing the default number of self-refinement rounds: held-out validation photos only
 for r in 0 1 2; do ev sipl noise:25 "$photos/val" "val_sipl_noise25_rounds$r" --rounds $r; done
@@ -37,12 +37,14 @@ for spec in noise:15 noise:50 blur:1.5 motion:15 sr:2 sr:4 jpeg:30 rain haze sno
   for b in sipl sipl_ablation classical; do ev "$b" "$spec" "$photos/eval" "singles/${tag}_$b"; done
 done
 $py scripts/summarize_results.py "$out"/singles/*.json > "$out/singles/SUMMARY.md"
-# the scene-context pass (an option, off by default; validation decided it, evaluation photos after)
+# the scene-context pass (experiments/scene_context, never a default; validation decided it, evaluation photos after)
 mkdir -p "$out/scene_context"
 for set in val eval; do
   for spec in rain+haze haze noise:25 noise:15+blur:1.5 none rain; do
     tag=$(echo "$spec" | tr ':+.' '__p')
-    for b in sipl sipl_ablation; do ev "$b" "$spec" "$photos/$set" "scene_context/${set}_${b}_$tag" --scene-context; done
+    for b in sipl sipl_ablation; do
+      module=experiments.scene_context.evaluate ev "$b" "$spec" "$photos/$set" "scene_context/${set}_${b}_$tag"
+    done
   done
 done
 $py scripts/summarize_results.py "$out"/scene_context/*.json > "$out/scene_context/SUMMARY.md"

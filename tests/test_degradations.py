@@ -18,7 +18,6 @@ from restoration.degradations import (
     add_haze,
     bicubic_downsample,
     degrade,
-    families_drawn,
     format_spec,
     gaussian_blur,
     gaussian_kernel,
@@ -28,7 +27,6 @@ from restoration.degradations import (
     motion_kernel,
     parse_spec,
     random_spec,
-    random_spec_with,
     random_step,
 )
 
@@ -366,18 +364,3 @@ def test_random_step_draws_in_the_training_ranges_and_names_the_allowed():
         assert parse_spec(format_spec([step])) == [step]
     with pytest.raises(ValueError, match="no training range for 'fog'.*allowed: noise"):
         random_step("fog", rng)
-
-
-def test_random_spec_with_keeps_the_mixture_specs_that_have_the_degradation():
-    rng = random.Random(0)
-    specs = [random_spec_with(rng, "haze") for _ in range(300)]
-    assert all("haze" in {s.name for s in parse_spec(spec)} for spec in specs)
-    kinds = {"+".join(s.name for s in parse_spec(spec)) for spec in specs}
-    assert kinds == {"haze", "haze+rain", "rain+haze", "haze+rain+noise", "haze+snow"}  # every haze-bearing one
-    assert families_drawn() == {"noise", "blur", "motion", "sr", "jpeg", "rain", "haze", "snow"}
-    noise_only = MixtureShares(clean=0.5, noise=0.5, noise_combo=0.0, single=0.0, composite=0.0)
-    assert families_drawn(noise_only) == {"noise"}
-    with pytest.raises(ValueError, match="the mixture never draws 'haze'; it draws: noise"):
-        random_spec_with(rng, "haze", noise_only)
-    with pytest.raises(ValueError, match="never draws 'lowlight'"):
-        random_spec_with(rng, "lowlight")

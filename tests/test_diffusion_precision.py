@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from feedback.engine import EngineSettings
+from feedback.loop.engine import EngineSettings
 from restoration.diffusion.candidates import (
     CandidateConfig,
     CandidateMeta,

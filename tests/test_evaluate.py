@@ -110,8 +110,8 @@ def test_clear_errors(tmp_path, capsys):
     assert "--rounds applies only to SIPL" in capsys.readouterr().err
     assert main(["--backbone", "nlm", "--no-post-deconvolution", *args]) == 2
     assert "--no-post-deconvolution / --post-deconvolution applies only to SIPL" in capsys.readouterr().err
-    assert main(["--backbone", "nlm", "--no-post-dehaze", *args]) == 2
-    assert "--no-post-dehaze / --post-dehaze applies only to SIPL" in capsys.readouterr().err
+    assert main(["--backbone", "nlm", "--post-deconvolution", "missing.safetensors", *args]) == 2
+    assert "--no-post-deconvolution / --post-deconvolution applies only to SIPL" in capsys.readouterr().err
     assert main(["--backbone", "nlm", "--degradation", "nosie:25", "--images", str(tmp_path / "imgs")]) == 2
     assert "did you mean 'noise'" in capsys.readouterr().err
 
@@ -138,7 +138,7 @@ def test_cuda_evaluation_runs_in_full_float32_and_restores_the_settings(monkeypa
     from restoration import evaluate
 
     seen = []
-    monkeypatch.setattr(evaluate, "_run_evaluation", lambda config: seen.append(
+    monkeypatch.setattr(evaluate, "_run_evaluation", lambda config, wrap=None: seen.append(
         (config.device, torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)) or {})
     before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True  # as training on a GPU leaves them
@@ -151,15 +151,24 @@ def test_cuda_evaluation_runs_in_full_float32_and_restores_the_settings(monkeypa
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
 
 
-def test_every_post_step_has_its_flags():
-    from restoration.backbones.registry import SIPL_POST_STEPS
-    from restoration.evaluate import POST_STEP_FLAGS, EvalConfig, parse_args
+def test_post_step_flags(tmp_path):
+    from restoration.backbones.post_step import PostStepRestorer
+    from restoration.backbones.sipl import SIPLRestorer
+    from restoration.evaluate import EvalConfig, build_restorer, parse_args
 
-    assert set(POST_STEP_FLAGS) == set(SIPL_POST_STEPS)
     base = ["--degradation", "noise:25", "--images", "x"]
-    config, _ = parse_args([*base, "--no-post-dehaze", "--post-deconvolution", "f.safetensors"])
-    assert config.post_dehaze is False and config.post_deconvolution == Path("f.safetensors")
+    config, _ = parse_args([*base, "--post-deconvolution", "f.safetensors"])
+    assert config.post_deconvolution == Path("f.safetensors") and not config.no_post_deconvolution
+    assert parse_args([*base, "--no-post-deconvolution"])[0].no_post_deconvolution
     assert parse_args(base)[0] == EvalConfig("sipl", "noise:25", Path("x"))
+    with pytest.raises(SystemExit):
+        parse_args([*base, "--no-post-deconvolution", "--post-deconvolution", "f.safetensors"])
+    shipped = build_restorer(EvalConfig("sipl", "noise:25", Path("x")))
+    assert isinstance(shipped, PostStepRestorer)
+    assert isinstance(build_restorer(EvalConfig("sipl", "noise:25", Path("x"), no_post_deconvolution=True)),
+                      SIPLRestorer)
+    with pytest.raises(FileNotFoundError, match="train_post_deconvolution"):
+        build_restorer(EvalConfig("sipl", "noise:25", Path("x"), post_deconvolution=tmp_path / "f.safetensors"))
 
 
 def test_informed_tells_sipl_the_degradation(tmp_path, monkeypatch, capsys):

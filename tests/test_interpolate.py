@@ -62,15 +62,3 @@ def test_command_writes_the_mix_with_its_parents(tmp_path, capsys):
               "--out", str(tmp_path / "d.safetensors")])
     assert e.value.code == 2 and "not found" in capsys.readouterr().err
     assert not (tmp_path / "d.safetensors").exists()
-
-
-def test_a_narrower_first_network_is_widened_with_zeros():
-    wide_cfg = SIPLConfig(**{**TINY.to_dict(), "deconv_bank": (1.0, 2.0), "affine_output": True})
-    a, b = net(0), net(1, wide_cfg)
-    mid = weight_space_ensemble(a, b, 0.5)
-    assert mid.config == wide_cfg
-    sa, sb, sm = a.state_dict(), b.state_dict(), mid.state_dict()
-    assert torch.allclose(sm["patch_embed.weight"], (sa["patch_embed.weight"] + sb["patch_embed.weight"]) / 2)
-    assert torch.allclose(sm["gain_head.weight"], sb["gain_head.weight"] / 2)  # a holds the new heads as zeros
-    with pytest.raises(ValueError, match="differ in config"):
-        weight_space_ensemble(b, a, 0.5)  # the other way would drop what b learned

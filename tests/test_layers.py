@@ -28,6 +28,8 @@ RULES = [
     ("feedback/loop", ("gradio", "fastapi", "feedback.web", "feedback.studies", "feedback.ops"),
      "the loop serves the web and studies, never the other way round"),
     ("feedback/studies", ("gradio", "fastapi", "feedback.web", "feedback.ops"), "studies sit below the web"),
+    ("restoration", ("experiments",), "experiments import the product, never the other way round"),
+    ("feedback", ("experiments",), "experiments import the product, never the other way round"),
 ]
 
 

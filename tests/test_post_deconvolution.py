@@ -20,7 +20,7 @@ from restoration.backbones.post_deconvolution import (
     save_post_deconvolver,
     spectrum_features,
 )
-from restoration.backbones.post_step import GainStep
+from restoration.backbones.post_step import GainStep, PostStep, PostStepRestorer
 from restoration.backbones.sipl import SIPLRestorer, save_weights
 from restoration.degradations import gaussian_blur
 from restoration.metrics import psnr
@@ -159,8 +159,9 @@ def test_training_command_writes_a_file_the_restorer_loads(tmp_path, capsys):
     assert train_main(args) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["examples"] == 16 and out.is_file() and (tmp_path / "cache.pt").is_file()
-    restorer = create_restorer(str(net_path), post_deconvolution=str(out))
-    assert isinstance(restorer, SIPLRestorer) and restorer.describe()["post_deconvolution"] == "post.safetensors"
+    restorer = create_restorer(str(net_path), post=PostStep.from_file(out, PostDeconvolver))
+    assert isinstance(restorer, PostStepRestorer) and isinstance(restorer.inner, SIPLRestorer)
+    assert restorer.describe()["post_deconvolution"] == "post.safetensors"
     x = torch.rand(1, 3, 32, 32)
     assert restorer.restore(x).shape == x.shape and restorer.restore_single_pass(x).shape == x.shape
     with pytest.raises(SystemExit):
@@ -170,24 +171,32 @@ def test_training_command_writes_a_file_the_restorer_loads(tmp_path, capsys):
 
 def test_registry_wiring(tmp_path):
     shipped = create_restorer("sipl")
+    assert isinstance(shipped, PostStepRestorer)
     assert shipped.describe()["post_deconvolution"] == "sipl_post_deconvolution.safetensors"
     assert len(shipped.describe()["post_deconvolution_hash"]) == 64  # lineage records which step ran
-    assert create_restorer("sipl", post_deconvolution=False).describe()["post_deconvolution_hash"] is None
-    assert create_restorer("sipl_ablation").post is not None
-    assert create_restorer("sipl", post_deconvolution=False).post is None
+    assert isinstance(create_restorer("sipl_ablation"), PostStepRestorer)
+    none = create_restorer("sipl", post=None)
+    assert isinstance(none, SIPLRestorer) and none.describe()["post_deconvolution_hash"] is None
     save_weights(tiny_net(), tmp_path / "tiny.safetensors")
-    assert create_restorer(str(tmp_path / "tiny.safetensors")).post is None  # trained for another network
-    with pytest.raises(TypeError, match="file path or False"):
-        create_restorer("sipl", post_deconvolution=True)
-    with pytest.raises(ValueError, match="do not take option.*post_deconvolution"):
-        create_restorer("nlm", post_deconvolution=False)
+    assert isinstance(create_restorer(str(tmp_path / "tiny.safetensors")), SIPLRestorer)  # trained for another net
+    from restoration.backbones.registry import SIPL_POST_DECONVOLUTION
+
+    step = PostStep.from_file(SIPL_POST_DECONVOLUTION["sipl"], PostDeconvolver)
+    assert step == shipped.step and hash(step) == hash(shipped.step)  # equal files: equal keys of the shared cache
+    with pytest.raises(TypeError, match="post must be a post_step.PostStep or None"):
+        create_restorer("sipl", post="sipl_post_deconvolution.safetensors")
+    with pytest.raises(ValueError, match="do not take option.*post"):
+        create_restorer("nlm", post=step)
+    with pytest.raises(FileNotFoundError, match="train_post_deconvolution"):
+        PostStep.from_file(tmp_path / "missing.safetensors", PostDeconvolver)
 
 
 def test_restorer_applies_the_step_after_the_network(tmp_path):
     net = tiny_net()
     x = textured(32)
     plain = SIPLRestorer(net)
-    stepped = SIPLRestorer(net, post=_decider(1), post_name="p")
+    stepped = PostStepRestorer(plain, PostStep(_decider(1), "p", "0" * 64))
+    assert stepped.describe()["post_deconvolution"] == "p" and callable(stepped.restore_single_pass)
     expected = deconvolve_bank(plain.restore(x), (CFG.sigmas[1],), CFG.balances[0])[:, 0].clamp(0, 1)
     assert torch.allclose(stepped.restore(x), expected, atol=1e-6)
     small = torch.rand(1, 3, 8, 8)

@@ -1,4 +1,4 @@
-"""The blind post-dehazing step: its features, its training target, its decision, its file, its wiring."""
+"""The post-dehazing experiment (`experiments/post_dehaze`): features, training target, decision, file, commands."""
 from __future__ import annotations
 
 import json
@@ -9,25 +9,26 @@ import pytest
 import torch
 from PIL import Image
 
-from restoration.backbones import create_restorer
-from restoration.backbones.classical import dark_channel_dehaze
-from restoration.backbones.post_deconvolution import (
-    PostDeconvolver,
-    save_post_deconvolver,
-)
-from restoration.backbones.post_dehaze import (
+from experiments.post_dehaze.evaluate import main as evaluate_main
+from experiments.post_dehaze.post_dehaze import (
     PostDehazeConfig,
     PostDehazer,
     dehaze_gains,
     haze_features,
     load_post_dehazer,
 )
-from restoration.backbones.post_step import save_gain_step
+from experiments.post_dehaze.train import main as train_main
+from experiments.post_dehaze.train import sample_spec
+from restoration.backbones import create_restorer
+from restoration.backbones.classical import dark_channel_dehaze
+from restoration.backbones.post_deconvolution import (
+    PostDeconvolver,
+    save_post_deconvolver,
+)
+from restoration.backbones.post_step import PostStep, PostStepRestorer, save_gain_step
 from restoration.backbones.sipl import SIPLRestorer, save_weights
 from restoration.degradations import add_haze, parse_spec
 from restoration.train_post_deconvolution import PostTrainConfig, fit
-from restoration.train_post_dehaze import main as train_main
-from restoration.train_post_dehaze import sample_spec
 from tests.test_deconv_bank import smooth_image
 from tests.test_post_deconvolution import constant_decider
 from tests.test_sipl import tiny_net
@@ -90,7 +91,7 @@ def test_file_round_trip_and_clear_errors(tmp_path):
     assert again.config == CFG
     x = scene(32)
     assert again.choose(x, x) == [CFG.omegas[2]]
-    with pytest.raises(FileNotFoundError, match="train_post_dehaze"):
+    with pytest.raises(FileNotFoundError, match="experiments.post_dehaze.train"):
         load_post_dehazer(tmp_path / "missing.safetensors")
     save_post_deconvolver(PostDeconvolver(), tmp_path / "deconv.safetensors")
     with pytest.raises(ValueError, match="not a post-dehaze file"):
@@ -135,32 +136,27 @@ def test_training_command_writes_a_file_the_restorer_loads(tmp_path, capsys):
     assert report["examples"] == 16 and out.is_file() and cache.is_file()
     assert train_main(args) == 0  # the second run reuses the cached restorations
     assert json.loads(capsys.readouterr().out) == report
-    restorer = create_restorer(str(net_path), post_dehaze=str(out))
-    assert isinstance(restorer, SIPLRestorer) and restorer.describe()["post_dehaze"] == "dehaze.safetensors"
+    restorer = PostStepRestorer(create_restorer(str(net_path)), PostStep.from_file(out, PostDehazer))
+    assert restorer.describe()["post_dehaze"] == "dehaze.safetensors"
     assert len(restorer.describe()["post_dehaze_hash"]) == 64
     x = torch.rand(1, 3, 32, 32)
     assert restorer.restore(x).shape == x.shape and restorer.restore_single_pass(x).shape == x.shape
     with pytest.raises(SystemExit):
         train_main([*args[:-2], "--haze-share", "1.5"])
     assert "--haze-share must be in [0, 1]" in capsys.readouterr().err
+    evaluate = ["--backbone", str(net_path), "--degradation", "haze", "--images", str(photos), "--size", "32",
+                "--limit", "1", "--json"]
+    assert evaluate_main(["--post-dehaze", str(out), *evaluate]) == 0
+    assert json.loads(capsys.readouterr().out)["restorer"]["post_dehaze"] == "dehaze.safetensors"
+    assert evaluate_main(["--post-dehaze", str(tmp_path / "missing.safetensors"), *evaluate]) == 2
+    assert "experiments.post_dehaze.train" in capsys.readouterr().err
 
 
-def test_registry_wiring(tmp_path):
-    assert create_restorer("sipl", post_dehaze=False).post_dehaze is None
-    assert create_restorer("sipl", post_dehaze=False).describe()["post_dehaze_hash"] is None
-    save_weights(tiny_net(), tmp_path / "tiny.safetensors")
-    assert create_restorer(str(tmp_path / "tiny.safetensors")).post_dehaze is None  # trained for another network
-    with pytest.raises(TypeError, match="post_dehaze must be a file path or False"):
-        create_restorer("sipl", post_dehaze=True)
-    with pytest.raises(ValueError, match="do not take option.*post_dehaze"):
-        create_restorer("nlm", post_dehaze=False)
-
-
-def test_restorer_runs_the_dehaze_step_last(tmp_path):
+def test_a_restorer_with_the_step_dehazes_its_output(tmp_path):
     net = tiny_net()
     x = scene(32)
     plain = SIPLRestorer(net)
-    stepped = SIPLRestorer(net, post_dehaze=_decider(1), post_dehaze_name="d")
+    stepped = PostStepRestorer(plain, PostStep(_decider(1), "d", "0" * 64))
     expected = dark_channel_dehaze(plain.restore(x), omega=CFG.omegas[1])
     assert torch.allclose(stepped.restore(x), expected, atol=1e-6)
     assert stepped.describe()["post_dehaze"] == "d"

@@ -108,26 +108,32 @@ def test_told_haze_a_sipl_backbone_ends_with_dehazing(tmp_path, monkeypatch):
     or file, end with dark channel prior dehazing at `TOLD_DEHAZE`; other specs, or none, change nothing."""
     sipl = pytest.importorskip("restoration.backbones.sipl")
     from restoration.backbones.classical import estimate_haze
+    from restoration.backbones.told import TOLD_DEHAZE, ToldDegradation
     from tests.test_sipl import tiny_net
 
     path = tmp_path / "blind.safetensors"
     sipl.save_weights(tiny_net(), path)
     monkeypatch.setitem(registry.SIPL_WEIGHTS, "sipl", path)
     x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 0.5 + 0.4
-    blind = create_restorer("sipl", post_deconvolution=False)
-    assert blind.told is None and blind.describe()["told_dehaze"] is None
+    blind = create_restorer("sipl", post=None)
+    assert not isinstance(blind, ToldDegradation)
+    assert blind.describe()["told"] is None and blind.describe()["told_dehaze"] is None
     for spec in ("rain+haze", "haze:1.5,0.8+noise:10"):
-        told = create_restorer("sipl", post_deconvolution=False, degradation=spec)
-        assert told.told == spec and told.describe()["told_dehaze"] == {"omega": 0.75, "t0": 0.4}
+        told = create_restorer("sipl", post=None, degradation=spec)
+        assert told.describe()["told"] == spec and told.describe()["told_dehaze"] == {"omega": 0.75, "t0": 0.4}
+        assert told.name == "sipl" and told.weights_hash == blind.weights_hash
         y = blind.restore(x)
         assert torch.allclose(told.restore(x), estimate_haze(y).dehaze(y, 0.75, 0.4), atol=1e-6)
         assert not torch.allclose(told.restore(x), y, atol=1e-3)
+        y = blind.restore_single_pass(x)
+        assert torch.allclose(told.restore_single_pass(x), estimate_haze(y).dehaze(y, 0.75, 0.4), atol=1e-6)
     for spec in ("noise:25", "none"):
-        plain = create_restorer("sipl", post_deconvolution=False, degradation=spec)
-        assert plain.told == spec and plain.told_dehaze is None and torch.equal(plain.restore(x), blind.restore(x))
+        plain = create_restorer("sipl", post=None, degradation=spec)
+        assert plain.describe()["told"] == spec and plain.describe()["told_dehaze"] is None
+        assert torch.equal(plain.restore(x), blind.restore(x))
     with pytest.raises(ValueError, match="unknown degradation 'hazee'"):
         create_restorer("sipl", degradation="hazee")
     by_path = create_restorer(str(path), degradation="haze")  # a file by path: the same
-    assert by_path.told_dehaze == registry.TOLD_DEHAZE
+    assert by_path.dehaze == TOLD_DEHAZE
     with pytest.raises(ValueError, match="unknown degradation"):
         create_restorer(str(path), degradation="fog")

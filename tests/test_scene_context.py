@@ -1,18 +1,19 @@
+"""The scene-context experiment (`experiments/scene_context`): the fusion, its gate, the wrapper, its command."""
 import json
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from restoration.backbones import create_restorer
-from restoration.backbones.base import Restorer
-from restoration.backbones.scene_context import (
+from experiments.scene_context.scene_context import (
     SceneContextConfig,
     SceneContextRestorer,
     coarse_shape,
     context_weight,
     fuse_scene_context,
 )
+from restoration.backbones import create_restorer
+from restoration.backbones.base import Restorer
 from restoration.metrics import psnr
 
 
@@ -118,24 +119,30 @@ def test_the_wrapper_runs_the_inner_restorer_at_both_scales():
     assert inner.calls == [(1, 3, 64, 64)] * 2
 
 
-def test_create_restorer_option():
-    plain = create_restorer("nlm")
-    wrapped = create_restorer("nlm", scene_context=True)
-    assert isinstance(wrapped, SceneContextRestorer) and not isinstance(plain, SceneContextRestorer)
-    assert not hasattr(wrapped, "restore_single_pass")
-    assert not isinstance(create_restorer("nlm", scene_context=False), SceneContextRestorer)
-    with pytest.raises(TypeError, match="scene_context must be True or False"):
-        create_restorer("nlm", scene_context="yes")
+def test_any_backbone_and_no_upscaling():
+    wrapped = SceneContextRestorer(create_restorer("nlm"))
+    assert wrapped.name == "nlm" and not hasattr(wrapped, "restore_single_pass")
+    with pytest.raises(ValueError, match="do not take option.*scene_context"):
+        create_restorer("nlm", scene_context=True)  # an experiment: not a registry option
+
+    class _X4(_Recorder):
+        scale = 4
+
+    sr = SceneContextRestorer(_X4())
+    assert sr.scale == 4
+    with pytest.raises(ValueError, match="scene-context pass"):
+        sr.upscale(_scene(16))
 
 
-def test_evaluate_flag(tmp_path, capsys):
-    from restoration.evaluate import main
+def test_evaluate_command(tmp_path, capsys):
+    from experiments.scene_context.evaluate import main
+    from restoration.evaluate import main as plain_main
     from tests.test_evaluate import _write_images
 
     _write_images(tmp_path / "imgs")
     args = ["--backbone", "nlm", "--degradation", "noise:25", "--images", str(tmp_path / "imgs"), "--size", "32",
             "--limit", "1", "--json"]
-    assert main([*args, "--scene-context"]) == 0
-    assert json.loads(capsys.readouterr().out)["restorer"]["scene_context"]["coarse_side"] == 64
     assert main(args) == 0
+    assert json.loads(capsys.readouterr().out)["restorer"]["scene_context"]["coarse_side"] == 64
+    assert plain_main(args) == 0
     assert "scene_context" not in json.loads(capsys.readouterr().out)["restorer"]

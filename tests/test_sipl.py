@@ -101,6 +101,14 @@ def test_load_errors(tmp_path):
         SIPLConfig.from_dict({"dim": 8, "bogus": 1})
 
 
+def test_files_of_retired_variants_load_when_the_variant_is_off():
+    old = {**TINY.to_dict(), "wide_level1": False, "deconv_bank": [], "affine_output": False}
+    assert SIPLConfig.from_dict(old) == TINY
+    for key, on in (("wide_level1", True), ("deconv_bank", [1.0, 2.0]), ("affine_output", True)):
+        with pytest.raises(ValueError, match=f"{key}.*never shipped"):
+            SIPLConfig.from_dict({**TINY.to_dict(), key: on})
+
+
 def test_tiled_equals_untiled_when_one_tile():
     r_tiled = SIPLRestorer(tiny_net(), rounds=1, tile=64)
     x = torch.rand(1, 3, 64, 56)

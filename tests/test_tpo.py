@@ -79,13 +79,12 @@ def test_headless_command_json(tmp_path):
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "restoration.tpo", "--input", str(img), "--degradation", "noise:15",
            "--backbone", "nlm", "--prior", str(prior_dir), "--candidates", "2", "--rounds", "2", "--size", "32",
-           "--seed", "3", "--steps", "2", "--scene-context", "--hint", "noise:15", "--out", str(out), "--json",
+           "--seed", "3", "--steps", "2", "--hint", "noise:15", "--out", str(out), "--json",
            "--sheet", str(out / "sheet.png")]
     res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert res.returncode == 0, res.stderr
     data = json.loads(res.stdout)
     assert data["selector"] == "piqe" and len(data["rounds"]) == 2 and data["hint"] == "noise:15"
-    assert data["backbone"]["scene_context"]["coarse_side"] == 64
     r0 = data["rounds"][0]
     assert {c["id"] for c in r0["candidates"]} == {RESTORED_ID, "c0", "c1"}
     for key in ("preferred", "rejected", "restored_score", "refined_score", "restored_psnr", "refined_psnr"):

@@ -93,11 +93,7 @@ def test_backbones_that_cannot_upscale_say_so(tmp_path):
             restorer.upscale(_image())
         with pytest.raises(ValueError, match="cannot upscale"):
             upscaled_size(restorer, 32, 32)
-    sr = create_restorer(str(tiny_sr(tmp_path / "x4.safetensors", 4)), scene_context=True)
-    assert sr.scale == 4
-    with pytest.raises(ValueError, match="scene-context pass"):
-        sr.upscale(_image())
-    assert upscaled_size(create_restorer(str(tmp_path / "x4.safetensors")), 32, 40) == (128, 160)
+    assert upscaled_size(create_restorer(str(tiny_sr(tmp_path / "x4.safetensors", 4))), 32, 40) == (128, 160)
     with pytest.raises(ValueError, match="sides of at most 4096 px.*up to 1024 px"):
         upscaled_size(create_restorer(str(tmp_path / "x4.safetensors")), 1025, 40)
 
@@ -145,7 +141,6 @@ def test_headless_command_upscales_and_records_it(tmp_path, prior):
     for extra, message in [
         (["--backbone", "nlm", "--upscale"], "restores at scale 1 and cannot upscale"),
         (["--backbone", str(model), "--upscale", "--degradation", "noise:10"], "--upscale takes a real small input"),
-        (["--backbone", str(model), "--upscale", "--scene-context"], "--scene-context"),
         (["--backbone", str(model), "--upscale", "--gt", str(img)], "differs from the x2 output (64, 64)"),
         (["--backbone", "nlm", "--device", "gpu"], "unknown device 'gpu'"),
     ]:

@@ -37,3 +37,49 @@ class Restorer(abc.ABC):
 
     def to(self, device: str | torch.device) -> "Restorer":
         return self
+
+
+class RestorerStep(Restorer):
+    """A step around another restorer with the same interface (the k-diffusion way, as guidance wraps a model
+    function): self-ensemble, a post step, being told the degradation. `apply(x, restore)` says what the step does
+    with the inner restoration function; `restore_single_pass` exists where the inner restorer has one and runs
+    the step around it. Name, weights hash and scale are the inner restorer's; `describe()` adds `facts()`."""
+
+    def __init__(self, inner: Restorer):
+        self.inner = inner
+        if callable(getattr(inner, "restore_single_pass", None)):
+            self.restore_single_pass = lambda x: self.apply(x, inner.restore_single_pass)
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        return self.inner.name
+
+    @name.setter
+    def name(self, value: str) -> None:
+        self.inner.name = value
+
+    @property
+    def weights_hash(self) -> str | None:  # type: ignore[override]
+        return self.inner.weights_hash
+
+    @property
+    def scale(self) -> int:  # type: ignore[override]
+        return self.inner.scale
+
+    @abc.abstractmethod
+    def apply(self, x: torch.Tensor, restore) -> torch.Tensor:
+        """The step around `restore` (the inner restorer's `restore` or `restore_single_pass`) for input x."""
+
+    def facts(self) -> dict[str, Any]:
+        """What the step adds to the inner restorer's `describe()`."""
+        return {}
+
+    def restore(self, x: torch.Tensor) -> torch.Tensor:
+        return self.apply(x, self.inner.restore)
+
+    def describe(self) -> dict[str, Any]:
+        return {**self.inner.describe(), **self.facts()}
+
+    def to(self, device: str | torch.device) -> RestorerStep:
+        self.inner.to(device)
+        return self

@@ -1,17 +1,9 @@
-"""A bank of fixed Wiener deconvolutions: classical deblurring candidates a blind network chooses among.
-
-A small network trained for hours on a CPU does not learn to invert a blur beside everything else it must do
-(docs/history/sipl_model_card_2026-12-06.md: the shipped networks return `blur:1.5` images *worse* than their input, where Wiener
-deconvolution told the kernel gains 3.7 dB). Deep Wiener Deconvolution (Dong, Roth and Schiele, NeurIPS 2020)
-puts the inversion in closed form and leaves the learning to what follows it. Here the network is still blind:
-it sees the input deconvolved by a fixed set of Gaussian point spread functions (the stem's extra channels) and
-its output head blends those deconvolutions in per pixel, so "which blur, if any" is what it has to learn, not
-how to invert one.
+"""A bank of fixed Wiener deconvolutions: the filters the blind post-deconvolution step chooses among.
 
 Each filter is W = K / (K^2 + lambda |L|^2) in the frequency domain: K the Gaussian's transfer function
 exp(-2 pi^2 sigma^2 |f|^2), L the discrete Laplacian, so the mean (DC) passes unchanged and the gain at high
 frequencies is bounded. Pure functions over (B, C, H, W) float tensors; any H and W (reflect padding keeps the
-FFT's wrap-around outside the image).
+FFT's wrap-around outside the image). `post_deconvolution.py` says which filter, if any, applies.
 """
 from __future__ import annotations
 
@@ -21,18 +13,9 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
-#: Laplacian-regularisation weight of every filter. The largest gain it allows grows with the blur: 1.9 / 2.8 /
-#: 3.9 / 5.7 / 8.7 for sigma 0.8 / 1.2 / 1.6 / 2.2 / 3.0 px, sharp enough to undo those blurs, bounded enough
-#: that the noise they amplify stays something the network can remove.
+#: Default Laplacian-regularisation weight. The largest gain it allows grows with the blur: 1.9 / 2.8 / 3.9 / 5.7 /
+#: 8.7 for sigma 0.8 / 1.2 / 1.6 / 2.2 / 3.0 px. (The post step's grids choose their own weights.)
 DEFAULT_BALANCE = 0.01
-
-
-def check_bank(sigmas: tuple[float, ...]) -> tuple[float, ...]:
-    """Validate the bank's blur widths (px): each in [0.3, 5], distinct."""
-    sigmas = tuple(float(s) for s in sigmas)
-    if any(not (math.isfinite(s) and 0.3 <= s <= 5.0) for s in sigmas) or len(set(sigmas)) != len(sigmas):
-        raise ValueError(f"deconvolution bank sigmas must be distinct numbers in [0.3, 5] px, got {sigmas}")
-    return sigmas
 
 
 @lru_cache(maxsize=32)  # one entry per (bank, padded size, device): tiles and training crops repeat their sizes

@@ -4,7 +4,8 @@ The eight symmetries of the square (four quarter-turn rotations, each with and w
 lose nothing and are undone exactly on the output. A trained network is not exactly equivariant to them,
 so its errors on the copies differ, and averaging the copies cancels part of them. `n` copies cost `n`
 restorations. Copies are added in a fixed order: `n = 2` is identity + flip, `n = 4` adds the quarter turn
-and its flip, `n = 8` all of them.
+and its flip, `n = 8` all of them. `SelfEnsemble` is the step around a restorer
+(`create_restorer(name, ensemble=n)`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+
+from restoration.backbones.base import Restorer, RestorerStep
 
 #: Accepted numbers of copies.
 ENSEMBLE_SIZES = (1, 2, 4, 8)
@@ -49,3 +52,17 @@ def self_ensemble(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, n
         y = _inverse(fn(_forward(x, turns, flip)), turns, flip)
         total = y if total is None else total + y
     return total / n
+
+
+class SelfEnsemble(RestorerStep):
+    """A restorer whose output is the mean of `n` geometric copies restored by `inner` (each in [0, 1])."""
+
+    def __init__(self, inner: Restorer, n: int):
+        super().__init__(inner)
+        self.n = check_ensemble(n)
+
+    def apply(self, x: torch.Tensor, restore) -> torch.Tensor:
+        return self_ensemble(restore, x, self.n)
+
+    def facts(self) -> dict:
+        return {"ensemble": self.n}

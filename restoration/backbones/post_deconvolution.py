@@ -1,13 +1,14 @@
 """Blind post-deconvolution: a Wiener step after the network, its blur chosen from the two images' spectra.
 
-The shipped networks do not learn to deblur (docs/history/sipl_model_card_2026-12-06.md, *Twelfth session*), yet on their output a
-Wiener filter told the blur undoes most of it: validation `noise:15+blur:1.5` 28.41 dB -> 30.29 dB, past the
-classical method told the spec (29.22). The network removes the noise, so the filter no longer amplifies it.
-What is missing is the blur, and whether there is one. `PostDeconvolver` predicts, for each filter of a small
-grid of Gaussian blur widths, the PSNR change the filter would make to the restored image, from the radial power
-spectra of the degraded input and of the restored image (`spectrum_features`: blur is a fall-off of high
-frequencies, noise a flat floor); it applies the best filter only when the predicted gain is above a margin.
-Trained on restored training crops against their clean originals (`python -m restoration.train_post_deconvolution`).
+The shipped networks do not learn to deblur, yet on their output a Wiener filter told the blur undoes most of it:
+validation `noise:15+blur:1.5` 28.41 dB -> 30.29 dB, past the classical method told the spec (29.22; the history's
+*blind post-deconvolution step*, docs/history/sipl_model_card_2026-12-06.md). The network removes the noise, so the
+filter no longer amplifies it. What is missing is the blur, and whether there is one. `PostDeconvolver` predicts,
+for each filter of a small grid of Gaussian blur widths, the PSNR change the filter would make to the restored
+image, from the radial power spectra of the degraded input and of the restored image (`spectrum_features`: blur is
+a fall-off of high frequencies, noise a flat floor); it applies the best filter only when the predicted gain is
+above a margin. Trained on restored training crops against their clean originals
+(`python -m restoration.train_post_deconvolution`).
 """
 from __future__ import annotations
 
@@ -20,7 +21,6 @@ from restoration.backbones.deconv_bank import deconvolve_bank
 from restoration.backbones.post_step import (
     GainStep,
     check_min_size,
-    load_gain_step,
     save_gain_step,
 )
 from restoration.metrics import psnr
@@ -110,6 +110,7 @@ class PostDeconvolver(GainStep):
 
     arch = "post_deconvolution"
     trainer = "python -m restoration.train_post_deconvolution"
+    config_class = PostDeconvolutionConfig
 
     def __init__(self, config: PostDeconvolutionConfig = PostDeconvolutionConfig()):
         super().__init__(config, 2 * config.bands, len(config.options))
@@ -132,4 +133,4 @@ def save_post_deconvolver(model: PostDeconvolver, path: str | Path, facts: dict 
 
 
 def load_post_deconvolver(path: str | Path) -> PostDeconvolver:
-    return load_gain_step(path, PostDeconvolver, PostDeconvolutionConfig)
+    return PostDeconvolver.load(path)

@@ -1,16 +1,18 @@
 """Post steps: a small predictor chooses one classical operation to apply to a network's restored image, or none.
 
-A post step scores each option of a fixed grid (e.g. Wiener filters of several blur widths, dehazing of several
-strengths) by the PSNR change it predicts the option would make, from features of the degraded input and of the
-restored image; it applies the best option where that predicted gain is above a margin and otherwise leaves the
-image alone. Subclasses say what the features are and what an option does (`post_deconvolution.PostDeconvolver`,
-`post_dehaze.PostDehazer`); the predictor, the decision and the file format are shared here. The predictors are
-trained on restored training crops against their clean originals (`restoration.train_post_deconvolution`,
-`restoration.train_post_dehaze`), so their targets are measured PSNR changes.
+A post step scores each option of a fixed grid (e.g. Wiener filters of several blur widths) by the PSNR change it
+predicts the option would make, from features of the degraded input and of the restored image; it applies the best
+option where that predicted gain is above a margin and otherwise leaves the image alone. Subclasses say what the
+features are and what an option does (`post_deconvolution.PostDeconvolver`); the predictor, the decision and the
+file format are shared here. The predictors are trained on restored training crops against their clean originals
+(`restoration.train_post_deconvolution`), so their targets are measured PSNR changes.
+
+A trained step and its file are one value, `PostStep`; `PostStepRestorer` runs it after a restorer.
 """
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -18,6 +20,9 @@ import torch
 import torch.nn as nn
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+
+from restoration.backbones.base import Restorer, RestorerStep
+from restoration.backbones.hashing import weights_sha256
 
 #: Images smaller than this (either side) give too little to judge; a post step leaves them alone.
 MIN_SIZE = 16
@@ -41,6 +46,8 @@ class GainStep(nn.Module):
     arch = ""
     #: The command that trains this step (named in the error for a missing file).
     trainer = ""
+    #: The config dataclass its files hold (each subclass sets it; `load` builds the step from it).
+    config_class: type
 
     def __init__(self, config: Any, n_features: int, n_options: int):
         super().__init__()
@@ -50,6 +57,11 @@ class GainStep(nn.Module):
         self.predictor = nn.Sequential(nn.Linear(n_features, config.hidden), nn.ReLU(),
                                        nn.Linear(config.hidden, config.hidden), nn.ReLU(),
                                        nn.Linear(config.hidden, n_options))
+
+    @classmethod
+    def load(cls: type[Step], path: str | Path) -> Step:
+        """A step of this kind from its file (`load_gain_step`)."""
+        return load_gain_step(path, cls, cls.config_class)
 
     def features(self, degraded: torch.Tensor, restored: torch.Tensor) -> torch.Tensor:
         """(B, n_features) from the degraded input and the restored image, both (B, 3, H, W) in [0, 1]."""
@@ -106,3 +118,39 @@ def load_gain_step(path: str | Path, cls: type[Step], config_cls: type) -> Step:
     model = cls(config_cls.from_dict(json.loads(meta["config"])))
     model.load_state_dict(load_file(str(path)))
     return model.eval()
+
+
+@dataclass(frozen=True)
+class PostStep:
+    """A trained post step and its file, as one value: what runs after the network, and what records name (file name,
+    sha256). Equal when the files are (so shared restorers are cached by it)."""
+
+    module: GainStep = field(compare=False, repr=False)
+    name: str
+    sha256: str
+
+    def __post_init__(self) -> None:
+        self.module.eval()
+
+    @classmethod
+    def from_file(cls, path: str | Path, kind: type[GainStep]) -> PostStep:
+        """The `kind` step in `path` (e.g. `post_deconvolution.PostDeconvolver`); clear errors as `load_gain_step`."""
+        return cls(kind.load(path), Path(path).name, weights_sha256(path))
+
+
+class PostStepRestorer(RestorerStep):
+    """`inner` followed by a post step on its whole output (after the refined and the single pass alike). Records
+    the step's file under its kind: `describe()["post_deconvolution"]` and `["post_deconvolution_hash"]`."""
+
+    def __init__(self, inner: Restorer, step: PostStep):
+        super().__init__(inner)
+        self.step = step
+
+    def apply(self, x: torch.Tensor, restore) -> torch.Tensor:
+        y = restore(x)
+        with torch.no_grad():
+            return self.step.module.to(y.device)(x.to(y.device, y.dtype), y)
+
+    def facts(self) -> dict[str, Any]:
+        arch = self.step.module.arch
+        return {arch: self.step.name, f"{arch}_hash": self.step.sha256}

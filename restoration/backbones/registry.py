@@ -21,20 +21,10 @@ SIPL_WEIGHTS = {
     "sipl": ASSETS_DIR / "sipl.safetensors",
     "sipl_ablation": ASSETS_DIR / "sipl_ablation.safetensors",
 }
-#: The blind post-deconvolution step trained for each shipped network (`post_deconvolution.py`): on by default
-#: for the registry names; `post_deconvolution=False` turns it off, a path replaces it. A SIPL file given by path
-#: gets none unless a path is given (the step is trained for one network's outputs).
+#: The blind post-deconvolution step trained for each shipped network (`post_deconvolution.py`), run after it where
+#: the file is there. The `post` option replaces it: a `post_step.PostStep`, or None for none. A SIPL file given by
+#: path gets none unless `post` gives one (a step is trained for one network's outputs).
 SIPL_POST_DECONVOLUTION = {name: ASSETS_DIR / f"{name}_post_deconvolution.safetensors" for name in SIPL_WEIGHTS}
-#: The blind post-dehazing step (`post_dehaze.py`) of each shipped network, run after its post-deconvolution step;
-#: the same rules (`post_dehaze=False` turns it off, a path replaces it; on by default where the file ships).
-SIPL_POST_DEHAZE = {name: ASSETS_DIR / f"{name}_post_dehaze.safetensors" for name in SIPL_WEIGHTS}
-#: The post steps' option names -> their shipped files.
-SIPL_POST_STEPS = {"post_deconvolution": SIPL_POST_DECONVOLUTION, "post_dehaze": SIPL_POST_DEHAZE}
-#: Told that the degradation contains haze (the `degradation` option, as the classical baselines are told it), a SIPL
-#: backbone ends with dark channel prior dehazing of its output at this (omega, t0): the haze a blind network leaves,
-#: removed where the person or the experiment says there is haze. Chosen on the training photos and adopted by a rule
-#: written before its validation figures (docs/history/sipl_model_card_2026-12-06.md, *Sixteenth session*). Blind, nothing changes.
-TOLD_DEHAZE = (0.75, 0.4)
 #: Registry names of the weight-free baselines -> `ClassicalRestorer` method.
 CLASSICAL_METHODS = {
     "classical": "auto",
@@ -48,12 +38,14 @@ CLASSICAL_METHODS = {
 }
 DEFAULT_BACKBONE = "sipl"
 
-#: Keyword options each kind of backbone accepts (None-valued options are ignored).
-SIPL_OPTIONS = ("rounds", "tile", "ensemble", "degradation", *SIPL_POST_STEPS)
+#: Keyword options each kind of backbone accepts (None-valued options are ignored, except SIPL's `post`).
+SIPL_OPTIONS = ("rounds", "tile", "ensemble", "degradation", "post")
 CLASSICAL_OPTIONS = ("degradation", "default_blur_sigma", "default_sr_scale")
 CHECKPOINT_OPTIONS = ("tile", "overlap")
 #: Suffixes that make a name read as a file path even when the file is missing.
 _PATH_SUFFIXES = (".pth", ".pt", ".ckpt", ".safetensors")
+#: `post` not given: the shipped step of a shipped name, none for a file given by path.
+_SHIPPED = object()
 
 
 def available_backbones() -> list[str]:
@@ -92,24 +84,33 @@ def _check_options(kind: str, options: dict[str, Any], allowed: tuple[str, ...])
     return options
 
 
-def _load_sipl(path: Path, device: str, options: dict[str, Any]) -> Restorer:
+def _load_sipl(path: Path, device: str, options: dict[str, Any], shipped_post: Path | None = None) -> Restorer:
+    """The SIPL network in `path` and the steps its options ask for, innermost first: self-ensemble, the post step
+    (`post`, else the file `shipped_post` where it exists), being told the degradation."""
+    from restoration.backbones.ensemble import SelfEnsemble, check_ensemble
+    from restoration.backbones.post_deconvolution import PostDeconvolver
+    from restoration.backbones.post_step import PostStep, PostStepRestorer
     from restoration.backbones.sipl import SIPLRestorer  # lazy: the network module is large
+    from restoration.backbones.told import ToldDegradation
 
+    options = dict(options)
+    post = options.pop("post", _SHIPPED)
     options = _check_options("SIPL", options, SIPL_OPTIONS)
-    told = options.pop("degradation", None)
+    if post is _SHIPPED:
+        post = PostStep.from_file(shipped_post, PostDeconvolver) if shipped_post and shipped_post.is_file() else None
+    elif post is not None and not isinstance(post, PostStep):
+        raise TypeError(f"post must be a post_step.PostStep or None (none), got {post!r}")
+    ensemble = check_ensemble(options.get("ensemble", 1))
+    told = options.get("degradation")
+    restorer: Restorer = SIPLRestorer.from_file(path, device=device, rounds=options.get("rounds"),
+                                                tile=options.get("tile"))
+    if ensemble > 1:
+        restorer = SelfEnsemble(restorer, ensemble)
+    if post is not None:
+        restorer = PostStepRestorer(restorer, post)
     if told is not None:  # a spec that does not parse is a ValueError, as for the classical baselines
-        from restoration.degradations import parse_spec
-
-        options["told"] = told
-        if "haze" in {step.name for step in parse_spec(told)}:
-            options["told_dehaze"] = TOLD_DEHAZE
-    for option in SIPL_POST_STEPS:
-        post = options.get(option)
-        if post is False:
-            options.pop(option)
-        elif post is not None and not isinstance(post, (str, Path)):
-            raise TypeError(f"{option} must be a file path or False (none), got {post!r}")
-    return SIPLRestorer.from_file(path, device=device, **options)
+        restorer = ToldDegradation(restorer, told)
+    return restorer
 
 
 def _unknown_name_error(name: str) -> ValueError:
@@ -125,25 +126,12 @@ def _unknown_name_error(name: str) -> ValueError:
 def create_restorer(name_or_path: str = DEFAULT_BACKBONE, device: str = "cpu", **options: Any) -> Restorer:
     """Build a restorer from a registry name or a checkpoint path (a new instance on every call).
 
-    Options: SIPL `rounds`, `tile`, `ensemble`, `post_deconvolution` and `post_dehaze` (each a file path, or False
-    for none; the shipped names default to their own files), `degradation` (a spec hint: told haze, the output is
-    dehazed at the end, `TOLD_DEHAZE`); classical `degradation`,
-    `default_blur_sigma`, `default_sr_scale`; checkpoints `tile`, `overlap`; every backbone `scene_context`
-    (True adds the scene-context pass, `scene_context.py`; off by default). None-valued options are ignored.
+    Options: SIPL `rounds`, `tile`, `ensemble` (1, 2, 4 or 8 geometric copies averaged), `post` (a
+    `post_step.PostStep` run after the network, or None for none; absent, the shipped names run their own
+    `SIPL_POST_DECONVOLUTION` file), `degradation` (a spec the restorer is told: told haze, the output is dehazed at
+    the end, `told.TOLD_DEHAZE`); classical `degradation`, `default_blur_sigma`, `default_sr_scale`; checkpoints
+    `tile`, `overlap`. Other None-valued options are ignored.
     """
-    options = dict(options)
-    scene_context = options.pop("scene_context", None)
-    if scene_context not in (None, True, False):
-        raise TypeError(f"scene_context must be True or False, got {scene_context!r}")
-    restorer = _create(name_or_path, device, options)
-    if scene_context:
-        from restoration.backbones.scene_context import SceneContextRestorer
-
-        restorer = SceneContextRestorer(restorer)
-    return restorer
-
-
-def _create(name_or_path: str, device: str, options: dict[str, Any]) -> Restorer:
     if not isinstance(name_or_path, (str, Path)):
         raise TypeError(f"backbone must be a name or a path, got {type(name_or_path).__name__}")
     text = str(name_or_path).strip()
@@ -152,10 +140,7 @@ def _create(name_or_path: str, device: str, options: dict[str, Any]) -> Restorer
         path = SIPL_WEIGHTS[key]
         if not path.is_file():
             raise FileNotFoundError(f"shipped weights for backbone {key!r} are missing: expected {path}")
-        for option, files in SIPL_POST_STEPS.items():
-            if options.get(option) is None and files[key].is_file():
-                options[option] = files[key]
-        restorer = _load_sipl(path, device, options)
+        restorer = _load_sipl(path, device, options, SIPL_POST_DECONVOLUTION[key])
         restorer.name = key
         return restorer
     if key in WHEEL_MODELS:
@@ -243,7 +228,7 @@ def get_restorer(name_or_path: str = DEFAULT_BACKBONE, device: str = "cpu", **op
     elif text.lower() in SIPL_WEIGHTS and SIPL_WEIGHTS[text.lower()].is_file():
         st = SIPL_WEIGHTS[text.lower()].stat()
         text, stamp = text.lower(), (st.st_size, st.st_mtime_ns)
-    key = tuple(sorted((k, v) for k, v in options.items() if v is not None))
+    key = tuple(sorted((k, v) for k, v in options.items() if v is not None or k == "post"))
     with _cache_lock:
         return _cached_restorer(text, str(device), key, stamp)
 

@@ -1,7 +1,8 @@
 """SIPL restorer: the shipped network behind the `Restorer` interface, with self-refinement at inference.
 
 Weights are safetensors with metadata `arch=sipl` and the `SIPLConfig` as JSON, so a file alone says how
-to build its network; loading never executes pickled code.
+to build its network; loading never executes pickled code. What may run around it (self-ensemble, the post
+step, being told the degradation) are steps that wrap it (`registry.create_restorer` puts them together).
 """
 from __future__ import annotations
 
@@ -14,11 +15,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from restoration.backbones.base import Restorer
-from restoration.backbones.classical import estimate_haze
-from restoration.backbones.ensemble import check_ensemble, self_ensemble
 from restoration.backbones.hashing import weights_sha256
-from restoration.backbones.post_deconvolution import PostDeconvolver, load_post_deconvolver
-from restoration.backbones.post_dehaze import PostDehazer, load_post_dehazer
 from restoration.backbones.sipl_net import SIPLConfig, SIPLNet, self_refine
 from restoration.backbones.tiling import tiled_apply
 
@@ -28,6 +25,11 @@ DEFAULT_ROUNDS = 1
 #: Images larger than this (either side) are restored tile by tile.
 DEFAULT_TILE = 512
 DEFAULT_OVERLAP = 32
+#: What the steps that may wrap a SIPL restorer record when absent (each step fills in its own), so that every SIPL
+#: restorer's `describe()` has the same keys: `ensemble.SelfEnsemble`, `post_step.PostStepRestorer`,
+#: `told.ToldDegradation`.
+NO_STEPS = {"ensemble": 1, "post_deconvolution": None, "post_deconvolution_hash": None, "told": None,
+            "told_dehaze": None}
 
 
 def save_weights(net: SIPLNet, path: str | Path, facts: dict[str, Any] | None = None,
@@ -65,22 +67,12 @@ def load_network(path: str | Path, device: str | torch.device = "cpu") -> SIPLNe
 
 
 class SIPLRestorer(Restorer):
-    """PromptIR + SIPL Proxy Fusion; `rounds` self-refinement rounds (0 = single pass); `ensemble` geometric
-    copies averaged (1, 2, 4 or 8; each costs one more restoration, see `ensemble.self_ensemble`); `post` the
-    blind post-deconvolution step (`post_deconvolution.PostDeconvolver`, trained for this network) applied to
-    the whole restored image, after the refined pass and after the single pass alike, or None; `post_dehaze` the
-    blind post-dehazing step (`post_dehaze.PostDehazer`) applied after it, or None; `told_dehaze` (omega, t0) ends
-    every restoration with dark channel prior dehazing, set by the registry when the restorer is told the degradation
-    contains haze (`registry.TOLD_DEHAZE`), or None; `told` the spec it was told (None: blind). `*_name` and `*_hash` name their files in `describe()`."""
+    """PromptIR + SIPL Proxy Fusion; `rounds` self-refinement rounds (0 = single pass; the ablation has none);
+    images over `tile` px a side restored tile by tile with `overlap`; `facts` the training facts of its file."""
 
     def __init__(self, net: SIPLNet, name: str = "sipl", weights_hash: str | None = None,
                  rounds: int | None = None, tile: int | None = None, overlap: int = DEFAULT_OVERLAP,
-                 facts: dict[str, Any] | None = None, ensemble: int | None = None,
-                 post: PostDeconvolver | None = None, post_name: str | None = None, post_hash: str | None = None,
-                 post_dehaze: PostDehazer | None = None, post_dehaze_name: str | None = None,
-                 post_dehaze_hash: str | None = None, told: str | None = None,
-                 told_dehaze: tuple[float, float] | None = None):
-        self.ensemble = check_ensemble(1 if ensemble is None else ensemble)
+                 facts: dict[str, Any] | None = None):
         rounds = DEFAULT_ROUNDS if rounds is None else rounds
         if not isinstance(rounds, int) or not 0 <= rounds <= 4:
             raise ValueError(f"rounds must be an integer in 0..4, got {rounds!r}")
@@ -93,37 +85,14 @@ class SIPLRestorer(Restorer):
         self.rounds = rounds if net.proxy_fusion is not None else 0
         self.tile, self.overlap = tile, overlap
         self.facts = facts or {}
-        self.post = None if post is None else post.eval().to(self.device)
-        self.post_name = post_name if post is not None else None
-        self.post_hash = post_hash if post is not None else None
-        self.post_dehaze = None if post_dehaze is None else post_dehaze.eval().to(self.device)
-        self.post_dehaze_name = post_dehaze_name if post_dehaze is not None else None
-        self.post_dehaze_hash = post_dehaze_hash if post_dehaze is not None else None
-        # the degradation spec the restorer was told (None: blind), and the dehazing (omega, t0) that ends each
-        # restoration when it said haze (`registry.TOLD_DEHAZE`), or None
-        self.told, self.told_dehaze = told, told_dehaze
 
     @classmethod
     def from_file(cls, path: str | Path, device: str = "cpu", rounds: int | None = None,
-                  tile: int | None = None, name: str | None = None,
-                  ensemble: int | None = None, post_deconvolution: str | Path | None = None,
-                  post_dehaze: str | Path | None = None, told: str | None = None,
-                  told_dehaze: tuple[float, float] | None = None) -> SIPLRestorer:
-        """`post_deconvolution`, `post_dehaze`: the paths of post-step files trained for this network, or None."""
+                  tile: int | None = None, name: str | None = None) -> SIPLRestorer:
         facts = json.loads(read_metadata(path).get("facts", "{}")) if Path(path).is_file() else {}
         net = load_network(path, device)
-        post = post_name = post_hash = None
-        if post_deconvolution is not None:
-            post = load_post_deconvolver(post_deconvolution)
-            post_name, post_hash = Path(post_deconvolution).name, weights_sha256(post_deconvolution)
-        dehaze = dehaze_name = dehaze_hash = None
-        if post_dehaze is not None:
-            dehaze = load_post_dehazer(post_dehaze)
-            dehaze_name, dehaze_hash = Path(post_dehaze).name, weights_sha256(post_dehaze)
         return cls(net, name=name or Path(path).stem, weights_hash=weights_sha256(path), rounds=rounds,
-                   tile=tile, facts=facts, ensemble=ensemble, post=post, post_name=post_name, post_hash=post_hash,
-                   post_dehaze=dehaze, post_dehaze_name=dehaze_name, post_dehaze_hash=dehaze_hash,
-                   told=told, told_dehaze=told_dehaze)
+                   tile=tile, facts=facts)
 
     @property
     def device(self) -> torch.device:
@@ -131,9 +100,6 @@ class SIPLRestorer(Restorer):
 
     def to(self, device: str | torch.device) -> SIPLRestorer:
         self.net.to(device)
-        for step in (self.post, self.post_dehaze):
-            if step is not None:
-                step.to(device)
         return self
 
     def _run(self, x: torch.Tensor, rounds: int) -> torch.Tensor:
@@ -141,30 +107,19 @@ class SIPLRestorer(Restorer):
             raise ValueError(f"expected a (B, 3, H, W) image tensor, got shape {tuple(x.shape)}")
         x = x.to(self.device, torch.float32)
         with torch.no_grad():  # not inference_mode: callers may use the result in autograd (guidance)
-            y = self_ensemble(lambda v: tiled_apply(lambda t: self_refine(self.net, t, rounds), v, self.tile,
-                                                    self.overlap, multiple=SIPLNet.multiple), x, self.ensemble)
-            y = y.clamp(0, 1)
-            for step in (self.post, self.post_dehaze):
-                if step is not None:
-                    y = step(x, y)
-            if self.told_dehaze is not None:
-                omega, t0 = self.told_dehaze
-                y = estimate_haze(y).dehaze(y, omega, t0)
-        return y
+            y = tiled_apply(lambda t: self_refine(self.net, t, rounds), x, self.tile, self.overlap,
+                            multiple=SIPLNet.multiple)
+            return y.clamp(0, 1)
 
     def restore(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) in [0, 1] -> restored, with `self.rounds` self-refinement rounds."""
         return self._run(x, self.rounds)
 
     def restore_single_pass(self, x: torch.Tensor) -> torch.Tensor:
-        """The plain first pass (dictionary only), i.e. self-refinement turned off (same ensemble)."""
+        """The plain first pass (dictionary only), i.e. self-refinement turned off."""
         return self._run(x, 0)
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "weights_hash": self.weights_hash, "rounds": self.rounds,
-                "ensemble": self.ensemble, "proxy_fusion": self.net.proxy_fusion is not None, "tile": self.tile,
-                "config": self.net.config.to_dict(), "training": self.facts,
-                "post_deconvolution": self.post_name, "post_deconvolution_hash": self.post_hash,
-                "post_dehaze": self.post_dehaze_name, "post_dehaze_hash": self.post_dehaze_hash,
-                "told": self.told,
-                "told_dehaze": None if self.told_dehaze is None else dict(zip(("omega", "t0"), self.told_dehaze))}
+                "proxy_fusion": self.net.proxy_fusion is not None, "tile": self.tile,
+                "config": self.net.config.to_dict(), "training": self.facts, **NO_STEPS}

@@ -8,21 +8,19 @@ residual) with prompt blocks in the decoder (PromptIR). SIPL adds, before each d
     feature = inject(feature, proxy)                   # decoder tokens attend to the proxy
 
 Without privileged features the raw dictionary is the proxy. With ``proxy_fusion=False`` the modules are
-absent: that is the ablation (plain small PromptIR).
-
-Two optional additions, both zero-initialised so that a trained network can gain them (`widen`) and start from
-what it computed without them: a fixed Wiener deconvolution bank whose outputs the stem sees and the head blends
-in per pixel (`deconv_bank.py`), and a per-pixel gain on the input in the head (`affine_output`).
+absent: that is the ablation (plain small PromptIR). The output is the input plus a predicted residual.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from restoration.backbones.deconv_bank import check_bank, deconvolve_bank
+#: Config keys of network variants that never shipped (`experiments/README.md`), with the value that means "absent".
+#: Files and checkpoints written while they existed carry them; they load when the variant is off.
+RETIRED_CONFIG = {"wide_level1": False, "deconv_bank": [], "affine_output": False}
 
 
 @dataclass(frozen=True)
@@ -38,29 +36,34 @@ class SIPLConfig:
     prompt_size: int = 16
     proxy_fusion: bool = True
     dictionary_tokens: int = 16
-    #: PromptIR keeps 2*dim channels at full resolution; False reduces to dim there (4x cheaper on CPU).
-    wide_level1: bool = False
-    #: Gaussian blur widths (px) of a fixed Wiener deconvolution bank (`deconv_bank.py`): the stem sees the input
-    #: deconvolved by each, and the head blends those in per pixel. () = no bank (the networks before it).
-    deconv_bank: tuple[float, ...] = ()
-    #: Output head with a per-pixel gain on the input, y = x + g * x + r (AOD-Net's reformulation of the
-    #: scattering model: undoing haze multiplies the input's detail by 1/t). False = the plain residual y = x + r.
-    affine_output: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def differences(self, other: "SIPLConfig") -> dict:
+        """{key: (this value, the other's)} for every key where the two configs differ."""
+        ours, theirs = self.to_dict(), other.to_dict()
+        return {k: (ours[k], theirs[k]) for k in ours if ours[k] != theirs[k]}
+
     @classmethod
     def from_dict(cls, d: dict) -> "SIPLConfig":
         known = {f for f in cls.__dataclass_fields__}
+        d = dict(d)
+        for key, absent in RETIRED_CONFIG.items():
+            if key in d and _plain(d.pop(key)) != absent:
+                raise ValueError(f"SIPLConfig key {key!r} belongs to a network variant that never shipped "
+                                 "(experiments/README.md); this code builds the shipped network only")
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown SIPLConfig keys {sorted(unknown)}; allowed: {sorted(known)}")
-        d = dict(d)
-        for key in ("num_blocks", "heads", "deconv_bank"):
+        for key in ("num_blocks", "heads"):
             if key in d:
                 d[key] = tuple(d[key])
         return cls(**d)
+
+
+def _plain(value):
+    return list(value) if isinstance(value, (list, tuple)) else value
 
 
 class ChannelLayerNorm(nn.Module):
@@ -248,7 +251,6 @@ class EncoderFeatures:
     level2: torch.Tensor
     level3: torch.Tensor
     latent: torch.Tensor
-    extras: dict = field(default_factory=dict)
 
     def privileged(self) -> list[torch.Tensor]:
         """Features at the three Proxy Fusion levels (1/8, 1/4, 1/2), in decoder order."""
@@ -265,10 +267,6 @@ class SIPLNet(nn.Module):
         self.config = cfg = config
         d, nb, hd, ex = cfg.dim, cfg.num_blocks, cfg.heads, cfg.ffn_expansion
         self.patch_embed = nn.Conv2d(3, d, 3, padding=1, bias=False)
-        # the deconvolution bank's stem and blend head, and the gain head: zero-initialised, so a network that
-        # gains them (`widen`) starts out computing exactly what it computed without them
-        self.bank = check_bank(cfg.deconv_bank)
-        self.bank_embed = _zero_conv(3 * len(self.bank), d, bias=False) if self.bank else None
         self.encoder1 = _stage(d, nb[0], hd[0], ex)
         self.down1 = Downsample(d)
         self.encoder2 = _stage(d * 2, nb[1], hd[1], ex)
@@ -294,13 +292,10 @@ class SIPLNet(nn.Module):
         self.prompt1 = PromptBlock(d * 2, p1, cfg.prompt_len, cfg.prompt_size)
         self.prompt_fuse1 = _PromptFuse(d * 2, p1, hd[1], ex)
         self.up1 = Upsample(d * 2)
-        w1 = d * 2 if cfg.wide_level1 else d
-        self.reduce1 = nn.Identity() if cfg.wide_level1 else nn.Conv2d(d * 2, d, 1, bias=False)
-        self.decoder1 = _stage(w1, nb[0], hd[0], ex)
-        self.refinement = _stage(w1, cfg.num_refinement_blocks, hd[0], ex)
-        self.output = nn.Conv2d(w1, 3, 3, padding=1, bias=False)
-        self.blend_head = _zero_conv(w1, 3 * len(self.bank)) if self.bank else None
-        self.gain_head = _zero_conv(w1, 3) if cfg.affine_output else None
+        self.reduce1 = nn.Conv2d(d * 2, d, 1, bias=False)  # PromptIR keeps 2 * dim here; dim is 4x cheaper
+        self.decoder1 = _stage(d, nb[0], hd[0], ex)
+        self.refinement = _stage(d, cfg.num_refinement_blocks, hd[0], ex)
+        self.output = nn.Conv2d(d, 3, 3, padding=1, bias=False)
 
         if cfg.proxy_fusion:
             tokens = cfg.dictionary_tokens
@@ -313,17 +308,11 @@ class SIPLNet(nn.Module):
             self.proxy_fusion = None
 
     def encode(self, x: torch.Tensor) -> EncoderFeatures:
-        """(B, 3, H, W) in [0, 1] -> encoder features at 1, 1/2, 1/4, 1/8 resolution (and the bank's
-        deconvolutions of x, (B, n, 3, H, W), in `extras["bank"]` when the network has a bank)."""
-        extras = {}
-        stem = self.patch_embed(x)
-        if self.bank_embed is not None:
-            extras["bank"] = bank = deconvolve_bank(x, self.bank)
-            stem = stem + self.bank_embed(bank.flatten(1, 2))
-        e1 = self.encoder1(stem)
+        """(B, 3, H, W) in [0, 1] -> encoder features at 1, 1/2, 1/4, 1/8 resolution."""
+        e1 = self.encoder1(self.patch_embed(x))
         e2 = self.encoder2(self.down1(e1))
         e3 = self.encoder3(self.down2(e2))
-        return EncoderFeatures(e1, e2, e3, self.latent(self.down3(e3)), extras)
+        return EncoderFeatures(e1, e2, e3, self.latent(self.down3(e3)))
 
     def _fuse(self, level: int, feature: torch.Tensor, privileged: list[torch.Tensor] | None) -> torch.Tensor:
         if self.proxy_fusion is None:
@@ -345,9 +334,7 @@ class SIPLNet(nn.Module):
         f = self._fuse(2, f, privileged)
         f = self.prompt_fuse1(f, self.prompt1(f))
         f = self.decoder1(self.reduce1(torch.cat([self.up1(f), enc.level1], dim=1)))
-        f = self.refinement(f)
-        return compose_output(x, self.output(f), None if self.blend_head is None else self.blend_head(f),
-                              enc.extras.get("bank"), None if self.gain_head is None else self.gain_head(f))
+        return x + self.output(self.refinement(f))
 
     def forward(self, x: torch.Tensor, privileged: list[torch.Tensor] | None = None) -> torch.Tensor:
         """One pass: (B, 3, H, W) -> restored (B, 3, H, W) (not clamped)."""
@@ -356,50 +343,6 @@ class SIPLNet(nn.Module):
     def privileged_features(self, y: torch.Tensor) -> list[torch.Tensor]:
         """Encoder features of an image (a reconstruction of the ground truth, or the model's own output)."""
         return self.encode(y).privileged()
-
-
-def compose_output(x: torch.Tensor, residual: torch.Tensor, blend: torch.Tensor | None = None,
-                   bank: torch.Tensor | None = None, gain: torch.Tensor | None = None) -> torch.Tensor:
-    """The restored image y = x + r [+ sum_i a_i * (bank_i - x)] [+ g * x].
-
-    x, residual r (B, 3, H, W); blend a (B, 3n, H, W) with bank (B, n, 3, H, W) the deconvolutions of x;
-    gain g (B, 3, H, W). Zero blend and gain give the plain residual network's output."""
-    y = x + residual
-    if blend is not None and bank is not None and bank.shape[1]:
-        y = y + (blend.unflatten(1, (bank.shape[1], 3)) * (bank - x[:, None])).sum(dim=1)
-    if gain is not None:
-        y = y + gain * x
-    return y
-
-
-def _zero_conv(cin: int, cout: int, bias: bool = True) -> nn.Conv2d:
-    conv = nn.Conv2d(cin, cout, 3, padding=1, bias=bias)
-    nn.init.zeros_(conv.weight)
-    if bias:
-        nn.init.zeros_(conv.bias)
-    return conv
-
-
-def widen(net: SIPLNet, config: SIPLConfig) -> tuple[SIPLNet, list[str]]:
-    """`net` rebuilt with `config`, which may add what a trained network can gain without changing what it
-    computes: a deconvolution bank (stem and blend head) where it has none, a gain head where it has none. The
-    new modules are zero; returns the new network and the names of its fresh parameters (for their own
-    learning rate). Any other difference of config is an error that names it."""
-    ours, theirs = net.config.to_dict(), config.to_dict()
-    diff = {k: (ours[k], theirs[k]) for k in theirs if ours[k] != theirs[k]}
-    fixed = {k: v for k, v in diff.items() if k not in ("deconv_bank", "affine_output")}
-    if net.config.deconv_bank and "deconv_bank" in diff:
-        fixed["deconv_bank"] = diff["deconv_bank"]
-    if net.config.affine_output and not config.affine_output:
-        fixed["affine_output"] = diff["affine_output"]
-    if fixed:
-        raise ValueError(f"a network can only gain a deconvolution bank or a gain head; these differ "
-                         f"(network, wanted): {fixed}")
-    wide = SIPLNet(config).to(next(net.parameters()).device)
-    state = net.state_dict()
-    fresh = [k for k in wide.state_dict() if k not in state]
-    wide.load_state_dict({**wide.state_dict(), **state})
-    return wide.train(net.training), fresh
 
 
 class _PromptFuse(nn.Module):

@@ -1,14 +1,17 @@
 """Blind post-dehazing: a dark-channel-prior step after the network, its strength chosen from the two images.
 
-The shipped networks leave much of a haze on (docs/history/sipl_model_card_2026-12-06.md: `rain+haze` 17.1 dB against 19.3 for the
-classical dehazer told the spec), while dehazing their output by the dark channel prior (He, Sun and Tang 2009;
+The shipped networks leave much of a haze on (`rain+haze` 17.1 dB against 19.3 for the classical dehazer told the
+spec), while dehazing their output by the dark channel prior (He, Sun and Tang 2009;
 `classical.dark_channel_dehaze`) at a well-chosen strength omega would reach about 22 dB on the validation photos.
 The hard part is the choice: a bright, misty photo looks hazed, and dehazing it costs several dB. `PostDehazer`
 predicts, for each omega of a small grid, the PSNR change dehazing would make, from `haze_features` (the dark
 channel, the brightness and the contrast of the input and of the restored image over a coarse grid of cells:
 synthetic and real haze grow with depth, mist and overcast light are flatter), and applies the best omega only
 when the predicted gain is above a margin. Trained on restored training crops against their clean originals,
-misty ones among them (`python -m restoration.train_post_dehaze`).
+misty ones among them (`python -m experiments.post_dehaze.train`); run after a restorer by
+`post_step.PostStepRestorer(restorer, PostStep.from_file(FILE, PostDehazer))` or
+`python -m experiments.post_dehaze.evaluate --post-dehaze FILE ...`. Neither try was admissible: it dehazed clean
+and noisy photos with much sky (docs/history/sipl_model_card_2026-12-06.md, *a post-dehazing step*).
 """
 from __future__ import annotations
 
@@ -27,7 +30,6 @@ from restoration.backbones.classical import (
 from restoration.backbones.post_step import (
     GainStep,
     check_min_size,
-    load_gain_step,
 )
 from restoration.metrics import psnr
 
@@ -92,7 +94,8 @@ class PostDehazer(GainStep):
     `post_step.MIN_SIZE`) unchanged."""
 
     arch = "post_dehaze"
-    trainer = "python -m restoration.train_post_dehaze"
+    trainer = "python -m experiments.post_dehaze.train"
+    config_class = PostDehazeConfig
 
     def __init__(self, config: PostDehazeConfig = PostDehazeConfig()):
         super().__init__(config, config.n_features, len(config.omegas))
@@ -110,4 +113,4 @@ class PostDehazer(GainStep):
 
 
 def load_post_dehazer(path: str | Path) -> PostDehazer:
-    return load_gain_step(path, PostDehazer, PostDehazeConfig)
+    return PostDehazer.load(path)

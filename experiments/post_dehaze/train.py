@@ -1,7 +1,7 @@
-"""Train the blind post-dehazing step (`restoration.backbones.post_dehaze`) for a restoration backbone.
+"""Train the blind post-dehazing step (`experiments.post_dehaze.post_dehaze`) for a restoration backbone.
 
-    python -m restoration.train_post_dehaze --images data/photos/train --skimage --exclude Storm,Wood \
-        --backbone sipl --samples 1200 --out assets/sipl_post_dehaze.safetensors
+    python -m experiments.post_dehaze.train --images data/photos/train --skimage --exclude Storm,Wood \
+        --backbone sipl --samples 1200 --out runs/post_dehaze/sipl_post_dehaze.safetensors
 
 Makes `--samples` training examples: an upright random crop (a `--fade-share` of them first faded toward a
 bright grey, `restoration.train.fade_some`: misty photos whose target stays misty), degraded (a `--haze-share` of
@@ -25,14 +25,14 @@ from pathlib import Path
 
 import torch
 
-from restoration.backbones import create_restorer, is_sipl_backbone
-from restoration.backbones.base import Restorer
-from restoration.backbones.post_dehaze import (
+from experiments.post_dehaze.post_dehaze import (
     PostDehazeConfig,
     PostDehazer,
     dehaze_gains,
     haze_features,
 )
+from restoration.backbones import create_restorer
+from restoration.backbones.base import Restorer
 from restoration.data import CropConfig, CropSampler
 from restoration.degradations import degrade, format_spec, random_spec, random_step
 from restoration.train import fade_some
@@ -47,7 +47,7 @@ from restoration.train_post_deconvolution import (
     start_process,
 )
 
-log = logging.getLogger("restoration.train_post_dehaze")
+log = logging.getLogger("experiments.post_dehaze.train")
 
 #: Haze alone and in the composites it forms (scene effects first, sensor noise last; rain in front or behind).
 HAZE_COMBOS: tuple[tuple[str, ...], ...] = (
@@ -156,9 +156,8 @@ def main(argv: list[str] | None = None) -> int:
         sampler = CropSampler.from_sources(args.images, args.skimage,
                                            CropConfig(crop=cfg.crop, short_sides=cfg.short_sides, rotate=False),
                                            exclude=exclude)
-        # the step follows everything the backbone runs, its post-deconvolution step included, but not itself
-        restorer = create_restorer(args.backbone, **({"post_dehaze": False} if is_sipl_backbone(args.backbone)
-                                                      else {}))
+        # the step follows everything the backbone runs, its post-deconvolution step included
+        restorer = create_restorer(args.backbone)
         samples = make_samples(restorer, sampler, cfg)
         if cache is not None:
             save_atomically(samples, cache)

@@ -10,13 +10,15 @@ photos their look, so a per-image weight turns it on only where
     low-passed output and input: the network itself saw haze), and
   * the coarse run would change them a lot more (`extra`, mean absolute difference of the two low-passed results).
 
-Each weight is a linear ramp between two thresholds, fixed on training photos. Off by default: it gained 0.5 dB on
+Each weight is a linear ramp between two thresholds, fixed on training photos. Never a default: it gained 0.5 dB on
 validation `rain+haze` (1 dB on `haze`) and cost nothing without haze, but lost 0.1 dB on the evaluation photos'
-`rain+haze` (some scenes much better, others over-dehazed; docs/history/sipl_model_card_2026-12-06.md, *Fourteenth session*). Everything is computed at the coarse resolution (area-downscaled images, Gaussian low-pass
+`rain+haze` (some scenes much better, others over-dehazed; docs/history/sipl_model_card_2026-12-06.md, *a
+scene-context pass*). Everything is computed at the coarse resolution (area-downscaled images, Gaussian low-pass
 of `sigma` coarse px); the correction is upscaled bicubically and added, so a 4096 px image costs one 64 px
 restoration more and a few small convolutions.
 
-    >>> restorer = create_restorer("sipl", scene_context=True)    # any backbone; off by default
+    >>> restorer = SceneContextRestorer(create_restorer("sipl"))    # any backbone
+    $ python -m experiments.scene_context.evaluate --backbone sipl --degradation rain+haze --images DIR --json
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from restoration.backbones.base import Restorer
+from restoration.backbones.base import Restorer, RestorerStep
 from restoration.degradations import gaussian_blur
 
 
@@ -91,19 +93,15 @@ def fuse_scene_context(degraded: torch.Tensor, restored: torch.Tensor, coarse_re
     return (restored + weight.view(-1, 1, 1, 1) * correction).clamp(0, 1), weight
 
 
-class SceneContextRestorer(Restorer):
+class SceneContextRestorer(RestorerStep):
     """Any restorer plus the scene-context pass; `restore_single_pass` too when the inner restorer has one (the
     coarse run then uses the single pass as well)."""
 
     def __init__(self, inner: Restorer, config: SceneContextConfig = SceneContextConfig()):
-        self.inner = inner
+        super().__init__(inner)
         self.config = config
-        self.name = inner.name
-        self.weights_hash = inner.weights_hash
-        if hasattr(inner, "restore_single_pass"):
-            self.restore_single_pass = lambda x: self._run(x, inner.restore_single_pass)
 
-    def _run(self, x: torch.Tensor, restore) -> torch.Tensor:
+    def apply(self, x: torch.Tensor, restore) -> torch.Tensor:
         restored = restore(x)
         shape = coarse_shape(x.shape[-2], x.shape[-1], self.config)
         if shape is None:
@@ -113,20 +111,9 @@ class SceneContextRestorer(Restorer):
         with torch.no_grad():
             return fuse_scene_context(x, restored, coarse, self.config)[0]
 
-    def restore(self, x: torch.Tensor) -> torch.Tensor:
-        return self._run(x, self.inner.restore)
-
-    @property
-    def scale(self) -> int:
-        return self.inner.scale
-
     def upscale(self, x: torch.Tensor) -> torch.Tensor:
         raise ValueError("the scene-context pass restores at the input's size and does not upscale; "
                          "upscale without it")
 
-    def describe(self) -> dict[str, Any]:
-        return {**self.inner.describe(), "scene_context": asdict(self.config)}
-
-    def to(self, device: str | torch.device) -> SceneContextRestorer:
-        self.inner.to(device)
-        return self
+    def facts(self) -> dict[str, Any]:
+        return {"scene_context": asdict(self.config)}

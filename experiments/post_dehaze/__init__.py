@@ -1,0 +1,1 @@
+"""A blind post-dehazing step after the network (two tries, neither admissible; no file ships)."""
