@@ -524,8 +524,8 @@ _SAMPLERS: dict[str, Callable[[random.Random], tuple[float, ...]]] = {
 # exposure with noise. Measured: a first mixture with noiseless low light taught the model to brighten dark photos
 # (-10 dB on clean dark crops); with low light always under noise, the level of noisy photos shifted instead
 # (noise:25 on the validation photo Wood: 14.4 dB vs 26-30 dB; Wood was then misread as dark, it is bright and
-# misty, see `restoration.train.fade_some`). The training loop darkens some clean crops
-# (`restoration.train.darken_some`), so noise on a dark scene keeps it dark. Haze appears mostly with rain, on either
+# misty, see `restoration.training.sipl.fade_some`). The training loop darkens some clean crops
+# (`restoration.training.sipl.darken_some`), so noise on a dark scene keeps it dark. Haze appears mostly with rain, on either
 # side of it (distant rain seen through haze: `rain+haze`).
 _COMPOSITES: tuple[tuple[str, ...], ...] = (
     ("haze", "rain"),

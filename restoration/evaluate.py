@@ -252,7 +252,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[EvalConfig, bool]:
     group.add_argument("--no-post-deconvolution", action="store_true",
                        help="shipped SIPL networks: leave out the blind post-deconvolution step")
     group.add_argument("--post-deconvolution", type=Path, default=None, metavar="FILE",
-                       help="SIPL: run this post-deconvolution file (train_post_deconvolution) instead of the "
+                       help="SIPL: run this post-deconvolution file (restoration.training.post_deconvolution) instead of the "
                             "shipped one")
     p.add_argument("--informed", action="store_true",
                    help="tell a SIPL backbone the degradation, as the classical ones always are: told haze, it "

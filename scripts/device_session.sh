@@ -14,7 +14,7 @@
 #      finished run proves the fit; if the default 1024 px denoiser tiles do not fit, once more with 512 px), and
 #      the throughput of 8 concurrent sessions at 512 px, batching on and off (`scripts/bench_sessions.py`).
 #   0. (STAGES=prior, the default's first part) the pixel diffusion prior trained from scratch for PRIOR_SECONDS
-#      (about 8-9 minutes) at a GPU's batch and crop, with the shipped architecture (`restoration.train_prior`, its
+#      (about 8-9 minutes) at a GPU's batch and crop, with the shipped architecture (`restoration.training.prior`, its
 #      schedule fitted to the budget, EMA weights saved every 2 minutes): the weights come back in the archive as
 #      session/prior/ and are measured here afterwards (`restoration.evaluate_prior`).
 # STAGES picks the parts, comma-separated: prior, bench, train, eval, scale (default prior,train,eval: the prior
@@ -106,10 +106,10 @@ host="$DEVICE"
 # -- 0. the diffusion prior, first ------------------------------------------------------------------------------
 if want prior; then
   sources=(--images data/photos/train)
-  "$PY" -c "from restoration.data import skimage_photos; skimage_photos()" 2>/dev/null && sources+=(--skimage)
+  "$PY" -c "from restoration.training.data import skimage_photos; skimage_photos()" 2>/dev/null && sources+=(--skimage)
   budget=$((DEADLINE - SECONDS - 15 - 40))  # 40 s: start-up and the last save
   [ "$budget" -gt "$PRIOR_SECONDS" ] && budget=$PRIOR_SECONDS
-  stage train_prior $((budget + 40)) "$PY" -m restoration.train_prior "${sources[@]}" --device "$DEVICE" \
+  stage train_prior $((budget + 40)) "$PY" -m restoration.training.prior "${sources[@]}" --device "$DEVICE" \
     --time-budget "$budget" --batch-size "$PRIOR_BATCH" --crop "$PRIOR_CROP" --threads 2 --checkpoint-minutes 2 \
     --out "$work/prior" --state "$work/prior_state.pt"
   rm -f "$work/prior_state.pt"  # the optimizer state stays behind; the EMA prior comes back
@@ -144,12 +144,12 @@ fi
 # -- 2. training, both networks side by side ------------------------------------------------------------------
 if want train; then
   sources=(--images data/photos/train --exclude Storm,Wood)
-  "$PY" -c "from restoration.data import skimage_photos; skimage_photos()" 2>/dev/null && sources+=(--skimage) \
+  "$PY" -c "from restoration.training.data import skimage_photos; skimage_photos()" 2>/dev/null && sources+=(--skimage) \
     || log "scikit-image's bundled photos are not available there: training on data/photos/train alone"
   budget=$((DEADLINE - SECONDS - 15 - 60 - 60))  # what is left after the start-up and save (60 s), evaluation (60 s)
   [ "$budget" -gt "$TRAIN_SECONDS" ] && budget=$TRAIN_SECONDS
   log "training budget: $budget s per network"
-  train=("$PY" -m restoration.train "${sources[@]}" --device "$DEVICE" --crop "$TRAIN_CROP" --batch "$TRAIN_BATCH"
+  train=("$PY" -m restoration.training.sipl "${sources[@]}" --device "$DEVICE" --crop "$TRAIN_CROP" --batch "$TRAIN_BATCH"
          --steps 1000000 --time-budget "$budget" --lr 2e-4 --min-lr 1e-5 --warmup 100 --seed 1
          --workers "$WORKERS" --threads 1 --checkpoint-every 1000 --mixture "$MIXTURE")  # the GPU computes; CPU threads would only contend
   limit=$((budget + 60))

@@ -4,7 +4,7 @@
 #   bash scripts/wise_sweep.sh FIRST.safetensors SECOND.safetensors OUT_DIR [VAL_DIR]
 #
 # For alpha in 0.3 .. 0.8 (or the space-separated ALPHAS), writes OUT_DIR/wise_ALPHA.safetensors = (1 - alpha) FIRST + alpha SECOND
-# (python -m restoration.interpolate), then prints one line per file (FIRST, the mixes, SECOND) and degradation:
+# (python -m restoration.training.interpolate), then prints one line per file (FIRST, the mixes, SECOND) and degradation:
 # the mean PSNR on VAL_DIR (default data/photos/val; 256 px, seed 0) of noise:25, noise:15+blur:1.5 and rain+haze,
 # with the single-pass PSNR and the input's. The lines also go to OUT_DIR/sweep.txt.
 # This is how the eighth session's shipped weights were chosen (docs/history/sipl_model_card_2026-12-06.md).
@@ -22,7 +22,7 @@ done
 mkdir -p "$out"
 files=("$first")
 for alpha in ${ALPHAS:-0.3 0.4 0.5 0.6 0.7 0.8}; do
-  "$py" -m restoration.interpolate "$first" "$second" --alpha "$alpha" --out "$out/wise_$alpha.safetensors" >&2
+  "$py" -m restoration.training.interpolate "$first" "$second" --alpha "$alpha" --out "$out/wise_$alpha.safetensors" >&2
   files+=("$out/wise_$alpha.safetensors")
 done
 files+=("$second")

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from restoration import train_prior
 from restoration.diffusion.priors import load_prior
+from restoration.training import prior as train_prior
 
 
 def test_train_prior_end_to_end_and_resume(tmp_path):

@@ -167,7 +167,7 @@ def test_post_step_flags(tmp_path):
     assert isinstance(shipped, PostStepRestorer)
     assert isinstance(build_restorer(EvalConfig("sipl", "noise:25", Path("x"), no_post_deconvolution=True)),
                       SIPLRestorer)
-    with pytest.raises(FileNotFoundError, match="train_post_deconvolution"):
+    with pytest.raises(FileNotFoundError, match="restoration.training.post_deconvolution"):
         build_restorer(EvalConfig("sipl", "noise:25", Path("x"), post_deconvolution=tmp_path / "f.safetensors"))
 
 

@@ -9,7 +9,7 @@ import torch
 from restoration.backbones.hashing import weights_sha256
 from restoration.backbones.sipl import load_network, read_metadata, save_weights
 from restoration.backbones.sipl_net import SIPLConfig, SIPLNet
-from restoration.interpolate import main, weight_space_ensemble
+from restoration.training.interpolate import main, weight_space_ensemble
 
 TINY = SIPLConfig(dim=8, num_blocks=(1, 1, 1, 1), heads=(1, 2, 2, 4), prompt_len=2, prompt_size=4,
                   dictionary_tokens=4)

@@ -24,8 +24,8 @@ from restoration.backbones.post_step import GainStep, PostStep, PostStepRestorer
 from restoration.backbones.sipl import SIPLRestorer, save_weights
 from restoration.degradations import gaussian_blur
 from restoration.metrics import psnr
-from restoration.train_post_deconvolution import PostTrainConfig, fit, sample_spec
-from restoration.train_post_deconvolution import main as train_main
+from restoration.training.post_deconvolution import PostTrainConfig, fit, sample_spec
+from restoration.training.post_deconvolution import main as train_main
 from tests.test_deconv_bank import smooth_image
 from tests.test_sipl import tiny_net
 
@@ -115,7 +115,7 @@ def test_file_round_trip_and_clear_errors(tmp_path):
     assert again.config == CFG
     x = textured(32)
     assert again.choose(x, x) == [CFG.options[2]]
-    with pytest.raises(FileNotFoundError, match="train_post_deconvolution"):
+    with pytest.raises(FileNotFoundError, match="restoration.training.post_deconvolution"):
         load_post_deconvolver(tmp_path / "missing.safetensors")
     save_weights(tiny_net(), tmp_path / "net.safetensors")
     with pytest.raises(ValueError, match="not a post-deconvolution file"):
@@ -187,7 +187,7 @@ def test_registry_wiring(tmp_path):
         create_restorer("sipl", post="sipl_post_deconvolution.safetensors")
     with pytest.raises(ValueError, match="do not take option.*post"):
         create_restorer("nlm", post=step)
-    with pytest.raises(FileNotFoundError, match="train_post_deconvolution"):
+    with pytest.raises(FileNotFoundError, match="restoration.training.post_deconvolution"):
         PostStep.from_file(tmp_path / "missing.safetensors", PostDeconvolver)
 
 

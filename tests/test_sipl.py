@@ -10,10 +10,10 @@ import torch.nn.functional as F
 
 from restoration.backbones.sipl import SIPLRestorer, load_network, save_weights
 from restoration.backbones.sipl_net import SIPLConfig, SIPLNet, self_refine
-from restoration.data import CropConfig, CropSampler
 from restoration.degradations import degrade
 from restoration.metrics import psnr
-from restoration.train import TrainConfig, training_loss
+from restoration.training.data import CropConfig, CropSampler
+from restoration.training.sipl import TrainConfig, training_loss
 
 TINY = SIPLConfig(dim=8, num_blocks=(1, 1, 1, 1), heads=(1, 2, 2, 4), prompt_len=2, prompt_size=4,
                   dictionary_tokens=4)
@@ -147,8 +147,9 @@ def test_a_few_training_steps_lower_the_loss(proxy_fusion):
 
 @pytest.mark.skipif(not (ASSETS / "sipl.safetensors").exists(), reason="shipped weights not trained yet")
 def test_shipped_weights_denoise():
-    from restoration.backbones import create_restorer
     import skimage.data
+
+    from restoration.backbones import create_restorer
 
     img = torch.from_numpy(skimage.data.astronaut()).permute(2, 0, 1)[None].float() / 255
     clean = F.interpolate(img, size=(256, 256), mode="bicubic", antialias=True).clamp(0, 1)
@@ -159,7 +160,7 @@ def test_shipped_weights_denoise():
 
 def test_reexposed_crops_keep_their_look_as_the_target():
     """darken_some / fade_some change a share of the clean crops, which then are the targets as well."""
-    from restoration.train import darken_some, fade_some
+    from restoration.training.sipl import darken_some, fade_some
 
     clean = torch.rand(200, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     assert torch.equal(fade_some(clean, random.Random(0), 0.0), clean)

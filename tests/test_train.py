@@ -10,9 +10,9 @@ from PIL import Image
 
 from restoration.backbones.sipl import load_network, read_metadata, save_weights
 from restoration.backbones.sipl_net import SIPLConfig, SIPLNet
-from restoration.data import CropConfig, CropSampler
 from restoration.degradations import MixtureShares
-from restoration.train import (
+from restoration.training.data import CropConfig, CropSampler
+from restoration.training.sipl import (
     BatchStream,
     TrainConfig,
     initial_weights,

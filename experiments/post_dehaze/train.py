@@ -4,7 +4,7 @@
         --backbone sipl --samples 1200 --out runs/post_dehaze/sipl_post_dehaze.safetensors
 
 Makes `--samples` training examples: an upright random crop (a `--fade-share` of them first faded toward a
-bright grey, `restoration.train.fade_some`: misty photos whose target stays misty), degraded (a `--haze-share` of
+bright grey, `restoration.training.sipl.fade_some`: misty photos whose target stays misty), degraded (a `--haze-share` of
 them by haze, alone or with rain, noise or snow; the rest by the post-deconvolution step's sample mixture),
 restored by the backbone with everything that runs before this step (its post-deconvolution step included); each
 gives `haze_features` and, against the clean crop, the PSNR change of dehazing at each omega of the grid
@@ -33,10 +33,9 @@ from experiments.post_dehaze.post_dehaze import (
 )
 from restoration.backbones import create_restorer
 from restoration.backbones.base import Restorer
-from restoration.data import CropConfig, CropSampler
 from restoration.degradations import degrade, format_spec, random_spec, random_step
-from restoration.train import fade_some
-from restoration.train_post_deconvolution import (
+from restoration.training.data import CropConfig, CropSampler
+from restoration.training.post_deconvolution import (
     SAMPLE_MIXTURE,
     PostTrainConfig,
     add_common_arguments,
@@ -46,6 +45,7 @@ from restoration.train_post_deconvolution import (
     save_step,
     start_process,
 )
+from restoration.training.sipl import fade_some
 
 log = logging.getLogger("experiments.post_dehaze.train")
 

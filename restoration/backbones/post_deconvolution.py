@@ -8,7 +8,7 @@ for each filter of a small grid of Gaussian blur widths, the PSNR change the fil
 image, from the radial power spectra of the degraded input and of the restored image (`spectrum_features`: blur is
 a fall-off of high frequencies, noise a flat floor); it applies the best filter only when the predicted gain is
 above a margin. Trained on restored training crops against their clean originals
-(`python -m restoration.train_post_deconvolution`).
+(`python -m restoration.training.post_deconvolution`).
 """
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ class PostDeconvolutionConfig:
         return cls(**d)
 
 
-#: The finer grid (`train_post_deconvolution --grid fine`): 9 widths, each at two Laplacian weights.
+#: The finer grid (`restoration.training.post_deconvolution --grid fine`): 9 widths, each at two Laplacian weights.
 FINE_GRID = PostDeconvolutionConfig(sigmas=(0.6, 0.8, 1.0, 1.2, 1.4, 1.6, 1.8, 2.0, 2.5), balances=(0.001, 0.003))
 
 
@@ -109,7 +109,7 @@ class PostDeconvolver(GainStep):
     `post_step.MIN_SIZE`) unchanged."""
 
     arch = "post_deconvolution"
-    trainer = "python -m restoration.train_post_deconvolution"
+    trainer = "python -m restoration.training.post_deconvolution"
     config_class = PostDeconvolutionConfig
 
     def __init__(self, config: PostDeconvolutionConfig = PostDeconvolutionConfig()):

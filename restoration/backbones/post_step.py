@@ -5,7 +5,7 @@ predicts the option would make, from features of the degraded input and of the r
 option where that predicted gain is above a margin and otherwise leaves the image alone. Subclasses say what the
 features are and what an option does (`post_deconvolution.PostDeconvolver`); the predictor, the decision and the
 file format are shared here. The predictors are trained on restored training crops against their clean originals
-(`restoration.train_post_deconvolution`), so their targets are measured PSNR changes.
+(`restoration.training.post_deconvolution`), so their targets are measured PSNR changes.
 
 A trained step and its file are one value, `PostStep`; `PostStepRestorer` runs it after a restorer.
 """

@@ -54,7 +54,7 @@ def load_network(path: str | Path, device: str | torch.device = "cpu") -> SIPLNe
     """Build a `SIPLNet` from a safetensors file written by `save_weights`; clear errors otherwise."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"SIPL weights not found: {path} (train them with `python -m restoration.train`)")
+        raise FileNotFoundError(f"SIPL weights not found: {path} (train them with `python -m restoration.training.sipl`)")
     meta = read_metadata(path)
     if meta.get("arch") != "sipl" or "config" not in meta:
         raise ValueError(f"{path} is not a SIPL weights file (metadata arch={meta.get('arch')!r}, expected 'sipl')")

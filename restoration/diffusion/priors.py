@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from restoration.backbones.hashing import weights_sha256 as file_sha256
 from restoration.backbones.tiling import tiled_apply
 
-#: where `load_prior("default")` looks (the prior trained by `python -m restoration.train_prior`).
+#: where `load_prior("default")` looks (the prior trained by `python -m restoration.training.prior`).
 DEFAULT_PRIOR_DIR = Path(__file__).resolve().parents[2] / "assets" / "prior"
 #: extra facts saved beside a pixel prior's unet (pixel-unshuffle factor, training facts).
 PRIOR_CONFIG_NAME = "prior_config.json"
@@ -497,7 +497,7 @@ def load_prior(name_or_path: str = "default", device: str | torch.device = "cpu"
         "(config.json + weights + scheduler_config.json)"
     )
     if not folder.is_dir():
-        hint = " (train one with `python -m restoration.train_prior`)" if prior_id == "pixel:default" else ""
+        hint = " (train one with `python -m restoration.training.prior`)" if prior_id == "pixel:default" else ""
         raise PriorNotFoundError(f"no diffusion prior at {folder}{hint}; {expected}")
     sched_dir = _find_scheduler_dir(folder)
     unet_dir = folder / "unet" if _has_weights(folder / "unet") else (folder if _has_weights(folder) else None)

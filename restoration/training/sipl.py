@@ -1,7 +1,7 @@
 """Train the all-in-one SIPL network (or its ablation) from a folder of clean photos.
 
-    python -m restoration.train --images DIR [--skimage] --out runs/sipl --steps 20000
-    python -m restoration.train --images DIR --ablation --out runs/ablation --steps 20000
+    python -m restoration.training.sipl --images DIR [--skimage] --out runs/sipl --steps 20000
+    python -m restoration.training.sipl --images DIR --ablation --out runs/ablation --steps 20000
 
 Each step: random crops, a blind on-the-fly degradation mixture (`degradations.random_spec`), L1 loss.
 SIPL step (arXiv 2505.24207): privileged features P = Encoder(Net(gt)) under no_grad (dictionary-only
@@ -31,9 +31,9 @@ from tqdm import tqdm
 
 from restoration.backbones.sipl import load_network, save_weights
 from restoration.backbones.sipl_net import SIPLConfig, SIPLNet
-from restoration.data import CropConfig, CropSampler
 from restoration.degradations import DEFAULT_MIXTURE, MixtureShares, degrade, random_spec
 from restoration.runtime import tune_allocator
+from restoration.training.data import CropConfig, CropSampler
 
 
 @dataclass
@@ -253,7 +253,7 @@ def _list_state(obj):
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m restoration.train", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m restoration.training.sipl", description=__doc__.split("\n\n")[0])
     p.add_argument("--images", action="append", default=[], help="folder of clean photos (repeatable)")
     p.add_argument("--skimage", action="store_true", help="add scikit-image's bundled photos")
     p.add_argument("--exclude", default="", help="comma-separated file stems to leave out (held-out photos)")

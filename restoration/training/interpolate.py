@@ -1,7 +1,7 @@
 """Weight-space ensemble of two SIPL weight files (WiSE-FT, Wortsman et al., CVPR 2022, eq. 1):
 theta = (1 - alpha) * theta_a + alpha * theta_b.
 
-    python -m restoration.interpolate A.safetensors B.safetensors --alpha 0.5 --out C.safetensors
+    python -m restoration.training.interpolate A.safetensors B.safetensors --alpha 0.5 --out C.safetensors
 
 When B is a fine-tune of A (say, on larger crops that teach dehazing), B gains one skill and loses
 another; the weights on the straight line between them often keep most of both, because a fine-tune
@@ -42,7 +42,7 @@ def _parent(path: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m restoration.interpolate", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m restoration.training.interpolate", description=__doc__.split("\n\n")[0])
     p.add_argument("first", type=Path, help="weights at alpha = 0 (e.g. the shipped ones)")
     p.add_argument("second", type=Path, help="weights at alpha = 1 (e.g. a fine-tune of the first)")
     p.add_argument("--alpha", type=float, required=True, help="share of the second, in [0, 1]")

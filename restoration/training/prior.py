@@ -1,6 +1,6 @@
 """Train the project's pixel diffusion prior (a small diffusers UNet2DModel) on random crops of photos.
 
-    python -m restoration.train_prior --images DIR [--images DIR2] [--skimage] --out assets/prior \
+    python -m restoration.training.prior --images DIR [--images DIR2] [--skimage] --out assets/prior \
         --time-budget 7200 --threads 1 [--resume]
 
 v-prediction (or epsilon) on the DDPM linear schedule; timesteps are drawn mostly from [0, --max-t) because
@@ -29,7 +29,6 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from restoration.data import load_photo, skimage_photos
 from restoration.diffusion.priors import (
     PixelPriorConfig,
     _asdict,
@@ -39,6 +38,7 @@ from restoration.diffusion.priors import (
 )
 from restoration.io import list_images
 from restoration.runtime import resolve_device, tune_allocator
+from restoration.training.data import load_photo, skimage_photos
 
 #: scikit-image's bundled colour photographs (no downloads needed).
 SKIMAGE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry")

@@ -1,6 +1,6 @@
 """Train the blind post-deconvolution step (`restoration.backbones.post_deconvolution`) for a restoration backbone.
 
-    python -m restoration.train_post_deconvolution --images data/photos/train --skimage --exclude Storm,Wood \
+    python -m restoration.training.post_deconvolution --images data/photos/train --skimage --exclude Storm,Wood \
         --backbone sipl --samples 2400 --grid fine --out assets/sipl_post_deconvolution.safetensors
 
 Makes `--samples` training examples: a random crop, degraded (a `--blur-share` of them by a Gaussian blur, with
@@ -34,11 +34,11 @@ from restoration.backbones.post_deconvolution import (
     spectrum_features,
 )
 from restoration.backbones.post_step import GainStep, save_gain_step
-from restoration.data import CropConfig, CropSampler
 from restoration.degradations import MixtureShares, degrade, random_spec
 from restoration.runtime import tune_allocator
+from restoration.training.data import CropConfig, CropSampler
 
-log = logging.getLogger("restoration.train_post_deconvolution")
+log = logging.getLogger("restoration.training.post_deconvolution")
 
 #: The filter grids `--grid` names.
 GRIDS = {"first": PostDeconvolutionConfig(), "fine": FINE_GRID}
