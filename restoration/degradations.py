@@ -15,17 +15,16 @@ from __future__ import annotations
 
 import difflib
 import io
-import itertools
 import math
 import operator
-import random
-from collections.abc import Callable
-from dataclasses import astuple, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+
+from restoration.kernels import _gaussian_kernel1d, _separable, filter2d, motion_kernel
 
 # ----------------------------------------------------------------------------------------------------------------
 # The table of degradations
@@ -235,70 +234,6 @@ def format_spec(steps: list[DegradationStep] | tuple[DegradationStep, ...]) -> s
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Kernels and filtering
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def gaussian_kernel(sigma: float) -> torch.Tensor:
-    """(k, k) float32 Gaussian kernel summing to 1, k = 2*ceil(3*sigma)+1; sigma in px (> 0)."""
-    k1 = _gaussian_kernel1d(sigma)
-    return torch.outer(k1, k1)
-
-
-def _gaussian_kernel1d(sigma: float) -> torch.Tensor:
-    if not sigma > 0:
-        raise ValueError(f"gaussian sigma must be > 0 px, got {sigma}")
-    radius = max(1, math.ceil(3 * sigma))
-    t = torch.arange(-radius, radius + 1, dtype=torch.float64)
-    k = torch.exp(-0.5 * (t / sigma) ** 2)
-    return (k / k.sum()).float()
-
-
-def motion_kernel(length: float, angle: float) -> torch.Tensor:
-    """(k, k) float32 line kernel summing to 1: a segment `length` px long at `angle` degrees (0 = horizontal,
-    counter-clockwise), anti-aliased by bilinear splatting of points sampled along it."""
-    if not length >= 1:
-        raise ValueError(f"motion kernel length must be >= 1 px, got {length}")
-    half = (length - 1) / 2
-    radius = math.ceil(half) + 1
-    size = 2 * radius + 1
-    n = max(2, math.ceil(4 * length))
-    t = torch.linspace(-half, half, n, dtype=torch.float64)
-    a = math.radians(angle)
-    xs = radius + t * math.cos(a)
-    ys = radius - t * math.sin(a)  # image rows grow downwards
-    x0, y0 = xs.floor(), ys.floor()
-    fx, fy = xs - x0, ys - y0
-    kernel = torch.zeros(size * size, dtype=torch.float64)
-    for dx, dy, w in ((0, 0, (1 - fx) * (1 - fy)), (1, 0, fx * (1 - fy)), (0, 1, (1 - fx) * fy), (1, 1, fx * fy)):
-        idx = (y0 + dy).long().clamp(0, size - 1) * size + (x0 + dx).long().clamp(0, size - 1)
-        kernel.index_add_(0, idx, w)
-    kernel = kernel.view(size, size)
-    return (kernel / kernel.sum()).float()
-
-
-def _pad(x: torch.Tensor, ph: int, pw: int) -> torch.Tensor:
-    # Reflect padding needs pad < size; tiny images fall back to replicate so any H, W works.
-    mode = "reflect" if ph < x.shape[-2] and pw < x.shape[-1] else "replicate"
-    return F.pad(x, (pw, pw, ph, ph), mode=mode)
-
-
-def filter2d(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
-    """Convolve each channel of (B, C, H, W) with an odd (kh, kw) kernel, reflect padding; same shape out."""
-    kh, kw = kernel.shape
-    c = x.shape[1]
-    weight = kernel.to(dtype=x.dtype, device=x.device).expand(c, 1, kh, kw)
-    return F.conv2d(_pad(x, kh // 2, kw // 2), weight, groups=c)
-
-
-def _separable(x: torch.Tensor, k1: torch.Tensor) -> torch.Tensor:
-    n, c = k1.numel(), x.shape[1]
-    k1 = k1.to(dtype=x.dtype, device=x.device)
-    x = F.conv2d(_pad(x, n // 2, 0), k1.view(1, 1, n, 1).expand(c, 1, n, 1), groups=c)
-    return F.conv2d(_pad(x, 0, n // 2), k1.view(1, 1, 1, n).expand(c, 1, 1, n), groups=c)
-
-
-# ----------------------------------------------------------------------------------------------------------------
 # The degradations (pure functions)
 # ----------------------------------------------------------------------------------------------------------------
 
@@ -495,115 +430,3 @@ def degrade(x: torch.Tensor, spec: str, seed: int) -> tuple[torch.Tensor, Degrad
         y = y.clamp(0, 1)
         resolved.append(params)
     return y, DegradationRecord(spec=format_spec(steps), seed=seed, steps=resolved)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Training mixture
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def _r(v: float, digits: int = 1) -> float:
-    return round(v, digits)
-
-
-_SAMPLERS: dict[str, Callable[[random.Random], tuple[float, ...]]] = {
-    "noise": lambda rng: (_r(rng.uniform(5, 55)),),
-    "blur": lambda rng: (_r(rng.uniform(0.5, 3.0), 2),),
-    "motion": lambda rng: (float(rng.randint(5, 25)), float(rng.randint(-90, 90))),
-    "sr": lambda rng: (float(rng.choice((2, 4))),),
-    "jpeg": lambda rng: (float(rng.randint(10, 60)),),
-    "rain": lambda rng: (_r(rng.uniform(0.002, 0.01), 4), float(rng.randint(8, 25)), float(rng.randint(-30, 30))),
-    "snow": lambda rng: (_r(rng.uniform(0.001, 0.006), 4), _r(rng.uniform(0.5, 1.8), 2)),
-    "haze": lambda rng: (_r(rng.uniform(0.6, 2.5), 2), _r(rng.uniform(0.7, 1.0), 2)),
-    "lowlight": lambda rng: (_r(rng.uniform(0.2, 0.5), 2), _r(rng.uniform(1.2, 2.0), 2), _r(rng.uniform(5, 20))),
-}
-
-# Composites in the spirit of CDD-11 (low-light, haze, rain, snow) plus noise, in the order they form: scene
-# effects (haze, then rain/snow in front of it), then the camera's low exposure, then sensor noise.
-# Low light is not in the blind mixture: a blind model cannot tell a dark photo with sensor noise from a low-light
-# exposure with noise. Measured: a first mixture with noiseless low light taught the model to brighten dark photos
-# (-10 dB on clean dark crops); with low light always under noise, the level of noisy photos shifted instead
-# (noise:25 on the validation photo Wood: 14.4 dB vs 26-30 dB; Wood was then misread as dark, it is bright and
-# misty, see `restoration.training.sipl.fade_some`). The training loop darkens some clean crops
-# (`restoration.training.sipl.darken_some`), so noise on a dark scene keeps it dark. Haze appears mostly with rain, on either
-# side of it (distant rain seen through haze: `rain+haze`).
-_COMPOSITES: tuple[tuple[str, ...], ...] = (
-    ("haze", "rain"),
-    ("haze", "rain"),
-    ("rain", "haze"),
-    ("haze", "rain", "noise"),
-    ("rain", "noise"),
-    ("haze", "snow"),
-    ("blur", "jpeg"),
-)
-#: Degradations the blind training mixture never draws (they stay available in specs and evaluation).
-NOT_IN_MIXTURE = frozenset({"lowlight"})
-
-# Noise with blur in either order: blur then noise is a camera (optics, then the sensor); noise then blur is a
-# noisy photo resized or smoothed afterwards, whose residual noise is low-frequency and correlated.
-_NOISE_COMBOS: tuple[tuple[str, ...], ...] = (("blur", "noise"), ("noise", "blur"), ("noise", "jpeg"))
-
-_SINGLES: tuple[str, ...] = ("blur", "blur", "motion", "sr", "jpeg", "jpeg", "rain", "haze")
-
-
-#: The mixture's groups of degradation-name tuples, in `MixtureShares` order: clean (none), noise alone, noise with
-#: blur or jpeg, one other degradation, a composite. `random_spec` draws a group by its share, then one tuple of it.
-_MIXTURE_GROUPS: tuple[tuple[tuple[str, ...], ...], ...] = (
-    (), (("noise",),), _NOISE_COMBOS, tuple((n,) for n in _SINGLES), _COMPOSITES)
-
-
-@dataclass(frozen=True)
-class MixtureShares:
-    """The blind training mixture's shares, in order: clean (identity), noise alone, noise with blur or jpeg
-    (`_NOISE_COMBOS`), one other degradation (`_SINGLES`), a composite (`_COMPOSITES`). They must sum to 1."""
-
-    clean: float = 0.05
-    noise: float = 0.40
-    noise_combo: float = 0.15
-    single: float = 0.25
-    composite: float = 0.15
-
-    def __post_init__(self) -> None:
-        values = astuple(self)
-        if any(not math.isfinite(v) or v < 0 for v in values) or abs(sum(values) - 1.0) > 1e-6:
-            raise ValueError(f"mixture shares must be >= 0 and sum to 1 (clean, noise, noise_combo, single, "
-                             f"composite); got {', '.join(f'{v:g}' for v in values)}")
-
-    @classmethod
-    def parse(cls, text: str) -> MixtureShares:
-        """`"0.05,0.4,0.15,0.25,0.15"` -> shares (the order of the fields)."""
-        parts = [p.strip() for p in text.split(",")]
-        if len(parts) != 5:
-            raise ValueError(f"mixture shares: expected 5 comma-separated numbers (clean, noise, noise_combo, "
-                             f"single, composite), got {text!r}")
-        try:
-            values = [float(p) for p in parts]
-        except ValueError:
-            raise ValueError(f"mixture shares: not numbers: {text!r}") from None
-        return cls(*values)
-
-    def format(self) -> str:
-        return ",".join(f"{v:g}" for v in astuple(self))
-
-
-#: The mixture the shipped weights were trained on.
-DEFAULT_MIXTURE = MixtureShares()
-
-
-def random_step(name: str, rng: random.Random) -> DegradationStep:
-    """One `name` step with arguments drawn from the training mixture's ranges (not for 'none')."""
-    if name not in _SAMPLERS:
-        raise ValueError(f"no training range for {name!r}; allowed: {', '.join(_SAMPLERS)}")
-    return DegradationStep(name, _SAMPLERS[name](rng))
-
-
-def random_spec(rng: random.Random, shares: MixtureShares = DEFAULT_MIXTURE) -> str:
-    """A spec with concrete arguments from the blind all-in-one training mixture; by default 5% clean (identity),
-    40% noise (sigma 5-55), 15% noise with blur or jpeg, 25% one other degradation, 15% a composite."""
-    u = rng.random()
-    edges = list(itertools.accumulate(astuple(shares)))
-    group = _MIXTURE_GROUPS[next((k for k, edge in enumerate(edges) if u < edge), len(edges) - 1)]
-    if not group:
-        return "none"
-    names = group[0] if len(group) == 1 else rng.choice(group)
-    return format_spec([random_step(n, rng) for n in names])

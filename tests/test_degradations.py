@@ -10,25 +10,21 @@ import torch.nn.functional as F
 
 from restoration.degradations import (
     DEGRADATIONS,
-    NOT_IN_MIXTURE,
     DegradationRecord,
     DegradationStep,
-    MixtureShares,
     add_gaussian_noise,
     add_haze,
     bicubic_downsample,
     degrade,
     format_spec,
     gaussian_blur,
-    gaussian_kernel,
     jpeg,
     low_light,
     motion_blur,
-    motion_kernel,
     parse_spec,
-    random_spec,
-    random_step,
 )
+from restoration.kernels import gaussian_kernel, motion_kernel
+from restoration.training.mixture import NOT_IN_MIXTURE, MixtureShares, random_spec, random_step
 
 ALL_SPECS = [
     "none",

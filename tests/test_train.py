@@ -10,8 +10,8 @@ from PIL import Image
 
 from restoration.backbones.sipl import load_network, read_metadata, save_weights
 from restoration.backbones.sipl_net import SIPLConfig, SIPLNet
-from restoration.degradations import MixtureShares
 from restoration.training.data import CropConfig, CropSampler
+from restoration.training.mixture import MixtureShares
 from restoration.training.sipl import (
     BatchStream,
     TrainConfig,

@@ -33,8 +33,9 @@ from experiments.post_dehaze.post_dehaze import (
 )
 from restoration.backbones import create_restorer
 from restoration.backbones.base import Restorer
-from restoration.degradations import degrade, format_spec, random_spec, random_step
+from restoration.degradations import degrade, format_spec
 from restoration.training.data import CropConfig, CropSampler
+from restoration.training.mixture import random_spec, random_step
 from restoration.training.post_deconvolution import (
     SAMPLE_MIXTURE,
     PostTrainConfig,

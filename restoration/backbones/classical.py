@@ -32,10 +32,9 @@ from restoration.backbones.base import Restorer
 from restoration.degradations import (
     bicubic_downsample,
     bicubic_upsample,
-    gaussian_kernel,
-    motion_kernel,
     parse_spec,
 )
+from restoration.kernels import gaussian_kernel, motion_kernel
 
 #: Methods `ClassicalRestorer` accepts; 'auto' chooses from the degradation hint or the image.
 METHODS = ("auto", "nlm", "wiener", "richardson_lucy", "bicubic", "dehaze", "brighten", "median")

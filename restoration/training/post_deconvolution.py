@@ -34,9 +34,10 @@ from restoration.backbones.post_deconvolution import (
     spectrum_features,
 )
 from restoration.backbones.post_step import GainStep, save_gain_step
-from restoration.degradations import MixtureShares, degrade, random_spec
+from restoration.degradations import degrade
 from restoration.runtime import tune_allocator
 from restoration.training.data import CropConfig, CropSampler
+from restoration.training.mixture import MixtureShares, random_spec
 
 log = logging.getLogger("restoration.training.post_deconvolution")
 

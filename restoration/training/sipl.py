@@ -3,13 +3,13 @@
     python -m restoration.training.sipl --images DIR [--skimage] --out runs/sipl --steps 20000
     python -m restoration.training.sipl --images DIR --ablation --out runs/ablation --steps 20000
 
-Each step: random crops, a blind on-the-fly degradation mixture (`degradations.random_spec`), L1 loss.
+Each step: random crops, a blind on-the-fly degradation mixture (`training.mixture.random_spec`), L1 loss.
 SIPL step (arXiv 2505.24207): privileged features P = Encoder(Net(gt)) under no_grad (dictionary-only
 reconstruction of the ground truth); loss = L1(Net(x, P), gt) + aux * L1(Net(x), gt). The auxiliary
 dictionary-only term (our addition, weight `--aux`) trains the first inference pass, whose output becomes
 the pseudo-privileged input at test time. Checkpoints resume (`--resume`); `--init WEIGHTS` starts from a
 weights file (the shipped ones, say) with a fresh optimizer and schedule, for fine-tuning; `--compile` runs the
-training step through torch.compile; `--mixture` re-weights the blind mixture (`degradations.MixtureShares`).
+training step through torch.compile; `--mixture` re-weights the blind mixture (`training.mixture.MixtureShares`).
 For a GPU: `--workers N` makes the degraded batches in N background processes (`BatchStream`), so the GPU does
 not wait on the per-crop degradations; `--time-budget S` ends the run after S seconds of training, its learning
 rate schedule following whichever of `--steps` and the budget is nearer its end (a lent machine's fixed time).
@@ -31,9 +31,10 @@ from tqdm import tqdm
 
 from restoration.backbones.sipl import load_network, save_weights
 from restoration.backbones.sipl_net import SIPLConfig, SIPLNet
-from restoration.degradations import DEFAULT_MIXTURE, MixtureShares, degrade, random_spec
+from restoration.degradations import degrade
 from restoration.runtime import tune_allocator
 from restoration.training.data import CropConfig, CropSampler
+from restoration.training.mixture import DEFAULT_MIXTURE, MixtureShares, random_spec
 
 
 @dataclass
