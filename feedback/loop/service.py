@@ -141,6 +141,8 @@ class ChoiceView:
     superseded: int = 0
     #: Whether it is the round's live choice (False: a retry returned a choice a later one has superseded).
     live: bool = True
+    #: How many region marks (boxes where the person saw a problem) the choice carries.
+    regions: int = 0
 
 
 @dataclass(frozen=True)
@@ -460,10 +462,12 @@ class FeedbackService:
     def record_choice(self, round_id: str, preferred: Sequence[str] = (), rejected: Sequence[str] = (),
                       tie: bool = False, skip: bool = False, tags: Sequence[str] = (), decision_ms: int | None = None,
                       idempotency_key: str | None = None, selector: str = "human",
-                      viewing: dict[str, Any] | None = None) -> ChoiceView:
+                      viewing: dict[str, Any] | None = None, regions: Any = None) -> ChoiceView:
         """Record a choice (one transaction): pairwise, a tie (all given ids equal), or a skip. It supersedes the
         round's previous choice (a correction); a repeated `idempotency_key` returns the first, recording nothing.
-        `viewing`: {"zoom_count", "viewport": [w, h], "dpr"} of the page (zoom and compare interactions)."""
+        `viewing`: {"zoom_count", "viewport": [w, h], "dpr"} of the page (zoom and compare interactions).
+        `regions`: where the person saw a problem, [{"on": "<k>", "x", "y", "w", "h", "tag"?}] on the k-th candidate
+        in display order (from 1) in [0, 1] image coordinates (`feedback.record.regions`), stored with the choice."""
         viewing = dict(viewing or {})
         if unknown := set(viewing) - {"zoom_count", "viewport", "dpr"}:
             raise InputError(f"viewing takes zoom_count, viewport and dpr; got {sorted(unknown)[:5]}")
@@ -480,12 +484,12 @@ class FeedbackService:
                                                       idempotency_key=idempotency_key,
                                                       zoom_count=viewing.get("zoom_count"),
                                                       viewport=viewing.get("viewport"),
-                                                      device_pixel_ratio=viewing.get("dpr"))
+                                                      device_pixel_ratio=viewing.get("dpr"), regions=regions)
                 superseded = s.scalar(select(func.count()).select_from(Choice).where(
                     Choice.round_id == round_id, Choice.superseded_at == choice.created_at)) if created else 0
                 return ChoiceView(choice.id, len(choice.pairs), created, choice.kind, choice.preferred_ids,
                                   choice.rejected_ids, choice.selector, superseded=superseded or 0,
-                                  live=choice.superseded_at is None)
+                                  live=choice.superseded_at is None, regions=len(choice.regions or []))
         # With an idempotency key a repeat cannot record twice, so transient database errors are retried.
         return retry_transient(write, attempts=3 if idempotency_key else 1)
 

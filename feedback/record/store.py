@@ -42,6 +42,7 @@ from feedback.record.models import (
     SourceImage,
     utcnow,
 )
+from feedback.record.regions import check_regions
 
 ModelT = TypeVar("ModelT", bound=Base)
 
@@ -293,18 +294,32 @@ def _choice_by_key(s: Session, round_id: str, key: str) -> Choice | None:
     return s.scalar(select(Choice).where(Choice.round_id == round_id, Choice.idempotency_key == key))
 
 
-def _same_choice(existing: Choice, kind: str, preferred: list[str], rejected: list[str]) -> Choice:
-    if (existing.kind, existing.preferred_ids, existing.rejected_ids) != (kind, preferred, rejected):
+def _same_choice(existing: Choice, kind: str, preferred: list[str], rejected: list[str],
+                 regions: list[dict[str, Any]] | None = None) -> Choice:
+    """`existing` when it is the choice asked for (and its region marks, when they were sent); Conflict otherwise."""
+    if (existing.kind, existing.preferred_ids, existing.rejected_ids) != (kind, preferred, rejected) or (
+            regions is not None and (existing.regions or []) != regions):
         raise Conflict(f"idempotency key {existing.idempotency_key!r} was already used for a different choice "
                        f"({existing.id}) in this round; use a new key for a new choice")
     return existing
 
 
+def _round_regions(regions: Any, positions: list[int]) -> list[dict[str, Any]] | None:
+    """Region marks of a choice on a round showing candidates at `positions` (ascending): `on` is the k-th of them
+    from 1, `position` the candidate's stored position; None when none were sent."""
+    if regions is None:
+        return None
+    if not positions:
+        raise InputError("region marks need candidates to mark; generate the round's candidates first")
+    marks = check_regions(regions, len(positions), named_sides=False)
+    return [{**box, "position": positions[box["position"]]} for box in marks or []]
+
+
 def record_choice(s: Session, round_id: str, preferred: Sequence[str], rejected: Sequence[str], kind: str,
                   tags: Sequence[str] = (), decision_ms: int | None = None, selector: str = "human",
                   idempotency_key: str | None = None, zoom_count: int | None = None,
-                  viewport: Sequence[int] | None = None, device_pixel_ratio: float | None = None
-                  ) -> tuple[Choice, bool]:
+                  viewport: Sequence[int] | None = None, device_pixel_ratio: float | None = None,
+                  regions: Any = None) -> tuple[Choice, bool]:
     """Record a choice and its preference pairs; returns (choice, created). A new choice supersedes the round's
     previous one (kept, `superseded_at` set to now): export, analysis and refinement read only the latest.
 
@@ -314,6 +329,10 @@ def record_choice(s: Session, round_id: str, preferred: Sequence[str], rejected:
     choice with created=False (also under concurrent retries: the unique constraint decides, caught in
     a SAVEPOINT); reusing it for a different choice raises Conflict. `zoom_count`, `viewport` ([width, height] in
     CSS pixels) and `device_pixel_ratio` say how the person looked (zoom and compare interactions on the page).
+    `regions`: boxes where the person saw a problem, [{"on": "<k>", "x", "y", "w", "h", "tag"?}] on the round's
+    k-th candidate in display (position) order, from 1, in [0, 1] image coordinates (`feedback.record.regions`);
+    stored with the choice as study votes store them ("position" added; [] or None: none). A repeated key with other
+    regions is a different choice (Conflict).
     """
     if kind not in CHOICE_KINDS:
         raise InputError(f"kind must be one of {', '.join(CHOICE_KINDS)}, got {kind!r}")
@@ -350,9 +369,12 @@ def record_choice(s: Session, round_id: str, preferred: Sequence[str], rejected:
     # Choices of one round are recorded one at a time (PostgreSQL: the round's row is locked until commit; SQLite
     # transactions hold the write lock), so a retry sees the first attempt and only one choice stays live.
     s.execute(select(Round.id).where(Round.id == round_id).with_for_update())
+    position_of = dict(s.execute(select(Candidate.id, Candidate.position).where(Candidate.round_id == round_id)
+                                 .order_by(Candidate.position)).all())
+    marks = _round_regions(regions, list(position_of.values()))
     if idempotency_key is not None and (existing := _choice_by_key(s, round_id, idempotency_key)):
-        return _same_choice(existing, kind, preferred, rejected), False
-    in_round = set(s.scalars(select(Candidate.id).where(Candidate.round_id == round_id)))
+        return _same_choice(existing, kind, preferred, rejected, marks), False
+    in_round = set(position_of)
     if foreign := [i for i in [*preferred, *rejected] if i not in in_round]:
         shown = ", ".join(repr(i[:40]) for i in foreign[:3])  # ids are echoed shortened, at most three
         shown += f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
@@ -363,6 +385,8 @@ def record_choice(s: Session, round_id: str, preferred: Sequence[str], rejected:
                     idempotency_key=idempotency_key, created_at=now, zoom_count=zoom_count,
                     viewport_w=viewport[0] if viewport else None, viewport_h=viewport[1] if viewport else None,
                     device_pixel_ratio=None if device_pixel_ratio is None else float(device_pixel_ratio))
+    if marks:  # left unset it stays SQL NULL (assigning None would store JSON null)
+        choice.regions = marks
     choice.members = [ChoiceCandidate(candidate_id=c, role=role, rank=rank)
                       for role, ids in (("preferred", preferred), ("rejected", rejected))
                       for rank, c in enumerate(ids)]
@@ -379,7 +403,7 @@ def record_choice(s: Session, round_id: str, preferred: Sequence[str], rejected:
         existing = _choice_by_key(s, round_id, idempotency_key) if idempotency_key is not None else None
         if existing is None:
             raise
-        return _same_choice(existing, kind, preferred, rejected), False
+        return _same_choice(existing, kind, preferred, rejected, marks), False
     if rnd.status in ("created", "candidates", "chosen", "skipped"):
         rnd.status = "skipped" if kind == "skip" else "chosen"
     s.flush()
@@ -449,7 +473,7 @@ def round_lineage(s: Session, round_id: str) -> list[Round]:
 # ------------------------------------------------------------------------------------------ export
 def export_pairs(s: Session, *, session_id: str | None = None, batch_size: int = 500) -> Iterator[dict[str, Any]]:
     """One dict per preference pair of a live choice (superseded choices left out): label, both candidates' images
-    and settings, the choice, round and source."""
+    and settings, the choice (with its region marks, `regions`, [] without), round and source."""
     chosen, rejected = aliased(Candidate), aliased(Candidate)
     query = (
         select(PreferencePair, Choice, Round, SourceImage, SessionRow.annotator_id, chosen, rejected)
@@ -468,6 +492,7 @@ def export_pairs(s: Session, *, session_id: str | None = None, batch_size: int =
         yield {
             "pair_id": pair.id, "label": pair.label, "choice_id": choice.id, "kind": choice.kind,
             "reason_tags": list(choice.reason_tags), "decision_ms": choice.decision_ms, "selector": choice.selector,
+            "regions": [dict(box) for box in choice.regions or []],
             "chosen_candidate_id": a.id, "chosen_image": a.image_hash, "chosen_seed": a.seed,
             "chosen_strength": a.strength, "chosen_method": a.method, "chosen_position": a.position,
             "chosen_is_restored": a.is_restored, "chosen_scores": dict(a.scores),

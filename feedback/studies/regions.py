@@ -1,69 +1,26 @@
-"""Region marks: boxes a participant draws on a shown image to say where the problem is, and their heat maps.
+"""Region marks' heat maps: where people saw problems, per condition (the analysis's `regions` section).
 
-A vote may carry `regions`: [{"on": "left" | "right" (pairwise) or "1".."K" (a gallery position), "x", "y",
-"w", "h", "tag"?}], the box's top-left corner and size as fractions of the image's width and height (so
-0 <= x, y; 0 < w, h; x + w <= 1; y + h <= 1), `tag` optional, one of `feedback.record.models.REASON_TAGS`.
-`check_regions` returns them as stored on the `Choice` (`on` kept, `position` the candidate's 0-based position
-added, numbers rounded to 1e-4); `heatmap` sums the boxes of one condition on a G x G grid (each cell gets the
-share of its area a box covers), the analysis's `regions` section.
+A vote may carry `regions`: boxes a participant drew on a shown image, checked and stored by the record
+(`feedback.record.regions.check_regions`, re-exported here): [{"on", "position", "x", "y", "w", "h", "tag"}], the
+box's top-left corner and size as fractions of the image's width and height on the candidate at `position`.
+`heatmap` sums the boxes of one condition on a G x G grid (each cell gets the share of its area a box covers);
+`region_summary` is the analysis's `regions` section.
 
 Pure Python and NumPy (no database).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
 
-from feedback.record.errors import InputError
-from feedback.record.models import REASON_TAGS
+from feedback.record.regions import MAX_REGIONS, check_regions
 
-MAX_REGIONS = 20
+__all__ = ["GRID", "MAX_REGIONS", "check_regions", "heatmap", "region_summary"]
+
 GRID = 8
-_KEYS = {"on", "x", "y", "w", "h", "tag"}
-_EPS = 1e-9
-
-
-def _allowed(k: int) -> str:
-    sides = "'left' or 'right'" if k == 2 else f"a gallery position '1'..'{k}'"
-    return (f"regions must be a list of at most {MAX_REGIONS} boxes {{\"on\": {sides}, \"x\", \"y\", \"w\", \"h\", "
-            f"\"tag\"?}} in [0, 1] image coordinates (0 <= x, y; 0 < w, h; x + w <= 1; y + h <= 1), tag one of "
-            f"{', '.join(REASON_TAGS)}")
-
-
-def check_regions(value: Any, k: int) -> list[dict[str, Any]] | None:
-    """The checked boxes of a vote on an item of `k` images (k == 2: left/right), or None for no regions;
-    InputError saying what is allowed."""
-    if value is None:
-        return None
-    if not isinstance(value, list) or len(value) > MAX_REGIONS:
-        raise InputError(_allowed(k))
-    boxes = []
-    for n, box in enumerate(value, start=1):
-        if not isinstance(box, Mapping) or not {"on", "x", "y", "w", "h"} <= set(box) or set(box) - _KEYS:
-            raise InputError(f"region {n}: {_allowed(k)}")
-        on = str(box["on"]).strip() if isinstance(box["on"], (str, int)) and not isinstance(box["on"], bool) else ""
-        positions = {"left": 0, "right": 1} if k == 2 else {str(p): p - 1 for p in range(1, k + 1)}
-        if on not in positions:
-            raise InputError(f"region {n}: 'on' is {str(box['on'])[:20]!r}; {_allowed(k)}")
-        numbers = {}
-        for key in ("x", "y", "w", "h"):
-            v = box[key]
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-                raise InputError(f"region {n}: {key} must be a number; {_allowed(k)}")
-            numbers[key] = float(v)
-        x, y, w, h = numbers["x"], numbers["y"], numbers["w"], numbers["h"]
-        if not (x >= 0 and y >= 0 and w > 0 and h > 0 and x + w <= 1 + _EPS and y + h <= 1 + _EPS):
-            raise InputError(f"region {n}: the box x={x:g}, y={y:g}, w={w:g}, h={h:g} leaves the image; {_allowed(k)}")
-        tag = box.get("tag")
-        if tag is not None and tag not in REASON_TAGS:
-            raise InputError(f"region {n}: tag {str(tag)[:30]!r} is not offered; {_allowed(k)}")
-        boxes.append({"on": on, "position": positions[on], **{key: round(numbers[key], 4) for key in numbers},
-                      "tag": tag})
-    return boxes
 
 
 def heatmap(boxes: Iterable[Mapping[str, Any]], grid: int = GRID) -> np.ndarray:

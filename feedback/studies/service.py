@@ -58,6 +58,7 @@ from feedback.record.models import (
     utcnow,
 )
 from feedback.record.pseudonym import hash_token, new_token, pseudonym
+from feedback.record.regions import check_regions
 from feedback.record.store import WIN_LABEL
 from feedback.studies.prepare import (
     StudyPreparer,
@@ -67,7 +68,6 @@ from feedback.studies.prepare import (
     check_stimulus_metrics,
     store_inputs,
 )
-from feedback.studies.regions import check_regions
 from feedback.studies.sampling import (
     SamplerState,
     adaptive_slots,
@@ -382,7 +382,7 @@ class StudyService:
 
         Pairwise items: `choice` left | right | tie. Gallery items: `choice` is the best image's position 1..K
         (text or integer) and `worst` optionally another position. `regions`: boxes where the participant saw a
-        problem (`feedback.studies.regions.check_regions`). A failed attention check in a study with a
+        problem (`feedback.record.regions.check_regions`). A failed attention check in a study with a
         screen-out URL screens the participant out: the answer says so (`screened_out`, `redirect`)."""
         _int("zoom_count", zoom_count, 0, 1_000_000)
         width = height = None

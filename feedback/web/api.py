@@ -11,9 +11,12 @@ Contract (every error is JSON {"error": "..."}; input errors are 4xx, unknown id
   GET  /api/v1/sessions/{session_id}/progress  running stages: step, total, seconds left
   POST /api/v1/sessions/{session_id}/cancel  stop them at their next step (they answer 409, store nothing)
   GET  /api/v1/rounds/{round_id}             the round, its candidates (display order) and status
-  POST /api/v1/rounds/{round_id}/choices     {"preferred", "rejected", "tie", "skip", "tags", "decision_ms"}
-                                             (+ Idempotency-Key header) -> {"choice_id", "pairs", "superseded"}; a
-                                             new choice supersedes the round's previous one (kept, marked)
+  POST /api/v1/rounds/{round_id}/choices     {"preferred", "rejected", "tie", "skip", "tags", "decision_ms",
+                                             "regions": [{"on": "<k>", "x", "y", "w", "h", "tag"?}]} (+ Idempotency-
+                                             Key header) -> {"choice_id", "pairs", "superseded", "regions"}; a new
+                                             choice supersedes the round's previous one (kept, marked); regions:
+                                             boxes on the k-th candidate (display order, from 1) in [0, 1] image
+                                             coordinates, at most 20, tag a reason tag (feedback.record.regions)
   POST /api/v1/rounds/{round_id}/auto        {"metrics"} -> the metric selector's choice and scores
   POST /api/v1/rounds/{round_id}/refine      {} -> {"image", "round_id" (the next round), "candidates"}
   GET  /api/v1/images/{id}                   image/png
@@ -173,6 +176,9 @@ class ChoiceIn(KnownFields):
     zoom_count: int | None = Field(None, description="zoom, pan and compare interactions before the choice")
     viewport: list[int] | None = Field(None, description="[width, height] of the viewport in CSS pixels")
     dpr: float | None = Field(None, description="the device pixel ratio")
+    regions: Any = Field(None, description="where the problem is: [{\"on\": \"<k>\" (the k-th candidate in display "
+                                           "order, from 1), \"x\", \"y\", \"w\", \"h\" in [0, 1] image "
+                                           "coordinates, \"tag\"?: a reason tag}], at most 20 boxes")
 
 
 class ChoiceOut(BaseModel):
@@ -182,6 +188,7 @@ class ChoiceOut(BaseModel):
     created: bool
     superseded: int = Field(0, description="earlier choices of the round this one replaced (kept, marked "
                                            "superseded; export, analysis and refine read only the latest)")
+    regions: int = Field(0, description="region marks stored with the choice")
 
 
 class AutoIn(KnownFields):
@@ -427,9 +434,9 @@ def build_router(service: FeedbackService, limiter: RateLimiter) -> APIRouter:
         view = service.record_choice(round_id, body.preferred, body.rejected, tie=body.tie, skip=body.skip,
                                      tags=body.tags, decision_ms=body.decision_ms, idempotency_key=idempotency_key,
                                      viewing={k: v for k in ("zoom_count", "viewport", "dpr")
-                                              if (v := getattr(body, k)) is not None})
+                                              if (v := getattr(body, k)) is not None}, regions=body.regions)
         return {"choice_id": view.choice_id, "pairs": view.pairs, "kind": view.kind, "created": view.created,
-                "superseded": view.superseded}
+                "superseded": view.superseded, "regions": view.regions}
 
     @router.post("/rounds/{round_id}/auto", response_model=AutoOut, responses=errors(AUTH, 404, 409, INPUT, ENGINE))
     def auto_choice(round_id: str, who: Who, body: Annotated[AutoIn | None, Body()] = None) -> dict[str, Any]:

@@ -294,6 +294,49 @@ def test_retry_with_the_same_key_records_once(db: Database) -> None:
     assert counts(db)["choices"] == 3
 
 
+def test_region_marks_are_stored_with_the_choice_in_the_shape_study_votes_use(db: Database) -> None:
+    """Boxes on the k-th candidate (display order, from 1) are stored on the choice, in the same transaction, as
+    study votes store theirs: {"on", "position", "x", "y", "w", "h", "tag"}; invalid boxes record nothing."""
+    with db.sessions.begin() as s:
+        round_id, cands = new_round(s, new_session(s))  # positions 0..3 in this order
+    boxes = [{"on": "2", "x": 0.1, "y": 0.2, "w": 0.3, "h": 0.4, "tag": "artefacts"},
+             {"on": 4, "x": 0.5, "y": 0.5, "w": 0.5, "h": 0.5}]
+    with db.sessions.begin() as s:
+        choice, created = store.record_choice(s, round_id, [cands[0]], cands[1:], "pairwise", regions=boxes,
+                                              idempotency_key="with-boxes")
+    with db.sessions.begin() as s:
+        stored = s.get(Choice, choice.id).regions
+    assert created and stored == [
+        {"on": "2", "position": 1, "x": 0.1, "y": 0.2, "w": 0.3, "h": 0.4, "tag": "artefacts"},
+        {"on": "4", "position": 3, "x": 0.5, "y": 0.5, "w": 0.5, "h": 0.5, "tag": None}]
+    with db.sessions.begin() as s:  # a retry with the same boxes (or none sent) returns the first
+        again, created = store.record_choice(s, round_id, [cands[0]], cands[1:], "pairwise", regions=boxes,
+                                             idempotency_key="with-boxes")
+        assert (again.id, created) == (choice.id, False)
+        again, created = store.record_choice(s, round_id, [cands[0]], cands[1:], "pairwise",
+                                             idempotency_key="with-boxes")
+        assert (again.id, created) == (choice.id, False)
+    with pytest.raises(Conflict, match="different choice"):  # the same key with other boxes is another choice
+        with db.sessions.begin() as s:
+            store.record_choice(s, round_id, [cands[0]], cands[1:], "pairwise", regions=boxes[:1],
+                                idempotency_key="with-boxes")
+    before = counts(db)
+    for bad, needle in [({"on": "5"}, "'on' is '5'"), ({"on": "left"}, "a position '1'..'4'"),
+                        ({"x": 0.8}, "leaves the image"), ({"w": 0}, "leaves the image"),
+                        ({"tag": "ugly"}, "not offered"), ({"z": 1}, "regions must be"), ({"h": "1"}, "h must be")]:
+        with pytest.raises(InputError, match=needle):
+            with db.sessions.begin() as s:
+                store.record_choice(s, round_id, [cands[1]], [cands[0]], "pairwise", regions=[{**boxes[0], **bad}])
+    with pytest.raises(InputError, match="at most 20 boxes"):
+        with db.sessions.begin() as s:
+            store.record_choice(s, round_id, [cands[1]], [cands[0]], "pairwise", regions=boxes * 11)
+    assert counts(db) == before
+    with db.sessions.begin() as s:  # no boxes ([] or None) stays SQL NULL, as study votes without marks
+        plain, _ = store.record_choice(s, round_id, [cands[1]], [cands[0]], "pairwise", regions=[])
+        assert s.scalar(text("SELECT COUNT(*) FROM choices WHERE regions IS NULL")) == 1
+        assert plain.regions is None
+
+
 def test_racing_retries_with_the_same_key_record_once(db: Database) -> None:
     with db.sessions.begin() as s:
         round_id, cands = new_round(s, new_session(s))

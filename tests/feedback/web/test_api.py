@@ -170,6 +170,33 @@ def test_a_corrected_choice_supersedes_the_first_and_refine_and_export_use_only_
     assert int(export.headers["x-superseded-choices"]) >= 1
 
 
+def test_a_choice_with_region_marks_is_stored_and_exported_and_bad_boxes_are_400(client, server, first_round):
+    session_id, headers, _ = first_round
+    body = _round(client, session_id, headers).json()
+    ids = [c["id"] for c in body["candidates"]]  # display order: "on" is the 1-based position in it
+    url = f"{API}/rounds/{body['round_id']}/choices"
+    box = {"on": "2", "x": 0.1, "y": 0.2, "w": 0.5, "h": 0.25, "tag": "residual-noise"}
+    for bad, needle in [({"x": 0.6}, "leaves the image"), ({"on": "left"}, "a position '1'..'3'"),
+                        ({"tag": "meh"}, "tag one of"), ({"w": "wide"}, "w must be a number")]:
+        r = client.post(url, json={"preferred": [ids[0]], "rejected": ids[1:], "regions": [{**box, **bad}]},
+                        headers=headers)
+        assert r.status_code == 400 and needle in r.json()["error"], r.text
+        assert "in [0, 1] image coordinates" in r.json()["error"]
+    assert client.post(url, json={"tie": True, "regions": {"on": "1"}}, headers=headers).status_code == 400
+    r = client.post(url, json={"preferred": [ids[0]], "rejected": ids[1:], "regions": [box]},
+                    headers={**headers, "Idempotency-Key": "boxes-1"})
+    assert r.status_code == 200 and r.json()["regions"] == 1, r.text
+    other = client.post(url, json={"preferred": [ids[0]], "rejected": ids[1:], "regions": [{**box, "on": "3"}]},
+                        headers={**headers, "Idempotency-Key": "boxes-1"})
+    assert other.status_code == 409  # the key names the choice with the first boxes
+    with sqlite3.connect(server.db_path) as db:
+        (stored,) = db.execute("select regions from choices where id = ?", (r.json()["choice_id"],)).fetchone()
+    assert json.loads(stored) == [{**box, "position": 1}]
+    export = client.get(f"{API}/export", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    mine = [row for line in export.text.splitlines() if (row := json.loads(line))["round_id"] == body["round_id"]]
+    assert len(mine) == 2 and all(row["regions"] == [{**box, "position": 1}] for row in mine)
+
+
 def test_session_lists_and_zip_download(client, first_round):
     import io
     import zipfile
