@@ -65,9 +65,9 @@ def candidate_concurrency(service: FeedbackService) -> int:
 
 
 def annotate_tab(service: FeedbackService) -> None:
-    """Restore -> candidates -> compare and mark tiles -> refine, with settings, progress and cancel, keyboard
-    shortcuts, the 1:1 compare view (feedback/web/page.js) and the sessions this browser keeps
-    (feedback/web/ui_sessions.py)."""
+    """Restore -> candidates -> compare and mark tiles (and draw boxes where the problem is) -> refine, with
+    settings, progress and cancel, keyboard shortcuts, the 1:1 compare view and the region boxes
+    (feedback/web/page.js) and the sessions this browser keeps (feedback/web/ui_sessions.py)."""
     eng = service.worker.settings
     bind = lambda fn: ui.bind(service, fn)  # noqa: E731 - handlers take the service first
     state = gr.State({})
@@ -83,8 +83,9 @@ def annotate_tab(service: FeedbackService) -> None:
         zip_btn = gr.Button("Session zip", elem_id="session_zip", scale=0, min_width=110, size="sm")
     status = gr.Markdown("Enter a name and press Start.", elem_id="status")
     gr.HTML("<b>Keys</b>: <kbd>1</kbd>-<kbd>9</kbd> mark a tile (preferred, rejected, none) · <kbd>Enter</kbd> "
-            "submit · <kbd>R</kbd> refine · <kbd>N</kbd> next round · <kbd>Esc</kbd> clear marks · in the compare "
-            "view: drag or arrows pan, wheel or <kbd>+</kbd>/<kbd>-</kbd> zoom", elem_id="keys", js_on_load=None)
+            "submit · <kbd>R</kbd> refine · <kbd>N</kbd> next round · <kbd>Esc</kbd> clear marks · <kbd>M</kbd> draw "
+            "boxes where the problem is · in the compare view: drag or arrows pan, wheel or <kbd>+</kbd>/<kbd>-</kbd> "
+            "zoom", elem_id="keys", js_on_load=None)
 
     with gr.Accordion("Settings", open=False):
         with gr.Row():
@@ -136,6 +137,7 @@ def annotate_tab(service: FeedbackService) -> None:
     gallery = gr.Gallery(label="Candidates: click a tile (or press its number) to mark it preferred, again for "
                                "rejected, again to clear (one of them is the restored image)", columns=4, height="auto",
                          elem_id="gallery", allow_preview=False, object_fit="contain")
+    gr.HTML(ui.region_tools_html(), elem_id="region_view", js_on_load=None)
     gr.HTML('<div class="compare-tools"><b>Compare at 1:1</b> <span>click tiles to add them:</span>'
             '<button id="compare_zoom_out">-</button><span id="compare_zoom">2x</span>'
             '<button id="compare_zoom_in">+</button><button id="compare_one">1:1</button>'
@@ -153,11 +155,13 @@ def annotate_tab(service: FeedbackService) -> None:
         auto = gr.Button("Auto mode: let the metric choose", elem_id="auto", size="sm")
         refine_btn = gr.Button("Refine", variant="primary", elem_id="refine")
         next_btn = gr.Button("Next round", elem_id="next_round")
-    # set by feedback/web/page.js: a mark from the compare view, Esc, and the viewing facts sent with each choice
+    # set by feedback/web/page.js: a mark from the compare view, Esc, and the viewing facts and region boxes sent
+    # with each choice
     mark_request = gr.Textbox(visible="hidden", elem_id="mark_request")
     mark_apply = gr.Button(visible="hidden", elem_id="mark_apply")
     clear_btn = gr.Button(visible="hidden", elem_id="clear_marks")
     viewing = gr.Textbox(visible="hidden", elem_id="viewing")
+    regions = gr.Textbox(visible="hidden", elem_id="regions")
     with gr.Row():
         compare = gr.ImageSlider(label="Before (start image) / after (refined)", type="filepath", elem_id="compare",
                                  height=480, scale=3)
@@ -217,9 +221,9 @@ def annotate_tab(service: FeedbackService) -> None:
     for widget, api in ((preferred, "mark_preferred"), (rejected, "mark_rejected")):
         widget.input(bind(ui.mark), marks, [gallery], api_name=api, concurrency_limit=None)
     blind.change(bind(ui.mark), marks, [gallery], api_name="toggle_blind", concurrency_limit=None)
-    submit.click(bind(ui.submit_pairwise), [state, preferred, rejected, tags, viewing], [status, history],
+    submit.click(bind(ui.submit_pairwise), [state, preferred, rejected, tags, viewing, regions], [status, history],
                  api_name="submit_choice", concurrency_limit=None)
-    tie.click(bind(ui.submit_tie), [state, tags, viewing], [status, history], api_name="submit_tie",
+    tie.click(bind(ui.submit_tie), [state, tags, viewing, regions], [status, history], api_name="submit_tie",
               concurrency_limit=None)
     skip.click(bind(ui.submit_skip), [state, viewing], [status, history], api_name="submit_skip",
                concurrency_limit=None)

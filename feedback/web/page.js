@@ -1,6 +1,6 @@
-// The annotation page's client side: keyboard shortcuts and the 1:1 compare view.
-// Everything here only reads the page (the gallery's images and captions) and presses the page's own buttons, so
-// every recorded action still goes through the server's handlers (feedback/web/ui.py).
+// The annotation page's client side: keyboard shortcuts, the 1:1 compare view and the region boxes.
+// Everything here only reads the page (the gallery's images and captions), sets the page's hidden fields and presses
+// its own buttons, so every recorded action still goes through the server's handlers (feedback/web/ui.py).
 (() => {
   const $ = (sel, root = document) => root.querySelector(sel);
   const $$ = (sel, root = document) => Array.from(root.querySelectorAll(sel));
@@ -185,6 +185,139 @@
     zoomBy(e.deltaY < 0 ? 2 : 0.5);
   }, { passive: false });
 
+  // ---- region marks: while drawing is on (the toggle or M), a drag on a tile draws a box where the problem is ------
+  // Boxes are kept in [0, 1] coordinates of the tile's image ({on: tile number from 1, x, y, w, h, tag}), shown over
+  // the tiles and listed under the tools (tag changeable, removable), and sent with the choice through the hidden
+  // #regions field (feedback/web/ui.py submit_choice; checked and stored by feedback/record/regions.py).
+  const regions = { drawing: false, boxes: [], sketch: null };
+  const floor4 = (v) => Math.floor(Math.min(1, Math.max(0, v)) * 10000) / 10000;
+  function imageRect(img) {  // where the image is drawn inside its element (object-fit: contain), client pixels
+    const r = img.getBoundingClientRect();
+    const nw = img.naturalWidth || r.width || 1, nh = img.naturalHeight || r.height || 1;
+    const s = Math.min(r.width / nw, r.height / nh);
+    const w = nw * s, h = nh * s;
+    return { left: r.left + (r.width - w) / 2, top: r.top + (r.height - h) / 2, width: w, height: h };
+  }
+  function setDrawing(on) {
+    regions.drawing = on;
+    document.body.classList.toggle("region-drawing", on);
+    const toggle = document.getElementById("region_toggle");
+    if (toggle) {
+      toggle.classList.toggle("on", on);
+      toggle.setAttribute("aria-pressed", String(on));
+      toggle.innerText = on ? "Drawing: drag on a tile (M to stop)" : "Draw boxes on the tiles (M)";
+    }
+  }
+  function regionsChanged() {
+    setText("regions", regions.boxes.length ? JSON.stringify(regions.boxes) : "");
+    drawRegions(true);
+    listRegions();
+  }
+  function boxStyle(el, box) {
+    Object.assign(el.style, { left: `${100 * box.x}%`, top: `${100 * box.y}%`, width: `${100 * box.w}%`,
+                              height: `${100 * box.h}%` });
+  }
+  function drawRegions(force = false) {  // one layer per tile, over the drawn image; redrawn only when it changed
+    $$("#gallery button.thumbnail-item").forEach((button, k) => {
+      const img = $("img", button);
+      if (!img) return;
+      const on = String(k + 1);
+      const boxes = regions.boxes.filter((b) => b.on === on);
+      if (regions.sketch && regions.sketch.on === on) boxes.push(regions.sketch);
+      const r = imageRect(img), br = button.getBoundingClientRect();
+      const sig = JSON.stringify([boxes, Math.round(r.left - br.left), Math.round(r.top - br.top), Math.round(r.width),
+                                  Math.round(r.height)]);
+      let layer = $(".region-layer", button);
+      if (!force && layer && layer.dataset.sig === sig) return;
+      if (!boxes.length) { if (layer) layer.remove(); return; }
+      if (!layer) { layer = document.createElement("div"); layer.className = "region-layer"; button.appendChild(layer); }
+      layer.dataset.sig = sig;
+      Object.assign(layer.style, { left: `${r.left - br.left}px`, top: `${r.top - br.top}px`, width: `${r.width}px`,
+                                   height: `${r.height}px` });
+      layer.replaceChildren(...boxes.map((box) => {
+        const el = document.createElement("div");
+        el.className = "region-box" + (box === regions.sketch ? " sketch" : "");
+        boxStyle(el, box);
+        const n = regions.boxes.indexOf(box);
+        if (n >= 0) { el.dataset.n = n + 1; el.title = `box ${n + 1}${box.tag ? `: ${box.tag}` : ""}`; }
+        return el;
+      }));
+    });
+  }
+  function listRegions() {
+    const list = document.getElementById("region_list");
+    const count = document.getElementById("region_count");
+    if (count) count.innerText = regions.boxes.length ? `${regions.boxes.length} box${regions.boxes.length > 1 ? "es" : ""}`
+                                                      : "no boxes";
+    if (!list) return;
+    const tags = $$("#region_tag option").map((o) => [o.value, o.innerText]);
+    list.replaceChildren(...regions.boxes.map((box, n) => {
+      const item = document.createElement("span");
+      item.className = "region-item";
+      item.dataset.n = n + 1;
+      const what = document.createElement("span");
+      what.innerText = `${n + 1}: tile #${box.on} at ${Math.round(100 * box.x)}%, ${Math.round(100 * box.y)}% ` +
+                       `(${Math.round(100 * box.w)} x ${Math.round(100 * box.h)}%)`;
+      const tag = document.createElement("select");
+      tag.title = "what is wrong here (optional)";
+      tag.append(...tags.map(([value, text]) => new Option(text, value, false, value === (box.tag || ""))));
+      tag.onchange = () => { box.tag = tag.value || null; regionsChanged(); };
+      const remove = document.createElement("button");
+      remove.type = "button"; remove.innerText = "\u00d7"; remove.title = "remove this box";
+      remove.onclick = () => { regions.boxes.splice(regions.boxes.indexOf(box), 1); regionsChanged(); };
+      item.append(what, tag, remove);
+      return item;
+    }));
+  }
+  function clearRegions() { regions.boxes = []; regions.sketch = null; regionsChanged(); }
+  window.ttpoRegions = { regions, setDrawing, clearRegions };  // for tests and the curious
+  window.addEventListener("pointerdown", (e) => {
+    if (!regions.drawing || e.button !== 0) return;
+    const button = e.target.closest && e.target.closest("#gallery button.thumbnail-item");
+    const img = button && $("img", button);
+    if (!img) return;
+    e.preventDefault();
+    const on = String($$("#gallery button.thumbnail-item").indexOf(button) + 1);
+    const r = imageRect(img);
+    const at = (ev) => [(ev.clientX - r.left) / r.width, (ev.clientY - r.top) / r.height];
+    const [x0, y0] = at(e).map((v) => Math.min(1, Math.max(0, v)));
+    const move = (ev) => {
+      const [x1, y1] = at(ev).map((v) => Math.min(1, Math.max(0, v)));
+      const x = floor4(Math.min(x0, x1)), y = floor4(Math.min(y0, y1));
+      regions.sketch = { on, x, y, w: Math.min(floor4(Math.max(x0, x1) - x), floor4(1 - x)),
+                         h: Math.min(floor4(Math.max(y0, y1) - y), floor4(1 - y)), tag: null };
+      drawRegions(true);
+    };
+    const up = (ev) => {
+      window.removeEventListener("pointermove", move);
+      move(ev);
+      const box = regions.sketch;
+      regions.sketch = null;
+      if (box && box.w >= 0.01 && box.h >= 0.01 && regions.boxes.length < 20) {
+        box.tag = ($("#region_tag") || {}).value || null;
+        regions.boxes.push(box);
+        interacted();
+      }
+      regionsChanged();
+    };
+    window.addEventListener("pointermove", move);
+    window.addEventListener("pointerup", up, { once: true });
+  }, true);
+  // while drawing, a press on a tile draws instead of cycling the tile's mark (the number keys still mark: their
+  // clicks are the page's own, not trusted)
+  window.addEventListener("click", (e) => {
+    if (regions.drawing && e.isTrusted && e.target.closest && e.target.closest("#gallery button.thumbnail-item")) {
+      e.stopPropagation(); e.preventDefault();
+    }
+  }, true);
+  window.addEventListener("dragstart", (e) => { if (regions.drawing) e.preventDefault(); }, true);
+  document.addEventListener("click", (e) => {
+    if (e.target.closest("#region_toggle")) setDrawing(!regions.drawing);
+    else if (e.target.closest("#region_clear")) clearRegions();
+  });
+  window.addEventListener("resize", () => drawRegions(true));
+  document.addEventListener("load", (e) => { if (e.target.closest && e.target.closest("#gallery")) drawRegions(); }, true);
+
   // ---- keyboard: 1-9 mark tiles, Enter submits, R refines, N next round, Esc clears; in the compare view also
   // arrows pan and + / - zoom -------------------------------------------------------------------------------------
   document.addEventListener("keydown", (e) => {
@@ -201,6 +334,7 @@
     if (compareOpen && (key === "+" || key === "=")) { zoomBy(2); e.preventDefault(); return; }
     if (compareOpen && key === "-") { zoomBy(0.5); e.preventDefault(); return; }
     if (key === "Enter" && e.target.closest && e.target.closest("button, a")) return;  // Enter presses that one
+    if (key === "m" || key === "M") { setDrawing(!regions.drawing); e.preventDefault(); return; }
     const action = { Enter: "submit", r: "refine", R: "refine", n: "next_round", N: "next_round",
                      Escape: "clear_marks" }[key];
     if (action) { press(action); e.preventDefault(); }
@@ -211,10 +345,13 @@
     const sig = tiles().map((t) => t.src + t.caption).join("|");
     if (sig !== observer.sig) {
       const srcs = tiles().map((t) => t.src).join("|");
-      if (srcs !== observer.srcs) { view.chosen = []; view.interactions = 0; observer.srcs = srcs; recordViewing(); }
+      if (srcs !== observer.srcs) {  // a new round (or another one opened): its own marks, viewing facts and boxes
+        view.chosen = []; view.interactions = 0; observer.srcs = srcs; recordViewing(); clearRegions();
+      }
       observer.sig = sig;
       render();
     }
+    drawRegions();  // the gallery may have redrawn its tiles without their boxes
   });
   const start = () => {
     if (!$("#compare_panes") || !$("#gallery")) { setTimeout(start, 200); return; }
@@ -222,6 +359,7 @@
                                                            attributes: true, attributeFilter: ["src"] });
     recordViewing();
     render();
+    listRegions();
   };
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start); else start();
 })();

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import html
 import inspect
 import json
 import time
@@ -26,6 +27,7 @@ from feedback.loop.engine import RefineSettings
 from feedback.loop.service import Busy, FeedbackService, RoundView
 from feedback.loop.sheets import contact_sheet
 from feedback.record.errors import FeedbackError
+from feedback.record.models import REASON_TAGS
 
 SAMPLES_DIR = Path(__file__).resolve().parents[2] / "assets" / "samples"
 #: Degradation specs offered in the dropdown (any spec can be typed; see restoration.degradations).
@@ -175,11 +177,14 @@ def _show_round(service: FeedbackService, state: dict, view: RoundView) -> dict:
             "shown_at": time.time(), "shown_key": uuid.uuid4().hex}
 
 
-def submission_key(state: dict, kind: str, preferred: list[str], rejected: list[str], tags: list[str]) -> str:
-    """The idempotency key of a submission: the same marks and tags on the same showing of a round give the same
-    key, so a double click (or a retried event) records once; other marks or tags give a new key."""
-    content = json.dumps([state.get("round_id"), state.get("shown_key"), kind, sorted(preferred), sorted(rejected),
-                          sorted(tags)])
+def submission_key(state: dict, kind: str, preferred: list[str], rejected: list[str], tags: list[str],
+                   regions: list[dict[str, Any]] | None = None) -> str:
+    """The idempotency key of a submission: the same marks, tags and region boxes on the same showing of a round give
+    the same key, so a double click (or a retried event) records once; other marks, tags or boxes give a new key."""
+    facts = [state.get("round_id"), state.get("shown_key"), kind, sorted(preferred), sorted(rejected), sorted(tags)]
+    if regions:
+        facts.append(regions)
+    content = json.dumps(facts, sort_keys=True)
     return "page:" + hashlib.sha256(content.encode()).hexdigest()[:40]
 
 
@@ -305,9 +310,12 @@ def _ids(state: dict, labels: list[str]) -> list[str]:
 
 @user_errors
 def submit_choice(service: FeedbackService, state: dict, preferred: list[str], rejected: list[str],
-                  tags: list[str], kind: str = "pairwise", viewing: str | None = "") -> tuple[str, list]:
+                  tags: list[str], kind: str = "pairwise", viewing: str | None = "",
+                  regions: str | None = "") -> tuple[str, list]:
     """Record the choice of this round: 'pairwise' (marks), 'tie' (all similar) or 'skip'. `viewing`: the page's
-    JSON {"zoom_count", "viewport", "dpr"} (zoom and compare interactions), recorded with the choice."""
+    JSON {"zoom_count", "viewport", "dpr"} (zoom and compare interactions), recorded with the choice. `regions`: the
+    page's JSON list of boxes drawn on the tiles, [{"on": "<tile number>", "x", "y", "w", "h", "tag"}] in [0, 1]
+    image coordinates (`parse_regions`), stored with the choice (checked by `feedback.record.regions`)."""
     round_id = _need(state, "round_id", "Generate candidates first.")
     if not state.get("candidate_ids"):
         raise gr.Error("Generate candidates first.")
@@ -317,11 +325,12 @@ def submit_choice(service: FeedbackService, state: dict, preferred: list[str], r
     preferred, rejected = _by_tile(preferred), _by_tile(rejected)  # canonical order: the same marks, the same key
     preferred_ids = _ids(state, preferred) if kind == "pairwise" else []
     rejected_ids = _ids(state, rejected) if kind == "pairwise" else []
-    key = submission_key(state, kind, preferred_ids, rejected_ids, tags or [])
+    boxes = parse_regions(regions)
+    key = submission_key(state, kind, preferred_ids, rejected_ids, tags or [], boxes)
     for _ in range(MAX_RESUBMITS):
         view = service.record_choice(round_id, preferred_ids, rejected_ids, tie=kind == "tie", skip=kind == "skip",
                                      tags=tags or [], decision_ms=decision_ms, idempotency_key=key,
-                                     viewing=parse_viewing(viewing))
+                                     viewing=parse_viewing(viewing), regions=boxes)
         if view.live:
             break
         # The key named an earlier submission of these marks that a later choice superseded: choosing them
@@ -333,19 +342,34 @@ def submit_choice(service: FeedbackService, state: dict, preferred: list[str], r
     if view.superseded:
         what += ", replacing the earlier choice of this round"
     hint = " Press *Refine* to apply it." if kind != "skip" else " Restore another image or generate again."
-    return f"{what} ({view.pairs} preference pairs).{hint}", history_rows(service, state)
+    marked = f", {view.regions} region mark{'s' if view.regions != 1 else ''}" if view.regions else ""
+    return f"{what} ({view.pairs} preference pairs{marked}).{hint}", history_rows(service, state)
 
 
-def submit_pairwise(service, state, preferred, rejected, tags, viewing=""):
-    return submit_choice(service, state, preferred, rejected, tags, "pairwise", viewing)
+def submit_pairwise(service, state, preferred, rejected, tags, viewing="", regions=""):
+    return submit_choice(service, state, preferred, rejected, tags, "pairwise", viewing, regions)
 
 
-def submit_tie(service, state, tags, viewing=""):
-    return submit_choice(service, state, [], [], tags, "tie", viewing)
+def submit_tie(service, state, tags, viewing="", regions=""):
+    return submit_choice(service, state, [], [], tags, "tie", viewing, regions)
 
 
 def submit_skip(service, state, viewing=""):
     return submit_choice(service, state, [], [], [], "skip", viewing)
+
+
+def parse_regions(text: str | None) -> list[Any] | None:
+    """The page's region JSON (a list of boxes, see `submit_choice`) -> the list (None when empty or []); the boxes
+    themselves are checked by the record. gr.Error when it is not a JSON list."""
+    if not text or not text.strip():
+        return None
+    try:
+        boxes = json.loads(text)
+    except json.JSONDecodeError:
+        raise gr.Error("the page sent malformed region marks; clear the boxes and draw them again") from None
+    if not isinstance(boxes, list):
+        raise gr.Error("the page sent malformed region marks; clear the boxes and draw them again")
+    return boxes or None
 
 
 def parse_viewing(text: str | None) -> dict[str, Any] | None:
@@ -374,6 +398,19 @@ def set_mark(service: FeedbackService, state: dict, preferred: list[str] | None,
     preferred = _by_tile([t for t in preferred or [] if t != label] + ([label] if mark_name == "preferred" else []))
     rejected = _by_tile([t for t in rejected or [] if t != label] + ([label] if mark_name == "rejected" else []))
     return preferred, rejected, gallery_items(service, state, preferred, rejected, blind)
+
+
+def region_tools_html() -> str:
+    """The region-mark tools above the candidates (feedback/web/page.js draws the boxes): a toggle (or M) turns a
+    drag on a tile into a box where the problem is, the tag given to new boxes (the reason tags; optional), a
+    button that clears every box, and the list of boxes (each: its tile, its tag to change, a remove button)."""
+    options = "".join(f'<option value="{html.escape(t)}">{html.escape(t)}</option>' for t in REASON_TAGS)
+    return ('<div class="region-tools"><b>Where is the problem?</b> '
+            '<button id="region_toggle" type="button" aria-pressed="false">Draw boxes on the tiles (M)</button>'
+            '<label>tag for new boxes <select id="region_tag"><option value="">(no tag)</option>'
+            f'{options}</select></label>'
+            '<button id="region_clear" type="button">Clear boxes</button>'
+            '<span id="region_count">no boxes</span></div><div id="region_list"></div>')
 
 
 def clear_marks(service: FeedbackService, state: dict, blind: bool) -> tuple[list[str], list[str], list]:

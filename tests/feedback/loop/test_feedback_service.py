@@ -227,6 +227,49 @@ def test_page_submissions_record_once_per_click_and_a_changed_mind_supersedes(se
         assert s.get(Refinement, result.refinement_id).params["preferred"] == [ids[0]]
 
 
+def test_region_marks_round_trip_through_the_service_the_page_export_and_analysis(service):
+    """Boxes drawn on the page's tiles reach the choice (service and page handler), the export's `regions` and the
+    analysis's heat map by the marked candidate's method; bad boxes are refused with what is allowed."""
+    from feedback.analysis.export import preference_rows
+    from feedback.analysis.report import load_regions
+
+    state, _msg = ui.sign_in(service, "Rhea", {})
+    path = str(service.images.path_for(service.images.put_array(_image(32, seed=6))))
+    state, *_ = ui.restore(service, state, path, "none", "nlm", 4)
+    state, *_ = ui.generate(service, state, 2, 4, "", True)
+    round_id, ids = state["round_id"], state["candidate_ids"]
+    box = {"on": "3", "x": 0.25, "y": 0.5, "w": 0.5, "h": 0.25, "tag": "color-shift"}
+    view = service.record_choice(round_id, [ids[0]], [ids[2]], regions=[box])
+    assert view.regions == 1
+    with service.db.reads.begin() as s:
+        assert s.get(Choice, view.choice_id).regions == [{**box, "position": 2}]
+    with pytest.raises(InputError, match=r"region 1: the box .* leaves the image; regions must be a list of at "
+                                         r"most 20 boxes \{\"on\": a position '1'..'3'"):
+        service.record_choice(round_id, [ids[0]], [ids[2]], regions=[{**box, "w": 0.9}])
+
+    # the page sends its boxes as JSON in a hidden field; the status counts them; malformed JSON is a message
+    drawn = json.dumps([{"on": "2", "x": 0.1, "y": 0.1, "w": 0.2, "h": 0.2, "tag": None}, box])
+    msg, _ = ui.submit_pairwise(service, state, ["#1"], ["#2", "#3"], ["artefacts"], "", drawn)
+    assert "2 preference pairs, 2 region marks" in msg and "replacing the earlier choice" in msg
+    msg, _ = ui.submit_pairwise(service, state, ["#1"], ["#2", "#3"], ["artefacts"], "", drawn)  # a double click
+    with service.db.reads.begin() as s:
+        live = store.latest_choice(s, round_id)
+        assert [b["position"] for b in live.regions] == [1, 2] and live.regions[1]["tag"] == "color-shift"
+        assert len(s.scalars(select(Choice).where(Choice.round_id == round_id)).all()) == 2
+        rows = [r for r in preference_rows(s) if r["round_id"] == round_id]
+        assert rows and all(r["regions"] == live.regions for r in rows)
+        methods = dict(s.execute(select(Candidate.position, Candidate.method)
+                                 .where(Candidate.round_id == round_id)).all())
+        marks = [(c, b) for c, b in load_regions(s) if b in live.regions]
+        assert [c for c, _ in marks] == [methods[1], methods[2]]
+    for bad, needle in [("[not json", "malformed region marks"), ('{"on": "1"}', "malformed region marks"),
+                        (json.dumps([{**box, "on": "4"}]), "region 1: .*a position")]:
+        with pytest.raises(gr.Error, match=needle):
+            ui.submit_pairwise(service, state, ["#1"], ["#2"], [], "", bad)
+    assert ui.parse_regions("") is None and ui.parse_regions("[]") is None
+    assert all(t in ui.region_tools_html() for t in ("region_toggle", "region_tag", "region_clear", "color-shift"))
+
+
 def test_the_browser_keeps_its_sessions_and_the_page_continues_any_of_them(service):
     """Two sessions started in one browser: a reload resumes the current one at its latest round with the live
     choice's marks; the other one and an earlier round can be continued; a token the server does not know is

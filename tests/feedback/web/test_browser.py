@@ -8,6 +8,7 @@ prints the page's interactive time after goto (target <= 2 s).
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 
@@ -44,6 +45,22 @@ def _checked(page, group: str) -> list[str]:
     boxes = page.locator(f"#{group} label")
     return [boxes.nth(i).inner_text().strip() for i in range(boxes.count())
             if boxes.nth(i).locator("input").is_checked()]
+
+
+def _draw_box(page, k: int, start: tuple[float, float], end: tuple[float, float], tag: str) -> None:
+    """Draw a box on tile k (0-based) from `start` to `end` (fractions of the tile's image; the tiles are square
+    images shown square), tagged `tag`, with drawing on only for the drag."""
+    page.keyboard.press("m")
+    page.locator("#region_tag").select_option(tag)
+    img = page.locator("#gallery button.thumbnail-item img").nth(k).bounding_box()
+    at = lambda fx, fy: (img["x"] + fx * img["width"], img["y"] + fy * img["height"])  # noqa: E731
+    page.mouse.move(*at(*start))
+    page.mouse.down()
+    page.mouse.move(*at(*end), steps=4)
+    page.mouse.up()
+    page.keyboard.press("m")
+    page.wait_for_function("() => document.querySelector('#regions textarea, #regions input').value.includes('on')",
+                           timeout=10_000)
 
 
 def _check_admin_tab(page, url: str) -> None:
@@ -95,6 +112,13 @@ def test_full_flow(browser, tmp_path):
         tiles = page.locator("#gallery img")
         assert tiles.count() == 3  # 2 candidates + the restored image
 
+        # a box where the problem is: M turns drawing on, a drag on tile #2 draws it with the chosen tag; the tile
+        # keeps its mark (the press drew instead of cycling it), and the box survives the marks re-captioning
+        _draw_box(page, 1, (0.2, 0.3), (0.6, 0.7), "artefacts")
+        assert page.locator("#region_list .region-item").count() == 1
+        assert "tile #2 at 20%, 30%" in page.locator("#region_list").inner_text()
+        assert page.locator("#gallery .caption-label").nth(1).inner_text() == "#2"
+
         # marks by clicking the tiles: none -> preferred -> rejected -> none
         _click_tile(page, 0, "#1 ✓ preferred")
         _click_tile(page, 1, "#2 ✓ preferred")
@@ -105,12 +129,15 @@ def test_full_flow(browser, tmp_path):
         _click_tile(page, 2, "#3 ✓ preferred")
         _click_tile(page, 2, "#3 ✗ rejected")
         assert (_checked(page, "preferred"), _checked(page, "rejected")) == (["#1"], ["#2", "#3"])
+        assert page.locator("#gallery button.thumbnail-item").nth(1).locator(".region-box").count() == 1
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.locator("#gallery").screenshot(path=str(ARTIFACTS / "browser_regions.png"))
 
         t_choice = time.perf_counter()
         page.locator("#submit").click()
         _wait_status(page, "Choice recorded")
         print(f"choice round trip through the UI: {1000 * (time.perf_counter() - t_choice):.0f} ms")
-        assert "2 preference pairs" in _status(page)
+        assert "2 preference pairs, 1 region mark" in _status(page)
 
         page.locator("#refine").click()
         _wait_status(page, "Refined in")
@@ -145,6 +172,10 @@ def test_full_flow(browser, tmp_path):
                 "group_concat(case when role = 'rejected' then c.position end) from choice_candidates cc "
                 "join candidates c on c.id = cc.candidate_id").fetchone()
             assert (preferred, sorted(rejected.split(","))) == ("0", ["1", "2"])  # tiles #1 | #2, #3
+            (regions,) = db.execute("select regions from choices").fetchone()
+            (box,) = json.loads(regions)  # on tile #2, the candidate at position 1; pixels give 1e-3 or so
+            assert {k: box[k] for k in ("on", "position", "tag")} == {"on": "2", "position": 1, "tag": "artefacts"}
+            assert [box[k] for k in "xywh"] == pytest.approx([0.2, 0.3, 0.4, 0.4], abs=0.01)
         _check_admin_tab(browser.new_page(viewport={"width": 1280, "height": 1600}), server.url)
         names = (tmp_path / "data").glob("**/*.sqlite3")
         assert "Ada" not in "".join(p.read_bytes().decode("latin-1") for p in names)
