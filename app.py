@@ -239,7 +239,8 @@ def annotate_tab(service: FeedbackService) -> None:
 
 
 def admin_tab(studies: StudyService) -> None:
-    """Studies, their analysis and the preference dataset export; every handler checks the admin token."""
+    """Studies, their analysis (with a live view that refreshes itself while a study is picked) and the preference
+    dataset export; every handler that reads or writes data checks the admin token."""
     bind = lambda fn: ui.bind(studies, fn)  # noqa: E731 - `studies` must not be rebound below
     gr.Markdown("## Admin\nStudies, their analysis and the preference dataset. Every action checks the admin "
                 "token on the server (`--admin-token` / `$TTPO_ADMIN_TOKEN`).")
@@ -257,6 +258,13 @@ def admin_tab(studies: StudyService) -> None:
                                   label="Bootstrap resamples")
             exclude = gr.Checkbox(False, label="Leave out flagged (inattentive) participants")
             analyse_btn = gr.Button("Analyse", variant="primary", elem_id="admin_analyse")
+        # the live view: refreshed by itself while a study is picked (as /study-admin does)
+        live = gr.Checkbox(True, label=f"Refresh the live view every {admin_ui.LIVE_SECONDS:g} s while a study is "
+                                       f"picked ({admin_ui.LIVE_RESAMPLES} bootstrap resamples)", elem_id="admin_live")
+        live_summary = gr.Markdown(elem_id="admin_live_summary")
+        live_scores = gr.Dataframe(headers=admin_ui.LIVE_COLUMNS, interactive=False, elem_id="admin_live_scores",
+                                   label="Live: current Bradley-Terry scores with 95% intervals, best first")
+        timer = gr.Timer(admin_ui.LIVE_SECONDS, active=False)
         summary = gr.Markdown(elem_id="admin_summary")
         conditions = gr.Dataframe(headers=admin_ui.CONDITION_COLUMNS, interactive=False,
                                   label="Conditions: win rate and Bradley-Terry log-strength with 95% intervals",
@@ -293,6 +301,13 @@ def admin_tab(studies: StudyService) -> None:
                    concurrency_limit=None)
     token.submit(bind(admin_ui.list_studies), [token], [*listed, admin_status], api_name="admin_list_studies_enter",
                  concurrency_limit=None)
+    live_out = [live_summary, live_scores, timer]
+    for picked, what in ((study.change, "pick"), (live.change, "toggle")):  # start or stop it, show it now
+        picked(admin_ui.live_timer, [study, live], [timer], api_name=f"admin_live_{what}", queue=False).then(
+            bind(admin_ui.live_dashboard), [token, study, exclude], live_out, api_name=f"admin_live_{what}_now",
+            show_progress="hidden", concurrency_id="admin_live", concurrency_limit=1)
+    timer.tick(bind(admin_ui.live_dashboard), [token, study, exclude], live_out, api_name="admin_live",
+               show_progress="hidden", trigger_mode="once", concurrency_id="admin_live", concurrency_limit=1)
     analyse_btn.click(bind(admin_ui.analyse_study), [token, study, resamples, exclude],
                       [summary, conditions, agreement, people, plots, tables], api_name="admin_analyse",
                       concurrency_id="admin", concurrency_limit=1)

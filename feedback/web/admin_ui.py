@@ -5,7 +5,9 @@ background preparation of new studies, and its `fb` is the app's FeedbackService
 into the tab's password box, which is checked on the server with the service's own token check before
 anything is read: a wrong or missing token gets an error and no data. The work is done by
 `feedback.studies.service`, `feedback.analysis.report` and `feedback.analysis.export`; this module only turns their results
-into table rows and files. Files are written to a fresh folder under the system temp folder (Gradio copies
+into table rows and files. While a study is picked, the tab's timer calls `live_dashboard` every `LIVE_SECONDS`
+(participants, votes, exclusions, current scores with intervals, sampler state), as /study-admin refreshes itself.
+Files are written to a fresh folder under the system temp folder (Gradio copies
 returned files into its cache to serve them); folders older than `KEEP_SECONDS` are removed on the next call.
 """
 
@@ -23,7 +25,7 @@ import gradio as gr
 from feedback.analysis import export
 from feedback.analysis.report import AnalysisConfig, write_csv, write_plots
 from feedback.loop.service import AuthError, FeedbackService
-from feedback.record.errors import InputError
+from feedback.record.errors import FeedbackError, InputError
 from feedback.studies.service import StudyService
 from feedback.web.ui import user_errors
 
@@ -35,6 +37,10 @@ AGREEMENT_COLUMNS = ["metric", "agrees with people", "CI low", "CI high", "compa
                      "gallery votes"]
 PARTICIPANT_COLUMNS = ["participant", "status", "answered", "attention checks passed", "votes", "consistency",
                        "first-shown share", "flagged", "reasons"]
+LIVE_COLUMNS = ["condition", "Bradley-Terry", "BT CI low", "BT CI high", "win rate", "votes"]
+#: The live view of a picked study refreshes every LIVE_SECONDS, with LIVE_RESAMPLES bootstrap resamples.
+LIVE_SECONDS = 5.0
+LIVE_RESAMPLES = 200
 MAX_RESAMPLES = 100_000
 MAX_DEFINITION_BYTES = 1_000_000
 KEEP_SECONDS = 3600
@@ -205,6 +211,55 @@ def analyse_study(studies: StudyService, token: str, study_id: str | None, resam
         plots, summary = [], f"{summary}\n\nNo plots: {exc}"
     conditions, agreement, people = analysis_tables(report)
     return summary, conditions, agreement, people, plots, [str(f) for f in files]
+
+
+# --------------------------------------------------------------------------------------------- live view
+def live_timer(study_id: str | None, live: bool) -> gr.Timer:
+    """The live view's timer: ticking while a study is picked and *Refresh by itself* is ticked."""
+    return gr.Timer(active=bool(study_id) and bool(live))
+
+
+def live_text(report: dict[str, Any], study_id: str) -> str:
+    """The live line of a study's report: participants by status, votes, flagged and excluded participants, the
+    sampler's state."""
+    people = list(report.get("study_participants", {}).values())
+    by = {s: sum(p["status"] == s for p in people) for s in ("active", "completed", "screened_out")}
+    flagged = sum(bool(q.get("flagged")) for q in report["participants"].values())
+    sampling = report.get("sampling") or {}
+    sampler = sampling.get("sampler", "?")
+    if sampler == "adaptive":
+        sampler += (f" ({sampling['votes']} votes, {sampling['pending']} pending; next pair "
+                    f"{' vs '.join(sampling['next_pair'])}, {_r(sampling['next_score_bits'])} bits)")
+    return (f"**Live** · study `{study_id[:8]}`: **{len(people)}** participants ({by['active']} active, "
+            f"{by['completed']} completed, {by['screened_out']} screened out), **{report['n_votes']}** votes, "
+            f"{flagged} flagged, {len(report['excluded_participants'])} excluded. Sampler: {sampler}. "
+            f"Updated {time.strftime('%H:%M:%S')}.")
+
+
+def live_dashboard(studies: StudyService, token: str, study_id: str | None, exclude_flagged: bool = False) -> tuple:
+    """The live view of the picked study, refreshed by the tab's timer -> (live line, current scores rows: condition,
+    Bradley-Terry log-strength with its 95% interval, win rate, votes; best first, timer update). It never raises (a
+    timer calls it): a wrong token, an unknown study or a failed one stop the timer and say why; a study being
+    prepared shows its progress."""
+    if not study_id:
+        return "", [], gr.Timer(active=False)
+    try:
+        check_admin(studies.fb, token)
+        status = studies.study_status(study_id)
+        if status["status"] == "preparing":
+            progress = status["progress"]
+            line = (f"**Live** · study `{study_id[:8]}` is being prepared ({progress['done']} of "
+                    f"{progress['total']} stimuli). Updated {time.strftime('%H:%M:%S')}.")
+            return line, [], gr.skip()
+        if status["status"] != "active":
+            return f"**Live** view stopped: study `{study_id[:8]}` {status_text(status)}", [], gr.Timer(active=False)
+        report = studies.analysis(study_id, AnalysisConfig(n_resamples=LIVE_RESAMPLES,
+                                                           exclude_flagged=bool(exclude_flagged)))
+    except FeedbackError as exc:  # AuthError included
+        return f"**Live** view stopped: {exc.message}. Pick the study again to restart it.", [], gr.Timer(active=False)
+    rows = [[name, _r(c["bt_score"]), _r(c["bt_ci"][0]), _r(c["bt_ci"][1]), _r(c["win_rate"]), c["n"]]
+            for name, c in sorted(report["conditions"].items(), key=lambda kv: -(kv[1]["bt_score"] or 0.0))]
+    return live_text(report, study_id), rows, gr.skip()
 
 
 # --------------------------------------------------------------------------------------------- export

@@ -159,3 +159,26 @@ def test_bad_definitions_are_refused(studies, tmp_path):
     text.write_text("name: x")
     with pytest.raises(gr.Error, match="upload a .json"):
         admin_ui.create_study(studies, TOKEN, None, str(text))
+
+
+def test_the_live_view_refreshes_a_picked_study_and_stops_on_a_bad_token(studies, study_id, monkeypatch):
+    """What the tab's timer shows every few seconds: participants, votes, exclusions, scores with intervals, the
+    sampler; it ticks only while a study is picked, and a timer call never raises (it says why it stopped)."""
+    assert [admin_ui.live_timer(sid, live).active for sid, live in ((study_id, True), (study_id, False),
+                                                                    (None, True), ("", True))] == [
+        True, False, False, False]
+    line, rows, timer = admin_ui.live_dashboard(studies, TOKEN, study_id, False)
+    assert "**2** participants (0 active, 2 completed, 0 screened out)" in line
+    assert "votes, 0 flagged, 0 excluded. Sampler: latin." in line and "Updated" in line
+    assert timer == gr.skip()  # keeps ticking
+    assert {row[0] for row in rows} == {"nlm", "bicubic"} and all(len(r) == len(admin_ui.LIVE_COLUMNS) for r in rows)
+    assert rows[0][1] >= rows[1][1] and all(low <= bt <= high and n > 0 for _c, bt, low, high, _w, n in rows)
+    line, rows, timer = admin_ui.live_dashboard(studies, TOKEN, None)  # nothing picked: nothing shown, no ticks
+    assert (line, rows, timer.active) == ("", [], False)
+    for token, sid, needle in [("wrong", study_id, "wrong or missing admin token"), (TOKEN, "nope", "no study")]:
+        line, rows, timer = admin_ui.live_dashboard(studies, token, sid)
+        assert needle in line and "stopped" in line and rows == [] and timer.active is False
+    monkeypatch.setattr(studies, "study_status", lambda sid: {"status": "preparing", "progress": {"done": 1,
+                                                                                                "total": 4}})
+    line, rows, timer = admin_ui.live_dashboard(studies, TOKEN, study_id)
+    assert "being prepared (1 of 4 stimuli)" in line and rows == [] and timer == gr.skip()

@@ -419,7 +419,13 @@ def test_gradio_page_still_served(env):
     assert page.status_code == 200 and "gradio" in page.text.lower()
     config = client.get("/config")
     assert config.status_code == 200 and config.json()["mode"] == "blocks"
-    assert client.get("/gradio_api/info").json()["named_endpoints"]["/restore"]
+    named = client.get("/gradio_api/info").json()["named_endpoints"]
+    assert named["/restore"]
+    # the page sends its region boxes with a choice; the admin tab's live view ticks only once a study is picked
+    assert "regions" in [p["parameter_name"] for p in named["/submit_choice"]["parameters"]]
+    assert "regions" in [p["parameter_name"] for p in named["/submit_tie"]["parameters"]]
+    timers = [c for c in config.json()["components"] if c["type"] == "timer"]
+    assert len(timers) == 1 and timers[0]["props"]["active"] is False and "/admin_live" in named
 
 
 def test_unknown_api_paths_are_json_404_and_wrong_methods_405(env):
