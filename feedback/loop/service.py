@@ -462,24 +462,28 @@ class FeedbackService:
     def record_choice(self, round_id: str, preferred: Sequence[str] = (), rejected: Sequence[str] = (),
                       tie: bool = False, skip: bool = False, tags: Sequence[str] = (), decision_ms: int | None = None,
                       idempotency_key: str | None = None, selector: str = "human",
-                      viewing: dict[str, Any] | None = None, regions: Any = None) -> ChoiceView:
+                      viewing: dict[str, Any] | None = None, regions: Any = None,
+                      who: Principal | None = None) -> ChoiceView:
         """Record a choice (one transaction): pairwise, a tie (all given ids equal), or a skip. It supersedes the
         round's previous choice (a correction); a repeated `idempotency_key` returns the first, recording nothing.
         `viewing`: {"zoom_count", "viewport": [w, h], "dpr"} of the page (zoom and compare interactions).
         `regions`: where the person saw a problem, [{"on": "<k>", "x", "y", "w", "h", "tag"?}] on the k-th candidate
-        in display order (from 1) in [0, 1] image coordinates (`feedback.record.regions`), stored with the choice."""
+        in display order (from 1) in [0, 1] image coordinates (`feedback.record.regions`), stored with the choice.
+        `who`: the caller, checked against the round's session inside the same write transaction (AuthError 403)."""
         viewing = dict(viewing or {})
         if unknown := set(viewing) - {"zoom_count", "viewport", "dpr"}:
             raise InputError(f"viewing takes zoom_count, viewport and dpr; got {sorted(unknown)[:5]}")
         kind = "skip" if skip else "tie" if tie else "pairwise"
-        if kind == "tie" and isinstance(preferred, Sequence) and isinstance(rejected, Sequence) \
-                and len(preferred) + len(rejected) == 0:
-            with self.db.sessions.begin() as s:  # "all similar": every candidate of the round
-                preferred = [c.id for c in store.get_round(s, round_id).candidates]
+        all_similar = kind == "tie" and isinstance(preferred, Sequence) and isinstance(rejected, Sequence) \
+            and len(preferred) + len(rejected) == 0
 
         def write() -> ChoiceView:
-            with self.db.sessions.begin() as s:
-                choice, created = store.record_choice(s, round_id, preferred, rejected, kind, tags=tags,
+            with self.db.sessions.begin() as s:  # the one transaction of a vote: access check, checks, write
+                rnd = store.get_round(s, round_id)
+                if who is not None and not who.admin and rnd.session_id != who.session_id:
+                    raise AuthError("this round belongs to another session", 403)
+                ids = [c.id for c in rnd.candidates] if all_similar else preferred  # "all similar": every one
+                choice, created = store.record_choice(s, round_id, ids, rejected, kind, tags=tags,
                                                       decision_ms=decision_ms, selector=selector,
                                                       idempotency_key=idempotency_key,
                                                       zoom_count=viewing.get("zoom_count"),

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from itertools import combinations
 from typing import Any, TypeVar
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
@@ -368,7 +368,8 @@ def record_choice(s: Session, round_id: str, preferred: Sequence[str], rejected:
     rnd = get_round(s, round_id)
     # Choices of one round are recorded one at a time (PostgreSQL: the round's row is locked until commit; SQLite
     # transactions hold the write lock), so a retry sees the first attempt and only one choice stays live.
-    s.execute(select(Round.id).where(Round.id == round_id).with_for_update())
+    if s.get_bind().dialect.name != "sqlite":  # SQLite has no row locks: its write transaction already serialises
+        s.execute(select(Round.id).where(Round.id == round_id).with_for_update())
     position_of = dict(s.execute(select(Candidate.id, Candidate.position).where(Candidate.round_id == round_id)
                                  .order_by(Candidate.position)).all())
     marks = _round_regions(regions, list(position_of.values()))
@@ -394,9 +395,9 @@ def record_choice(s: Session, round_id: str, preferred: Sequence[str], rejected:
                     for a, b, label in preference_pairs(kind, preferred, rejected)]
     try:
         with s.begin_nested():  # superseding and the new choice, or neither
-            for live in s.scalars(select(Choice).where(Choice.round_id == round_id, Choice.superseded_at.is_(None))):
-                live.superseded_at = now
-            s.flush()  # before the insert: the partial unique index allows one live choice per round
+            # before the insert: the partial unique index allows one live choice per round
+            s.execute(update(Choice).where(Choice.round_id == round_id, Choice.superseded_at.is_(None))
+                      .values(superseded_at=now))
             s.add(choice)
     except IntegrityError:
         # A concurrent request with the same key committed first; ours was rolled back to the savepoint.

@@ -430,11 +430,12 @@ def build_router(service: FeedbackService, limiter: RateLimiter) -> APIRouter:
     @router.post("/rounds/{round_id}/choices", response_model=ChoiceOut, responses=errors(AUTH, 404, 409, INPUT))
     def create_choice(round_id: str, body: ChoiceIn, who: Who,
                       idempotency_key: Annotated[str | None, Header()] = None) -> dict[str, Any]:
-        service.check_round(who, round_id)
+        # the session check happens inside the vote's one write transaction (who=)
         view = service.record_choice(round_id, body.preferred, body.rejected, tie=body.tie, skip=body.skip,
                                      tags=body.tags, decision_ms=body.decision_ms, idempotency_key=idempotency_key,
                                      viewing={k: v for k in ("zoom_count", "viewport", "dpr")
-                                              if (v := getattr(body, k)) is not None}, regions=body.regions)
+                                              if (v := getattr(body, k)) is not None}, regions=body.regions,
+                                     who=who)
         return {"choice_id": view.choice_id, "pairs": view.pairs, "kind": view.kind, "created": view.created,
                 "superseded": view.superseded, "regions": view.regions}
 

@@ -325,3 +325,25 @@ def test_round_with_a_chosen_prior_records_it(client, server, first_round):
         default_hash = db.execute("select prior_weights_hash from rounds where prior_id = 'pixel:default'").fetchone()
     assert prior_id == "local:prior" and json.loads(params)["prior"] == "shipped-copy"
     assert default_hash is not None  # first_round used the default prior
+
+
+def test_a_vote_on_another_sessions_round_is_refused_inside_its_transaction(client, first_round):
+    session_id, headers, body = first_round
+    _other_id, other = _session(client, "Mallory")
+
+    def listed() -> dict:
+        rounds = client.get(f"{API}/sessions/{session_id}/rounds", headers=headers).json()["rounds"]
+        return next(r for r in rounds if r["round_id"] == body["round_id"])
+
+    ids = [c["id"] for c in body["candidates"]]
+    vote = {"preferred": ids[:1], "rejected": ids[1:2]}
+    before = listed()
+    refused = client.post(f"{API}/rounds/{body['round_id']}/choices", json=vote, headers=other)
+    assert refused.status_code == 403 and "another session" in refused.text
+    assert client.post(f"{API}/rounds/{'0' * 32}/choices", json=vote, headers=other).status_code == 404
+    after = listed()
+    assert (after["choice"], after["pairs"], after["superseded"]) == (before["choice"], before["pairs"],
+                                                                      before["superseded"])  # nothing written
+    admin = client.post(f"{API}/rounds/{body['round_id']}/choices", json=vote,
+                        headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    assert admin.status_code == 200, admin.text
