@@ -501,6 +501,25 @@ def install_not_found(app: FastAPI) -> None:
     fallback = app.router.routes[-1]
 
 
+class BodyLimitMiddleware:
+    """Refuses a declared oversized request body on the API (413) before it is read; the service checks the bytes
+    it reads as well. A plain ASGI middleware: a request passes through it at the cost of one header lookup."""
+
+    def __init__(self, app: Any, max_image: int) -> None:
+        self.app, self.max_image = app, max_image
+        self.max_body = max_image + 64 * 1024  # the image plus the form fields
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"].startswith(PREFIX):
+            length = next((value for name, value in scope["headers"] if name == b"content-length"), b"")
+            if length.isdigit() and int(length) > self.max_body:
+                response = _error(413, f"request body of {length.decode()} bytes is too large; images up to "
+                                       f"{self.max_image} bytes are accepted")
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def build_api(service: FeedbackService, rate_limit: RateLimit = RateLimit(),
               routers: Sequence[APIRouter] = ()) -> FastAPI:
     """The FastAPI app with the REST routes (plus `routers`, e.g. the study routes), error handlers, per-session
@@ -508,16 +527,7 @@ def build_api(service: FeedbackService, rate_limit: RateLimit = RateLimit(),
     app = FastAPI(title="ttpo-lab feedback API", version="1", description=__doc__)
     app.state.feedback_service = service
     app.state.rate_limiter = limiter = RateLimiter(rate_limit)
-    max_body = service.limits.max_bytes + 64 * 1024  # the image plus the form fields
-
-    @app.middleware("http")
-    async def _limit_body(request: Request, call_next: Any) -> Response:
-        # Refuse a declared oversized upload before reading it; the service checks the bytes it reads as well.
-        length = request.headers.get("content-length")
-        if request.url.path.startswith(PREFIX) and length and length.isdigit() and int(length) > max_body:
-            return _error(413, f"request body of {length} bytes is too large; images up to "
-                               f"{service.limits.max_bytes} bytes are accepted")
-        return await call_next(request)
+    app.add_middleware(BodyLimitMiddleware, max_image=service.limits.max_bytes)
     app.add_middleware(SecurityHeadersMiddleware)  # outermost: also on 413 answers and the Gradio mount
     install_error_handlers(app)
     app.include_router(build_router(service, limiter))
