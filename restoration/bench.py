@@ -25,18 +25,15 @@ above the prior's tile size. One JSON object goes to stdout; logs go to stderr.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import math
-import os
 import platform
-import resource
 import statistics
 import sys
 import time
 import warnings
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -46,10 +43,9 @@ import torch.nn.functional as F
 
 from restoration.diffusion.candidates import (
     CandidateConfig,
-    CandidateMeta,
     plan_candidates,
 )
-from restoration.diffusion.inversion import ladder_path, ladder_stride
+from restoration.diffusion.naive import naive_candidate, naive_candidates, stock_unet
 from restoration.diffusion.priors import (
     COMPILE_MODES,
     DEFAULT_TILE,
@@ -58,8 +54,17 @@ from restoration.diffusion.priors import (
     resolve_precision,
 )
 from restoration.diffusion.refine import RefineConfig
-from restoration.diffusion.sampling import start_timestep, timestep_grid
-from restoration.runtime import allocator_settings, resolve_device, synchronize, tune_allocator
+from restoration.runtime import (
+    allocator_settings,
+    available_cpus,
+    cap_gpu_memory,
+    cpu_model,
+    peak_memory_mb,
+    peak_tflops,
+    resolve_device,
+    synchronize,
+    tune_allocator,
+)
 
 STAGES = ("restore", "candidates", "select", "refine")
 #: the sample the benchmark input is cut from (a synthetic image when it is missing).
@@ -90,87 +95,6 @@ class BenchConfig:
     naive: bool = True
     label: str = ""
     gpu_memory_cap_gb: float = 0.0  # on CUDA: allocations past this many GiB fail (0: the whole device)
-
-
-# ---- the naive reference: one candidate at a time through stock diffusers schedulers -------------
-
-
-def respaced_betas(alphas_cumprod: torch.Tensor, timesteps_ascending: torch.Tensor) -> torch.Tensor:
-    """betas (S,) float64 whose cumulative product of (1 - beta) is alpha_bar at each timestep, ascending."""
-    a = alphas_cumprod.detach().double().cpu()[timesteps_ascending.cpu()]
-    prev = torch.cat([a.new_ones(1), a[:-1]])
-    return 1.0 - a / prev
-
-
-def stock_unet(prior: DiffusionPrior) -> torch.nn.Module:
-    """The prior's U-Net as diffusers loads it: same weights, float32, contiguous memory format."""
-    unet = copy.deepcopy(prior.unet).float()
-    return unet.to(memory_format=torch.contiguous_format)
-
-
-def unet_eps(prior: DiffusionPrior, z_t: torch.Tensor, t: int, unet: torch.nn.Module | None = None) -> torch.Tensor:
-    """The raw output of `unet` (default: the prior's) for one sample z_t (1, C, h, w) at integer timestep t
-    (an unbatched call, no autocast)."""
-    unet = unet if unet is not None else prior.unet
-    _, c, h, w = z_t.shape
-    r = prior.pixel_unshuffle
-    multiple = r * 2 ** max(len(getattr(prior.unet.config, "block_out_channels", (1,))) - 1, 0)
-    ph, pw = (-h) % multiple, (-w) % multiple
-    x = F.pad(z_t, (0, pw, 0, ph), mode="reflect" if ph < h and pw < w else "replicate") if ph or pw else z_t
-    if r > 1:
-        x = F.pixel_unshuffle(x, r)
-    t_in = torch.tensor([t], device=z_t.device, dtype=torch.long)
-    if prior.kind == "latent":
-        out = unet(x, t_in, encoder_hidden_states=prior.prompt_embeds).sample
-    else:
-        out = unet(x, t_in).sample
-    if r > 1:
-        out = F.pixel_shuffle(out, r)
-    return out[:, :c, :h, :w].float()
-
-
-def _respaced(prior: DiffusionPrior, timesteps_ascending: list[int]) -> dict[str, Any]:
-    """Scheduler arguments whose index j has alpha_bar of timesteps_ascending[j]."""
-    betas = respaced_betas(prior.alphas_cumprod, torch.tensor(timesteps_ascending)).numpy()
-    return {"num_train_timesteps": len(timesteps_ascending), "trained_betas": betas, "set_alpha_to_one": True,
-            "prediction_type": prior.prediction_type, "timestep_spacing": "leading", "steps_offset": 0}
-
-
-def naive_candidate(restored: torch.Tensor, prior: DiffusionPrior, meta: CandidateMeta,
-                    unet: torch.nn.Module | None = None) -> torch.Tensor:
-    """One candidate (1, 3, H, W) in [0, 1] from restored (1, 3, H, W): diffusers DDIM(Inverse)Scheduler loop
-    calling `unet` (default: the prior's)."""
-    from diffusers import DDIMInverseScheduler, DDIMScheduler
-
-    T = prior.num_train_timesteps
-    t_of = timestep_grid([meta.strength], meta.steps, T)[0].flip(0).tolist()  # scheduler index j -> timestep
-    scheduler = DDIMScheduler(clip_sample=prior.clip_x0, **_respaced(prior, t_of))
-    scheduler.set_timesteps(len(t_of))
-    gen = torch.Generator().manual_seed(int(meta.seed))
-    z = prior.encode(restored)
-    if meta.method in ("ddim_inversion", "ddim_ladder_inversion"):
-        path = t_of if meta.method == "ddim_inversion" else ladder_path(start_timestep(meta.strength, T),
-                                                                        ladder_stride(T))
-        inverse = DDIMInverseScheduler(clip_sample=False, **_respaced(prior, path))
-        inverse.set_timesteps(len(path))
-        for j in inverse.timesteps:
-            z = inverse.step(unet_eps(prior, z, path[int(j)], unet), j, z).prev_sample
-    elif meta.method == "forward_noise":
-        noise = torch.randn(tuple(z.shape[1:]), generator=gen)[None].to(z.device)
-        z = scheduler.add_noise(z, noise, torch.tensor([len(t_of) - 1]))
-    else:
-        raise ValueError(f"naive reference has no inversion method {meta.method!r}")
-    for j in scheduler.timesteps:
-        noise = torch.randn(tuple(z.shape[1:]), generator=gen)[None].to(z.device) if meta.eta > 0 else None
-        z = scheduler.step(unet_eps(prior, z, t_of[int(j)], unet), j, z, eta=meta.eta,
-                           use_clipped_model_output=True, variance_noise=noise).prev_sample
-    return prior.decode(z, tuple(restored.shape[-2:]))
-
-
-def naive_candidates(restored: torch.Tensor, prior: DiffusionPrior, metas: Sequence[CandidateMeta],
-                     unet: torch.nn.Module | None = None) -> torch.Tensor:
-    """(N, 3, H, W): a Python loop over candidates, each its own unbatched scheduler loop."""
-    return torch.cat([naive_candidate(restored, prior, m, unet) for m in metas])
 
 
 # ---- timing ---------------------------------------------------------------------------------------
@@ -277,27 +201,6 @@ def count_cuda_syncs(engine, degraded: torch.Tensor, config: BenchConfig) -> dic
 
 # ---- achieved compute ------------------------------------------------------------------------------
 
-#: Dense peak TFLOP/s by GPU model (NVIDIA data sheets, without sparsity): bf16/fp16 tensor cores, and float32
-#: convolutions, which cuDNN runs as TF32 on tensor cores while torch.backends.cudnn.allow_tf32 is on (the default).
-GPU_PEAK_TFLOPS: dict[str, dict[str, float]] = {
-    "H200": {"bf16": 989.4, "fp16": 989.4, "tf32": 494.7, "fp32": 66.9},
-    "H100 PCIe": {"bf16": 756.5, "fp16": 756.5, "tf32": 378.0, "fp32": 51.2},
-    "H100 NVL": {"bf16": 835.5, "fp16": 835.5, "tf32": 417.5, "fp32": 60.0},
-    "H100": {"bf16": 989.4, "fp16": 989.4, "tf32": 494.7, "fp32": 66.9},  # SXM5
-    "A100": {"bf16": 312.0, "fp16": 312.0, "tf32": 156.0, "fp32": 19.5},
-}
-
-
-def peak_tflops(device_name: str, precision: str) -> float | None:
-    """The device's dense peak for the U-Net's compute precision, None when not in GPU_PEAK_TFLOPS (CPUs)."""
-    for model, peaks in GPU_PEAK_TFLOPS.items():  # most specific names first
-        if model in device_name:
-            if precision == "fp32" and torch.backends.cudnn.allow_tf32:
-                return peaks["tf32"]
-            return peaks[precision]
-    return None
-
-
 def unet_flops(prior: DiffusionPrior, shape: tuple[int, ...]) -> int:
     """Floating-point operations (2 per multiply-add, convolutions and matrix products; what
     torch.utils.flop_counter counts) of one forward pass of the prior's U-Net on one input of `shape` (C, h, w)."""
@@ -315,48 +218,6 @@ def achieved_tflops(prior: DiffusionPrior, shapes: Counter[tuple[int, ...]], sec
     """(TFLOP of the U-Net passes counted in `shapes`, TFLOP/s over `seconds`)."""
     total = sum(unet_flops(prior, shape) * n for shape, n in shapes.items()) / 1e12
     return total, total / seconds if seconds > 0 else 0.0
-
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (e.g. "AMD EPYC"), or "" where there is none."""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return ""
-
-
-def available_cpus() -> int:
-    """CPUs this process may run on (its affinity mask, which taskset / cgroups narrow), else os.cpu_count()."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
-def peak_memory_mb(device: str) -> float:
-    """GPU: torch.cuda.max_memory_allocated; CPU: the process's peak resident set size (ru_maxrss)."""
-    if device.startswith("cuda"):
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / 2**20 if platform.system() == "Darwin" else rss / 2**10  # bytes on macOS, KiB on Linux
-
-
-def cap_gpu_memory(device: str, cap_gb: float) -> float | None:
-    """Make CUDA allocations past `cap_gb` GiB fail (torch.cuda.set_per_process_memory_fraction), so a run that
-    finishes proves the cap holds; returns the fraction of the device set, None when there is no cap."""
-    if not cap_gb:
-        return None
-    if not device.startswith("cuda"):
-        raise ValueError("a GPU memory cap needs a CUDA device")
-    total = torch.cuda.get_device_properties(torch.device(device)).total_memory
-    fraction = cap_gb * 2**30 / total
-    if not 0 < fraction <= 1:
-        raise ValueError(f"a GPU memory cap of {cap_gb:g} GiB does not fit this device's {total / 2**30:.1f} GiB")
-    torch.cuda.set_per_process_memory_fraction(fraction, torch.device(device))
-    return fraction
 
 
 def run_bench(config: BenchConfig, log: Callable[[str], None] = lambda m: None) -> dict[str, Any]:

@@ -16,6 +16,7 @@ import ctypes.util
 import logging
 import os
 import platform
+import resource
 
 log = logging.getLogger(__name__)
 
@@ -99,3 +100,75 @@ def resolve_device(device: str) -> str:
     if kind == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r}: torch sees no CUDA GPU here; use auto or cpu")
     return text
+
+
+# ---- machine facts (the benchmarks report them) ------------------------------------------------------
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (e.g. "AMD EPYC"), or "" where there is none."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, which taskset / cgroups narrow), else os.cpu_count()."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def peak_memory_mb(device: str) -> float:
+    """GPU: torch.cuda.max_memory_allocated; CPU: the process's peak resident set size (ru_maxrss)."""
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if platform.system() == "Darwin" else rss / 2**10  # bytes on macOS, KiB on Linux
+
+
+def cap_gpu_memory(device: str, cap_gb: float) -> float | None:
+    """Make CUDA allocations past `cap_gb` GiB fail (torch.cuda.set_per_process_memory_fraction), so a run that
+    finishes proves the cap holds; returns the fraction of the device set, None when there is no cap."""
+    if not cap_gb:
+        return None
+    if not device.startswith("cuda"):
+        raise ValueError("a GPU memory cap needs a CUDA device")
+    import torch
+
+    total = torch.cuda.get_device_properties(torch.device(device)).total_memory
+    fraction = cap_gb * 2**30 / total
+    if not 0 < fraction <= 1:
+        raise ValueError(f"a GPU memory cap of {cap_gb:g} GiB does not fit this device's {total / 2**30:.1f} GiB")
+    torch.cuda.set_per_process_memory_fraction(fraction, torch.device(device))
+    return fraction
+
+
+#: Dense peak TFLOP/s by GPU model (NVIDIA data sheets, without sparsity): bf16/fp16 tensor cores, and float32
+#: convolutions, which cuDNN runs as TF32 on tensor cores while torch.backends.cudnn.allow_tf32 is on (the default).
+GPU_PEAK_TFLOPS: dict[str, dict[str, float]] = {
+    "H200": {"bf16": 989.4, "fp16": 989.4, "tf32": 494.7, "fp32": 66.9},
+    "H100 PCIe": {"bf16": 756.5, "fp16": 756.5, "tf32": 378.0, "fp32": 51.2},
+    "H100 NVL": {"bf16": 835.5, "fp16": 835.5, "tf32": 417.5, "fp32": 60.0},
+    "H100": {"bf16": 989.4, "fp16": 989.4, "tf32": 494.7, "fp32": 66.9},  # SXM5
+    "A100": {"bf16": 312.0, "fp16": 312.0, "tf32": 156.0, "fp32": 19.5},
+}
+
+
+def peak_tflops(device_name: str, precision: str) -> float | None:
+    """The device's dense peak for the U-Net's compute precision, None when not in GPU_PEAK_TFLOPS (CPUs)."""
+    for model, peaks in GPU_PEAK_TFLOPS.items():  # most specific names first
+        if model in device_name:
+            import torch
+
+            if precision == "fp32" and torch.backends.cudnn.allow_tf32:
+                return peaks["tf32"]
+            return peaks[precision]
+    return None

@@ -47,8 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     from feedback.loop.engine import DTYPE_OF_PRECISION, EngineSettings
     from feedback.loop.service import FeedbackService
     from feedback.record.db import open_database
-    from restoration.bench import available_cpus, bench_input, peak_memory_mb
+    from restoration.bench import bench_input
     from restoration.diffusion.priors import resolve_precision
+    from restoration.runtime import available_cpus, peak_memory_mb
 
     torch.set_num_threads(a.threads or available_cpus())
     precision = resolve_precision(a.precision, a.device)

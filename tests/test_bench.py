@@ -17,9 +17,6 @@ from restoration.bench import (
     BenchConfig,
     bench_input,
     main,
-    naive_candidates,
-    peak_tflops,
-    respaced_betas,
     run_bench,
     unet_flops,
 )
@@ -28,12 +25,14 @@ from restoration.diffusion.candidates import (
     plan_candidates,
     sample_candidates,
 )
+from restoration.diffusion.naive import naive_candidates, respaced_betas
 from restoration.diffusion.priors import (
     PixelPriorConfig,
     build_pixel_unet,
     pixel_prior_from_unet,
     save_pixel_prior,
 )
+from restoration.runtime import cap_gpu_memory, peak_tflops
 
 TINY = PixelPriorConfig(block_out_channels=(16, 32), norm_num_groups=8, pixel_unshuffle=2)
 ROOT = Path(__file__).resolve().parents[1]
@@ -139,9 +138,9 @@ def test_command_errors_clearly(tmp_path, capsys):
 
 
 def test_gpu_memory_cap(monkeypatch, capsys):
-    assert bench.cap_gpu_memory("cpu", 0) is None  # no cap asked for: nothing set, on any device
+    assert cap_gpu_memory("cpu", 0) is None  # no cap asked for: nothing set, on any device
     with pytest.raises(ValueError, match="needs a CUDA device"):
-        bench.cap_gpu_memory("cpu", 16)
+        cap_gpu_memory("cpu", 16)
     with pytest.raises(SystemExit) as exc:
         main(["--gpu-memory-cap", "16", "--json"])
     assert exc.value.code == 2 and "--gpu-memory-cap takes a positive number of GiB, with --device cuda" in (
@@ -151,9 +150,9 @@ def test_gpu_memory_cap(monkeypatch, capsys):
     monkeypatch.setattr(torch.cuda, "get_device_properties",
                         lambda device: type("Props", (), {"total_memory": 139 * 2**30})())
     monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda f, device: set_to.append(f))
-    assert bench.cap_gpu_memory("cuda", 16) == pytest.approx(16 / 139) and set_to == [pytest.approx(16 / 139)]
+    assert cap_gpu_memory("cuda", 16) == pytest.approx(16 / 139) and set_to == [pytest.approx(16 / 139)]
     with pytest.raises(ValueError, match="does not fit this device's 139.0 GiB"):
-        bench.cap_gpu_memory("cuda:0", 200)
+        cap_gpu_memory("cuda:0", 200)
     # a round past the cap: a clear error and exit status 3, no JSON
     def over_the_cap(config, log):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore detail")
