@@ -45,6 +45,9 @@ API = "/api/v1"
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 LOAD = LoadConfig(clients=32, votes=25, sessions=8, time_limit_s=300)
 
+#: fault and load drills: `-m 'not slow'` leaves them out of a quick local run; CI runs them
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def sqlite_server(tmp_path_factory):
