@@ -4,8 +4,9 @@
                   [--rate-limit 30] [--rate-burst 10] [--prior FOLDER] [--extra-prior NAME=FOLDER ...]
                   [--backbone NAME=PATH_OR_BUILTIN ...] [--backbone DEFAULT] [--device auto]
 
-Handlers live in feedback/web/ui.py (annotation) and feedback/web/admin_ui.py (the admin tab: studies, analysis,
-export; behind the admin token), routes in feedback/web/api.py, the loop in feedback/loop/service.py.
+Handlers live in feedback/web/ui.py and feedback/web/ui_choices.py (annotation) and feedback/web/admin_ui.py (the
+admin tab: studies, analysis, export; behind the admin token; laid out in feedback/web/admin_tab.py), routes in
+feedback/web/api.py, the loop in feedback/loop/service.py.
 Small engine settings for tests and demos: `--candidates 2 --candidate-steps 2 --refine-steps 2`, or
 TTPO_FAST=1 (the same). The admin token may also come from $TTPO_ADMIN_TOKEN; the database URL from
 $TTPO_DB_URL (default: SQLite in the data directory). Alembic migrations are applied on start.
@@ -24,7 +25,6 @@ import restoration  # noqa: F401 - first: offline by default (restoration/offlin
 import gradio as gr
 from fastapi import FastAPI
 
-from feedback.analysis.export import FORMATS, VARIANTS
 from feedback.loop.engine import DEFAULT_PRIOR, DTYPE_OF_PRECISION, EngineSettings, RefineSettings, RoundSettings
 from feedback.loop.ratelimit import RateLimit
 from feedback.loop.service import FeedbackService
@@ -32,7 +32,8 @@ from feedback.loop.uploads import UploadLimits
 from feedback.record.db import open_database
 from feedback.record.models import REASON_TAGS
 from feedback.studies.service import StudyService
-from feedback.web import admin_ui, ui, ui_sessions
+from feedback.web import ui, ui_choices, ui_sessions
+from feedback.web.admin_tab import admin_tab
 from feedback.web.api import build_api
 from feedback.web.study_api import build_study_router
 
@@ -50,7 +51,7 @@ def build_demo(service: FeedbackService, studies: StudyService | None = None) ->
         with gr.Tab("Annotate", id="annotate", elem_id="annotate_tab"):
             browser, blind, shown = annotate_tab(service)
         with gr.Tab("Admin", id="admin", elem_id="admin_tab"):
-            admin_tab(studies)
+            admin_tab(studies)  # feedback/web/admin_tab.py
         # a reload continues the session this browser keeps, where it was
         demo.load(ui.bind(service, ui_sessions.resume), [browser, blind], shown, api_name="resume",
                   concurrency_limit=None)
@@ -137,7 +138,7 @@ def annotate_tab(service: FeedbackService) -> None:
     gallery = gr.Gallery(label="Candidates: click a tile (or press its number) to mark it preferred, again for "
                                "rejected, again to clear (one of them is the restored image)", columns=4, height="auto",
                          elem_id="gallery", allow_preview=False, object_fit="contain")
-    gr.HTML(ui.region_tools_html(), elem_id="region_view", js_on_load=None)
+    gr.HTML(ui_choices.region_tools_html(), elem_id="region_view", js_on_load=None)
     gr.HTML('<div class="compare-tools"><b>Compare at 1:1</b> <span>click tiles to add them:</span>'
             '<button id="compare_zoom_out">-</button><span id="compare_zoom">2x</span>'
             '<button id="compare_zoom_in">+</button><button id="compare_one">1:1</button>'
@@ -211,23 +212,23 @@ def annotate_tab(service: FeedbackService) -> None:
     generate_btn.click(bind(ui.generate), [state, n_candidates, seed, strengths, blind, prior], round_out,
                        api_name="generate", **candidates)
     marks = [state, preferred, rejected, blind]
-    gallery.select(bind(ui.click_tile), marks, [preferred, rejected, gallery], api_name="click_tile",
+    gallery.select(bind(ui_choices.click_tile), marks, [preferred, rejected, gallery], api_name="click_tile",
                    concurrency_limit=None)
-    mark_apply.click(bind(ui.set_mark), [*marks, mark_request], [preferred, rejected, gallery], api_name="set_mark",
+    mark_apply.click(bind(ui_choices.set_mark), [*marks, mark_request], [preferred, rejected, gallery], api_name="set_mark",
                      concurrency_limit=None)
-    clear_btn.click(bind(ui.clear_marks), [state, blind], [preferred, rejected, gallery], api_name="clear_marks",
+    clear_btn.click(bind(ui_choices.clear_marks), [state, blind], [preferred, rejected, gallery], api_name="clear_marks",
                     concurrency_limit=None)
     # .input, not .change: a tile click sets the checkboxes itself and must not re-caption twice
     for widget, api in ((preferred, "mark_preferred"), (rejected, "mark_rejected")):
-        widget.input(bind(ui.mark), marks, [gallery], api_name=api, concurrency_limit=None)
-    blind.change(bind(ui.mark), marks, [gallery], api_name="toggle_blind", concurrency_limit=None)
-    submit.click(bind(ui.submit_pairwise), [state, preferred, rejected, tags, viewing, regions], [status, history],
+        widget.input(bind(ui_choices.mark), marks, [gallery], api_name=api, concurrency_limit=None)
+    blind.change(bind(ui_choices.mark), marks, [gallery], api_name="toggle_blind", concurrency_limit=None)
+    submit.click(bind(ui_choices.submit_pairwise), [state, preferred, rejected, tags, viewing, regions], [status, history],
                  api_name="submit_choice", concurrency_limit=None)
-    tie.click(bind(ui.submit_tie), [state, tags, viewing, regions], [status, history], api_name="submit_tie",
+    tie.click(bind(ui_choices.submit_tie), [state, tags, viewing, regions], [status, history], api_name="submit_tie",
               concurrency_limit=None)
-    skip.click(bind(ui.submit_skip), [state, viewing], [status, history], api_name="submit_skip",
+    skip.click(bind(ui_choices.submit_skip), [state, viewing], [status, history], api_name="submit_skip",
                concurrency_limit=None)
-    auto.click(bind(ui.auto_choose), [state, metrics, blind], [status, auto_scores, gallery, history],
+    auto.click(bind(ui_choices.auto_choose), [state, metrics, blind], [status, auto_scores, gallery, history],
                api_name="auto_choose", **engine)
     refine_btn.click(bind(ui.refine), [state, refine_strength, refine_steps, guidance],
                      [state, compare, download, status, history, sheet_download], api_name="refine", **engine)
@@ -236,86 +237,6 @@ def annotate_tab(service: FeedbackService) -> None:
     inspect.click(bind(ui.inspect_detail), [state, crop_x, crop_y, crop_size], [crops], api_name="inspect",
                   concurrency_limit=None)
     return browser, blind, shown
-
-
-def admin_tab(studies: StudyService) -> None:
-    """Studies, their analysis (with a live view that refreshes itself while a study is picked) and the preference
-    dataset export; every handler that reads or writes data checks the admin token."""
-    bind = lambda fn: ui.bind(studies, fn)  # noqa: E731 - `studies` must not be rebound below
-    gr.Markdown("## Admin\nStudies, their analysis and the preference dataset. Every action checks the admin "
-                "token on the server (`--admin-token` / `$TTPO_ADMIN_TOKEN`).")
-    with gr.Row():
-        token = gr.Textbox(type="password", label="Admin token", elem_id="admin_token", scale=4)
-        list_btn = gr.Button("List studies", variant="primary", elem_id="admin_list", scale=1)
-    admin_status = gr.Markdown("Enter the admin token and press *List studies*.", elem_id="admin_status")
-    study_table = gr.Dataframe(headers=admin_ui.STUDY_COLUMNS, label="Studies", interactive=False,
-                               elem_id="admin_studies")
-
-    with gr.Accordion("Analysis of a study", open=True):
-        with gr.Row():
-            study = gr.Dropdown([], value=None, label="Study", elem_id="admin_study", scale=3)
-            resamples = gr.Number(1000, precision=0, minimum=1, maximum=admin_ui.MAX_RESAMPLES,
-                                  label="Bootstrap resamples")
-            exclude = gr.Checkbox(False, label="Leave out flagged (inattentive) participants")
-            analyse_btn = gr.Button("Analyse", variant="primary", elem_id="admin_analyse")
-        # the live view: refreshed by itself while a study is picked (as /study-admin does)
-        live = gr.Checkbox(True, label=f"Refresh the live view every {admin_ui.LIVE_SECONDS:g} s while a study is "
-                                       f"picked ({admin_ui.LIVE_RESAMPLES} bootstrap resamples)", elem_id="admin_live")
-        live_summary = gr.Markdown(elem_id="admin_live_summary")
-        live_scores = gr.Dataframe(headers=admin_ui.LIVE_COLUMNS, interactive=False, elem_id="admin_live_scores",
-                                   label="Live: current Bradley-Terry scores with 95% intervals, best first")
-        timer = gr.Timer(admin_ui.LIVE_SECONDS, active=False)
-        summary = gr.Markdown(elem_id="admin_summary")
-        conditions = gr.Dataframe(headers=admin_ui.CONDITION_COLUMNS, interactive=False,
-                                  label="Conditions: win rate and Bradley-Terry log-strength with 95% intervals",
-                                  elem_id="admin_conditions")
-        with gr.Row():
-            agreement = gr.Dataframe(headers=admin_ui.AGREEMENT_COLUMNS, interactive=False,
-                                     label="Metric agreement with people", elem_id="admin_agreement")
-            people = gr.Dataframe(headers=admin_ui.PARTICIPANT_COLUMNS, interactive=False, label="Participants",
-                                  elem_id="admin_participants")
-        plots = gr.Gallery(label="Plots", columns=4, height=320, elem_id="admin_plots")
-        tables = gr.File(label="CSV tables and the JSON report", file_count="multiple", interactive=False,
-                         elem_id="admin_tables")
-
-    with gr.Accordion("Export the preference dataset", open=False):
-        with gr.Row():
-            fmt = gr.Radio(list(FORMATS), value=FORMATS[0], label="Format")
-            variant = gr.Radio(list(VARIANTS), value=VARIANTS[0], label="Columns")
-            human_only = gr.Checkbox(False, label="Human choices only")
-            scope = gr.Dropdown([("all", "")], value="", label="Study (all: every session)", elem_id="admin_scope")
-            export_btn = gr.Button("Export", variant="primary", elem_id="admin_export")
-        export_file = gr.File(label="Dataset (zip)", interactive=False, elem_id="admin_export_file")
-
-    with gr.Accordion("Create a study", open=False):
-        gr.Markdown("A study definition in JSON or YAML (fields: see `feedback/studies/study.py`); image paths are read on "
-                    "the server and checked now; every stimulus x condition is then computed in the background "
-                    "(the study list shows the progress).")
-        with gr.Row():
-            definition = gr.Code(language="yaml", label="Definition", elem_id="admin_definition")
-            upload = gr.File(file_types=[".json", ".yaml", ".yml"], type="filepath", label="or upload a file")
-        create_btn = gr.Button("Create study", elem_id="admin_create")
-
-    listed = [study_table, study, scope]
-    list_btn.click(bind(admin_ui.list_studies), [token], [*listed, admin_status], api_name="admin_list_studies",
-                   concurrency_limit=None)
-    token.submit(bind(admin_ui.list_studies), [token], [*listed, admin_status], api_name="admin_list_studies_enter",
-                 concurrency_limit=None)
-    live_out = [live_summary, live_scores, timer]
-    for picked, what in ((study.change, "pick"), (live.change, "toggle")):  # start or stop it, show it now
-        picked(admin_ui.live_timer, [study, live], [timer], api_name=f"admin_live_{what}", queue=False).then(
-            bind(admin_ui.live_dashboard), [token, study, exclude], live_out, api_name=f"admin_live_{what}_now",
-            show_progress="hidden", concurrency_id="admin_live", concurrency_limit=1)
-    timer.tick(bind(admin_ui.live_dashboard), [token, study, exclude], live_out, api_name="admin_live",
-               show_progress="hidden", trigger_mode="once", concurrency_id="admin_live", concurrency_limit=1)
-    analyse_btn.click(bind(admin_ui.analyse_study), [token, study, resamples, exclude],
-                      [summary, conditions, agreement, people, plots, tables], api_name="admin_analyse",
-                      concurrency_id="admin", concurrency_limit=1)
-    export_btn.click(bind(admin_ui.export_preferences), [token, fmt, variant, human_only, scope],
-                     [export_file, admin_status], api_name="admin_export", concurrency_id="admin",
-                     concurrency_limit=1)
-    create_btn.click(bind(admin_ui.create_study), [token, definition, upload], [admin_status, *listed],
-                     api_name="admin_create_study", concurrency_id="admin", concurrency_limit=1)
 
 
 def build_app(service: FeedbackService, queue_size: int = 16, rate_limit: RateLimit = RateLimit()) -> FastAPI:

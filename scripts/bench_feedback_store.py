@@ -15,7 +15,7 @@ import uuid
 
 import numpy as np
 
-from feedback.record import store
+from feedback.record import choices, store
 from feedback.record.db import open_database
 from feedback.record.store import CandidateSpec
 
@@ -47,8 +47,8 @@ def main() -> None:
         for round_id, cands in rounds:
             start = time.perf_counter()
             with db.sessions.begin() as s:
-                store.record_choice(s, round_id, cands[:1], cands[1:], "pairwise", tags=["artefacts"],
-                                    decision_ms=1500, idempotency_key=uuid.uuid4().hex)
+                choices.record_choice(s, round_id, cands[:1], cands[1:], "pairwise", tags=["artefacts"],
+                                      decision_ms=1500, idempotency_key=uuid.uuid4().hex)
             seconds.append(time.perf_counter() - start)
         ms = np.array(seconds) * 1000
         backend = db.engine.dialect.name

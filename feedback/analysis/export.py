@@ -37,10 +37,11 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from feedback.record.choices import superseded_choices
 from feedback.record.errors import InputError, NotFound
 from feedback.record.images import ImageStore
 from feedback.record.models import Annotator, Choice, SessionRow
-from feedback.record.store import export_pairs, superseded_choices
+from feedback.record.store import export_pairs
 
 FORMATS = ("parquet", "jsonl")
 VARIANTS = ("ttpo", "pickapic")

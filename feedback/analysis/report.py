@@ -2,7 +2,8 @@
 people agree with each other and with the automated metrics.
 
 Everything works on plain `Vote` rows (one per human preference pair); `load_votes` reads them from the
-database. A gallery vote of a study (K > 2 images, best picked, worst optionally marked) is stored as the pairs
+database (both in `feedback.analysis.votes`, with `AnalysisConfig`); `feedback.analysis.writers` writes the
+report's CSV tables and plots. A gallery vote of a study (K > 2 images, best picked, worst optionally marked) is stored as the pairs
 it implies (the best beats each other image, each other image beats the worst), so win rates, Bradley-Terry,
 alpha and metric agreement read it as pairs; test-retest and position picks of galleries use the whole
 judgment (the best image of a shown set), grouped by `Vote.choice_id`. A vote compares two images of one
@@ -18,31 +19,27 @@ round; each image belongs to a *condition*, named by `condition_by`:
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import sys
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session
 
 from feedback.analysis import stats
+from feedback.analysis.votes import BOOTSTRAP_UNITS, CONDITION_KEYS, AnalysisConfig, Vote, load_votes
+from feedback.analysis.writers import write_csv, write_plots
+from feedback.record.choices import superseded_choices
 from feedback.record.db import DB_URL_ENV, Database, open_database, resolve_db_url
 from feedback.record.errors import InputError
-from feedback.record.models import Annotator, Candidate, Choice, Round, SessionRow
-from feedback.record.store import export_pairs, superseded_choices
 from feedback.studies.regions import region_summary
 
-CONDITION_KEYS = ("method", "arm+method")
-BOOTSTRAP_UNITS = ("participant", "vote")
 #: pyiqa metrics where a lower score is better (pyiqa's `lower_better`); every other metric, and the
 #: fused z-score 'fused', is higher-better.
 LOWER_BETTER_METRICS = frozenset({
@@ -50,90 +47,6 @@ LOWER_BETTER_METRICS = frozenset({
     "fid", "fid_dinov2", "gmsd", "ilniqe", "lpips", "lpips+", "lpips-vgg", "lpips-vgg+", "mad", "msswd",
     "niqe", "niqe_matlab", "nlpd", "pi", "pieapp", "piqe", "sfid", "stlpips", "stlpips-vgg",
 })
-
-
-@dataclass(frozen=True)
-class Vote:
-    """One human preference pair: `chosen` beat `rejected` (label 1.0) or they tied (label 0.5).
-
-    Positions are the candidates' display order in the round (0 = shown first / on the left).
-    """
-
-    annotator: str
-    chosen_image: str
-    rejected_image: str
-    chosen_condition: str
-    rejected_condition: str
-    chosen_position: int
-    rejected_position: int
-    label: float
-    chosen_scores: Mapping[str, float | None] = field(default_factory=dict)
-    rejected_scores: Mapping[str, float | None] = field(default_factory=dict)
-    study_id: str | None = None
-    round_id: str = ""
-    choice_id: str = ""
-    gallery_size: int = 0  # K of a gallery study item (the pair is one of its vote's pairs); 0 otherwise
-
-    @property
-    def is_tie(self) -> bool:
-        return self.label != 1.0
-
-
-@dataclass(frozen=True)
-class AnalysisConfig:
-    """Bootstrap settings and the thresholds that flag a participant as inattentive."""
-
-    n_resamples: int = 1000
-    seed: int = 0
-    level: float = 0.95
-    bootstrap_unit: str = "participant"  # resample whole participants (their votes are not independent)
-    min_repeats: int = 4  # repeated pairs needed before consistency can flag
-    chance_consistency: float = 0.6  # test-retest agreement at or below this is "at chance" (chance = 0.5)
-    min_position_votes: int = 10  # decisive votes needed before position bias can flag
-    extreme_position_bias: float = 0.85  # first-shown share >= this (or <= 1 - this) is extreme (unbiased 0.5)
-    exclude_flagged: bool = False  # leave flagged participants out of conditions, alpha and metric agreement
-
-    def __post_init__(self) -> None:
-        if self.bootstrap_unit not in BOOTSTRAP_UNITS:
-            raise InputError(f"bootstrap_unit must be one of {', '.join(BOOTSTRAP_UNITS)}, "
-                             f"got {self.bootstrap_unit!r}")
-        if self.n_resamples < 1:
-            raise InputError(f"n_resamples must be >= 1, got {self.n_resamples}")
-        if not 0 < self.level < 1:
-            raise InputError(f"level must be in (0, 1), got {self.level}")
-
-
-# -------------------------------------------------------------------------------------------- loading
-def load_votes(s: Session, *, condition_by: str = "method", study_id: str | None = None) -> list[Vote]:
-    """Human preference pairs of the database as votes (metric selections are not votes of people)."""
-    if condition_by not in CONDITION_KEYS:
-        raise InputError(f"condition_by must be one of {', '.join(CONDITION_KEYS)}, got {condition_by!r}")
-    sessions = {sid: (pseudonym, study, condition) for sid, pseudonym, study, condition in s.execute(
-        select(SessionRow.id, Annotator.pseudonym, SessionRow.study_id, SessionRow.condition)
-        .join(Annotator, SessionRow.annotator_id == Annotator.id))}
-    votes = []
-    for row in export_pairs(s):
-        if row["selector"] != "human":
-            continue
-        pseudonym, session_study, session_condition = sessions[row["session_id"]]
-        study = row["study_id"] or session_study
-        if study_id is not None and study != study_id:
-            continue
-        arm = row["condition"] or session_condition or row["backbone_name"]
-        prefix = "" if condition_by == "method" else f"{arm}/"
-        votes.append(Vote(
-            annotator=pseudonym, chosen_image=row["chosen_image"], rejected_image=row["rejected_image"],
-            chosen_condition=prefix + row["chosen_method"], rejected_condition=prefix + row["rejected_method"],
-            chosen_position=row["chosen_position"], rejected_position=row["rejected_position"],
-            label=float(row["label"]), chosen_scores=row["chosen_scores"], rejected_scores=row["rejected_scores"],
-            study_id=study, round_id=row["round_id"], choice_id=row["choice_id"],
-            gallery_size=_gallery_size(row["params"])))
-    return votes
-
-
-def _gallery_size(params: Any) -> int:
-    shown = params.get("study_item", {}).get("shown") if isinstance(params, dict) else None
-    return len(shown) if isinstance(shown, list) and len(shown) > 2 else 0
 
 
 # -------------------------------------------------------------------------------------- conditions
@@ -404,27 +317,12 @@ def _bootstrap_share(outcomes: Sequence[tuple[Any, float]], config: AnalysisConf
     return _num(low[0]), _num(high[0])
 
 
-def load_regions(s: Session, study_id: str | None = None) -> list[tuple[str, dict[str, Any]]]:
-    """(condition, box) of every region mark on a human vote (of one study): the condition is the method of the
-    candidate the box was drawn on (`feedback.studies.regions`)."""
-    query = (select(Choice.round_id, Choice.regions).join(Round, Choice.round_id == Round.id)
-             .where(Choice.regions.is_not(None), Choice.selector == "human", Choice.superseded_at.is_(None)))
-    if study_id is not None:
-        query = query.where(Round.study_id == study_id)
-    marks = []
-    for round_id, boxes in s.execute(query).all():
-        methods = dict(s.execute(select(Candidate.position, Candidate.method)
-                                 .where(Candidate.round_id == round_id)).all())
-        marks += [(methods.get(box["position"], "?"), box) for box in boxes or []]
-    return marks
-
-
 # -------------------------------------------------------------------------------------------- report
 def analyze(votes: Sequence[Vote], config: AnalysisConfig = AnalysisConfig(),
             regions: Sequence[tuple[str, Mapping[str, Any]]] = ()) -> dict[str, Any]:
     """The whole report as one JSON-ready dict (the `--json` contract); `participants` lists everyone,
     the other parts use only unflagged participants when `config.exclude_flagged`. `regions`: (condition, box)
-    region marks (`load_regions`), summarised per condition as a heat map."""
+    region marks (`feedback.analysis.votes.load_regions`), summarised per condition as a heat map."""
     participants = participant_quality(votes, config)
     excluded = sorted(p for p, r in participants.items() if r["flagged"]) if config.exclude_flagged else []
     kept = [v for v in votes if v.annotator not in set(excluded)]
@@ -442,117 +340,12 @@ def analyze(votes: Sequence[Vote], config: AnalysisConfig = AnalysisConfig(),
     }
 
 
-def write_csv(report: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
-    """conditions.csv, participants.csv, metric_agreement.csv and condition_tests.csv in `out_dir`; returns
-    their paths."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tables = {
-        "conditions.csv": (["condition", "win_rate", "ci_low", "ci_high", "bt_score", "bt_ci_low", "bt_ci_high",
-                            "n", "ties"],
-                           [[name, c["win_rate"], *c["ci"], c["bt_score"], *c["bt_ci"], c["n"], c["ties"]]
-                            for name, c in report["conditions"].items()]),
-        "participants.csv": (["participant", "votes", "repeats", "consistency", "position_bias", "flagged", "reasons"],
-                             [[p, r["votes"], r["repeats"], r["consistency"], r["position_bias"], r["flagged"],
-                               "; ".join(r["reasons"])] for p, r in report["participants"].items()]),
-        "metric_agreement.csv": (["metric", "agreement", "ci_low", "ci_high", "n", "pairwise_agreement",
-                                  "pairwise_n", "gallery_agreement", "gallery_n", "gallery_chance"],
-                                 [[m, a["rate"], *a["ci"], a["n"], a["pairwise"]["rate"], a["pairwise"]["n"],
-                                   a["gallery"]["rate"], a["gallery"]["n"], a["gallery"]["chance"]]
-                                  for m, a in report["metric_agreement"].items()]),
-        "condition_tests.csv": (["a", "b", "bt_difference", "ci_low", "ci_high", "p", "p_holm", "significant"],
-                                [[r["a"], r["b"], r["bt_difference"], *r["ci"], r["p"], r["p_holm"],
-                                  r["significant"]] for r in report.get("condition_tests", {}).get("pairs", [])]),
-    }
-    paths = []
-    for name, (header, rows) in tables.items():
-        path = out / name
-        with path.open("w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(header)
-            writer.writerows([["" if x is None else x for x in row] for row in rows])
-        paths.append(path)
-    return paths
-
-
-def write_plots(report: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
-    """PNG plots for the admin dashboard: win rates and Bradley-Terry scores with intervals, participant
-    quality, metric agreement. Needs matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise InputError("--plots needs matplotlib: uv pip install --python .venv/bin/python matplotlib") from None
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = []
-
-    def save(fig: Any, name: str) -> None:
-        fig.tight_layout()
-        fig.savefig(out / name, dpi=100)
-        plt.close(fig)
-        paths.append(out / name)
-
-    conditions = report["conditions"]
-    names = sorted(conditions, key=lambda n: -_nan(conditions[n]["bt_score"]))  # best first
-    for key, ci_key, title, name, ref in (("win_rate", "ci", "Win rate vs other conditions", "win_rates.png", 0.5),
-                                          ("bt_score", "bt_ci", "Bradley-Terry log-strength", "bt_scores.png", 0.0)):
-        fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(names) + 2), 3.5))
-        values = np.array([_nan(conditions[n][key]) for n in names])
-        low = np.array([_nan(conditions[n][ci_key][0]) for n in names])
-        high = np.array([_nan(conditions[n][ci_key][1]) for n in names])
-        ax.bar(names, values, yerr=np.nan_to_num([values - low, high - values]), capsize=4, color="#4c72b0")
-        ax.axhline(ref, color="grey", linewidth=0.8, linestyle="--")
-        ax.set_title(f"{title} ({int(report.get('n_votes', 0))} votes)")
-        ax.tick_params(axis="x", rotation=30)
-        save(fig, name)
-
-    people = report["participants"]
-    fig, ax = plt.subplots(figsize=(4.5, 4))
-    for flagged, color in ((False, "#4c72b0"), (True, "#c44e52")):
-        xs = [_nan(p["position_bias"]) for p in people.values() if p["flagged"] == flagged]
-        ys = [_nan(p["consistency"]) for p in people.values() if p["flagged"] == flagged]
-        ax.scatter(xs, ys, c=color, label="flagged" if flagged else "ok")
-    ax.set(xlim=(-0.05, 1.05), ylim=(-0.05, 1.05), xlabel="share of first-shown picks", ylabel="test-retest agreement",
-           title="Participants")
-    ax.axvline(0.5, color="grey", linewidth=0.8, linestyle="--")
-    ax.axhline(0.5, color="grey", linewidth=0.8, linestyle="--")
-    ax.legend(loc="lower left")
-    save(fig, "participants.png")
-
-    agreement = report["metric_agreement"]
-    fig, ax = plt.subplots(figsize=(max(4, 1.0 * len(agreement) + 2), 3.5))
-    rates = np.array([_nan(a["rate"]) for a in agreement.values()])
-    low = np.array([_nan(a["ci"][0]) for a in agreement.values()])
-    high = np.array([_nan(a["ci"][1]) for a in agreement.values()])
-    ax.bar([f"{m}\n(n={a['n']})" for m, a in agreement.items()], rates, color="#55a868",
-           yerr=np.nan_to_num([rates - low, high - rates]), capsize=4)
-    ax.axhline(0.5, color="grey", linewidth=0.8, linestyle="--")
-    ax.set(ylim=(0, 1), title="Metric agrees with the person (pairs, 95% interval)")
-    save(fig, "metric_agreement.png")
-
-    regions = report.get("regions") or {}
-    if regions:
-        fig, axes = plt.subplots(1, len(regions), figsize=(2.6 * len(regions), 2.8), squeeze=False)
-        for ax, (condition, r) in zip(axes[0], regions.items(), strict=True):
-            ax.imshow(np.array(r["grid"]), cmap="magma", extent=(0, 1, 1, 0), vmin=0)
-            ax.set(title=f"{condition} ({r['boxes']} boxes)", xticks=[], yticks=[])
-        save(fig, "regions.png")
-    return paths
-
-
 def _finite(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def _num(x: Any) -> float | None:
     return float(x) if _finite(float(x)) else None
-
-
-def _nan(x: float | None) -> float:
-    return float("nan") if x is None else float(x)
 
 
 def open_existing_database(url: str | None, data_dir: str | Path) -> Database:

@@ -5,7 +5,7 @@ tokens per second, and each expensive request takes one. An empty bucket raises 
 the API answers with HTTP 429 and a Retry-After header (whole seconds until a token is back). A request
 refused on purpose (bad input, unknown id, conflict, full queue: any `FeedbackError`) gets its token
 back, since nothing expensive ran; only work the engine did is counted. This bounds what one session
-can queue; `feedback.loop.service.EngineGate` still bounds the whole process (503).
+can queue; `feedback.loop.gate.EngineGate` still bounds the whole process (503).
 """
 
 from __future__ import annotations

@@ -4,8 +4,10 @@
 store, the pseudonym salt, the admin token's hash and the diffusion prior (loaded once). The REST API
 and the Gradio handlers call its methods; nothing here knows about HTTP or widgets.
 
-Engine work (restore, candidates, selection, refinement) runs under `EngineGate`: one computation at a
-time, at most `max_waiting` more waiting; beyond that `Busy` is raised (HTTP 503 + Retry-After).
+Engine work (restore, candidates, selection, refinement) runs under `EngineGate` (`feedback.loop.gate`): one
+computation at a time, at most `max_waiting` more waiting; beyond that `Busy` is raised (HTTP 503 + Retry-After).
+Sessions, tokens and access checks come from `SessionAccess` (`feedback.loop.sessions`); what the methods
+return are the views of `feedback.loop.views`.
 A round's tensors never outlive a call: images live in the content-addressed store and the database
 records everything needed to regenerate them (settings, seeds, weights hashes, code version).
 
@@ -21,15 +23,11 @@ session cancels them, storing nothing (`feedback.loop.jobs`).
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import random
 import secrets
-import threading
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from typing import Any
 
 import numpy as np
@@ -38,131 +36,20 @@ from sqlalchemy import func, select
 
 from feedback.loop.batching import CandidateBatcher
 from feedback.loop.engine import DEFAULT_PRIOR, EngineSettings, RefineSettings, RoundSettings, TTPOWorker
+from feedback.loop.gate import EngineGate
 from feedback.loop.jobs import Job, Jobs, network_modules
+from feedback.loop.sessions import AuthError, Principal, SessionAccess
 from feedback.loop.uploads import UploadLimits, decode_upload
-from feedback.record import access, store
+from feedback.loop.views import ChoiceView, RefineView, RoundView, round_view
+from feedback.record import access, choices, store
 from feedback.record.db import Database, retry_transient
-from feedback.record.errors import Conflict, FeedbackError, InputError, NotFound
-from feedback.record.images import ImageStore, is_image_id
-from feedback.record.models import Choice, Round
-from feedback.record.pseudonym import hash_token, load_or_create_salt, new_token, pseudonym, tokens_match
+from feedback.record.errors import Conflict, InputError
+from feedback.record.images import ImageStore
+from feedback.record.models import Choice
+from feedback.record.pseudonym import hash_token, load_or_create_salt
 
 #: progress(fraction done, or None while the stage's step count is unknown; what is happening)
 Progress = Callable[[float | None, str], None]
-
-
-class Busy(FeedbackError):
-    """The engine is busy and its queue is full; retry after `retry_after` seconds (HTTP 503)."""
-
-    def __init__(self, message: str, retry_after: int) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-
-
-class AuthError(FeedbackError):
-    """Missing or unknown token (status 401) or a token without access to the object (403)."""
-
-    def __init__(self, message: str, status: int) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-class EngineGate:
-    """One engine computation at a time; at most `max_waiting` callers wait, the rest get `Busy`."""
-
-    def __init__(self, max_waiting: int = 4, retry_after: int = 10) -> None:
-        self._run = threading.Lock()
-        self._count = threading.Lock()
-        self._pending = 0
-        self.max_waiting = max_waiting
-        self.retry_after = retry_after
-
-    @contextmanager
-    def slot(self) -> Iterator[None]:
-        with self._count:
-            if self._pending > self.max_waiting:
-                raise Busy(f"the restoration engine is busy ({self._pending} requests in line); "
-                           f"retry in {self.retry_after} s", self.retry_after)
-            self._pending += 1
-        try:
-            with self._run:
-                yield
-        finally:
-            with self._count:
-                self._pending -= 1
-
-
-@dataclass(frozen=True)
-class Principal:
-    """Who is calling: a session (by id) or the admin."""
-
-    session_id: str | None
-    admin: bool = False
-
-
-@dataclass(frozen=True)
-class CandidateView:
-    id: str
-    image_id: str
-    position: int
-    is_restored: bool
-    seed: int | None
-    strength: float | None
-    scores: dict[str, float] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class RoundView:
-    """What a client sees of a round; candidates in display (shuffled) order."""
-
-    round_id: str
-    session_id: str
-    round_index: int
-    parent_round_id: str | None
-    status: str
-    input_image_id: str
-    start_image_id: str
-    candidates: list[CandidateView]
-    seconds: dict[str, float]
-    params: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class ChoiceView:
-    choice_id: str
-    pairs: int
-    created: bool
-    kind: str
-    preferred: list[str]
-    rejected: list[str]
-    selector: str
-    scores: dict[str, dict[str, float]] = field(default_factory=dict)
-    #: Choices of the round this one superseded when it was recorded (0: the round's first choice, or a retry).
-    superseded: int = 0
-    #: Whether it is the round's live choice (False: a retry returned a choice a later one has superseded).
-    live: bool = True
-    #: How many region marks (boxes where the person saw a problem) the choice carries.
-    regions: int = 0
-
-
-@dataclass(frozen=True)
-class RefineView:
-    round_id: str
-    refinement_id: str
-    image_id: str
-    next_round: RoundView
-    seconds: float
-
-
-def _round_view(rnd: Round) -> RoundView:
-    src = rnd.source_image
-    return RoundView(
-        round_id=rnd.id, session_id=rnd.session_id, round_index=rnd.round_index,
-        parent_round_id=rnd.parent_round_id, status=rnd.status,
-        input_image_id=src.degraded_image_hash or src.image_hash, start_image_id=rnd.restored_image_hash or "",
-        candidates=[CandidateView(c.id, c.image_hash, c.position, c.is_restored, c.seed, c.strength, dict(c.scores))
-                    for c in sorted(rnd.candidates, key=lambda c: c.position)],
-        seconds=dict(rnd.stage_seconds), params=dict(rnd.params))
 
 
 def _reporter(progress: Progress | None) -> Callable[[Job], None] | None:
@@ -194,7 +81,7 @@ def _int_field(name: str, value: Any, low: int, high: int) -> int:
     return value
 
 
-class FeedbackService:
+class FeedbackService(SessionAccess):
     """Long-lived resources of one app process and the loop's operations over them."""
 
     def __init__(self, db: Database, data_dir: str, engine: EngineSettings = EngineSettings(),
@@ -210,75 +97,10 @@ class FeedbackService:
         self.jobs = Jobs()
         self._admin_hash = hash_token(admin_token) if admin_token else None
 
-    # ------------------------------------------------------------------------------ sessions, access
-    def create_session(self, annotator: str, study_id: str | None = None,
-                       condition: str | None = None) -> tuple[str, str]:
-        """A new session for the (pseudonymised) annotator name -> (session_id, token); only the token's hash is kept."""
-        if not isinstance(annotator, str):
-            raise InputError("annotator must be a name or nickname (text)")
-        token = new_token()
-        with self.db.sessions.begin() as s:
-            row = store.create_annotator_session(s, pseudonym(annotator, self.salt), hash_token(token),
-                                                 study_id=study_id, condition=condition)
-            return row.id, token
-
-    def authenticate(self, token: str | None) -> Principal:
-        """The principal of a bearer token; AuthError 401 when missing or unknown."""
-        if not token:
-            raise AuthError("missing token: send 'Authorization: Bearer <token>' (from POST /api/v1/sessions)", 401)
-        if self._admin_hash is not None and tokens_match(token, self._admin_hash):
-            return Principal(None, admin=True)
-        with self.db.reads.begin() as s:
-            try:
-                return Principal(store.session_by_token_hash(s, hash_token(token)).id)
-            except NotFound:
-                raise AuthError("unknown token; create a session with POST /api/v1/sessions", 401) from None
-
-    def browser_secret(self) -> str:
-        """The key the page encrypts what it keeps in the browser with (session tokens): derived from the data
-        folder's salt, so it survives restarts and differs between deployments."""
-        return hmac.new(self.salt, b"ttpo-lab browser state", hashlib.sha256).hexdigest()
-
-    @property
-    def admin_enabled(self) -> bool:
-        """Whether the process has an admin token (without one, no token has admin rights)."""
-        return self._admin_hash is not None
-
-    def require_admin(self, who: Principal) -> None:
-        if not who.admin:
-            raise AuthError("this needs the admin token", 403)
-
-    def check_session(self, who: Principal, session_id: str) -> None:
-        """AuthError 403 unless `who` is the admin or this session; NotFound for an unknown session (admin)."""
-        if who.admin:
-            with self.db.reads.begin() as s:
-                store._get(s, store.SessionRow, session_id, "session")
-            return
-        if who.session_id != session_id:
-            raise AuthError("this token belongs to another session", 403)
-
-    def check_round(self, who: Principal, round_id: str) -> None:
-        with self.db.reads.begin() as s:
-            rnd = store.get_round(s, round_id)
-            if not who.admin and rnd.session_id != who.session_id:
-                raise AuthError("this round belongs to another session", 403)
-
-    def image_bytes(self, who: Principal, image_id: str) -> bytes:
-        """PNG bytes of an image the principal may see; NotFound for malformed or unknown ids."""
-        if not is_image_id(image_id):
-            raise NotFound("image ids are 64 lowercase hex characters (the sha256 of the PNG)")
-        if not self.images.exists(image_id):
-            raise NotFound(f"no image {image_id}")
-        if not who.admin:
-            with self.db.reads.begin() as s:
-                if not access.session_owns_image(s, who.session_id, image_id):
-                    raise AuthError("this image belongs to another session", 403)
-        return self.images.get_bytes(image_id)
-
     # ------------------------------------------------------------------------------ rounds
     def get_round(self, round_id: str) -> RoundView:
         with self.db.reads.begin() as s:
-            return _round_view(store.get_round(s, round_id))
+            return round_view(store.get_round(s, round_id))
 
     def history(self, session_id: str) -> list[dict[str, Any]]:
         with self.db.reads.begin() as s:
@@ -287,7 +109,7 @@ class FeedbackService:
     def live_choice(self, round_id: str) -> ChoiceView | None:
         """The round's live (latest) choice, None when nothing was chosen yet."""
         with self.db.reads.begin() as s:
-            choice = store.latest_choice(s, round_id)
+            choice = choices.latest_choice(s, round_id)
             if choice is None:
                 return None
             return ChoiceView(choice.id, len(choice.pairs), False, choice.kind, choice.preferred_ids,
@@ -456,7 +278,7 @@ class FeedbackService:
             store.add_candidates(s, round_id, specs)
             store.update_round(s, round_id, stage_seconds={"candidates": t_cand}, prior_id=prior_facts["prior_id"],
                                prior_weights_hash=prior_facts["weights_hash"])
-            return _round_view(store.get_round(s, round_id))
+            return round_view(store.get_round(s, round_id))
 
     # ------------------------------------------------------------------------------ choices
     def record_choice(self, round_id: str, preferred: Sequence[str] = (), rejected: Sequence[str] = (),
@@ -483,12 +305,12 @@ class FeedbackService:
                 if who is not None and not who.admin and rnd.session_id != who.session_id:
                     raise AuthError("this round belongs to another session", 403)
                 ids = [c.id for c in rnd.candidates] if all_similar else preferred  # "all similar": every one
-                choice, created = store.record_choice(s, round_id, ids, rejected, kind, tags=tags,
-                                                      decision_ms=decision_ms, selector=selector,
-                                                      idempotency_key=idempotency_key,
-                                                      zoom_count=viewing.get("zoom_count"),
-                                                      viewport=viewing.get("viewport"),
-                                                      device_pixel_ratio=viewing.get("dpr"), regions=regions)
+                choice, created = choices.record_choice(s, round_id, ids, rejected, kind, tags=tags,
+                                                        decision_ms=decision_ms, selector=selector,
+                                                        idempotency_key=idempotency_key,
+                                                        zoom_count=viewing.get("zoom_count"),
+                                                        viewport=viewing.get("viewport"),
+                                                        device_pixel_ratio=viewing.get("dpr"), regions=regions)
                 superseded = s.scalar(select(func.count()).select_from(Choice).where(
                     Choice.round_id == round_id, Choice.superseded_at == choice.created_at)) if created else 0
                 return ChoiceView(choice.id, len(choice.pairs), created, choice.kind, choice.preferred_ids,
@@ -531,14 +353,14 @@ class FeedbackService:
         settings = (settings or self.worker.settings.refine).checked()
         with self.db.sessions.begin() as s:
             rnd = store.get_round(s, round_id)
-            choice = store.latest_choice(s, round_id)
+            choice = choices.latest_choice(s, round_id)
             if choice is None:
                 raise Conflict(f"round {round_id} has no choice yet; record one (POST .../choices) before refining")
             if choice.kind == "skip":
                 raise Conflict("the latest choice of this round is a skip; record a preference or a tie to refine")
             by_id = {c.id: c.image_hash for c in rnd.candidates}
             preferred, rejected = ([], []) if choice.kind == "tie" else (choice.preferred_ids, choice.rejected_ids)
-            choice_id, start_id, parent = choice.id, rnd.restored_image_hash, _round_view(rnd)
+            choice_id, start_id, parent = choice.id, rnd.restored_image_hash, round_view(rnd)
             round_settings = RoundSettings.from_dict(rnd.params["candidates"])
             prior = rnd.params.get("prior", DEFAULT_PRIOR)
         progress(0.0, "loading images")
@@ -593,7 +415,7 @@ class FeedbackService:
     def superseded_choices(self) -> int:
         """How many choices later choices replaced (left out of every export and analysis)."""
         with self.db.reads.begin() as s:
-            return store.superseded_choices(s)
+            return choices.superseded_choices(s)
 
     def describe(self) -> dict[str, Any]:
         return {"engine": asdict(self.worker.settings), "code_version": self.worker.code_version,

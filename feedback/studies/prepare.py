@@ -40,7 +40,8 @@ from PIL import Image
 from sqlalchemy import select, update
 
 from feedback.loop.engine import RoundSettings
-from feedback.loop.service import Busy, FeedbackService, _to_tensor, _to_uint8
+from feedback.loop.gate import Busy
+from feedback.loop.service import FeedbackService, _to_tensor, _to_uint8
 from feedback.loop.uploads import decode_image_bytes
 from feedback.record import store
 from feedback.record.errors import FeedbackError, InputError

@@ -18,9 +18,9 @@ its sides a seeded coin. So a choice is a pure function of (the votes, the pendi
 participant index, the item position): `SamplerState` holds the first two, `choose_adaptive_item` makes it.
 
 Repeats (sides swapped, after their first showing) and attention checks keep the places a seeded plan gives them
-(`adaptive_slots`), as in the Latin-square plan (`feedback.studies.study.assign_items`).
+(`adaptive_slots`), as in the Latin-square plan (`feedback.studies.plan.assign_items`).
 
-NumPy only; `feedback.studies.service` builds the state from the database under a lock of the study row, and
+NumPy only; `feedback.studies.participants` builds the state from the database under a lock of the study row, and
 `feedback.studies.simulate` runs the same functions on simulated participants.
 """
 
@@ -32,10 +32,10 @@ from typing import Any
 
 import numpy as np
 
+from feedback.studies.plan import PlannedItem
 from feedback.studies.study import (
     ATTENTION_CLEAN,
     ATTENTION_CONTROL,
-    PlannedItem,
     StudyDefinition,
 )
 

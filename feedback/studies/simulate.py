@@ -4,8 +4,8 @@ Conditions c0..c{N-1} get planted Thurstone strengths `spacing` apart (shuffled 
 says nothing); a simulated participant judges an item by perceiving each image's quality as its strength plus
 Gaussian noise of sd `noise` (Thurstone case V: P(a beats b) = Phi((s_a - s_b) / (noise * sqrt 2))) and picking
 the better one. Participants come one after another, each judging `items` main items of a pairwise study over
-`stimuli` images (no repeats or attention checks), chosen by the Latin-square plan (`feedback.studies.study.assign_items`)
-or by adaptive sampling (`feedback.studies.sampling`, exactly as `feedback.studies.service` calls them). After each
+`stimuli` images (no repeats or attention checks), chosen by the Latin-square plan (`feedback.studies.plan.assign_items`)
+or by adaptive sampling (`feedback.studies.sampling`, exactly as `feedback.studies.participants` calls them). After each
 vote the order is estimated (the mode of the same Bradley-Terry posterior for both samplers) and compared with
 the planted one by Kendall's tau. `votes_to_recover` is the number of votes after which tau stays >= `threshold`
 to the end of the run (P x items votes); a run that does not end recovered counts as budget + 1 (`censored`
@@ -25,13 +25,14 @@ from typing import Any
 
 import numpy as np
 
+from feedback.studies.plan import assign_items
 from feedback.studies.sampling import (
     SamplerState,
     adaptive_slots,
     bt_posterior,
     choose_adaptive_item,
 )
-from feedback.studies.study import SAMPLINGS, StudyDefinition, assign_items
+from feedback.studies.study import SAMPLINGS, StudyDefinition
 
 
 @dataclass(frozen=True)

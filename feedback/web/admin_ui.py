@@ -23,8 +23,10 @@ from typing import Any
 import gradio as gr
 
 from feedback.analysis import export
-from feedback.analysis.report import AnalysisConfig, write_csv, write_plots
-from feedback.loop.service import AuthError, FeedbackService
+from feedback.analysis.votes import AnalysisConfig
+from feedback.analysis.writers import write_csv, write_plots
+from feedback.loop.service import FeedbackService
+from feedback.loop.sessions import AuthError
 from feedback.record.errors import FeedbackError, InputError
 from feedback.studies.service import StudyService
 from feedback.web.ui import user_errors

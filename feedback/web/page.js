@@ -188,7 +188,7 @@
   // ---- region marks: while drawing is on (the toggle or M), a drag on a tile draws a box where the problem is ------
   // Boxes are kept in [0, 1] coordinates of the tile's image ({on: tile number from 1, x, y, w, h, tag}), shown over
   // the tiles and listed under the tools (tag changeable, removable), and sent with the choice through the hidden
-  // #regions field (feedback/web/ui.py submit_choice; checked and stored by feedback/record/regions.py).
+  // #regions field (feedback/web/ui_choices.py submit_choice; checked and stored by feedback/record/regions.py).
   const regions = { drawing: false, boxes: [], sketch: null };
   const floor4 = (v) => Math.floor(Math.min(1, Math.max(0, v)) * 10000) / 10000;
   function imageRect(img) {  // where the image is drawn inside its element (object-fit: contain), client pixels

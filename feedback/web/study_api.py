@@ -45,10 +45,11 @@ from fastapi import APIRouter, Body, Query
 from fastapi.responses import HTMLResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
-from feedback.analysis.report import AnalysisConfig
+from feedback.analysis.votes import AnalysisConfig
 from feedback.loop.service import FeedbackService
 from feedback.studies.service import StudyService
-from feedback.web.api import AUTH, INPUT, PREFIX, Who, errors
+from feedback.web.api import PREFIX, Who
+from feedback.web.schemas import AUTH, INPUT, errors
 
 PAGE = Path(__file__).resolve().parent / "study_page.html"
 ADMIN_PAGE = Path(__file__).resolve().parent / "study_admin.html"

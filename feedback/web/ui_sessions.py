@@ -15,7 +15,8 @@ from typing import Any
 
 import gradio as gr
 
-from feedback.loop.service import AuthError, FeedbackService
+from feedback.loop.service import FeedbackService
+from feedback.loop.sessions import AuthError
 from feedback.record.errors import FeedbackError
 from feedback.web.ui import _path, _show_round, gallery_items, history_rows, user_errors
 

@@ -14,16 +14,9 @@ import numpy as np
 import pytest
 
 from feedback.analysis import stats
-from feedback.analysis.report import (
-    AnalysisConfig,
-    Vote,
-    analyze,
-    annotator_alpha,
-    load_votes,
-    main,
-    participant_quality,
-)
-from feedback.record import store
+from feedback.analysis.report import analyze, annotator_alpha, main, participant_quality
+from feedback.analysis.votes import AnalysisConfig, Vote, load_votes
+from feedback.record import choices, store
 from feedback.record.db import Database, open_database
 from feedback.record.images import ImageStore
 from feedback.record.store import CandidateSpec
@@ -94,7 +87,7 @@ def build_study(tmp_path: Path, units_per_pair: int = 4, repeats: int = 8, seed:
                 else:
                     better = 0 if STRENGTH[order[0]] > STRENGTH[order[1]] else 1
                     pick = better if rng.random() < behaviour else 1 - better
-                store.record_choice(s, rnd.id, [cands[pick].id], [cands[1 - pick].id], "pairwise")
+                choices.record_choice(s, rnd.id, [cands[pick].id], [cands[1 - pick].id], "pairwise")
                 human_pairs += 1
     with db.sessions.begin() as s:  # one tie by the careful participant and one choice made by a metric
         session = store.create_annotator_session(s, pseudonyms["careful"], h("token2"), study_id="pilot")
@@ -105,7 +98,7 @@ def build_study(tmp_path: Path, units_per_pair: int = 4, repeats: int = 8, seed:
                                      restored_image_hash=restored)
             cands = store.add_candidates(s, rnd.id, [CandidateSpec(image_hash=outputs[c], method=c, position=p)
                                                      for p, c in enumerate(order)])
-            store.record_choice(s, rnd.id, [cands[0].id], [cands[1].id], kind, selector=selector)
+            choices.record_choice(s, rnd.id, [cands[0].id], [cands[1].id], kind, selector=selector)
         human_pairs += 1
     return Study(db, data_dir, url, human_pairs, pseudonyms)
 

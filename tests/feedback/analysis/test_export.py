@@ -149,7 +149,7 @@ def corrected_round(data_dir: Path) -> tuple[str, list[str]]:
     -> (database URL, the candidate ids); the first choice preferred 0 over 1, the second 1 over 0."""
     import numpy as np
 
-    from feedback.record import store
+    from feedback.record import choices, store
     from feedback.record.store import CandidateSpec
 
     data_dir.mkdir(parents=True)
@@ -165,9 +165,9 @@ def corrected_round(data_dir: Path) -> tuple[str, list[str]]:
                                  code_version="t", device="cpu", dtype="float32", restored_image_hash=ids[1])
         cands = [c.id for c in store.add_candidates(s, rnd.id, [CandidateSpec(image_hash=i, method="m")
                                                                 for i in ids[1:]])]
-        store.record_choice(s, rnd.id, [cands[0]], [cands[1]], "pairwise", idempotency_key="first")
+        choices.record_choice(s, rnd.id, [cands[0]], [cands[1]], "pairwise", idempotency_key="first")
     with db.sessions.begin() as s:
-        store.record_choice(s, rnd.id, [cands[1]], [cands[0]], "pairwise", idempotency_key="second")
+        choices.record_choice(s, rnd.id, [cands[1]], [cands[0]], "pairwise", idempotency_key="second")
     db.engine.dispose()
     return url, cands
 

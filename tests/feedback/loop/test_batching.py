@@ -9,7 +9,7 @@ import torch
 from inprocess_app import tiny_service
 
 from feedback.loop.engine import RoundSettings
-from feedback.loop.service import Busy
+from feedback.loop.gate import Busy
 
 
 @pytest.fixture()

@@ -15,13 +15,14 @@ from PIL import Image
 from sqlalchemy import select
 
 from feedback.loop.engine import EngineSettings, RefineSettings, RoundSettings
-from feedback.loop.service import Busy, EngineGate, FeedbackService
+from feedback.loop.gate import Busy, EngineGate
+from feedback.loop.service import FeedbackService
 from feedback.loop.uploads import UploadLimits, check_image_array, decode_image_bytes
-from feedback.record import store
+from feedback.record.choices import latest_choice
 from feedback.record.db import open_database
 from feedback.record.errors import Conflict, InputError
 from feedback.record.models import Candidate, Choice, Refinement, Round, SourceImage
-from feedback.web import ui
+from feedback.web import ui, ui_choices
 from feedback.web.api import build_api
 from restoration.diffusion.priors import build_pixel_unet, save_pixel_prior
 
@@ -172,7 +173,7 @@ def test_ui_handlers(service):
     state, msg = ui.sign_in(service, "Grace", {})
     assert "Signed in" in msg and set(state) == {"session_id"}
     with pytest.raises(gr.Error):
-        ui.submit_pairwise(service, state, [], [], [])
+        ui_choices.submit_pairwise(service, state, [], [], [])
     assert len(ui.sample_names()) >= 3 and ui.load_sample(ui.sample_names()[0]).endswith(".png")
     with pytest.raises(gr.Error):
         ui.load_sample("../../pyproject.toml")
@@ -181,12 +182,12 @@ def test_ui_handlers(service):
     assert "restored" in msg and input_path != restored_path and tiles == []
     state, items, _p, _r, msg, rows = ui.generate(service, state, 2, 3, "0.1, 0.2", True)
     assert len(items) == 3 and [c for _, c in items] == ["#1", "#2", "#3"]
-    captions = [c for _, c in ui.mark(service, state, ["#2"], ["#1", "#3"], False)]
+    captions = [c for _, c in ui_choices.mark(service, state, ["#2"], ["#1", "#3"], False)]
     assert captions[1].startswith("#2 ✓ preferred") and "✗ rejected" in captions[0]
     assert sum("(restored)" in c for c in captions) == 1
     crops = ui.inspect_detail(service, state, 0, 100, 16)
     assert len(crops) == 3 and all(img.size == (16, 16) for img, _ in crops)
-    msg, rows = ui.submit_pairwise(service, state, ["#2"], ["#1", "#3"], ["artefacts"])
+    msg, rows = ui_choices.submit_pairwise(service, state, ["#2"], ["#1", "#3"], ["artefacts"])
     assert "2 preference pairs" in msg and rows[-1][5] == "pairwise" and rows[-1][3] == "default"
     state, (_before, after), download, msg, rows, sheet = ui.refine(service, state, 0.3, 2, 0.05,
                                                                    progress=lambda *a, **k: None)
@@ -209,19 +210,19 @@ def test_page_submissions_record_once_per_click_and_a_changed_mind_supersedes(se
     def live() -> tuple[int, int, list[str]]:
         with service.db.reads.begin() as s:
             choices = s.scalars(select(Choice).where(Choice.round_id == round_id)).all()
-            current = store.latest_choice(s, round_id)
+            current = latest_choice(s, round_id)
             return len(choices), sum(c.superseded_at is not None for c in choices), current.preferred_ids
 
-    msg, _ = ui.submit_pairwise(service, state, ["#1"], ["#3", "#2"], [])
-    ui.submit_pairwise(service, state, ["#1"], ["#2", "#3"], [])  # the same marks, listed in another order
+    msg, _ = ui_choices.submit_pairwise(service, state, ["#1"], ["#3", "#2"], [])
+    ui_choices.submit_pairwise(service, state, ["#1"], ["#2", "#3"], [])  # the same marks, listed in another order
     assert live() == (1, 0, [ids[0]]) and "replacing" not in msg
-    msg, _ = ui.submit_pairwise(service, state, ["#2"], ["#1"], [])
+    msg, _ = ui_choices.submit_pairwise(service, state, ["#2"], ["#1"], [])
     assert live() == (2, 1, [ids[1]]) and "replacing the earlier choice" in msg
-    ui.submit_pairwise(service, state, ["#1"], ["#2", "#3"], [])
-    ui.submit_pairwise(service, state, ["#1"], ["#2", "#3"], [])
+    ui_choices.submit_pairwise(service, state, ["#1"], ["#2", "#3"], [])
+    ui_choices.submit_pairwise(service, state, ["#1"], ["#2", "#3"], [])
     assert live() == (3, 2, [ids[0]])
     with pytest.raises(gr.Error, match="tiles are named"):
-        ui.submit_pairwise(service, state, ["1"], ["#2"], [])
+        ui_choices.submit_pairwise(service, state, ["1"], ["#2"], [])
     result = service.refine(round_id, generate_next=False)
     with service.db.reads.begin() as s:
         assert s.get(Refinement, result.refinement_id).params["preferred"] == [ids[0]]
@@ -231,7 +232,7 @@ def test_region_marks_round_trip_through_the_service_the_page_export_and_analysi
     """Boxes drawn on the page's tiles reach the choice (service and page handler), the export's `regions` and the
     analysis's heat map by the marked candidate's method; bad boxes are refused with what is allowed."""
     from feedback.analysis.export import preference_rows
-    from feedback.analysis.report import load_regions
+    from feedback.analysis.votes import load_regions
 
     state, _msg = ui.sign_in(service, "Rhea", {})
     path = str(service.images.path_for(service.images.put_array(_image(32, seed=6))))
@@ -249,11 +250,11 @@ def test_region_marks_round_trip_through_the_service_the_page_export_and_analysi
 
     # the page sends its boxes as JSON in a hidden field; the status counts them; malformed JSON is a message
     drawn = json.dumps([{"on": "2", "x": 0.1, "y": 0.1, "w": 0.2, "h": 0.2, "tag": None}, box])
-    msg, _ = ui.submit_pairwise(service, state, ["#1"], ["#2", "#3"], ["artefacts"], "", drawn)
+    msg, _ = ui_choices.submit_pairwise(service, state, ["#1"], ["#2", "#3"], ["artefacts"], "", drawn)
     assert "2 preference pairs, 2 region marks" in msg and "replacing the earlier choice" in msg
-    msg, _ = ui.submit_pairwise(service, state, ["#1"], ["#2", "#3"], ["artefacts"], "", drawn)  # a double click
+    msg, _ = ui_choices.submit_pairwise(service, state, ["#1"], ["#2", "#3"], ["artefacts"], "", drawn)  # a double click
     with service.db.reads.begin() as s:
-        live = store.latest_choice(s, round_id)
+        live = latest_choice(s, round_id)
         assert [b["position"] for b in live.regions] == [1, 2] and live.regions[1]["tag"] == "color-shift"
         assert len(s.scalars(select(Choice).where(Choice.round_id == round_id)).all()) == 2
         rows = [r for r in preference_rows(s) if r["round_id"] == round_id]
@@ -265,9 +266,9 @@ def test_region_marks_round_trip_through_the_service_the_page_export_and_analysi
     for bad, needle in [("[not json", "malformed region marks"), ('{"on": "1"}', "malformed region marks"),
                         (json.dumps([{**box, "on": "4"}]), "region 1: .*a position")]:
         with pytest.raises(gr.Error, match=needle):
-            ui.submit_pairwise(service, state, ["#1"], ["#2"], [], "", bad)
-    assert ui.parse_regions("") is None and ui.parse_regions("[]") is None
-    assert all(t in ui.region_tools_html() for t in ("region_toggle", "region_tag", "region_clear", "color-shift"))
+            ui_choices.submit_pairwise(service, state, ["#1"], ["#2"], [], "", bad)
+    assert ui_choices.parse_regions("") is None and ui_choices.parse_regions("[]") is None
+    assert all(t in ui_choices.region_tools_html() for t in ("region_toggle", "region_tag", "region_clear", "color-shift"))
 
 
 def test_the_browser_keeps_its_sessions_and_the_page_continues_any_of_them(service):
@@ -284,7 +285,7 @@ def test_the_browser_keeps_its_sessions_and_the_page_continues_any_of_them(servi
     first_state, browser = out[0], out[-1]
     state = ui.restore(service, first_state, path, "none", "nlm", 5, progress=quiet)[0]
     state = ui.generate(service, state, 2, 5, "", True, progress=quiet)[0]
-    ui.submit_pairwise(service, state, ["#2"], ["#1"], [])
+    ui_choices.submit_pairwise(service, state, ["#2"], ["#1"], [])
     first_round = state["round_id"]
     out = ui_sessions.start_session(service, "Mo", browser, True)  # a second session in the same browser
     browser = out[-1]
@@ -313,7 +314,7 @@ def test_the_browser_keeps_its_sessions_and_the_page_continues_any_of_them(servi
 
 
 def _click(service, state, preferred, rejected, index):
-    return ui.click_tile(service, state, preferred, rejected, True, gr.SelectData(None, {"index": index, "value": None}))
+    return ui_choices.click_tile(service, state, preferred, rejected, True, gr.SelectData(None, {"index": index, "value": None}))
 
 
 def test_tile_clicks_cycle_the_mark(service):

@@ -1,4 +1,7 @@
-"""The preference record on SQLite (file under tmp_path) and on a real PostgreSQL server the tests start."""
+"""The preference record on SQLite (file under tmp_path) and on a real PostgreSQL server the tests start.
+
+Choices and their idempotency are tested in test_feedback_choices.py, over this module's `db` fixture and helpers.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +9,6 @@ import hashlib
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 
@@ -17,11 +19,11 @@ from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.exc import IntegrityError
 
 from feedback.ops.integrity import integrity_check
-from feedback.record import access, store
+from feedback.record import choices, store
 from feedback.record.db import DB_URL_ENV, Database, make_engine, open_database, resolve_db_url, upgrade_to_head
-from feedback.record.errors import Conflict, InputError, NotFound
+from feedback.record.errors import InputError
 from feedback.record.images import ImageStore
-from feedback.record.models import Base, Candidate, Choice, PreferencePair
+from feedback.record.models import Base, Candidate, PreferencePair
 from feedback.record.store import CandidateSpec
 
 try:
@@ -146,259 +148,13 @@ def test_the_database_layer_never_imports_torch() -> None:
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
 
 
-# --------------------------------------------------------------------------------------- choices
-def test_pairwise_choice_derives_preferred_times_rejected_pairs(db: Database) -> None:
-    with db.sessions.begin() as s:
-        round_id, cands = new_round(s, new_session(s), n_candidates=5)
-        choice, created = store.record_choice(s, round_id, cands[:2], cands[2:], "pairwise",
-                                              tags=["over-smoothed", "artefacts"], decision_ms=1234)
-        assert created and choice.preferred_ids == cands[:2] and choice.rejected_ids == cands[2:]
-        choice_id = choice.id
-    with db.sessions.begin() as s:
-        pairs = s.query(PreferencePair).filter_by(choice_id=choice_id).all()
-        assert len(pairs) == 2 * 3
-        assert {(p.chosen_candidate_id, p.rejected_candidate_id) for p in pairs} == \
-            {(a, b) for a in cands[:2] for b in cands[2:]}
-        assert {p.label for p in pairs} == {1.0}
-        assert store.latest_choice(s, round_id).id == choice_id
-        assert store.get_round(s, round_id).status == "chosen"
-        assert integrity_check(s) == []
-
-
-def test_tie_gives_all_unordered_pairs_at_half(db: Database) -> None:
-    with db.sessions.begin() as s:
-        round_id, cands = new_round(s, new_session(s), n_candidates=4)
-        choice, _ = store.record_choice(s, round_id, cands[:3], [], "tie", selector="human")
-        pairs = [(p.chosen_candidate_id, p.rejected_candidate_id, p.label) for p in choice.pairs]
-    assert len(pairs) == 3 and {p[2] for p in pairs} == {0.5}
-    assert {frozenset(p[:2]) for p in pairs} == {frozenset(x) for x in [cands[:2], cands[1:3], cands[0:3:2]]}
-
-
-def test_skip_records_no_pairs_and_latest_choice_wins(db: Database) -> None:
-    with db.sessions.begin() as s:
-        round_id, cands = new_round(s, new_session(s))
-        assert store.latest_choice(s, round_id) is None
-        store.record_choice(s, round_id, [cands[0]], [cands[1]], "pairwise", selector="piqe+entropy")
-    time.sleep(0.002)
-    with db.sessions.begin() as s:
-        skip, _ = store.record_choice(s, round_id, [], [], "skip")
-        assert store.get_round(s, round_id).status == "skipped"
-    with db.sessions.begin() as s:
-        assert store.latest_choice(s, round_id).id == skip.id
-        assert store.count_rows(s)["preference_pairs"] == 1
-
-
-def test_a_new_choice_supersedes_the_previous_one_and_only_the_latest_is_read(db: Database) -> None:
-    """Both choices are kept, the first marked superseded at the time of the second; export, latest_choice and the
-    history read the second only; a retry of the first (same key) changes nothing."""
-    with db.sessions.begin() as s:
-        session_id = new_session(s)
-        round_id, cands = new_round(s, session_id)
-        first, _ = store.record_choice(s, round_id, [cands[0]], [cands[1], cands[2]], "pairwise",
-                                       idempotency_key="page:1")
-        first_id = first.id
-    with db.sessions.begin() as s:
-        second, created = store.record_choice(s, round_id, [cands[2]], [cands[0]], "pairwise",
-                                              idempotency_key="page:2")
-        assert created
-        second_id = second.id
-    with db.sessions.begin() as s:  # SQLite hands back naive UTC, PostgreSQL aware
-        naive = lambda moment: moment.replace(tzinfo=None)  # noqa: E731
-        assert naive(s.get(Choice, first_id).superseded_at) == naive(s.get(Choice, second_id).created_at)
-    with db.sessions.begin() as s:  # a late retry of the first submission records nothing and revives nothing
-        again, created = store.record_choice(s, round_id, [cands[0]], [cands[1], cands[2]], "pairwise",
-                                             idempotency_key="page:1")
-        assert (again.id, created) == (first_id, False)
-    with db.sessions.begin() as s:
-        assert store.latest_choice(s, round_id).id == second_id
-        assert s.get(Choice, second_id).superseded_at is None
-        rows = list(store.export_pairs(s))
-        assert [(r["choice_id"], r["chosen_candidate_id"], r["rejected_candidate_id"]) for r in rows] == \
-            [(second_id, cands[2], cands[0])]
-        assert store.superseded_choices(s) == 1 and store.count_rows(s)["choices"] == 2
-        assert store.count_rows(s)["preference_pairs"] == 3  # the superseded pairs are kept, not exported
-        history = access.session_history(s, session_id)
-        assert history[0]["pairs"] == 1
-        assert integrity_check(s) == []
-
-
-def test_the_database_allows_one_live_choice_per_round(db: Database) -> None:
-    with db.sessions.begin() as s:
-        round_id, cands = new_round(s, new_session(s))
-        store.record_choice(s, round_id, [cands[0]], [cands[1]], "pairwise")
-    with pytest.raises(IntegrityError), db.sessions.begin() as s:  # bypassing record_choice
-        s.add(Choice(round_id=round_id, kind="skip", selector="human"))
-        s.flush()
-
-
-INVALID_CHOICES = [
-    dict(kind="best"), dict(rejected=[]), dict(preferred=["X", "X"]), dict(overlap=True), dict(tags=["ugly"]),
-    dict(tags=["artefacts", "artefacts"]), dict(decision_ms=-1), dict(decision_ms=True), dict(selector=""),
-    dict(selector="a b"), dict(idempotency_key="k" * 200), dict(foreign=True),
-    dict(kind="tie", preferred=["A"], rejected=[]), dict(kind="skip"), dict(preferred="A"), dict(preferred=[None]),
-]
-
-
-def test_invalid_choices_raise_input_error_and_record_nothing(db: Database) -> None:
-    with db.sessions.begin() as s:
-        round_id, cands = new_round(s, new_session(s))
-        _, other_cands = new_round(s, new_session(s, "bob"))
-    names = {"A": cands[0], "X": cands[1]}
-    for bad in INVALID_CHOICES:
-        args = dict(preferred=[cands[0]], rejected=[cands[1]], kind="pairwise", tags=[], decision_ms=10,
-                    selector="human", idempotency_key=None)
-        args.update({k: v for k, v in bad.items() if k not in ("overlap", "foreign")})
-        if isinstance(args["preferred"], list):
-            args["preferred"] = [names.get(i, i) for i in args["preferred"]]
-        if bad.get("overlap"):
-            args["rejected"] = [cands[0], cands[2]]
-        if bad.get("foreign"):
-            args["rejected"] = [other_cands[0]]
-        with pytest.raises(InputError):
-            with db.sessions.begin() as s:
-                store.record_choice(s, round_id, **args)
-                pytest.fail(f"accepted invalid choice {bad}")
-    assert counts(db)["choices"] == 0 and counts(db)["preference_pairs"] == 0
-
-
-def test_unknown_ids_raise_not_found(db: Database) -> None:
-    with db.sessions.begin() as s:
-        with pytest.raises(NotFound):
-            store.record_choice(s, uuid.uuid4().hex, [], [], "skip")
-        with pytest.raises(NotFound):
-            store.round_lineage(s, "nope")
-        with pytest.raises(NotFound):
-            store.session_by_token_hash(s, h("unknown"))
-        with pytest.raises(InputError):  # a raw token instead of its hash
-            store.create_annotator_session(s, h("p"), "my-secret-token")
-
-
-# ---------------------------------------------------------------------------------- idempotency
-def test_retry_with_the_same_key_records_once(db: Database) -> None:
-    with db.sessions.begin() as s:
-        round_id, cands = new_round(s, new_session(s))
-    results = []
-    for _ in range(3):
-        with db.sessions.begin() as s:
-            choice, created = store.record_choice(s, round_id, [cands[0]], cands[1:3], "pairwise",
-                                                  idempotency_key="evt-1")
-            results.append((choice.id, created))
-    assert [c for _, c in results] == [True, False, False] and len({i for i, _ in results}) == 1
-    assert counts(db)["choices"] == 1 and counts(db)["preference_pairs"] == 2
-    with pytest.raises(Conflict):
-        with db.sessions.begin() as s:
-            store.record_choice(s, round_id, [cands[1]], [cands[0]], "pairwise", idempotency_key="evt-1")
-    with db.sessions.begin() as s:  # no key: every call is a new choice
-        store.record_choice(s, round_id, [cands[0]], [cands[3]], "pairwise")
-        store.record_choice(s, round_id, [cands[0]], [cands[3]], "pairwise")
-    assert counts(db)["choices"] == 3
-
-
-def test_region_marks_are_stored_with_the_choice_in_the_shape_study_votes_use(db: Database) -> None:
-    """Boxes on the k-th candidate (display order, from 1) are stored on the choice, in the same transaction, as
-    study votes store theirs: {"on", "position", "x", "y", "w", "h", "tag"}; invalid boxes record nothing."""
-    with db.sessions.begin() as s:
-        round_id, cands = new_round(s, new_session(s))  # positions 0..3 in this order
-    boxes = [{"on": "2", "x": 0.1, "y": 0.2, "w": 0.3, "h": 0.4, "tag": "artefacts"},
-             {"on": 4, "x": 0.5, "y": 0.5, "w": 0.5, "h": 0.5}]
-    with db.sessions.begin() as s:
-        choice, created = store.record_choice(s, round_id, [cands[0]], cands[1:], "pairwise", regions=boxes,
-                                              idempotency_key="with-boxes")
-    with db.sessions.begin() as s:
-        stored = s.get(Choice, choice.id).regions
-    assert created and stored == [
-        {"on": "2", "position": 1, "x": 0.1, "y": 0.2, "w": 0.3, "h": 0.4, "tag": "artefacts"},
-        {"on": "4", "position": 3, "x": 0.5, "y": 0.5, "w": 0.5, "h": 0.5, "tag": None}]
-    with db.sessions.begin() as s:  # a retry with the same boxes (or none sent) returns the first
-        again, created = store.record_choice(s, round_id, [cands[0]], cands[1:], "pairwise", regions=boxes,
-                                             idempotency_key="with-boxes")
-        assert (again.id, created) == (choice.id, False)
-        again, created = store.record_choice(s, round_id, [cands[0]], cands[1:], "pairwise",
-                                             idempotency_key="with-boxes")
-        assert (again.id, created) == (choice.id, False)
-    with pytest.raises(Conflict, match="different choice"):  # the same key with other boxes is another choice
-        with db.sessions.begin() as s:
-            store.record_choice(s, round_id, [cands[0]], cands[1:], "pairwise", regions=boxes[:1],
-                                idempotency_key="with-boxes")
-    before = counts(db)
-    for bad, needle in [({"on": "5"}, "'on' is '5'"), ({"on": "left"}, "a position '1'..'4'"),
-                        ({"x": 0.8}, "leaves the image"), ({"w": 0}, "leaves the image"),
-                        ({"tag": "ugly"}, "not offered"), ({"z": 1}, "regions must be"), ({"h": "1"}, "h must be")]:
-        with pytest.raises(InputError, match=needle):
-            with db.sessions.begin() as s:
-                store.record_choice(s, round_id, [cands[1]], [cands[0]], "pairwise", regions=[{**boxes[0], **bad}])
-    with pytest.raises(InputError, match="at most 20 boxes"):
-        with db.sessions.begin() as s:
-            store.record_choice(s, round_id, [cands[1]], [cands[0]], "pairwise", regions=boxes * 11)
-    assert counts(db) == before
-    with db.sessions.begin() as s:  # no boxes ([] or None) stays SQL NULL, as study votes without marks
-        plain, _ = store.record_choice(s, round_id, [cands[1]], [cands[0]], "pairwise", regions=[])
-        assert s.scalar(text("SELECT COUNT(*) FROM choices WHERE regions IS NULL")) == 1
-        assert plain.regions is None
-
-
-def test_racing_retries_with_the_same_key_record_once(db: Database) -> None:
-    with db.sessions.begin() as s:
-        round_id, cands = new_round(s, new_session(s))
-    n_threads = 6
-    barrier = threading.Barrier(n_threads)
-    results: list[tuple[str, bool]] = []
-    errors: list[BaseException] = []
-
-    def retry() -> None:
-        try:
-            barrier.wait()
-            with db.sessions.begin() as s:
-                choice, created = store.record_choice(s, round_id, cands[:2], cands[2:], "pairwise",
-                                                      idempotency_key="race")
-                results.append((choice.id, created))
-        except BaseException as exc:  # surfaced below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=retry) for _ in range(n_threads)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert not errors, errors
-    assert len(results) == n_threads and sum(created for _, created in results) == 1
-    assert len({cid for cid, _ in results}) == 1
-    assert counts(db)["choices"] == 1 and counts(db)["preference_pairs"] == 4
-
-
-def test_retry_waiting_on_an_uncommitted_first_attempt_returns_it(db: Database) -> None:
-    """Second request arrives while the first is still in its transaction (PostgreSQL: unique-index wait)."""
-    with db.sessions.begin() as s:
-        round_id, cands = new_round(s, new_session(s))
-    outcome: dict[str, object] = {}
-
-    def second() -> None:
-        try:
-            with db.sessions.begin() as s2:
-                outcome["result"] = store.record_choice(s2, round_id, [cands[0]], [cands[1]], "pairwise",
-                                                        idempotency_key="slow")[1]
-        except BaseException as exc:
-            outcome["error"] = exc
-
-    with db.sessions.begin() as s:
-        _, created = store.record_choice(s, round_id, [cands[0]], [cands[1]], "pairwise", idempotency_key="slow")
-        s.flush()
-        thread = threading.Thread(target=second)
-        thread.start()
-        time.sleep(0.5)  # let the second request reach its lookup/insert and block
-    thread.join(30)
-    assert created and "error" not in outcome, outcome.get("error")
-    assert outcome["result"] is False
-    assert counts(db)["choices"] == 1
-
-
 # ------------------------------------------------------------------------------ lineage, export
 def test_lineage_walks_parents_and_refinements_link_rounds(db: Database) -> None:
     with db.sessions.begin() as s:
         session_id = new_session(s)
         r0, c0 = new_round(s, session_id)
         source = store.get_round(s, r0).source_image_id
-        choice0, _ = store.record_choice(s, r0, [c0[0]], [c0[1]], "pairwise")
+        choice0, _ = choices.record_choice(s, r0, [c0[0]], [c0[1]], "pairwise")
         refinement = store.record_refinement(s, r0, choice0.id, h("refined0"), {"guidance": 2.0}, 1.5)
         r1, _ = new_round(s, session_id, parent_round_id=r0, source_image_id=source)
         store.link_next_round(s, refinement.id, r1)
@@ -421,9 +177,9 @@ def test_export_gives_one_row_per_pair_with_images_and_round_metadata(db: Databa
         r0, c0 = new_round(s, session_id)
         r1, c1 = new_round(s, session_id)
         r2, _ = new_round(s, session_id)
-        store.record_choice(s, r0, [c0[0]], c0[1:3], "pairwise", tags=["color-shift"], decision_ms=900)
-        store.record_choice(s, r1, c1[:3], [], "tie")
-        store.record_choice(s, r2, [], [], "skip")
+        choices.record_choice(s, r0, [c0[0]], c0[1:3], "pairwise", tags=["color-shift"], decision_ms=900)
+        choices.record_choice(s, r1, c1[:3], [], "tie")
+        choices.record_choice(s, r2, [], [], "skip")
         rows = list(store.export_pairs(s))
         hashes = {c.id: c.image_hash for c in s.query(Candidate)}
     assert len(rows) == 2 + 3
@@ -443,7 +199,7 @@ def test_integrity_check_passes_on_good_data_and_flags_planted_problems(db: Data
     images = ImageStore(tmp_path / "data")
     with db.sessions.begin() as s:
         round_id, cands = new_round(s, new_session(s))
-        choice, _ = store.record_choice(s, round_id, [cands[0]], cands[1:], "pairwise")
+        choice, _ = choices.record_choice(s, round_id, [cands[0]], cands[1:], "pairwise")
         assert integrity_check(s) == []
         # Every referenced image is missing from the (empty) store.
         assert any("not in the image store" in p for p in integrity_check(s, images))
@@ -535,7 +291,6 @@ def test_transient_database_errors_are_retried_and_others_are_not():
 
 
 def test_sqlite_reads_do_not_wait_for_an_open_write_and_writers_queue(tmp_path) -> None:
-    import threading
 
     from sqlalchemy import text
 

@@ -8,22 +8,19 @@ from collections import Counter
 import pytest
 
 from feedback.record.errors import InputError
+from feedback.studies.plan import assign_items, latin_square_cells, position_balance, side_balance
 from feedback.studies.study import (
     ATTENTION_CLEAN,
     ATTENTION_CONTROL,
     CODE_ALPHABET,
     Condition,
     StudyDefinition,
-    assign_items,
     gallery_answer,
     gallery_pairs,
-    latin_square_cells,
     load_study,
     new_completion_code,
     normalise_code,
     parse_condition,
-    position_balance,
-    side_balance,
     study_from_dict,
 )
 

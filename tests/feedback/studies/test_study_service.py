@@ -11,9 +11,10 @@ import pytest
 from sqlalchemy import create_engine, func, select
 
 from feedback.analysis import export
-from feedback.analysis.report import AnalysisConfig
+from feedback.analysis.votes import AnalysisConfig
 from feedback.loop.engine import EngineSettings
-from feedback.loop.service import AuthError, FeedbackService, Principal
+from feedback.loop.service import FeedbackService
+from feedback.loop.sessions import AuthError, Principal
 from feedback.ops.integrity import integrity_check
 from feedback.record.db import open_database
 from feedback.record.errors import Conflict, InputError, NotFound

@@ -11,7 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from feedback.loop.engine import EngineSettings
-from feedback.loop.service import FeedbackService, Principal
+from feedback.loop.service import FeedbackService
+from feedback.loop.sessions import Principal
 from feedback.record.db import open_database
 from feedback.studies.service import StudyService
 from feedback.web import admin_ui
