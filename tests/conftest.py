@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from restoration.diffusion.priors import PixelPriorConfig, build_pixel_unet, pixel_prior_from_unet
+from restoration.diffusion.pixel import PixelPriorConfig, build_pixel_unet, pixel_prior_from_unet
 
 #: A tiny pixel prior (16/32 channels, pixel-unshuffle x2): fast on a CPU, untrained.
 TINY_PRIOR = PixelPriorConfig(block_out_channels=(16, 32), norm_num_groups=8, pixel_unshuffle=2)

@@ -14,7 +14,8 @@ from feedback.loop.engine import EngineSettings, RefineSettings, RoundSettings
 from feedback.loop.ratelimit import RateLimit
 from feedback.loop.service import FeedbackService
 from feedback.record.db import open_database
-from restoration.diffusion.priors import DiffusionPrior, save_pixel_prior
+from restoration.diffusion.pixel import save_pixel_prior
+from restoration.diffusion.priors import DiffusionPrior
 
 try:
     from conftest import TINY_PRIOR  # the module pytest loaded (tests/ is on sys.path under pytest)

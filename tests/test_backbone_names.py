@@ -21,7 +21,7 @@ from feedback.record.db import open_database
 from feedback.record.errors import InputError
 from feedback.web.api import build_api
 from restoration.backbones.registry import create_restorer
-from restoration.diffusion.priors import save_pixel_prior
+from restoration.diffusion.pixel import save_pixel_prior
 from restoration.runtime import resolve_device
 
 try:

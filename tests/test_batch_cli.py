@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 import ttpo_cli
-from restoration.diffusion.priors import PixelPriorConfig, build_pixel_unet, save_pixel_prior
+from restoration.diffusion.pixel import PixelPriorConfig, build_pixel_unet, save_pixel_prior
 
 TINY = PixelPriorConfig(block_out_channels=(16, 32), norm_num_groups=8, pixel_unshuffle=2)
 

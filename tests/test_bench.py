@@ -26,12 +26,7 @@ from restoration.diffusion.candidates import (
     sample_candidates,
 )
 from restoration.diffusion.naive import naive_candidates, respaced_betas
-from restoration.diffusion.priors import (
-    PixelPriorConfig,
-    build_pixel_unet,
-    pixel_prior_from_unet,
-    save_pixel_prior,
-)
+from restoration.diffusion.pixel import PixelPriorConfig, build_pixel_unet, pixel_prior_from_unet, save_pixel_prior
 from restoration.runtime import cap_gpu_memory, peak_tflops
 
 TINY = PixelPriorConfig(block_out_channels=(16, 32), norm_num_groups=8, pixel_unshuffle=2)

@@ -20,11 +20,7 @@ from restoration.diffusion.inversion import (
     ladder_path,
     ladder_stride,
 )
-from restoration.diffusion.priors import (
-    PixelPriorConfig,
-    build_pixel_unet,
-    pixel_prior_from_unet,
-)
+from restoration.diffusion.pixel import PixelPriorConfig, build_pixel_unet, pixel_prior_from_unet
 from restoration.diffusion.sampling import (
     ddim_sample,
     identical_row_groups,

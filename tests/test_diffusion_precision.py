@@ -11,13 +11,8 @@ from restoration.diffusion.candidates import (
     generate_candidates,
     regenerate,
 )
-from restoration.diffusion.priors import (
-    PixelPriorConfig,
-    build_pixel_unet,
-    check_precision,
-    pixel_prior_from_unet,
-    resolve_precision,
-)
+from restoration.diffusion.pixel import PixelPriorConfig, build_pixel_unet, pixel_prior_from_unet
+from restoration.diffusion.priors import check_precision, resolve_precision
 
 TINY = PixelPriorConfig(block_out_channels=(16, 32), norm_num_groups=8, pixel_unshuffle=2)
 

@@ -9,13 +9,8 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from restoration.diffusion.candidates import CandidateConfig, generate_candidates
-from restoration.diffusion.priors import (
-    PixelPriorConfig,
-    PriorNotFoundError,
-    build_pixel_unet,
-    load_prior,
-    save_pixel_prior,
-)
+from restoration.diffusion.pixel import PixelPriorConfig, build_pixel_unet, save_pixel_prior
+from restoration.diffusion.priors import PriorNotFoundError, load_prior
 from restoration.diffusion.refine import RefineConfig, reward_guided_denoise
 
 TINY = PixelPriorConfig(block_out_channels=(16, 32), norm_num_groups=8, pixel_unshuffle=2)

@@ -10,7 +10,8 @@ import torch
 from PIL import Image
 
 from restoration import evaluate_prior
-from restoration.diffusion.priors import PixelPriorConfig, build_pixel_unet, load_prior, save_pixel_prior
+from restoration.diffusion.pixel import PixelPriorConfig, build_pixel_unet, save_pixel_prior
+from restoration.diffusion.priors import load_prior
 
 TINY = PixelPriorConfig(block_out_channels=(16, 32), norm_num_groups=8, pixel_unshuffle=2,
                         prediction_type="v_prediction")

@@ -12,8 +12,7 @@ from PIL import Image
 
 from restoration.backbones import create_restorer
 from restoration.diffusion.candidates import CandidateConfig
-from restoration.diffusion.priors import PixelPriorConfig, build_pixel_unet, pixel_prior_from_unet, \
-    save_pixel_prior
+from restoration.diffusion.pixel import PixelPriorConfig, build_pixel_unet, pixel_prior_from_unet, save_pixel_prior
 from restoration.diffusion.refine import RefineConfig
 from restoration.io import save_image
 from restoration.selection import human_selection

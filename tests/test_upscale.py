@@ -26,7 +26,7 @@ from feedback.web import ui
 from feedback.web.api import build_api
 from restoration.backbones.registry import create_restorer
 from restoration.diffusion.candidates import CandidateConfig
-from restoration.diffusion.priors import save_pixel_prior
+from restoration.diffusion.pixel import save_pixel_prior
 from restoration.diffusion.refine import RefineConfig
 from restoration.io import save_image
 from restoration.tpo import TPOConfig, TPOEngine, upscaled_size

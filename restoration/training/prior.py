@@ -29,13 +29,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from restoration.diffusion.priors import (
-    PixelPriorConfig,
-    _asdict,
-    build_pixel_unet,
-    build_scheduler,
-    save_pixel_prior,
-)
+from restoration.diffusion.pixel import PixelPriorConfig, _asdict, build_pixel_unet, build_scheduler, save_pixel_prior
 from restoration.io import list_images
 from restoration.runtime import resolve_device, tune_allocator
 from restoration.training.data import load_photo, skimage_photos

@@ -24,7 +24,7 @@ from feedback.record.errors import Conflict, InputError
 from feedback.record.models import Candidate, Choice, Refinement, Round, SourceImage
 from feedback.web import ui, ui_choices
 from feedback.web.api import build_api
-from restoration.diffusion.priors import build_pixel_unet, save_pixel_prior
+from restoration.diffusion.pixel import build_pixel_unet, save_pixel_prior
 
 try:
     from conftest import TINY_PRIOR  # the module pytest loaded (tests/ is on sys.path under pytest)

@@ -21,7 +21,8 @@ from feedback.record.models import Study
 from feedback.studies.service import StudyService
 from feedback.web.api import build_api
 from feedback.web.study_api import build_study_router
-from restoration.diffusion.priors import build_pixel_unet, save_pixel_prior, weights_sha256
+from restoration.diffusion.pixel import build_pixel_unet, save_pixel_prior
+from restoration.diffusion.priors import weights_sha256
 
 try:
     from conftest import TINY_PRIOR
