@@ -87,11 +87,10 @@ def _check_options(kind: str, options: dict[str, Any], allowed: tuple[str, ...])
 def _load_sipl(path: Path, device: str, options: dict[str, Any], shipped_post: Path | None = None) -> Restorer:
     """The SIPL network in `path` and the steps its options ask for, innermost first: self-ensemble, the post step
     (`post`, else the file `shipped_post` where it exists), being told the degradation."""
-    from restoration.backbones.ensemble import SelfEnsemble, check_ensemble
     from restoration.backbones.post_deconvolution import PostDeconvolver
     from restoration.backbones.post_step import PostStep, PostStepRestorer
     from restoration.backbones.sipl import SIPLRestorer  # lazy: the network module is large
-    from restoration.backbones.told import ToldDegradation
+    from restoration.backbones.steps import SelfEnsemble, ToldDegradation, check_ensemble
 
     options = dict(options)
     post = options.pop("post", _SHIPPED)

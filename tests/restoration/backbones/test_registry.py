@@ -108,8 +108,8 @@ def test_told_haze_a_sipl_backbone_ends_with_dehazing(tmp_path, monkeypatch):
     or file, end with dark channel prior dehazing at `TOLD_DEHAZE`; other specs, or none, change nothing."""
     sipl = pytest.importorskip("restoration.backbones.sipl")
     from restoration.backbones.classical import estimate_haze
-    from restoration.backbones.told import TOLD_DEHAZE, ToldDegradation
-    from tests.test_sipl import tiny_net
+    from restoration.backbones.steps import TOLD_DEHAZE, ToldDegradation
+    from tests.restoration.backbones.test_sipl import tiny_net
 
     path = tmp_path / "blind.safetensors"
     sipl.save_weights(tiny_net(), path)

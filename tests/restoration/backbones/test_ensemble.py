@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from restoration.backbones import create_restorer
-from restoration.backbones.ensemble import SelfEnsemble, self_ensemble
 from restoration.backbones.sipl import SIPLRestorer
 from restoration.backbones.sipl_net import self_refine
-from tests.test_sipl import tiny_net
+from restoration.backbones.steps import SelfEnsemble, self_ensemble
+from tests.restoration.backbones.test_sipl import tiny_net
 
 
 @pytest.mark.parametrize("n", [1, 2, 4, 8])
