@@ -80,7 +80,7 @@ def test_a_sipl_backbone_told_haze_dehazes_its_output(service, tmp_path, monkeyp
     pytest.importorskip("restoration.backbones.sipl")
     from restoration.backbones import registry
     from restoration.backbones.sipl import save_weights
-    from tests.test_sipl import tiny_net
+    from tests.restoration.backbones.test_sipl import tiny_net
 
     path = tmp_path / "blind.safetensors"
     save_weights(tiny_net(), path)

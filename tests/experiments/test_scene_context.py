@@ -137,7 +137,7 @@ def test_any_backbone_and_no_upscaling():
 def test_evaluate_command(tmp_path, capsys):
     from experiments.scene_context.evaluate import main
     from restoration.evaluate import main as plain_main
-    from tests.test_evaluate import _write_images
+    from tests.restoration.test_evaluate import _write_images
 
     _write_images(tmp_path / "imgs")
     args = ["--backbone", "nlm", "--degradation", "noise:25", "--images", str(tmp_path / "imgs"), "--size", "32",

@@ -26,8 +26,8 @@ from restoration.degradations import gaussian_blur
 from restoration.metrics import psnr
 from restoration.training.post_deconvolution import PostTrainConfig, fit, sample_spec
 from restoration.training.post_deconvolution import main as train_main
-from tests.test_deconv_bank import smooth_image
-from tests.test_sipl import tiny_net
+from tests.restoration.backbones.test_deconv_bank import smooth_image
+from tests.restoration.backbones.test_sipl import tiny_net
 
 CFG = PostDeconvolutionConfig()
 

@@ -12,7 +12,7 @@ from PIL import Image
 
 from restoration.evaluate import EvalConfig, main, run_evaluation
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT / "scripts"))
 import backbone_table
 

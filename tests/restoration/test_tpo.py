@@ -19,7 +19,7 @@ from restoration.selection import human_selection
 from restoration.tpo import RESTORED_ID, TPOConfig, TPOEngine, fused_scores
 
 TINY = PixelPriorConfig(block_out_channels=(16, 32), norm_num_groups=8, pixel_unshuffle=2)
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _image(size: int = 40, seed: int = 0) -> torch.Tensor:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from restoration.offline import OFFLINE_VARIABLES, apply_offline_default
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PROBE = "import huggingface_hub.constants as c; print(c.HF_HUB_OFFLINE)"
 
 

@@ -29,9 +29,9 @@ from restoration.backbones.post_step import PostStep, PostStepRestorer, save_gai
 from restoration.backbones.sipl import SIPLRestorer, save_weights
 from restoration.degradations import add_haze, parse_spec
 from restoration.training.post_deconvolution import PostTrainConfig, fit
-from tests.test_deconv_bank import smooth_image
-from tests.test_post_deconvolution import constant_decider
-from tests.test_sipl import tiny_net
+from tests.restoration.backbones.test_deconv_bank import smooth_image
+from tests.restoration.backbones.test_post_deconvolution import constant_decider
+from tests.restoration.backbones.test_sipl import tiny_net
 
 CFG = PostDehazeConfig()
 

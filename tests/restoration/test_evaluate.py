@@ -11,7 +11,7 @@ from PIL import Image
 
 from restoration.evaluate import main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _write_images(folder: Path) -> None:
@@ -118,7 +118,7 @@ def test_clear_errors(tmp_path, capsys):
 
 def test_ensemble_option(tmp_path, capsys):
     from restoration.backbones.sipl import save_weights
-    from tests.test_sipl import tiny_net
+    from tests.restoration.backbones.test_sipl import tiny_net
 
     save_weights(tiny_net(), tmp_path / "tiny.safetensors")
     _write_images(tmp_path / "imgs")
@@ -175,7 +175,7 @@ def test_informed_tells_sipl_the_degradation(tmp_path, monkeypatch, capsys):
     """--informed: a SIPL backbone is told the spec, as the classical baselines always are, and ends with dehazing
     where the spec has haze; the JSON says whether the backbone was told."""
     from restoration.backbones.sipl import save_weights
-    from tests.test_sipl import tiny_net
+    from tests.restoration.backbones.test_sipl import tiny_net
 
     path = tmp_path / "tiny.safetensors"
     save_weights(tiny_net(), path)

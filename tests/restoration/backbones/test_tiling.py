@@ -115,7 +115,7 @@ def test_bad_arguments():
         tiled_apply(lambda t: t, torch.rand(3, 8, 8), tile=8, overlap=2)
 
 
-SIPL_WEIGHTS = Path(__file__).resolve().parents[1] / "assets" / "sipl.safetensors"
+SIPL_WEIGHTS = Path(__file__).resolve().parents[3] / "assets" / "sipl.safetensors"
 
 
 @pytest.mark.slow

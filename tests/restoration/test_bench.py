@@ -30,7 +30,7 @@ from restoration.diffusion.pixel import PixelPriorConfig, build_pixel_unet, pixe
 from restoration.runtime import cap_gpu_memory, peak_tflops
 
 TINY = PixelPriorConfig(block_out_channels=(16, 32), norm_num_groups=8, pixel_unshuffle=2)
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 KEYS = {"device", "size", "candidates", "seconds", "naive_candidates_seconds", "speedup_vs_naive",
         "peak_memory_mb", "naive_max_abs_diff", "threads", "torch"}
 

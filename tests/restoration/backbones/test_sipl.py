@@ -17,7 +17,7 @@ from restoration.training.sipl import TrainConfig, training_loss
 
 TINY = SIPLConfig(dim=8, num_blocks=(1, 1, 1, 1), heads=(1, 2, 2, 4), prompt_len=2, prompt_size=4,
                   dictionary_tokens=4)
-ASSETS = Path(__file__).resolve().parents[1] / "assets"
+ASSETS = Path(__file__).resolve().parents[3] / "assets"
 
 
 def tiny_net(proxy_fusion: bool = True, seed: int = 0) -> SIPLNet:

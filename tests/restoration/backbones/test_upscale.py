@@ -36,7 +36,7 @@ try:
 except ImportError:
     from tests.conftest import TINY_PRIOR
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def tiny_sr(path: Path, upscale: int) -> Path:

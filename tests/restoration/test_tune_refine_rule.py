@@ -2,7 +2,7 @@
 import importlib.util
 from pathlib import Path
 
-_spec = importlib.util.spec_from_file_location("tune_refine", Path(__file__).parents[1] / "scripts" / "tune_refine.py")
+_spec = importlib.util.spec_from_file_location("tune_refine", Path(__file__).parents[2] / "scripts" / "tune_refine.py")
 tune_refine = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(tune_refine)
 
