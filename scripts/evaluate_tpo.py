@@ -26,6 +26,7 @@ def main() -> int:
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--candidates", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--prior", default="default", help="diffusion prior: a name or a folder (as restoration.tpo)")
     p.add_argument("--out", type=Path, required=True)
     a = p.parse_args()
     rows = []
@@ -33,7 +34,7 @@ def main() -> int:
         out = a.out / path.stem
         cmd = [sys.executable, "-m", "restoration.tpo", "--input", str(path), "--degradation", a.degradation,
                "--backbone", a.backbone, "--selector", a.selector, "--candidates", str(a.candidates),
-               "--rounds", "1", "--size", str(a.size), "--seed", str(a.seed), "--out", str(out), "--json"]
+               "--rounds", "1", "--size", str(a.size), "--seed", str(a.seed), "--prior", a.prior, "--out", str(out), "--json"]
         res = subprocess.run(cmd, capture_output=True, text=True, check=True)
         r = json.loads(res.stdout)["rounds"][0]
         secs = r["seconds"]
@@ -44,7 +45,7 @@ def main() -> int:
         print(json.dumps(rows[-1]), file=sys.stderr)
     n = len(rows)
     summary = {
-        "backbone": a.backbone, "degradation": a.degradation, "selector": a.selector, "size": a.size,
+        "backbone": a.backbone, "prior": a.prior, "degradation": a.degradation, "selector": a.selector, "size": a.size,
         "candidates": a.candidates, "images": rows,
         "refined_beats_restored": sum(r["refined_score"] > r["restored_score"] for r in rows), "n": n,
         "mean_psnr_change": sum(r["refined_psnr"] - r["restored_psnr"] for r in rows) / n,
