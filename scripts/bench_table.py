@@ -1,9 +1,12 @@
-"""Markdown table of `python -m restoration.bench --json` results, one row per JSON file, in the order given.
+"""Markdown tables of `python -m restoration.bench --json` results: one table per device, one row per JSON file.
 
-    python scripts/bench_table.py docs/bench/*.json                       # print the table
+    python scripts/bench_table.py docs/bench/*.json                       # print the tables
     python scripts/bench_table.py docs/bench/*.json --write docs/BENCHMARKS.md   # rewrite its table section
 
---write replaces what lies between the BEGIN/END marker lines in the document and leaves the rest alone.
+The results are grouped by their `device` field (the CPU model, the GPU's name), each group under a `###` heading,
+in the order of each device's first result; rows keep the order given. A column that reads n/a on every row of a
+device's table is left out of that table. --write replaces what lies between the BEGIN/END marker lines in the
+document and leaves the rest alone.
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ REQUIRED = ("device", "size", "candidates", "seconds", "naive_candidates_seconds
 HEADER = ("run", "device", "size", "K", "threads", "backbone", *(f"{s} s" for s in STAGES), "naive cand. s",
           "speed-up", "naive max diff", "peak MB", "torch", "inversion", "UNet samples (batched / naive)", "compute",
           "cand. U-Net TFLOP/s (of peak)")
+EMPTY = "n/a"
 
 
 def load_result(path: Path) -> dict[str, Any]:
@@ -32,8 +36,11 @@ def load_result(path: Path) -> dict[str, Any]:
         result = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path} is not JSON: {exc}") from exc
+    if not isinstance(result, dict):
+        result = {}  # a list or a number: reported as missing every key
     missing = [k for k in REQUIRED if k not in result]
-    missing += [f"seconds.{s}" for s in STAGES if s not in result.get("seconds", {})]
+    seconds = result.get("seconds")
+    missing += [f"seconds.{s}" for s in STAGES if not isinstance(seconds, dict) or s not in seconds]
     if missing:
         raise ValueError(f"{path} is not a restoration.bench result: missing {', '.join(missing)}")
     return result
@@ -43,6 +50,13 @@ def _cell(text: Any) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
+def device_heading(device: str) -> str:
+    """The heading of a device's table: the bench's CPU string as it is ('cpu (x86_64, AMD EPYC)'), a GPU's
+    name (what the bench records for CUDA) as 'cuda (NVIDIA H200)'."""
+    device = " ".join(str(device).split())
+    return device if device.startswith(("cpu", "cuda")) else f"cuda ({device})"
+
+
 def table_row(result: dict[str, Any], name: str) -> list[str]:
     backbone = result.get("backbone")
     backbone = backbone.get("name", "?") if isinstance(backbone, dict) else str(backbone or "?")
@@ -50,35 +64,46 @@ def table_row(result: dict[str, Any], name: str) -> list[str]:
     speedup, naive, diff = result["speedup_vs_naive"], result["naive_candidates_seconds"], result["naive_max_abs_diff"]
     method = (result.get("candidate_config") or {}).get("method", "?")
     samples = result.get("unet_samples") or {}
-    counts = f"{samples['candidates']} / {samples.get('naive_candidates', 'n/a')}" if "candidates" in samples else "n/a"
+    counts = f"{samples['candidates']} / {samples.get('naive_candidates', EMPTY)}" if "candidates" in samples else EMPTY
     compute = result.get("precision", "fp32") + ("" if result.get("compile", "none") == "none" else
                                                  f" + compile {result['compile']}")
     tflops = (result.get("unet_tflops") or {}).get("candidates")
     fraction = result.get("peak_fraction")
-    achieved = "n/a" if tflops is None else f"{tflops:.3g}" + (f" ({100 * fraction:.1f} %)" if fraction else "")
+    achieved = EMPTY if tflops is None else f"{tflops:.3g}" + (f" ({100 * fraction:.1f} %)" if fraction else "")
     return [
         _cell(label), _cell(result["device"]), str(result["size"]), str(result["candidates"]),
         str(result["threads"]), _cell(backbone),
         *(f"{result['seconds'][s]:.3f}" for s in STAGES),
-        f"{naive:.3f}" if naive is not None else "n/a",
-        f"{speedup:.2f}x" if speedup is not None else "n/a",
-        f"{diff:.1e}" if diff is not None else "n/a", f"{result['peak_memory_mb']:.0f}", _cell(result["torch"]),
+        f"{naive:.3f}" if naive is not None else EMPTY,
+        f"{speedup:.2f}x" if speedup is not None else EMPTY,
+        f"{diff:.1e}" if diff is not None else EMPTY, f"{result['peak_memory_mb']:.0f}", _cell(result["torch"]),
         _cell(method), counts, compute, achieved,
     ]
 
 
-def render_table(paths: list[Path]) -> str:
-    rows = [HEADER, ("---",) * len(HEADER)] + [table_row(load_result(p), p.stem) for p in paths]
-    return "\n".join("| " + " | ".join(r) + " |" for r in rows) + "\n"
+def _markdown(rows: list[list[str]]) -> str:
+    """One table; a column (other than the first) that is n/a on every row is left out."""
+    keep = [i for i in range(len(HEADER)) if i == 0 or any(row[i] != EMPTY for row in rows)]
+    lines = [[HEADER[i] for i in keep], ["---"] * len(keep), *([row[i] for i in keep] for row in rows)]
+    return "\n".join("| " + " | ".join(line) + " |" for line in lines) + "\n"
 
 
-def rewrite_section(document: str, table: str) -> str:
+def render_tables(paths: list[Path]) -> str:
+    """A `### device` heading and its table per device, devices in the order of their first result."""
+    groups: dict[str, list[list[str]]] = {}
+    for path in paths:
+        result = load_result(path)
+        groups.setdefault(device_heading(result["device"]), []).append(table_row(result, path.stem))
+    return "\n".join(f"### {_cell(heading)}\n\n{_markdown(rows)}" for heading, rows in groups.items())
+
+
+def rewrite_section(document: str, tables: str) -> str:
     """The document with the lines between its begin line (starting `<!-- bench-table:begin`) and its
-    END line replaced by `table`; both marker lines are kept."""
+    END line replaced by `tables`; both marker lines are kept."""
     match = _SECTION.search(document)
     if match is None:
         raise ValueError(f"the document has no table section; add the two lines\n{BEGIN}\n{END}")
-    return document[: match.start()] + match.group("begin") + table + END + document[match.end():]
+    return document[: match.start()] + match.group("begin") + tables + END + document[match.end():]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,12 +112,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--write", type=Path, help="rewrite the table section of this Markdown file in place")
     a = p.parse_args(argv)
     try:
-        table = render_table(a.results)
+        tables = render_tables(a.results)
         if a.write:
-            a.write.write_text(rewrite_section(a.write.read_text(), table))
+            a.write.write_text(rewrite_section(a.write.read_text(), tables))
         else:
-            sys.stdout.write(table)
-    except (ValueError, FileNotFoundError) as exc:
+            sys.stdout.write(tables)
+    except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

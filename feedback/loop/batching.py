@@ -5,7 +5,7 @@ then queues for the gate like any other request. Whoever gets the gate first tak
 request that can share its batch (same prior, same image size, same candidate settings but the seed)
 and runs them as one `TTPOWorker.candidates_many` call; the others find their result ready when their
 turn comes and leave at once. With one session nothing changes; with many, their denoising steps share
-U-Net batches, which a GPU runs in about the time of one (docs/BENCHMARKS.md has the measured figures).
+U-Net batches, which a GPU runs in about the time of one (docs/history/benchmarks.md, "Concurrent sessions").
 
     batcher = CandidateBatcher(gate, worker, max_jobs=8)
     made, seconds = batcher.candidates(start, settings, prior="default")

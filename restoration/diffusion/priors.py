@@ -259,8 +259,8 @@ def resolve_precision(precision: str, device: str | torch.device = "cpu") -> str
     with AVX512-BF16 or AMX), else 'fp32'; any other value is checked and returned.
 
     On a CPU with AVX512-BF16 bf16 autocast made the shipped prior's U-Net about 2x faster (candidates about 57 dB
-    PSNR from float32 ones); on one without (AVX2 only, AMD EPYC) it made the candidates 5.9x slower
-    (docs/BENCHMARKS.md), so 'auto' asks for the native instructions, not for bf16 support in torch."""
+    PSNR from float32 ones); on one without (AVX2 only, AMD EPYC) it made the candidate stage 6.8x slower
+    (docs/history/benchmarks.md), so 'auto' asks for the native instructions, not for bf16 support in torch."""
     if precision != "auto":
         return check_precision(precision)
     device = torch.device(device)

@@ -191,6 +191,59 @@ def test_bench_table_rewrites_only_its_section(tmp_path):
     assert bad.returncode == 2 and "missing" in bad.stderr and "naive_max_abs_diff" in bad.stderr
 
 
+def test_bench_table_one_table_per_device(tmp_path):
+    """Results of two devices give two tables under two headings, devices in the order of their first result and
+    rows in the order given; a column that is n/a on every row of a device's table is left out of that table only;
+    --write replaces the marker section alone; a JSON that is not a bench result is named in the error."""
+    seconds = {"restore": 0.1, "candidates": 1.0, "select": 0.2, "refine": 0.5, "round": 1.8}
+    cpu = {"device": "cpu (x86_64, AMD EPYC)", "size": 256, "candidates": 8, "seconds": seconds, "threads": 2,
+           "naive_candidates_seconds": 3.0, "speedup_vs_naive": 3.0, "peak_memory_mb": 1200.0,
+           "naive_max_abs_diff": 2e-6, "torch": "2.x", "backbone": {"name": "sipl"},
+           "unet_samples": {"candidates": 36, "naive_candidates": 72}, "unet_tflops": {"candidates": 0.09}}
+    gpu = {**cpu, "device": "NVIDIA H200", "size": 512, "threads": 16, "label": "gpu row"}
+    del gpu["unet_samples"]  # n/a on the GPU's only row: that table leaves the column out
+    paths = []
+    results = [("a-cpu", {**cpu, "label": "cpu one"}), ("b-gpu", gpu), ("c-cpu", {**cpu, "label": "cpu two"})]
+    for name, result in results:
+        paths.append(tmp_path / f"{name}.json")
+        paths[-1].write_text(json.dumps(result))
+    script = [sys.executable, str(ROOT / "scripts" / "bench_table.py"), *map(str, paths)]
+
+    printed = subprocess.run(script, capture_output=True, text=True, check=False)
+    assert printed.returncode == 0, printed.stderr
+    out = printed.stdout
+    assert [line for line in out.splitlines() if line.startswith("#")] == [
+        "### cpu (x86_64, AMD EPYC)", "### cuda (NVIDIA H200)"]
+    cpu_part, gpu_part = out.split("### cuda (NVIDIA H200)")
+    assert cpu_part.count("| run | device |") == 1 and gpu_part.count("| run | device |") == 1
+    assert cpu_part.index("| cpu one |") < cpu_part.index("| cpu two |") and "gpu row" not in cpu_part
+    assert "| gpu row | NVIDIA H200 | 512 | 8 | 16 | sipl |" in gpu_part and "cpu one" not in gpu_part
+    assert "UNet samples (batched / naive)" in cpu_part and "| 36 / 72 |" in cpu_part
+    assert "UNet samples" not in gpu_part and "| ? | fp32 | 0.09 |" in gpu_part
+    for part in (cpu_part, gpu_part):  # every row as wide as its table's header
+        widths = {line.count(" | ") for line in part.splitlines() if line.startswith("| ")}
+        assert len(widths) == 1, part
+
+    outside = ("# Doc\n\nintro\n\n### kept heading\n\n| a | b |\n| --- | --- |\n| 1 | 2 |\n\n"
+               "<!-- bench-table:begin x -->\nold table\n<!-- bench-table:end -->\n\n## After\n\noutro | text\n")
+    doc = tmp_path / "B.md"
+    doc.write_text(outside)
+    for _ in range(2):  # idempotent
+        done = subprocess.run([*script, "--write", str(doc)], capture_output=True, text=True, check=False)
+        assert done.returncode == 0 and done.stdout == "", done.stderr
+        text = doc.read_text()
+        before, rest = text.split("<!-- bench-table:begin x -->\n")
+        section, after = rest.split("<!-- bench-table:end -->")
+        assert before == outside.split("<!-- bench-table:begin")[0] and after == "\n\n## After\n\noutro | text\n"
+        assert section == out and "old table" not in text
+
+    bad = tmp_path / "not-bench.json"
+    bad.write_text(json.dumps({"device": "cpu", "size": 64}))
+    failed = subprocess.run([*script, str(bad), "--write", str(doc)], capture_output=True, text=True, check=False)
+    assert failed.returncode == 2 and str(bad) in failed.stderr and "missing" in failed.stderr
+    assert doc.read_text() == text  # nothing written
+
+
 def test_sync_census_counts_each_stage_and_restores_the_mode(monkeypatch):
     """count_cuda_syncs' bookkeeping, on a stand-in engine whose stages warn as torch's sync debug mode does."""
     modes = ["default"]
