@@ -33,7 +33,11 @@ def unet_eps(prior: DiffusionPrior, z_t: torch.Tensor, t: int, unet: torch.nn.Mo
     """The raw output of `unet` (default: the prior's) for one sample z_t (1, C, h, w) at integer timestep t
     (an unbatched call, no autocast)."""
     unet = unet if unet is not None else prior.unet
-    _, c, h, w = z_t.shape
+    _, c, h0, w0 = z_t.shape
+    e = prior.edge_pad  # the border reflected as `DiffusionPrior.eps` does
+    if e:
+        z_t = F.pad(z_t, (e, e, e, e), mode="reflect" if e < min(h0, w0) else "replicate")
+    h, w = z_t.shape[-2:]
     r = prior.pixel_unshuffle
     multiple = r * 2 ** max(len(getattr(prior.unet.config, "block_out_channels", (1,))) - 1, 0)
     ph, pw = (-h) % multiple, (-w) % multiple
@@ -47,7 +51,7 @@ def unet_eps(prior: DiffusionPrior, z_t: torch.Tensor, t: int, unet: torch.nn.Mo
         out = unet(x, t_in).sample
     if r > 1:
         out = F.pixel_shuffle(out, r)
-    return out[:, :c, :h, :w].float()
+    return out[:, :c, e : e + h0, e : e + w0].float()
 
 
 def _respaced(prior: DiffusionPrior, timesteps_ascending: list[int]) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from restoration.diffusion.priors import PRIOR_CONFIG_NAME, DiffusionPrior
+from restoration.diffusion.priors import PIXEL_EDGE_PAD, PRIOR_CONFIG_NAME, DiffusionPrior
 
 
 @dataclass(frozen=True)
@@ -111,6 +111,7 @@ def pixel_prior_from_unet(
         weights_hash=h.hexdigest(),
         prediction_type=config.prediction_type,
         pixel_unshuffle=config.pixel_unshuffle,
+        edge_pad=PIXEL_EDGE_PAD,
     )
 
 

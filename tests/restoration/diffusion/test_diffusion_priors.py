@@ -26,12 +26,14 @@ def test_pixel_prior_save_load_round_trip(tmp_path):
     prior = load_prior(str(tmp_path / "prior"))
     assert prior.kind == "pixel" and prior.pixel_unshuffle == 2
     assert len(prior.weights_hash) == 64 and prior.card["training"]["steps"] == 0
-    z = torch.randn(2, 3, 18, 26)  # not a multiple of 4: eps pads and crops back
+    z = torch.randn(2, 3, 18, 26)  # reflected by 8 px (34 x 42), not a multiple of 4: eps pads and crops back
     t = torch.tensor([10, 400])
+    assert prior.edge_pad == 8
     with torch.no_grad():
-        ref = torch.nn.functional.pixel_shuffle(
-            unet(torch.nn.functional.pixel_unshuffle(torch.nn.functional.pad(z, (0, 2, 0, 2), mode="reflect"), 2),
-                 t).sample, 2)[..., :18, :26]
+        x = torch.nn.functional.pad(torch.nn.functional.pad(z, (8, 8, 8, 8), mode="reflect"), (0, 2, 0, 2),
+                                    mode="reflect")
+        ref = torch.nn.functional.pixel_shuffle(unet(torch.nn.functional.pixel_unshuffle(x, 2), t).sample,
+                                                2)[..., 8:26, 8:34]
         assert torch.allclose(prior.eps(z, t), ref, atol=1e-5)
     # same weights -> same hash; a different folder with other weights -> other hash
     assert load_prior(str(tmp_path / "prior")).weights_hash == prior.weights_hash

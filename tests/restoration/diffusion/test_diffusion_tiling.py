@@ -14,15 +14,32 @@ from restoration.diffusion.refine import RefineConfig, reward_guided_denoise
 from restoration.metrics import psnr
 
 
-def _with_tiles(prior, tile, overlap):
-    return dataclasses.replace(prior, tile=tile, tile_overlap=overlap)
+def _with_tiles(prior, tile, overlap, edge_pad=None):
+    return dataclasses.replace(prior, tile=tile, tile_overlap=overlap,
+                               edge_pad=prior.edge_pad if edge_pad is None else edge_pad)
+
+
+def test_edge_pad_denoises_the_reflected_image_and_crops(prior):
+    """eps with edge_pad p is the denoiser on the image reflected by p px on every side, cropped back; tiled (one
+    tile) or not alike; 0 turns it off."""
+    assert prior.edge_pad == 8  # pixel priors reflect their border (PIXEL_EDGE_PAD)
+    z = torch.rand(2, 3, 40, 36, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    t = torch.tensor([50, 200])
+    off = _with_tiles(prior, 0, 0, edge_pad=0)
+    reflected = torch.nn.functional.pad(z, (8, 8, 8, 8), mode="reflect")
+    expected = off.eps(reflected, t)[..., 8:48, 8:44]
+    torch.testing.assert_close(_with_tiles(prior, 0, 0).eps(z, t), expected, atol=1e-6, rtol=0)
+    assert torch.equal(_with_tiles(prior, 96, 16).eps(z, t), _with_tiles(prior, 0, 0).eps(z, t))
+    assert not torch.allclose(off.eps(z, t), expected, atol=1e-3)  # the border really changes
+    tiny = torch.rand(1, 3, 6, 5) * 2 - 1  # sides under the pad: replicated instead of reflected
+    assert _with_tiles(prior, 0, 0).eps(tiny, t[:1]).shape == tiny.shape
 
 
 def test_tiled_eps_runs_the_unet_on_tiles_and_keeps_the_shape(prior):
     z = torch.rand(2, 3, 70, 53, generator=torch.Generator().manual_seed(0)) * 2 - 1  # odd sides
     t = torch.tensor([100, 300])
     seen: list[tuple[int, ...]] = []
-    tiled = _with_tiles(prior, 32, 8)
+    tiled = _with_tiles(prior, 32, 8, edge_pad=0)  # the tile geometry of z itself
     hook = tiled.unet.register_forward_pre_hook(lambda m, args: seen.append(tuple(args[0].shape)))
     try:
         out = tiled.eps(z, t)
@@ -33,9 +50,9 @@ def test_tiled_eps_runs_the_unet_on_tiles_and_keeps_the_shape(prior):
     # each pixel-unshuffled by 2 before the U-Net
     assert seen == [(2, 12, 16, 16)] * 6
     assert tiled.z_tiling() == (32, 8)
-    whole = _with_tiles(prior, 0, 0).eps(z, t)
+    whole = _with_tiles(prior, 0, 0, edge_pad=0).eps(z, t)
     assert not torch.equal(out, whole)  # really tiled
-    assert torch.equal(_with_tiles(prior, 96, 16).eps(z, t), whole)  # one tile: the untiled computation
+    assert torch.equal(_with_tiles(prior, 96, 16, edge_pad=0).eps(z, t), whole)  # one tile: the untiled computation
 
 
 def test_tile_settings_are_checked(prior):
