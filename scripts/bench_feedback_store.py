@@ -16,6 +16,7 @@ import uuid
 import numpy as np
 
 from feedback.record import choices, store
+from feedback.record.choices import ChoiceInput, ChoiceKind
 from feedback.record.db import open_database
 from feedback.record.store import CandidateSpec
 
@@ -47,8 +48,9 @@ def main() -> None:
         for round_id, cands in rounds:
             start = time.perf_counter()
             with db.sessions.begin() as s:
-                choices.record_choice(s, round_id, cands[:1], cands[1:], "pairwise", tags=["artefacts"],
-                                      decision_ms=1500, idempotency_key=uuid.uuid4().hex)
+                choices.record_choice(s, round_id, ChoiceInput(ChoiceKind.PAIRWISE, cands[:1], cands[1:],
+                                                               tags=["artefacts"], decision_ms=1500,
+                                                               idempotency_key=uuid.uuid4().hex))
             seconds.append(time.perf_counter() - start)
         ms = np.array(seconds) * 1000
         backend = db.engine.dialect.name

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from feedback.loop.batching import CandidateBatcher
 from feedback.loop.engine import DEFAULT_PRIOR, EngineSettings, RefineSettings, RoundSettings, TTPOWorker
@@ -45,7 +45,6 @@ from feedback.record import access, choices, store
 from feedback.record.db import Database, retry_transient
 from feedback.record.errors import Conflict, InputError
 from feedback.record.images import ImageStore
-from feedback.record.models import Choice
 from feedback.record.pseudonym import hash_token, load_or_create_salt
 
 #: progress(fraction done, or None while the stage's step count is unknown; what is happening)
@@ -281,43 +280,27 @@ class FeedbackService(SessionAccess):
             return round_view(store.get_round(s, round_id))
 
     # ------------------------------------------------------------------------------ choices
-    def record_choice(self, round_id: str, preferred: Sequence[str] = (), rejected: Sequence[str] = (),
-                      tie: bool = False, skip: bool = False, tags: Sequence[str] = (), decision_ms: int | None = None,
-                      idempotency_key: str | None = None, selector: str = "human",
-                      viewing: dict[str, Any] | None = None, regions: Any = None,
-                      who: Principal | None = None) -> ChoiceView:
-        """Record a choice (one transaction): pairwise, a tie (all given ids equal), or a skip. It supersedes the
-        round's previous choice (a correction); a repeated `idempotency_key` returns the first, recording nothing.
-        `viewing`: {"zoom_count", "viewport": [w, h], "dpr"} of the page (zoom and compare interactions).
-        `regions`: where the person saw a problem, [{"on": "<k>", "x", "y", "w", "h", "tag"?}] on the k-th candidate
-        in display order (from 1) in [0, 1] image coordinates (`feedback.record.regions`), stored with the choice.
-        `who`: the caller, checked against the round's session inside the same write transaction (AuthError 403)."""
-        viewing = dict(viewing or {})
-        if unknown := set(viewing) - {"zoom_count", "viewport", "dpr"}:
-            raise InputError(f"viewing takes zoom_count, viewport and dpr; got {sorted(unknown)[:5]}")
-        kind = "skip" if skip else "tie" if tie else "pairwise"
-        all_similar = kind == "tie" and isinstance(preferred, Sequence) and isinstance(rejected, Sequence) \
-            and len(preferred) + len(rejected) == 0
+    def record_choice(self, round_id: str, choice: choices.ChoiceInput, who: Principal | None = None) -> ChoiceView:
+        """Record a choice in one write transaction (`feedback.record.choices.record_choice`): its kind is pairwise,
+        a tie (the given ids alike; none given: every candidate, "all similar") or a skip. It supersedes the round's
+        previous choice (a correction); a repeated idempotency key returns the first, recording nothing. The choice
+        carries the page's viewing facts (zoom_count, viewport [w, h], device_pixel_ratio) and its region boxes,
+        [{"on": "<k>", "x", "y", "w", "h", "tag"?}] on the k-th candidate in display order (from 1) in [0, 1] image
+        coordinates (`feedback.record.regions`). `who`: the caller, checked against the round's session inside the
+        same write transaction, before anything is checked or written (AuthError 403)."""
+        def check_owner(session_id: str) -> None:
+            if session_id != who.session_id:
+                raise AuthError("this round belongs to another session", 403)
 
         def write() -> ChoiceView:
             with self.db.sessions.begin() as s:  # the one transaction of a vote: access check, checks, write
-                rnd = store.get_round(s, round_id)
-                if who is not None and not who.admin and rnd.session_id != who.session_id:
-                    raise AuthError("this round belongs to another session", 403)
-                ids = [c.id for c in rnd.candidates] if all_similar else preferred  # "all similar": every one
-                choice, created = choices.record_choice(s, round_id, ids, rejected, kind, tags=tags,
-                                                        decision_ms=decision_ms, selector=selector,
-                                                        idempotency_key=idempotency_key,
-                                                        zoom_count=viewing.get("zoom_count"),
-                                                        viewport=viewing.get("viewport"),
-                                                        device_pixel_ratio=viewing.get("dpr"), regions=regions)
-                superseded = s.scalar(select(func.count()).select_from(Choice).where(
-                    Choice.round_id == round_id, Choice.superseded_at == choice.created_at)) if created else 0
-                return ChoiceView(choice.id, len(choice.pairs), created, choice.kind, choice.preferred_ids,
-                                  choice.rejected_ids, choice.selector, superseded=superseded or 0,
-                                  live=choice.superseded_at is None, regions=len(choice.regions or []))
+                recorded, created = choices.record_choice(
+                    s, round_id, choice, check_owner=None if who is None or who.admin else check_owner)
+            return ChoiceView(recorded.id, len(recorded.pairs), created, recorded.kind.value, recorded.preferred_ids,
+                              recorded.rejected_ids, recorded.selector, superseded=recorded.superseded,
+                              live=recorded.live, regions=len(recorded.regions or []))
         # With an idempotency key a repeat cannot record twice, so transient database errors are retried.
-        return retry_transient(write, attempts=3 if idempotency_key else 1)
+        return retry_transient(write, attempts=3 if choice.idempotency_key else 1)
 
     def auto_choose(self, round_id: str, metrics: Sequence[str] | None = None) -> ChoiceView:
         """Stage (ii), automated: the metric selector (z-score fusion) picks preferred and rejected."""
@@ -334,10 +317,10 @@ class FeedbackService(SessionAccess):
                 store.set_candidate_scores(s, cid, {m: selection.raw_scores[m][cid] for m in metrics}
                                            | {"fused": selection.scores[cid]})
             store.update_round(s, round_id, stage_seconds={"select": seconds})
-        kind_tie = selection.tie
-        choice = self.record_choice(round_id, list(images) if kind_tie else selection.preferred_ids,
-                                    [] if kind_tie else selection.rejected_ids, tie=kind_tie,
-                                    selector=selection.selector)
+        picked = (choices.ChoiceInput(choices.ChoiceKind.TIE, list(images), selector=selection.selector)
+                  if selection.tie else choices.ChoiceInput(choices.ChoiceKind.PAIRWISE, selection.preferred_ids,
+                                                            selection.rejected_ids, selector=selection.selector))
+        choice = self.record_choice(round_id, picked)
         scores = {cid: {m: selection.raw_scores[m][cid] for m in metrics} | {"fused": selection.scores[cid]}
                   for cid in images}
         return replace(choice, scores=scores)

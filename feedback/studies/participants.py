@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from feedback.loop.service import FeedbackService
 from feedback.loop.sessions import AuthError, Principal
 from feedback.record import choices, store
-from feedback.record.choices import WIN_LABEL
+from feedback.record.choices import ChoiceKind
 from feedback.record.db import retry_transient
 from feedback.record.errors import Conflict, InputError, NotFound
 from feedback.record.models import (
@@ -292,30 +292,25 @@ class StudyParticipants:
                 shown = sorted(s.scalars(select(Candidate).where(Candidate.round_id == item.round_id)),
                                key=lambda c: c.position)
                 selector = "attention-check" if item.is_attention_check else "human"
+                facts = {"decision_ms": decision_ms, "selector": selector, "idempotency_key": f"study-item:{item.id}",
+                         "zoom_count": zoom_count, "viewport": None if width is None else (width, height),
+                         "device_pixel_ratio": dpr, "marks": marks, "consent_version": participant.consent_version}
                 if item.gallery is None:
                     left, right = shown
                     preferred, rejected = {"left": ([left.id], [right.id]), "right": ([right.id], [left.id]),
                                            "tie": ([left.id, right.id], [])}[answer]
-                    row, created = choices.record_choice(
-                        s, item.round_id, preferred, rejected, "tie" if answer == "tie" else "pairwise",
-                        decision_ms=decision_ms, selector=selector, idempotency_key=f"study-item:{item.id}")
+                    vote = choices.ChoiceInput(ChoiceKind.TIE if answer == "tie" else ChoiceKind.PAIRWISE,
+                                               preferred, rejected, **facts)
                 else:
                     best = int(answer) - 1
-                    row, created = choices.record_choice(
-                        s, item.round_id, [shown[best].id], [c.id for c in shown if c is not shown[best]],
-                        "pairwise", decision_ms=decision_ms, selector=selector,
-                        idempotency_key=f"study-item:{item.id}")
-                    if created:  # best x others came with the choice; the others beat the worst
-                        row.pairs += [PreferencePair(chosen_candidate_id=a.id, rejected_candidate_id=b.id,
-                                                     label=WIN_LABEL)
-                                      for a, b in gallery_pairs(shown, best, None if worst_mark is None
-                                                                else int(worst_mark) - 1)
-                                      if a is not shown[best]]
-                row.zoom_count, row.viewport_w, row.viewport_h = zoom_count, width, height
-                row.device_pixel_ratio = None if dpr is None else float(dpr)
-                row.consent_version = participant.consent_version
-                if marks is not None:  # left unset it stays SQL NULL (assigning None would store JSON null)
-                    row.regions = marks
+                    # best x others come with the choice; the others beat the worst
+                    beat_worst = [(a.id, b.id) for a, b in gallery_pairs(shown, best, None if worst_mark is None
+                                                                         else int(worst_mark) - 1)
+                                  if a is not shown[best]]
+                    vote = choices.ChoiceInput(ChoiceKind.PAIRWISE, [shown[best].id],
+                                               [c.id for c in shown if c is not shown[best]],
+                                               extra_pairs=beat_worst, **facts)
+                row, created = choices.record_choice(s, item.round_id, vote)
                 item.answer, item.worst, item.choice_id, item.answered_at = answer, worst_mark, row.id, utcnow()
                 out = {"k": k, "n": len(items), "created": created, "choice_id": row.id}
                 if item.is_attention_check and answer != item.expected and study.screenout_url:

@@ -45,6 +45,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.background import BackgroundTask
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
@@ -54,6 +55,7 @@ from feedback.loop.ratelimit import RateLimit, RateLimited, RateLimiter
 from feedback.loop.service import FeedbackService
 from feedback.loop.sessions import AuthError, Principal
 from feedback.loop.views import RoundView
+from feedback.record.choices import ChoiceInput, ChoiceKind
 from feedback.record.errors import Conflict, InputError, NotFound
 from feedback.web.schemas import (
     AUTH,
@@ -263,14 +265,15 @@ def build_router(service: FeedbackService, limiter: RateLimiter) -> APIRouter:
         return _round_out(service.get_round(round_id))
 
     @router.post("/rounds/{round_id}/choices", response_model=ChoiceOut, responses=errors(AUTH, 404, 409, INPUT))
-    def create_choice(round_id: str, body: ChoiceIn, who: Who,
-                      idempotency_key: Annotated[str | None, Header()] = None) -> dict[str, Any]:
-        # the session check happens inside the vote's one write transaction (who=)
-        view = service.record_choice(round_id, body.preferred, body.rejected, tie=body.tie, skip=body.skip,
-                                     tags=body.tags, decision_ms=body.decision_ms, idempotency_key=idempotency_key,
-                                     viewing={k: v for k in ("zoom_count", "viewport", "dpr")
-                                              if (v := getattr(body, k)) is not None}, regions=body.regions,
-                                     who=who)
+    async def create_choice(round_id: str, body: ChoiceIn, who: Who,
+                            idempotency_key: Annotated[str | None, Header()] = None) -> dict[str, Any]:
+        kind = ChoiceKind.SKIP if body.skip else ChoiceKind.TIE if body.tie else ChoiceKind.PAIRWISE
+        choice = ChoiceInput(kind, body.preferred, body.rejected, tags=body.tags, decision_ms=body.decision_ms,
+                             idempotency_key=idempotency_key, zoom_count=body.zoom_count, viewport=body.viewport,
+                             device_pixel_ratio=body.dpr, regions=body.regions)
+        # The vote's one write transaction, in one worker-thread hop (async: the answer is checked against
+        # ChoiceOut on the event loop, not in a further hop); it checks the session (who=) inside.
+        view = await run_in_threadpool(service.record_choice, round_id, choice, who)
         return {"choice_id": view.choice_id, "pairs": view.pairs, "kind": view.kind, "created": view.created,
                 "superseded": view.superseded, "regions": view.regions}
 

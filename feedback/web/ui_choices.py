@@ -18,6 +18,7 @@ from typing import Any
 import gradio as gr
 
 from feedback.loop.service import FeedbackService
+from feedback.record.choices import ChoiceInput, ChoiceKind
 from feedback.record.models import REASON_TAGS
 from feedback.web.ui import _need, gallery_items, history_rows, user_errors
 
@@ -83,27 +84,29 @@ def _ids(state: dict, labels: list[str]) -> list[str]:
 
 @user_errors
 def submit_choice(service: FeedbackService, state: dict, preferred: list[str], rejected: list[str],
-                  tags: list[str], kind: str = "pairwise", viewing: str | None = "",
+                  tags: list[str], kind: ChoiceKind | str = ChoiceKind.PAIRWISE, viewing: str | None = "",
                   regions: str | None = "") -> tuple[str, list]:
     """Record the choice of this round: 'pairwise' (marks), 'tie' (all similar) or 'skip'. `viewing`: the page's
     JSON {"zoom_count", "viewport", "dpr"} (zoom and compare interactions), recorded with the choice. `regions`: the
     page's JSON list of boxes drawn on the tiles, [{"on": "<tile number>", "x", "y", "w", "h", "tag"}] in [0, 1]
     image coordinates (`parse_regions`), stored with the choice (checked by `feedback.record.regions`)."""
+    kind = ChoiceKind.parse(kind)
     round_id = _need(state, "round_id", "Generate candidates first.")
     if not state.get("candidate_ids"):
         raise gr.Error("Generate candidates first.")
     decision_ms = int(max(0.0, time.time() - state.get("shown_at", time.time())) * 1000)
-    if kind == "pairwise" and (not preferred or not rejected):
+    if kind is ChoiceKind.PAIRWISE and (not preferred or not rejected):
         raise gr.Error("Mark at least one tile as preferred and one as rejected (or press All similar / Skip).")
     preferred, rejected = _by_tile(preferred), _by_tile(rejected)  # canonical order: the same marks, the same key
-    preferred_ids = _ids(state, preferred) if kind == "pairwise" else []
-    rejected_ids = _ids(state, rejected) if kind == "pairwise" else []
-    boxes = parse_regions(regions)
+    preferred_ids = _ids(state, preferred) if kind is ChoiceKind.PAIRWISE else []
+    rejected_ids = _ids(state, rejected) if kind is ChoiceKind.PAIRWISE else []
+    boxes, seen = parse_regions(regions), parse_viewing(viewing) or {}
     key = submission_key(state, kind, preferred_ids, rejected_ids, tags or [], boxes)
     for _ in range(MAX_RESUBMITS):
-        view = service.record_choice(round_id, preferred_ids, rejected_ids, tie=kind == "tie", skip=kind == "skip",
-                                     tags=tags or [], decision_ms=decision_ms, idempotency_key=key,
-                                     viewing=parse_viewing(viewing), regions=boxes)
+        view = service.record_choice(round_id, ChoiceInput(
+            kind, preferred_ids, rejected_ids, tags=tags or [], decision_ms=decision_ms, idempotency_key=key,
+            zoom_count=seen.get("zoom_count"), viewport=seen.get("viewport"), device_pixel_ratio=seen.get("dpr"),
+            regions=boxes))
         if view.live:
             break
         # The key named an earlier submission of these marks that a later choice superseded: choosing them
@@ -114,21 +117,21 @@ def submit_choice(service: FeedbackService, state: dict, preferred: list[str], r
     what = {"pairwise": "Choice recorded", "tie": "Recorded: all similar", "skip": "Skipped"}[kind]
     if view.superseded:
         what += ", replacing the earlier choice of this round"
-    hint = " Press *Refine* to apply it." if kind != "skip" else " Restore another image or generate again."
+    hint = " Restore another image or generate again." if kind is ChoiceKind.SKIP else " Press *Refine* to apply it."
     marked = f", {view.regions} region mark{'s' if view.regions != 1 else ''}" if view.regions else ""
     return f"{what} ({view.pairs} preference pairs{marked}).{hint}", history_rows(service, state)
 
 
 def submit_pairwise(service, state, preferred, rejected, tags, viewing="", regions=""):
-    return submit_choice(service, state, preferred, rejected, tags, "pairwise", viewing, regions)
+    return submit_choice(service, state, preferred, rejected, tags, ChoiceKind.PAIRWISE, viewing, regions)
 
 
 def submit_tie(service, state, tags, viewing="", regions=""):
-    return submit_choice(service, state, [], [], tags, "tie", viewing, regions)
+    return submit_choice(service, state, [], [], tags, ChoiceKind.TIE, viewing, regions)
 
 
 def submit_skip(service, state, viewing=""):
-    return submit_choice(service, state, [], [], [], "skip", viewing)
+    return submit_choice(service, state, [], [], [], ChoiceKind.SKIP, viewing)
 
 
 def parse_regions(text: str | None) -> list[Any] | None:

@@ -17,6 +17,7 @@ from feedback.analysis import stats
 from feedback.analysis.report import analyze, annotator_alpha, main, participant_quality
 from feedback.analysis.votes import AnalysisConfig, Vote, load_votes
 from feedback.record import choices, store
+from feedback.record.choices import ChoiceInput, ChoiceKind
 from feedback.record.db import Database, open_database
 from feedback.record.images import ImageStore
 from feedback.record.store import CandidateSpec
@@ -87,7 +88,8 @@ def build_study(tmp_path: Path, units_per_pair: int = 4, repeats: int = 8, seed:
                 else:
                     better = 0 if STRENGTH[order[0]] > STRENGTH[order[1]] else 1
                     pick = better if rng.random() < behaviour else 1 - better
-                choices.record_choice(s, rnd.id, [cands[pick].id], [cands[1 - pick].id], "pairwise")
+                choices.record_choice(s, rnd.id, ChoiceInput(ChoiceKind.PAIRWISE, [cands[pick].id],
+                                                             [cands[1 - pick].id]))
                 human_pairs += 1
     with db.sessions.begin() as s:  # one tie by the careful participant and one choice made by a metric
         session = store.create_annotator_session(s, pseudonyms["careful"], h("token2"), study_id="pilot")
@@ -98,7 +100,7 @@ def build_study(tmp_path: Path, units_per_pair: int = 4, repeats: int = 8, seed:
                                      restored_image_hash=restored)
             cands = store.add_candidates(s, rnd.id, [CandidateSpec(image_hash=outputs[c], method=c, position=p)
                                                      for p, c in enumerate(order)])
-            choices.record_choice(s, rnd.id, [cands[0].id], [cands[1].id], kind, selector=selector)
+            choices.record_choice(s, rnd.id, ChoiceInput(kind, [cands[0].id], [cands[1].id], selector=selector))
         human_pairs += 1
     return Study(db, data_dir, url, human_pairs, pseudonyms)
 

@@ -150,6 +150,7 @@ def corrected_round(data_dir: Path) -> tuple[str, list[str]]:
     import numpy as np
 
     from feedback.record import choices, store
+    from feedback.record.choices import ChoiceInput, ChoiceKind
     from feedback.record.store import CandidateSpec
 
     data_dir.mkdir(parents=True)
@@ -165,9 +166,11 @@ def corrected_round(data_dir: Path) -> tuple[str, list[str]]:
                                  code_version="t", device="cpu", dtype="float32", restored_image_hash=ids[1])
         cands = [c.id for c in store.add_candidates(s, rnd.id, [CandidateSpec(image_hash=i, method="m")
                                                                 for i in ids[1:]])]
-        choices.record_choice(s, rnd.id, [cands[0]], [cands[1]], "pairwise", idempotency_key="first")
+        choices.record_choice(s, rnd.id, ChoiceInput(ChoiceKind.PAIRWISE, [cands[0]], [cands[1]],
+                                                     idempotency_key="first"))
     with db.sessions.begin() as s:
-        choices.record_choice(s, rnd.id, [cands[1]], [cands[0]], "pairwise", idempotency_key="second")
+        choices.record_choice(s, rnd.id, ChoiceInput(ChoiceKind.PAIRWISE, [cands[1]], [cands[0]],
+                                                     idempotency_key="second"))
     db.engine.dispose()
     return url, cands
 

@@ -12,13 +12,13 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 from PIL import Image
-from sqlalchemy import select
+from sqlalchemy import event, func, select
 
 from feedback.loop.engine import EngineSettings, RefineSettings, RoundSettings
 from feedback.loop.gate import Busy, EngineGate
 from feedback.loop.service import FeedbackService
 from feedback.loop.uploads import UploadLimits, check_image_array, decode_image_bytes
-from feedback.record.choices import latest_choice
+from feedback.record.choices import ChoiceInput, ChoiceKind, latest_choice
 from feedback.record.db import open_database
 from feedback.record.errors import Conflict, InputError
 from feedback.record.models import Candidate, Choice, Refinement, Round, SourceImage
@@ -124,7 +124,7 @@ def test_choices_auto_and_refine(service, session_id):
     with service.db.sessions.begin() as s:
         scores = s.scalars(select(Candidate.scores).where(Candidate.round_id == view.round_id)).all()
     assert all("piqe" in sc and "fused" in sc for sc in scores)
-    tie = service.record_choice(view.round_id, tie=True)
+    tie = service.record_choice(view.round_id, ChoiceInput(ChoiceKind.TIE))
     assert tie.kind == "tie" and tie.pairs == 3
     result = service.refine(view.round_id, generate_next=False)  # a tie refines with fidelity only
     assert result.next_round.round_index == 1 and not result.next_round.candidates
@@ -140,6 +140,41 @@ def test_choices_auto_and_refine(service, session_id):
         service.auto_choose(nxt.round_id, ["piqee"])
     history = service.history(session_id)
     assert any(r["next_round_id"] == nxt.round_id for r in history)
+
+
+def test_a_vote_through_the_service_is_one_write_transaction_with_the_owner_check_inside(service, session_id):
+    """One transaction on the write sessions per vote (no separate read for the access check); another session's
+    token is refused inside it (403) and nothing is stored; the admin may vote on any round."""
+    from feedback.loop.sessions import AuthError, Principal
+    from feedback.record import store
+    from feedback.record.db import READ_ONLY_OPTION
+
+    with service.db.sessions.begin() as s:
+        source = store.add_source_image(s, image_hash="a" * 64, width=8, height=8, origin="sample",
+                                        session_id=session_id)
+        rnd = store.create_round(s, session_id=session_id, source_image_id=source.id, backbone_name="nlm",
+                                 code_version="t", device="cpu", dtype="float32")
+        ids = [c.id for c in store.add_candidates(s, rnd.id, [store.CandidateSpec(f"{i}" * 64, "m") for i in (1, 2)])]
+    begun: list[bool] = []  # per transaction begun: whether it was a read-only one
+
+    def listener(conn) -> None:
+        begun.append(bool(conn.get_execution_options().get(READ_ONLY_OPTION)))
+
+    event.listen(service.db.engine, "begin", listener)
+    try:
+        vote = ChoiceInput(ChoiceKind.PAIRWISE, ids[:1], ids[1:], idempotency_key="one-transaction")
+        view = service.record_choice(rnd.id, vote, who=Principal(session_id))
+        assert view.created and view.kind == "pairwise" and view.pairs == 1 and begun == [False]
+        begun.clear()
+        with pytest.raises(AuthError, match="another session") as refused:
+            service.record_choice(rnd.id, ChoiceInput(ChoiceKind.SKIP), who=Principal("f" * 32))
+        assert refused.value.status == 403 and begun == [False]
+        skip = service.record_choice(rnd.id, ChoiceInput(ChoiceKind.SKIP), who=Principal(None, admin=True))
+        assert skip.kind == "skip" and skip.superseded == 1
+    finally:
+        event.remove(service.db.engine, "begin", listener)
+    with service.db.reads.begin() as s:
+        assert s.scalar(select(func.count()).select_from(Choice).where(Choice.round_id == rnd.id)) == 2
 
 
 def test_bad_settings_are_input_errors(service, session_id):
@@ -240,13 +275,14 @@ def test_region_marks_round_trip_through_the_service_the_page_export_and_analysi
     state, *_ = ui.generate(service, state, 2, 4, "", True)
     round_id, ids = state["round_id"], state["candidate_ids"]
     box = {"on": "3", "x": 0.25, "y": 0.5, "w": 0.5, "h": 0.25, "tag": "color-shift"}
-    view = service.record_choice(round_id, [ids[0]], [ids[2]], regions=[box])
+    view = service.record_choice(round_id, ChoiceInput(ChoiceKind.PAIRWISE, [ids[0]], [ids[2]], regions=[box]))
     assert view.regions == 1
     with service.db.reads.begin() as s:
         assert s.get(Choice, view.choice_id).regions == [{**box, "position": 2}]
     with pytest.raises(InputError, match=r"region 1: the box .* leaves the image; regions must be a list of at "
                                          r"most 20 boxes \{\"on\": a position '1'..'3'"):
-        service.record_choice(round_id, [ids[0]], [ids[2]], regions=[{**box, "w": 0.9}])
+        service.record_choice(round_id, ChoiceInput(ChoiceKind.PAIRWISE, [ids[0]], [ids[2]],
+                                                    regions=[{**box, "w": 0.9}]))
 
     # the page sends its boxes as JSON in a hidden field; the status counts them; malformed JSON is a message
     drawn = json.dumps([{"on": "2", "x": 0.1, "y": 0.1, "w": 0.2, "h": 0.2, "tag": None}, box])
@@ -374,7 +410,7 @@ def test_prior_is_chosen_per_round_and_recorded(two_priors):
         service.generate_candidates(later.round_id, prior="nope")
     later = service.generate_candidates(later.round_id, prior="other")
     assert diffusion(later) == diffusion(other)
-    service.record_choice(later.round_id, tie=True)
+    service.record_choice(later.round_id, ChoiceInput(ChoiceKind.TIE))
     nxt = service.refine(later.round_id, generate_next=False).next_round
     with service.db.sessions.begin() as s:  # the next round keeps the prior
         rnd = s.get(Round, nxt.round_id)

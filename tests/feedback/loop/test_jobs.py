@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 
 from feedback.loop.jobs import Cancelled, Jobs
 from feedback.record import store
+from feedback.record.choices import ChoiceInput, ChoiceKind
 from feedback.web.api import build_api
 
 try:
@@ -37,7 +38,7 @@ def _stored(service) -> tuple[dict[str, int], int]:
 def _chosen_round(service, session_id: str) -> str:
     view = service.start_round(session_id, png_bytes(32, seed=1), seed=3)
     ids = [c.id for c in view.candidates]
-    service.record_choice(view.round_id, ids[:1], ids[1:])
+    service.record_choice(view.round_id, ChoiceInput(ChoiceKind.PAIRWISE, ids[:1], ids[1:]))
     return view.round_id
 
 

@@ -20,6 +20,7 @@ from sqlalchemy.exc import IntegrityError
 
 from feedback.ops.integrity import integrity_check
 from feedback.record import choices, store
+from feedback.record.choices import ChoiceInput, ChoiceKind
 from feedback.record.db import DB_URL_ENV, Database, make_engine, open_database, resolve_db_url, upgrade_to_head
 from feedback.record.errors import InputError
 from feedback.record.images import ImageStore
@@ -154,7 +155,7 @@ def test_lineage_walks_parents_and_refinements_link_rounds(db: Database) -> None
         session_id = new_session(s)
         r0, c0 = new_round(s, session_id)
         source = store.get_round(s, r0).source_image_id
-        choice0, _ = choices.record_choice(s, r0, [c0[0]], [c0[1]], "pairwise")
+        choice0, _ = choices.record_choice(s, r0, ChoiceInput(ChoiceKind.PAIRWISE, [c0[0]], [c0[1]]))
         refinement = store.record_refinement(s, r0, choice0.id, h("refined0"), {"guidance": 2.0}, 1.5)
         r1, _ = new_round(s, session_id, parent_round_id=r0, source_image_id=source)
         store.link_next_round(s, refinement.id, r1)
@@ -177,9 +178,10 @@ def test_export_gives_one_row_per_pair_with_images_and_round_metadata(db: Databa
         r0, c0 = new_round(s, session_id)
         r1, c1 = new_round(s, session_id)
         r2, _ = new_round(s, session_id)
-        choices.record_choice(s, r0, [c0[0]], c0[1:3], "pairwise", tags=["color-shift"], decision_ms=900)
-        choices.record_choice(s, r1, c1[:3], [], "tie")
-        choices.record_choice(s, r2, [], [], "skip")
+        choices.record_choice(s, r0, ChoiceInput(ChoiceKind.PAIRWISE, [c0[0]], c0[1:3], tags=["color-shift"],
+                                                 decision_ms=900))
+        choices.record_choice(s, r1, ChoiceInput(ChoiceKind.TIE, c1[:3]))
+        choices.record_choice(s, r2, ChoiceInput(ChoiceKind.SKIP))
         rows = list(store.export_pairs(s))
         hashes = {c.id: c.image_hash for c in s.query(Candidate)}
     assert len(rows) == 2 + 3
@@ -199,7 +201,7 @@ def test_integrity_check_passes_on_good_data_and_flags_planted_problems(db: Data
     images = ImageStore(tmp_path / "data")
     with db.sessions.begin() as s:
         round_id, cands = new_round(s, new_session(s))
-        choice, _ = choices.record_choice(s, round_id, [cands[0]], cands[1:], "pairwise")
+        choice, _ = choices.record_choice(s, round_id, ChoiceInput(ChoiceKind.PAIRWISE, [cands[0]], cands[1:]))
         assert integrity_check(s) == []
         # Every referenced image is missing from the (empty) store.
         assert any("not in the image store" in p for p in integrity_check(s, images))
