@@ -1,9 +1,10 @@
 """One round of Test-Time Preference Optimization (arXiv 2511.19169): restore -> candidates -> select -> refine.
 
-`TPOEngine` holds the loaded backbone and diffusion prior (loaded once per process); its stage methods are
-thin and return plain dataclasses, so the app, the REST API, studies and the headless command share them.
-A round's `start` image is the restoration (round 0) or the previous round's refined image (later rounds);
-every `Round` keeps its lineage: parent round id, the selection that guided its refinement, seeds, configs.
+The four stages are plain functions over tensors (`restore`, `candidates`, `select`, `refine`), each returning its
+result and seconds: the app's compute layer, study preparation, bench and the commands all call them, so what bench
+times is what the app runs. `TPOEngine` holds a loaded backbone and prior for the commands and keeps a round's
+lineage: a `Round`'s `start` is the restoration (round 0) or the previous round's refined image, with its parent
+round id, the selection that guided its refinement, seeds and configs.
 
 Headless:
     python -m restoration.tpo --input IMG [--degradation SPEC] [--gt IMG] [--backbone NAME] [--hint SPEC]
@@ -17,9 +18,10 @@ import json
 import sys
 import time
 import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -28,7 +30,8 @@ from restoration.backbones.base import Restorer
 from restoration.diffusion.candidates import (
     CandidateConfig,
     CandidateMeta,
-    generate_candidates,
+    plan_candidates,
+    sample_candidates_many,
 )
 from restoration.diffusion.priors import (
     COMPILE_MODES,
@@ -37,7 +40,12 @@ from restoration.diffusion.priors import (
     resolve_precision,
 )
 from restoration.diffusion.refine import RefineConfig, reward_guided_denoise
-from restoration.runtime import DEVICE_CHOICES, resolve_device, synchronize, tune_allocator
+from restoration.runtime import (
+    DEVICE_CHOICES,
+    resolve_device,
+    synchronize,
+    tune_allocator,
+)
 from restoration.selection import (
     DEFAULT_SELECTOR,
     Selection,
@@ -114,8 +122,59 @@ def _new_id() -> str:
     return uuid.uuid4().hex
 
 
+# ---- the stages: plain functions over tensors (1, 3, H, W) in [0, 1] ------------------------------------
+# The app's compute layer (feedback.loop.engine), study preparation, bench, the batch and the headless commands
+# all run a round through these four; nothing else calls a backbone, the candidate sampler, the selector or the
+# reward-guided denoiser for a round. Each returns its result and the seconds it took (device synchronised).
+
+
+def restore(restorer: Restorer, degraded: torch.Tensor, upscale: bool = False) -> tuple[torch.Tensor, float]:
+    """Restored image in [0, 1] and seconds. `upscale=True`: real super-resolution to (1, 3, H * s, W * s) by a
+    backbone of scale s > 1 (ValueError for others); the round continues at that size."""
+    t0 = time.perf_counter()
+    restored = restorer.upscale(degraded) if upscale else restorer.restore(degraded)
+    synchronize(restored.device)
+    return restored.clamp(0, 1), time.perf_counter() - t0
+
+
+def candidates(prior: DiffusionPrior, starts: Sequence[torch.Tensor], configs: Sequence[CandidateConfig]
+               ) -> tuple[list[list[tuple[torch.Tensor, CandidateMeta]]], float]:
+    """Stage (i): the candidates of one or more start images of one size (one config each; concurrent sessions'
+    requests share the denoising batches) -> ([[(image (1, 3, H, W), meta)] per start], seconds for all)."""
+    metas = [plan_candidates(c, prior) for c in configs]
+    t0 = time.perf_counter()
+    images = sample_candidates_many(starts, prior, metas, max_batch=sum(c.max_batch for c in configs))
+    synchronize(prior.device)
+    made = [[(imgs[i : i + 1], m) for i, m in enumerate(ms)] for imgs, ms in zip(images, metas)]
+    return made, time.perf_counter() - t0
+
+
+def select(start: torch.Tensor, images: Mapping[str, torch.Tensor], metrics: Sequence[str], top_k: int = 1,
+           bottom_k: int = 1) -> tuple[Selection, float]:
+    """Stage (ii), automated: z-score fusion of the metrics over the named images (the start image among them when
+    it is a candidate; full-reference metrics compare with `start`) -> (Selection with raw and fused scores,
+    seconds)."""
+    metrics = tuple(metrics)
+    t0 = time.perf_counter()
+    ids = list(images)
+    raw, fused = _score_and_fuse(torch.cat(list(images.values())), metrics, start)
+    selection = select_from_scores(ids, fused, "+".join(metrics), top_k, bottom_k, raw)
+    return selection, time.perf_counter() - t0
+
+
+def refine(prior: DiffusionPrior, start: torch.Tensor, preferred: torch.Tensor | None,
+           rejected: torch.Tensor | None, config: RefineConfig) -> tuple[torch.Tensor, float]:
+    """Stage (iii): reward-guided denoising of `start` toward `preferred` (N, 3, H, W), away from `rejected`
+    -> (refined in [0, 1], seconds)."""
+    t0 = time.perf_counter()
+    refined = reward_guided_denoise(start, preferred, rejected, prior, config)
+    synchronize(refined.device)
+    return refined.clamp(0, 1), time.perf_counter() - t0
+
+
 class TPOEngine:
-    """Holds the backbone and the prior; each method is one stage of the loop."""
+    """Holds a backbone, a prior and a config for the commands (headless, batch, bench); each method runs one stage
+    function above and keeps the round's lineage."""
 
     def __init__(self, config: TPOConfig = TPOConfig(), restorer: Restorer | None = None,
                  prior: DiffusionPrior | None = None):
@@ -127,51 +186,36 @@ class TPOEngine:
         return {"backbone": self.restorer.describe(), "prior": self.prior.describe(), "config": self.config.to_dict()}
 
     def restore(self, degraded: torch.Tensor, upscale: bool = False) -> tuple[torch.Tensor, float]:
-        """(1, 3, H, W) in [0, 1] -> restored (1, 3, H, W), seconds. `upscale=True`: real super-resolution to
-        (1, 3, H * s, W * s) by a backbone of scale s > 1 (ValueError for others); the round continues at that size."""
-        t0 = time.perf_counter()
-        restored = self.restorer.upscale(degraded) if upscale else self.restorer.restore(degraded)
-        synchronize(restored.device)
-        return restored, time.perf_counter() - t0
+        return restore(self.restorer, degraded, upscale)
 
     def start_round(self, start: torch.Tensor, parent_id: str | None = None, index: int = 0,
                     seed: int | None = None, num_candidates: int | None = None) -> Round:
-        """Stage (i): candidates around `start` (1, 3, H, W); the start image is itself a candidate."""
+        """Stage (i) as a `Round`: candidates around `start` (1, 3, H, W); the start image is itself a candidate."""
         cfg = self.config.candidates
         if seed is not None:
             cfg = replace(cfg, seed=int(seed))
         if num_candidates is not None:
             cfg = replace(cfg, num_candidates=int(num_candidates))
-        t0 = time.perf_counter()
-        made = generate_candidates(start, self.prior, cfg)
-        synchronize(made[0].image.device)
-        seconds = {"candidates": time.perf_counter() - t0}
+        (made,), seconds = candidates(self.prior, [start], [cfg])
         cands = [RoundCandidate(RESTORED_ID, start, None)]
-        cands += [RoundCandidate(f"c{i}", c.image, c.meta) for i, c in enumerate(made)]
-        return Round(_new_id(), index, parent_id, start, cands, seconds)
+        cands += [RoundCandidate(f"c{i}", image, meta) for i, (image, meta) in enumerate(made)]
+        return Round(_new_id(), index, parent_id, start, cands, {"candidates": seconds})
 
     def select(self, rnd: Round, metrics: Sequence[str] | None = None, top_k: int = 1,
                bottom_k: int = 1) -> Selection:
-        """Stage (ii), automated: z-score fusion of no-reference metrics over every candidate."""
+        """Stage (ii), automated, over every candidate of the round; the scores are kept on its candidates."""
         metrics = tuple(metrics or self.config.selector)
-        t0 = time.perf_counter()
-        ids = [c.id for c in rnd.candidates]
-        raw, fused = _score_and_fuse(torch.cat([c.image for c in rnd.candidates]), metrics, rnd.start)
-        sel = select_from_scores(ids, fused, "+".join(metrics), top_k, bottom_k, raw)
+        sel, rnd.seconds["select"] = select(rnd.start, {c.id: c.image for c in rnd.candidates}, metrics, top_k,
+                                            bottom_k)
         for c in rnd.candidates:
             c.scores = {m: sel.raw_scores[m][c.id] for m in metrics} | {"fused": sel.scores[c.id]}
-        rnd.seconds["select"] = time.perf_counter() - t0
         return sel
 
     def refine(self, rnd: Round, selection: Selection, config: RefineConfig | None = None) -> torch.Tensor:
-        """Stage (iii): reward-guided denoising of the start image toward the selection."""
-        t0 = time.perf_counter()
-        preferred = rnd.images(selection.preferred_ids)
-        rejected = rnd.images(selection.rejected_ids)
-        refined = reward_guided_denoise(rnd.start, preferred, rejected, self.prior, config or self.config.refine)
-        synchronize(refined.device)
+        """Stage (iii) toward the selection; the round keeps the selection and the refined image."""
+        refined, rnd.seconds["refine"] = refine(self.prior, rnd.start, rnd.images(selection.preferred_ids),
+                                                rnd.images(selection.rejected_ids), config or self.config.refine)
         rnd.selection, rnd.refined = selection, refined
-        rnd.seconds["refine"] = time.perf_counter() - t0
         return refined
 
     def score(self, images: torch.Tensor, metrics: Sequence[str] | None = None) -> dict[str, torch.Tensor]:

@@ -39,8 +39,9 @@ def main() -> None:
         rounds = []
         for i in range(args.n):
             with db.sessions.begin() as s:
-                rnd = store.create_round(s, session_id=session_id, source_image_id=source.id, backbone_name="bench",
-                                         code_version="bench", device="cpu", dtype="float32", seeds=[i])
+                rnd = store.create_round(s, store.RoundRecord(
+                    session_id=session_id, source_image_id=source.id, backbone_name="bench", code_version="bench",
+                    device="cpu", dtype="float32", seeds=(i,)))
                 cands = store.add_candidates(s, rnd.id, [CandidateSpec(fake_hash(f"{i}-{k}"), "sdedit", seed=k)
                                                          for k in range(args.candidates)])
                 rounds.append((rnd.id, [c.id for c in cands]))

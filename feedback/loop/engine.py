@@ -1,10 +1,11 @@
 """The restoration engine as the feedback service uses it: typed settings, validation, models loaded once.
 
-`TTPOWorker` wraps `restoration.tpo.TPOEngine` stages over plain tensors (1, 3, H, W) in [0, 1] and
-turns the engine's ValueErrors about user choices (unknown backbone, degradation spec, metric) into
-`InputError`s whose messages say what is allowed. Diffusion priors are offered by name: 'default' (the
-`--prior` of the process) plus any extra (name, folder) pairs; each is loaded on first use (the default
-also by `warm_up()` at start) and kept for the life of the process. Restorers come from the registry's
+`TTPOWorker` is the loop's one way into compute: each stage method runs one of `restoration.tpo`'s stage functions
+over plain tensors (1, 3, H, W) in [0, 1], and its checks turn the engine's ValueErrors about user choices (unknown
+backbone, degradation spec, metric) into `InputError`s whose messages say what is allowed. A restore event is one
+`check_restore` (names and specs only, no model runs) and one `restore` call. Diffusion priors are offered by name:
+'default' (the `--prior` of the process) plus any extra (name, folder) pairs; each is loaded on first use (the
+default also by `warm_up()` at start) and kept for the life of the process. Restorers come from the registry's
 per-process cache.
 """
 
@@ -13,8 +14,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -26,7 +26,7 @@ from feedback.record.errors import InputError
 from restoration.diffusion.candidates import CandidateConfig
 from restoration.diffusion.guidance import GuidanceConfig
 from restoration.diffusion.refine import RefineConfig
-from restoration.runtime import synchronize, tune_allocator
+from restoration.runtime import tune_allocator
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MAX_SPEC_CHARS = 200  # a degradation spec: about 20 steps, more than any experiment uses
@@ -127,6 +127,35 @@ class EngineSettings:
     def __post_init__(self) -> None:
         if self.dtype not in PRECISION_OF_DTYPE:
             raise ValueError(f"dtype must be one of {', '.join(PRECISION_OF_DTYPE)}, got {self.dtype!r}")
+
+
+@dataclass(frozen=True)
+class RestoreRequest:
+    """A checked restore (`TTPOWorker.check_restore`): the offered backbone and prior names, the degradation to
+    synthesize ('' for none) and its seed, the hint the restorer is told ('' for blind), and whether to upscale by
+    `scale` (1 when not upscaling). `prior` None: record no prior facts (a plain restoration)."""
+
+    backbone: str
+    prior: str | None = DEFAULT_PRIOR
+    spec: str = ""
+    seed: int = 0
+    hint: str = ""
+    upscale: bool = False
+    scale: int = 1
+
+
+@dataclass
+class Restored:
+    """What one restore event computed: the degraded input (the upload itself when nothing was synthesized) and how
+    (its DegradationRecord as a dict with 'spec' and 'seed'; None then), the restoration in [0, 1], the backbone's
+    and the prior's facts, and seconds."""
+
+    degraded: torch.Tensor
+    degradation: dict[str, Any] | None
+    image: torch.Tensor
+    backbone: dict[str, Any]
+    prior: dict[str, Any] | None
+    seconds: float
 
 
 def _git_describe() -> str:
@@ -321,20 +350,11 @@ class TTPOWorker:
         """{'prior_id', 'weights_hash', 'kind'} of the named prior (loading it if needed)."""
         return self.prior(name).describe()
 
-    def engine(self, backbone: str | None = None, selector: Sequence[str] | None = None, hint: str = ""):
-        """The TPO engine of `backbone`; `hint` (a checked spec, '' for none) is the degradation the restorer is
-        told: the classical baselines choose their method by it; a SIPL backbone told haze dehazes its output."""
-        from restoration.tpo import TPOConfig, TPOEngine
-
-        name = backbone or self.default_backbone()
-        config = TPOConfig(backbone=name, prior=self.settings.prior, selector=tuple(selector or self.settings.selector),
-                           device=self.settings.device)
-        return TPOEngine(config, restorer=self.restorer(name, hint), prior=self.prior())
-
     def warm_up(self) -> None:
         """Load the prior and the default backbone now (at process start) instead of on the first request."""
         try:
-            self.engine()
+            self.prior()
+            self.restorer(self.default_backbone())
         except Exception as exc:  # noqa: BLE001 - reported by /api/v1/health; requests raise it again
             self.warmup_error = f"{type(exc).__name__}: {exc}"
             print(f"engine warm-up failed: {self.warmup_error}", file=sys.stderr, flush=True)
@@ -353,14 +373,43 @@ class TTPOWorker:
         except ValueError as exc:
             raise InputError(f"degradation: {exc}") from None
 
-    def restore(self, degraded: torch.Tensor, backbone: str, hint: str = "",
-                upscale: bool = False) -> tuple[torch.Tensor, dict[str, Any], float]:
-        """(restored, the backbone's facts, seconds): at the input's size, or with `upscale` at scale x its size
-        (`upscale_factor` checks that the backbone can)."""
-        engine = self.engine(backbone, hint=hint)
-        restored, seconds = engine.restore(degraded, upscale=upscale)
+    def check_restore(self, backbone: str | None = None, prior: str | None = None, degradation: str | None = None,
+                      hint: str | None = None, upscale: bool = False, seed: int = 0) -> RestoreRequest:
+        """A restore request with every name and spec checked (InputErrors saying what is allowed); runs no model
+        (an upscale request loads its backbone to learn its scale when its facts do not say)."""
+        backbone = self.check_backbone(backbone)
+        prior = self.check_prior(prior)
+        spec = self.check_degradation(degradation)
+        try:
+            hint = self.check_degradation(hint)
+        except InputError as exc:
+            raise InputError(f"hint (the degradation the restorer is told): {exc}") from None
+        scale = 1
+        if upscale:
+            if spec:
+                raise InputError("upscale takes the upload as the small image to enlarge; a synthesized degradation "
+                                 "is restored at the photo's own size: leave out either the degradation or upscale")
+            scale = self.upscale_factor(backbone, hint)
+        return RestoreRequest(backbone, prior, spec, int(seed), hint, bool(upscale), scale)
+
+    def restore(self, clean: torch.Tensor, request: RestoreRequest,
+                watch: Callable[[list[Any]], None] | None = None) -> Restored:
+        """One restore event's compute: degrade `clean` by the request's spec (when one is given), restore it with
+        the request's backbone (at the input's size, or upscaled), and the facts a round records (the prior's only
+        when the request names one; loading it here keeps that out of any transaction). `watch` is handed the
+        backbone's network modules before it runs (progress and cancellation, `feedback.loop.jobs`)."""
+        from feedback.loop.jobs import network_modules
+        from restoration import tpo
+
+        restorer = self.restorer(request.backbone, request.hint)
+        if watch is not None:
+            watch(network_modules(restorer))
+        degraded, record = self.degrade(clean, request.spec, request.seed)
+        restored, seconds = tpo.restore(restorer, degraded, upscale=request.upscale)
         # the offered name, not the registered file path the shared restorer was loaded from
-        return restored.clamp(0, 1), {**engine.restorer.describe(), "name": backbone}, seconds
+        facts = {**restorer.describe(), "name": request.backbone}
+        prior = self.prior_facts(request.prior) if request.prior is not None else None
+        return Restored(degraded, record.to_dict() if record else None, restored, facts, prior, seconds)
 
     def candidates(self, start: torch.Tensor, settings: RoundSettings, prior: str | None = None):
         """[(image (1, 3, H, W), CandidateMeta)] for the diffusion candidates (the start image excluded), seconds.
@@ -373,51 +422,20 @@ class TTPOWorker:
                         prior: str | None = None):
         """The candidates of several start images of one size (one RoundSettings each) under one prior, their
         denoising steps batched together -> ([[(image, CandidateMeta)] per start], seconds for all)."""
-        from restoration.diffusion.candidates import plan_candidates, sample_candidates_many
+        from restoration import tpo
 
-        diffusion_prior = self.prior(prior)
-        configs = [s.to_config() for s in settings]
-        metas = [plan_candidates(c, diffusion_prior) for c in configs]
-        t0 = time.perf_counter()
-        images = sample_candidates_many(starts, diffusion_prior, metas,
-                                        max_batch=sum(c.max_batch for c in configs))
-        synchronize(diffusion_prior.device)
-        made = [[(imgs[i : i + 1], m) for i, m in enumerate(ms)] for imgs, ms in zip(images, metas)]
-        return made, time.perf_counter() - t0
+        return tpo.candidates(self.prior(prior), starts, [s.to_config() for s in settings])
 
     def select(self, start: torch.Tensor, images: dict[str, torch.Tensor], metrics: Sequence[str]):
         """Automated selection over named candidates -> (Selection, seconds)."""
-        from restoration.tpo import Round, RoundCandidate, TPOConfig, TPOEngine
+        from restoration import tpo
 
-        engine = TPOEngine(TPOConfig(selector=tuple(metrics), device=self.settings.device), restorer=_NoRestorer(),
-                           prior=self.prior())
-        rnd = Round("select", 0, None, start, [RoundCandidate(k, v, None) for k, v in images.items()], {})
-        t0 = time.perf_counter()
-        selection = engine.select(rnd, metrics)
-        return selection, time.perf_counter() - t0
+        return tpo.select(start, images, metrics)
 
     def refine(self, start: torch.Tensor, preferred: torch.Tensor | None, rejected: torch.Tensor | None,
                settings: RefineSettings, prior: str | None = None) -> tuple[torch.Tensor, float]:
         """Reward-guided denoising of `start` toward preferred, away from rejected, under the named prior
         -> (refined, seconds)."""
-        from restoration.diffusion.refine import reward_guided_denoise
+        from restoration import tpo
 
-        diffusion_prior = self.prior(prior)
-        t0 = time.perf_counter()
-        refined = reward_guided_denoise(start, preferred, rejected, diffusion_prior, settings.to_config())
-        synchronize(refined.device)
-        return refined.clamp(0, 1), time.perf_counter() - t0
-
-
-class _NoRestorer:
-    """Stands in for a backbone where a stage needs none (candidates start from an already restored image)."""
-
-    name = "none"
-    weights_hash = None
-
-    def restore(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - never called
-        raise RuntimeError("no restorer in this stage")
-
-    def describe(self) -> dict[str, Any]:
-        return {"name": self.name}
-
+        return tpo.refine(self.prior(prior), start, preferred, rejected, settings.to_config())

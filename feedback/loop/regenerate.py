@@ -133,23 +133,24 @@ class Regenerator:
 
     def restoration(self, rec: RecordedRound) -> list[ImageCheck]:
         """Round 0: the upload, degraded again when the degradation was synthesized, restored again."""
+        from feedback.loop.engine import RestoreRequest
         from feedback.loop.service import _to_tensor, _to_uint8
 
         if rec.round_index != 0 or rec.params.get("start") != "restored" or rec.start_image is None:
             return []
-        clean = _to_tensor(self._array(rec.upload_image))
-        degraded = clean
-        if rec.degradation_spec:
-            degraded, _record = self.worker.degrade(clean, rec.degradation_spec, rec.degradation_seed)
-            if rec.degraded_image and not np.array_equal(_to_uint8(degraded), self._array(rec.degraded_image)):
-                raise InputError(f"the degradation {rec.degradation_spec!r} with seed {rec.degradation_seed} does not "
-                                 "give the stored degraded image; the degradation code changed since")
         try:
             self.worker.check_backbone(rec.backbone)
         except InputError as exc:
             raise InputError(f"{exc}; register the app's backbone with --backbone {rec.backbone}=SOURCE") from None
-        restored, facts, _seconds = self.worker.restore(degraded, rec.backbone, rec.params.get("hint", ""),
-                                                        upscale=rec.params.get("scale_mode") == "upscale")
+        request = RestoreRequest(rec.backbone, prior=None, spec=rec.degradation_spec or "",
+                                 seed=rec.degradation_seed or 0, hint=rec.params.get("hint", ""),
+                                 upscale=rec.params.get("scale_mode") == "upscale")
+        made = self.worker.restore(_to_tensor(self._array(rec.upload_image)), request)
+        if rec.degradation_spec and rec.degraded_image and not np.array_equal(_to_uint8(made.degraded),
+                                                                              self._array(rec.degraded_image)):
+            raise InputError(f"the degradation {rec.degradation_spec!r} with seed {rec.degradation_seed} does not "
+                             "give the stored degraded image; the degradation code changed since")
+        facts, restored = made.backbone, made.image
         if rec.backbone_weights_hash and facts.get("weights_hash") != rec.backbone_weights_hash:
             raise InputError(f"backbone {rec.backbone!r} now has weights {str(facts.get('weights_hash'))[:12]}..., the "
                              f"round used {rec.backbone_weights_hash[:12]}...")

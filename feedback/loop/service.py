@@ -37,7 +37,7 @@ from sqlalchemy import select
 from feedback.loop.batching import CandidateBatcher
 from feedback.loop.engine import DEFAULT_PRIOR, EngineSettings, RefineSettings, RoundSettings, TTPOWorker
 from feedback.loop.gate import EngineGate
-from feedback.loop.jobs import Job, Jobs, network_modules
+from feedback.loop.jobs import Job, Jobs
 from feedback.loop.sessions import AuthError, Principal, SessionAccess
 from feedback.loop.uploads import UploadLimits, decode_upload
 from feedback.loop.views import ChoiceView, RefineView, RoundView, round_view
@@ -45,7 +45,9 @@ from feedback.record import access, choices, store
 from feedback.record.db import Database, retry_transient
 from feedback.record.errors import Conflict, InputError
 from feedback.record.images import ImageStore
+from feedback.record.models import Candidate
 from feedback.record.pseudonym import hash_token, load_or_create_salt
+from feedback.record.store import RoundRecord
 
 #: progress(fraction done, or None while the stage's step count is unknown; what is happening)
 Progress = Callable[[float | None, str], None]
@@ -162,71 +164,66 @@ class FeedbackService(SessionAccess):
         leaves no rows and no image files behind. `progress(fraction, message)` hears each step of the restorer's
         network (`feedback.loop.jobs`); `cancel(session_id)` stops it, and nothing is stored."""
         settings = self.round_settings(candidates, seed, strengths)
-        backbone = self.worker.check_backbone(backbone)
-        prior = self.worker.check_prior(prior)
-        spec = self.worker.check_degradation(degradation)
-        try:
-            hint = self.worker.check_degradation(hint)
-        except InputError as exc:
-            raise InputError(f"hint (the degradation the restorer is told): {exc}") from None
-        limits = self.limits  # upscaling: the output must fit them, so the upload may be 1/s of them
-        if upscale:
-            if spec:
-                raise InputError("upscale takes the upload as the small image to enlarge; a synthesized degradation "
-                                 "is restored at the photo's own size: leave out either the degradation or upscale")
-            limits = self.limits.for_output_scale(self.worker.upscale_factor(backbone, hint))
-        with self.db.sessions.begin() as s:  # fail early on unknown session / parent
-            store._get(s, store.SessionRow, session_id, "session")
-            if parent_round_id is not None and store.get_round(s, parent_round_id).session_id != session_id:
-                raise InputError(f"parent round {parent_round_id} belongs to another session; "
-                                 "name a round of this session or none")
+        request = self.worker.check_restore(backbone, prior, degradation, hint, bool(upscale), settings.seed)
+        # upscaling: the output must fit the limits, so the upload may be 1/s of them
+        limits = self.limits.for_output_scale(request.scale) if request.upscale else self.limits
+        with self.db.reads.begin() as s:  # fail early on an unknown session / parent (checked again when written)
+            self._check_parent(s, session_id, parent_round_id)
         decoded = decode_upload(image, limits, fit=bool(fit))
         array = decoded.array
         clean = _to_tensor(array)
-        key = json.dumps(["restore", backbone, hint, bool(upscale), list(clean.shape)])
+        key = json.dumps(["restore", request.backbone, request.hint, request.upscale, list(clean.shape)])
         with self.jobs.run(session_id, "restore", key, report=_reporter(progress)) as job, self.gate.slot():
             job.check()  # cancelled while waiting for the engine
-            job.watch(network_modules(self.worker.restorer(backbone, hint)))
-            degraded, record = self.worker.degrade(clean, spec, settings.seed)
-            restored, restorer_facts, t_restore = self.worker.restore(degraded, backbone, hint, upscale=bool(upscale))
-            prior_facts = self.worker.prior_facts(prior)  # loads a prior not used before (outside any transaction)
+            made = self.worker.restore(clean, request, watch=job.watch)  # the event's one call into compute
             job.check()  # the last point of no return: nothing is stored before it
+        record = made.degradation
         image_id = self.images.put_array(array)
-        degraded_id = self.images.put_array(_to_uint8(degraded)) if record else image_id
-        restored_id = self.images.put_array(_to_uint8(restored))
+        degraded_id = self.images.put_array(_to_uint8(made.degraded)) if record else image_id
+        restored_id = self.images.put_array(_to_uint8(made.image))
         height, width = array.shape[:2]
-        record_fields = self._round_record(settings, "restored", restorer_facts, prior, prior_facts)
+        params: dict[str, Any] = {"scale_mode": "upscale" if request.upscale else "same_size",
+                                  "scale": int(made.backbone.get("scale", 1))}
         if upload := decoded.facts():
-            record_fields["params"]["upload"] = upload
-        if hint:
-            record_fields["params"]["hint"] = hint
-        record_fields["params"] |= {"scale_mode": "upscale" if upscale else "same_size",
-                                    "scale": int(restorer_facts.get("scale", 1))}
-        with self.db.sessions.begin() as s:
+            params["upload"] = upload
+        if request.hint:
+            params["hint"] = request.hint
+        with self.db.sessions.begin() as s:  # the restore event's one write transaction
+            self._check_parent(s, session_id, parent_round_id)
             src = store.add_source_image(
                 s, image_hash=image_id, width=width, height=height, origin=origin, session_id=session_id,
-                degradation_spec=record.spec if record else None, degradation_seed=record.seed if record else None,
-                degradation_params=record.to_dict() if record else None,
+                degradation_spec=record["spec"] if record else None,
+                degradation_seed=record["seed"] if record else None, degradation_params=record,
                 gt_image_hash=image_id if record else None, degraded_image_hash=degraded_id)
-            rnd = store.create_round(
-                s, session_id=session_id, source_image_id=src.id, parent_round_id=parent_round_id,
-                backbone_name=backbone, backbone_weights_hash=restorer_facts.get("weights_hash"),
-                **record_fields, stage_seconds={"restore": t_restore}, restored_image_hash=restored_id)
+            rnd = store.create_round(s, self._round_record(
+                settings, "restored", made.backbone, request.prior, made.prior, params, session_id=session_id,
+                source_image_id=src.id, parent_round_id=parent_round_id, backbone_name=request.backbone,
+                backbone_weights_hash=made.backbone.get("weights_hash"), stage_seconds={"restore": made.seconds},
+                restored_image_hash=restored_id))
             round_id = rnd.id
         if generate:
             return self.generate_candidates(round_id, progress=progress)
         return self.get_round(round_id)
 
+    @staticmethod
+    def _check_parent(s: Any, session_id: str, parent_round_id: str | None) -> None:
+        """NotFound for an unknown session; InputError for a parent round of another session."""
+        store._get(s, store.SessionRow, session_id, "session")
+        if parent_round_id is not None and store.get_round(s, parent_round_id).session_id != session_id:
+            raise InputError(f"parent round {parent_round_id} belongs to another session; "
+                             "name a round of this session or none")
+
     def _round_record(self, settings: RoundSettings, start: str, backbone_facts: dict[str, Any], prior: str,
-                      prior_facts: dict[str, Any], extra: dict[str, Any] | None = None) -> dict[str, Any]:
-        """create_round fields of a new round; `prior` is the prior's name, `prior_facts` its describe(); `extra`
-        params are added (a later round carries its lineage's scale mode)."""
-        return dict(prior_id=prior_facts["prior_id"], prior_weights_hash=prior_facts["weights_hash"],
-                    params={"candidates": settings.to_dict(), "refine": self.worker.settings.refine.to_dict(),
-                            "start": start, "backbone": backbone_facts, "shuffle_seed": settings.seed,
-                            "prior": prior, **(extra or {})},
-                    seeds=settings.seeds(), code_version=self.worker.code_version, device=self.worker.settings.device,
-                    dtype=self.worker.settings.dtype)
+                      prior_facts: dict[str, Any], extra: dict[str, Any] | None = None, **fields: Any) -> RoundRecord:
+        """The record of a new round; `prior` is the prior's name, `prior_facts` its describe(); `extra` params are
+        added (e.g. a later round carries its lineage's scale mode); `fields` are the round's own (its session,
+        source image, backbone, parent, ...)."""
+        return RoundRecord(prior_id=prior_facts["prior_id"], prior_weights_hash=prior_facts["weights_hash"],
+                           params={"candidates": settings.to_dict(), "refine": self.worker.settings.refine.to_dict(),
+                                   "start": start, "backbone": backbone_facts, "shuffle_seed": settings.seed,
+                                   "prior": prior, **(extra or {})},
+                           seeds=tuple(settings.seeds()), code_version=self.worker.code_version,
+                           device=self.worker.settings.device, dtype=self.worker.settings.dtype, **fields)
 
     def generate_candidates(self, round_id: str, candidates: Any = None, seed: Any = None,
                             strengths: Sequence[float] | None = None, prior: str | None = None,
@@ -256,6 +253,22 @@ class FeedbackService(SessionAccess):
             prior = changed.get("prior", rnd.params.get("prior", DEFAULT_PRIOR))
             start_id, session_id = rnd.restored_image_hash, rnd.session_id
         start = _to_tensor(self.images.get_array(start_id))
+        specs, t_cand, prior_facts = self._make_candidates(session_id, start, start_id, settings, prior, progress)
+        with self.db.sessions.begin() as s:  # the candidates event's one write transaction
+            if s.scalar(select(Candidate.id).where(Candidate.round_id == round_id).limit(1)):  # another was first
+                raise Conflict(f"round {round_id} already has candidates; start a new round instead")
+            if changed:
+                rnd = store.get_round(s, round_id)
+                rnd.params = {**rnd.params, **changed}
+                if "candidates" in changed:
+                    rnd.seeds = settings.seeds()
+            self._record_candidates(s, round_id, specs, t_cand, prior_facts)
+            return round_view(store.get_round(s, round_id))
+
+    def _make_candidates(self, session_id: str, start: torch.Tensor, start_id: str, settings: RoundSettings,
+                         prior: str, progress: Progress | None) -> tuple[list[store.CandidateSpec], float, dict]:
+        """Stage (i)'s compute and image files, nothing recorded: the candidate specs (the start image among them,
+        all in a shuffled, recorded display order), seconds, and the prior's facts. Cancellable (`cancel`)."""
         key = json.dumps(["candidates", prior, list(start.shape), {**settings.to_dict(), "seed": 0}])
         with self.jobs.run(session_id, "candidates", key, [self.worker.prior(prior).unet],
                            _reporter(progress)) as job:
@@ -267,17 +280,14 @@ class FeedbackService(SessionAccess):
                                       seed=meta.seed, strength=meta.strength) for img, meta in made]
         positions = list(range(len(specs)))
         random.Random(settings.seed).shuffle(positions)  # the display order; recorded per candidate
-        specs = [replace(spec, position=p) for spec, p in zip(specs, positions)]
-        with self.db.sessions.begin() as s:
-            if changed:
-                rnd = store.get_round(s, round_id)
-                rnd.params = {**rnd.params, **changed}
-                if "candidates" in changed:
-                    rnd.seeds = settings.seeds()
-            store.add_candidates(s, round_id, specs)
-            store.update_round(s, round_id, stage_seconds={"candidates": t_cand}, prior_id=prior_facts["prior_id"],
-                               prior_weights_hash=prior_facts["weights_hash"])
-            return round_view(store.get_round(s, round_id))
+        return [replace(spec, position=p) for spec, p in zip(specs, positions)], t_cand, prior_facts
+
+    @staticmethod
+    def _record_candidates(s: Any, round_id: str, specs: list[store.CandidateSpec], seconds: float,
+                           prior_facts: dict[str, Any]) -> None:
+        store.add_candidates(s, round_id, specs)
+        store.update_round(s, round_id, stage_seconds={"candidates": seconds}, prior_id=prior_facts["prior_id"],
+                           prior_weights_hash=prior_facts["weights_hash"])
 
     # ------------------------------------------------------------------------------ choices
     def record_choice(self, round_id: str, choice: choices.ChoiceInput, who: Principal | None = None) -> ChoiceView:
@@ -334,7 +344,7 @@ class FeedbackService(SessionAccess):
         the next round's candidates are generated when `generate_next`. A tie refines with fidelity only."""
         progress = progress or (lambda _f, _m: None)
         settings = (settings or self.worker.settings.refine).checked()
-        with self.db.sessions.begin() as s:
+        with self.db.reads.begin() as s:
             rnd = store.get_round(s, round_id)
             choice = choices.latest_choice(s, round_id)
             if choice is None:
@@ -356,25 +366,29 @@ class FeedbackService(SessionAccess):
             refined, seconds = self.worker.refine(start, load(preferred), load(rejected), settings, prior)
             prior_facts = self.worker.prior_facts(prior)
             job.check()  # nothing is stored before this point
-        progress(1.0, "saving")
         refined_id = self.images.put_array(_to_uint8(refined))
         next_settings = replace(round_settings, seed=(round_settings.seed + 1000) % 2**31)
+        if generate_next:  # made before the write, so the refinement and the next round are recorded together
+            made_next = self._make_candidates(parent.session_id, _to_tensor(self.images.get_array(refined_id)),
+                                              refined_id, next_settings, prior, progress)  # from the stored image
+        progress(1.0, "saving")
         backbone_facts = parent.params.get("backbone", {})
         carried = {k: parent.params[k] for k in ("scale_mode", "scale") if k in parent.params}
-        with self.db.sessions.begin() as s:
+        with self.db.sessions.begin() as s:  # the refine event's one write transaction
             old = store.get_round(s, round_id)
-            nxt = store.create_round(
-                s, session_id=old.session_id, source_image_id=old.source_image_id, parent_round_id=round_id,
-                backbone_name=old.backbone_name, backbone_weights_hash=old.backbone_weights_hash,
-                **self._round_record(next_settings, "refined", backbone_facts, prior, prior_facts, carried),
-                restored_image_hash=refined_id)
+            nxt = store.create_round(s, self._round_record(
+                next_settings, "refined", backbone_facts, prior, prior_facts, carried, session_id=old.session_id,
+                source_image_id=old.source_image_id, parent_round_id=round_id, backbone_name=old.backbone_name,
+                backbone_weights_hash=old.backbone_weights_hash, restored_image_hash=refined_id))
             params = {**settings.to_dict(), "choice_kind": "tie" if not preferred else "pairwise",
                       "preferred": preferred, "rejected": rejected}
             refinement = store.record_refinement(s, round_id, choice_id, refined_id, params, seconds,
                                                  next_round_id=nxt.id)
             store.update_round(s, round_id, stage_seconds={"refine": seconds})
+            if generate_next:
+                self._record_candidates(s, nxt.id, *made_next)
             refinement_id, next_id = refinement.id, nxt.id
-        next_view = self.generate_candidates(next_id, progress=progress) if generate_next else self.get_round(next_id)
+        next_view = self.get_round(next_id)
         return RefineView(round_id, refinement_id, refined_id, next_view, seconds)
 
     def export_jsonl(self, session_id: str | None = None) -> Iterator[dict[str, Any]]:

@@ -3,7 +3,7 @@
 The caller owns the transaction, one per user event:
 
     with sessions.begin() as s:
-        rnd = create_round(s, session_id=..., source_image_id=..., ...)
+        rnd = create_round(s, RoundRecord(session_id=..., source_image_id=..., ...))
 
 Invalid input raises `InputError` (message says what is allowed), unknown ids raise `NotFound`.
 Choices (a vote, its preference pairs, supersession) are recorded by `feedback.record.choices`, in the same way.
@@ -141,39 +141,59 @@ def add_source_image(s: Session, *, image_hash: str, width: int, height: int, or
 
 
 # ------------------------------------------------------------------------------ rounds, candidates
-def create_round(s: Session, *, session_id: str, source_image_id: str, backbone_name: str, code_version: str,
-                 device: str, dtype: str, parent_round_id: str | None = None,
-                 backbone_weights_hash: str | None = None, prior_id: str | None = None,
-                 prior_weights_hash: str | None = None, params: dict[str, Any] | None = None,
-                 seeds: list[int] | None = None, stage_seconds: dict[str, float] | None = None,
-                 restored_image_hash: str | None = None, status: str = "created",
-                 study_id: str | None = None, condition: str | None = None) -> Round:
+@dataclass(frozen=True)
+class RoundRecord:
+    """What a new round records: its session, source image and backbone; the code, device and dtype that ran it;
+    optionally its parent (its index is the parent's + 1), the prior, params, seeds, stage seconds, start image,
+    status, and the study and condition it belongs to."""
+
+    session_id: str
+    source_image_id: str
+    backbone_name: str
+    code_version: str
+    device: str
+    dtype: str
+    parent_round_id: str | None = None
+    backbone_weights_hash: str | None = None
+    prior_id: str | None = None
+    prior_weights_hash: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    seeds: tuple[int, ...] = ()
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    restored_image_hash: str | None = None
+    status: str = "created"
+    study_id: str | None = None
+    condition: str | None = None
+
+
+def create_round(s: Session, record: RoundRecord) -> Round:
     """Record a round; its index is the parent's + 1 (0 without parent). The parent must be in the same session."""
-    _get(s, SessionRow, session_id, "session")
-    _get(s, SourceImage, source_image_id, "source image")
+    r = record
+    _get(s, SessionRow, r.session_id, "session")
+    _get(s, SourceImage, r.source_image_id, "source image")
     index = 0
-    if parent_round_id is not None:
-        parent = _get(s, Round, parent_round_id, "parent round")
-        if parent.session_id != session_id:
-            raise InputError(f"parent round {parent_round_id} belongs to another session")
+    if r.parent_round_id is not None:
+        parent = _get(s, Round, r.parent_round_id, "parent round")
+        if parent.session_id != r.session_id:
+            raise InputError(f"parent round {r.parent_round_id} belongs to another session")
         index = parent.round_index + 1
-    if status not in ROUND_STATUSES:
-        raise InputError(f"status must be one of {', '.join(ROUND_STATUSES)}, got {status!r}")
-    seeds = list(seeds or [])
+    if r.status not in ROUND_STATUSES:
+        raise InputError(f"status must be one of {', '.join(ROUND_STATUSES)}, got {r.status!r}")
+    seeds = list(r.seeds)
     for seed in seeds:
         _int("each seed", seed, 0, MAX_SEED)
     rnd = Round(
-        session_id=session_id, source_image_id=source_image_id, parent_round_id=parent_round_id,
-        round_index=index, backbone_name=_text("backbone_name", backbone_name, 128),
-        backbone_weights_hash=_hash("backbone_weights_hash", backbone_weights_hash, optional=True),
-        prior_id=_text("prior_id", prior_id, 128, optional=True),
-        prior_weights_hash=_hash("prior_weights_hash", prior_weights_hash, optional=True),
-        params=_json("params", dict(params or {})), seeds=seeds,
-        code_version=_text("code_version", code_version, 64), device=_text("device", device, 64),
-        dtype=_text("dtype", dtype, 32), stage_seconds=_json("stage_seconds", dict(stage_seconds or {})),
-        restored_image_hash=_hash("restored_image_hash", restored_image_hash, optional=True), status=status,
-        study_id=_text("study_id", study_id, 64, optional=True),
-        condition=_text("condition", condition, 64, optional=True),
+        session_id=r.session_id, source_image_id=r.source_image_id, parent_round_id=r.parent_round_id,
+        round_index=index, backbone_name=_text("backbone_name", r.backbone_name, 128),
+        backbone_weights_hash=_hash("backbone_weights_hash", r.backbone_weights_hash, optional=True),
+        prior_id=_text("prior_id", r.prior_id, 128, optional=True),
+        prior_weights_hash=_hash("prior_weights_hash", r.prior_weights_hash, optional=True),
+        params=_json("params", dict(r.params)), seeds=seeds,
+        code_version=_text("code_version", r.code_version, 64), device=_text("device", r.device, 64),
+        dtype=_text("dtype", r.dtype, 32), stage_seconds=_json("stage_seconds", dict(r.stage_seconds)),
+        restored_image_hash=_hash("restored_image_hash", r.restored_image_hash, optional=True), status=r.status,
+        study_id=_text("study_id", r.study_id, 64, optional=True),
+        condition=_text("condition", r.condition, 64, optional=True),
     )
     s.add(rnd)
     s.flush()

@@ -179,8 +179,8 @@ class StudyParticipants:
         images = {**stim["outputs"], ATTENTION_CLEAN: stim["clean"], ATTENTION_CONTROL: stim["control"]}
         shown = item.shown if isinstance(item, GalleryItem) else (item.left, item.right)
         made_by = stim.get("guide") or {}  # a guide study's stimulus: how its candidates were made
-        rnd = store.create_round(
-            s, session_id=session_id, source_image_id=stim["source_image_id"], backbone_name=STUDY_BACKBONE_NAME,
+        rnd = store.create_round(s, store.RoundRecord(
+            session_id=session_id, source_image_id=stim["source_image_id"], backbone_name=STUDY_BACKBONE_NAME,
             code_version=self.fb.worker.code_version, device=self.fb.worker.settings.device,
             dtype=self.fb.worker.settings.dtype, study_id=row.id,
             condition="attention-check" if item.is_attention_check else None,
@@ -190,7 +190,7 @@ class StudyParticipants:
                     "sampler": {"name": sampler, "score": score, "votes": votes},
                     "facts": {c: stim["facts"].get(c) for c in dict.fromkeys(shown)},
                     **({"guide": {k: made_by[k] for k in ("condition", "candidates")}} if made_by else {})},
-            seeds=[stim["seed"]])
+            seeds=(stim["seed"],)))
         if isinstance(item, GalleryItem):
             store.add_candidates(s, rnd.id, [store.CandidateSpec(image_hash=images[c], method=c, position=p,
                                                                  scores=dict(scores.get(c) or {}),

@@ -39,7 +39,7 @@ import torch
 from PIL import Image
 from sqlalchemy import select, update
 
-from feedback.loop.engine import RoundSettings
+from feedback.loop.engine import RestoreRequest, RoundSettings
 from feedback.loop.gate import Busy
 from feedback.loop.service import FeedbackService, _to_tensor, _to_uint8
 from feedback.loop.uploads import decode_image_bytes
@@ -147,15 +147,13 @@ def resized(array: np.ndarray, size: int | None) -> np.ndarray:
 # ------------------------------------------------------------------------------ compute
 def _restore(fb: FeedbackService, c: Condition, degraded: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any], float]:
     """(restored (1, 3, H, W) in [0, 1], backbone facts, seconds) of the condition's backbone."""
-    # Only the backbone: the diffusion prior is loaded for TTPO conditions alone.
-    backbone = fb.worker.check_backbone(c.backbone)
+    # Only the backbone: the diffusion prior is loaded for TTPO conditions alone (prior=None).
+    request = RestoreRequest(fb.worker.check_backbone(c.backbone), prior=None)
     try:
-        restorer = fb.worker.restorer(backbone)
+        made = fb.worker.restore(degraded, request)
     except InputError as exc:
         raise InputError(f"condition {c.name!r}: {exc.message}") from None
-    t0 = time.perf_counter()
-    restored = restorer.restore(degraded).clamp(0, 1)
-    return restored, {**restorer.describe(), "name": backbone}, time.perf_counter() - t0
+    return made.image, made.backbone, made.seconds
 
 
 def _prior_facts(fb: FeedbackService, prior: str) -> dict[str, Any]:

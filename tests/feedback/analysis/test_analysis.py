@@ -75,10 +75,10 @@ def build_study(tmp_path: Path, units_per_pair: int = 4, repeats: int = 8, seed:
             session = store.create_annotator_session(s, pseudonyms[name], h("token" + name), study_id="pilot")
             schedule = [(u, u[3]) for u in units] + [(u, u[3][::-1]) for u in units[:repeats]]
             for (source_id, restored, outputs, _), order in schedule:
-                rnd = store.create_round(s, session_id=session.id, source_image_id=source_id, backbone_name="sipl-s",
-                                         code_version="test", device="cpu", dtype="float32", seeds=[7],
-                                         params={"strengths": [0.2]}, restored_image_hash=restored,
-                                         study_id="pilot", condition="A/B")
+                rnd = store.create_round(s, store.RoundRecord(
+                    session_id=session.id, source_image_id=source_id, backbone_name="sipl-s", code_version="test",
+                    device="cpu", dtype="float32", seeds=(7,), params={"strengths": [0.2]},
+                    restored_image_hash=restored, study_id="pilot", condition="A/B"))
                 cands = store.add_candidates(s, rnd.id, [CandidateSpec(
                     image_hash=outputs[c], method=c, seed=pos, strength=0.2, position=pos,
                     scores={"fused": STRENGTH[c] + 0.1 * rng.standard_normal(), "piqe": 50 - 10 * STRENGTH[c],
@@ -95,9 +95,9 @@ def build_study(tmp_path: Path, units_per_pair: int = 4, repeats: int = 8, seed:
         session = store.create_annotator_session(s, pseudonyms["careful"], h("token2"), study_id="pilot")
         for selector, kind in (("human", "tie"), ("piqe", "pairwise")):
             source_id, restored, outputs, order = units[0]
-            rnd = store.create_round(s, session_id=session.id, source_image_id=source_id, backbone_name="sipl-s",
-                                     code_version="test", device="cpu", dtype="float32", study_id="pilot",
-                                     restored_image_hash=restored)
+            rnd = store.create_round(s, store.RoundRecord(
+                session_id=session.id, source_image_id=source_id, backbone_name="sipl-s", code_version="test",
+                device="cpu", dtype="float32", study_id="pilot", restored_image_hash=restored))
             cands = store.add_candidates(s, rnd.id, [CandidateSpec(image_hash=outputs[c], method=c, position=p)
                                                      for p, c in enumerate(order)])
             choices.record_choice(s, rnd.id, ChoiceInput(kind, [cands[0].id], [cands[1].id], selector=selector))

@@ -162,8 +162,9 @@ def corrected_round(data_dir: Path) -> tuple[str, list[str]]:
         session = store.create_annotator_session(s, "a" * 64, "b" * 64)
         src = store.add_source_image(s, image_hash=ids[0], width=8, height=8, origin="upload", session_id=session.id,
                                      degraded_image_hash=ids[0])
-        rnd = store.create_round(s, session_id=session.id, source_image_id=src.id, backbone_name="nlm",
-                                 code_version="t", device="cpu", dtype="float32", restored_image_hash=ids[1])
+        rnd = store.create_round(s, store.RoundRecord(session_id=session.id, source_image_id=src.id, backbone_name="nlm",
+                                                   code_version="t", device="cpu", dtype="float32",
+                                                   restored_image_hash=ids[1]))
         cands = [c.id for c in store.add_candidates(s, rnd.id, [CandidateSpec(image_hash=i, method="m")
                                                                 for i in ids[1:]])]
         choices.record_choice(s, rnd.id, ChoiceInput(ChoiceKind.PAIRWISE, [cands[0]], [cands[1]],

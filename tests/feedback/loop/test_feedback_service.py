@@ -152,8 +152,9 @@ def test_a_vote_through_the_service_is_one_write_transaction_with_the_owner_chec
     with service.db.sessions.begin() as s:
         source = store.add_source_image(s, image_hash="a" * 64, width=8, height=8, origin="sample",
                                         session_id=session_id)
-        rnd = store.create_round(s, session_id=session_id, source_image_id=source.id, backbone_name="nlm",
-                                 code_version="t", device="cpu", dtype="float32")
+        rnd = store.create_round(s, store.RoundRecord(session_id=session_id, source_image_id=source.id,
+                                                      backbone_name="nlm", code_version="t", device="cpu",
+                                                      dtype="float32"))
         ids = [c.id for c in store.add_candidates(s, rnd.id, [store.CandidateSpec(f"{i}" * 64, "m") for i in (1, 2)])]
     begun: list[bool] = []  # per transaction begun: whether it was a read-only one
 

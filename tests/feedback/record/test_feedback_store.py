@@ -85,11 +85,11 @@ def new_round(s, session_id: str, n_candidates: int = 4, parent_round_id: str | 
             s, image_hash=h("gt"), width=64, height=48, origin="sample", session_id=session_id,
             degradation_spec="noise:25", degradation_seed=7, degradation_params={"sigma": 25},
             gt_image_hash=h("gt"), degraded_image_hash=h("degraded")).id
-    rnd = store.create_round(
-        s, session_id=session_id, source_image_id=source_image_id, parent_round_id=parent_round_id,
+    rnd = store.create_round(s, store.RoundRecord(
+        session_id=session_id, source_image_id=source_image_id, parent_round_id=parent_round_id,
         backbone_name="sipl-small", backbone_weights_hash=h("w"), prior_id="pixel-unet", prior_weights_hash=h("p"),
-        params={"steps": 2, "strength": 0.4}, seeds=[1, 2, 3], code_version="abc123", device="cpu",
-        dtype="float32", stage_seconds={"restore": 0.1}, restored_image_hash=h("restored"))
+        params={"steps": 2, "strength": 0.4}, seeds=(1, 2, 3), code_version="abc123", device="cpu",
+        dtype="float32", stage_seconds={"restore": 0.1}, restored_image_hash=h("restored")))
     specs = [CandidateSpec(image_hash=h(f"cand{rnd.id}{i}"), method="sdedit", seed=2**40 + i, strength=0.4,
                            scores={"piqe": 30.0 + i}) for i in range(n_candidates - 1)]
     specs.append(CandidateSpec(image_hash=h("restored"), method="restored", is_restored=True))
