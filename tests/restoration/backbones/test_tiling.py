@@ -122,7 +122,7 @@ SIPL_WEIGHTS = Path(__file__).resolve().parents[3] / "assets" / "sipl.safetensor
 @pytest.mark.skipif(not SIPL_WEIGHTS.is_file(), reason="the shipped SIPL weights are missing")
 def test_shipped_sipl_tiled_matches_untiled_at_512():
     """The seam check on the real network (issue 6): 512 x 512 in tiles of at most 256 px (balanced: 192 px) and of
-    128 px vs one pass (measured 45.4 and 44.5 dB with the thirteenth session's weights)."""
+    128 px vs one pass (measured 45.4 and 44.5 dB with an earlier release of the shipped weights)."""
     from restoration.backbones import create_restorer
     from restoration.bench import bench_input
 
